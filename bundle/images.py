@@ -1,0 +1,152 @@
+"""Image preprocessing shared by training (validation/inference path) and serving.
+
+Everything deterministic that turns an encoded image into model pixels lives
+here, so the service replays exactly what training validated on. Random
+training augmentation lives in ``training.data.augment`` and never runs here.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageError(ValueError):
+    """The bytes are not a usable image (corrupt, truncated, unknown format)."""
+
+
+class ImageTooLarge(ValueError):
+    """The image has more pixels than allowed (decompression bomb guard)."""
+
+
+@dataclass(frozen=True)
+class ResizeSpec:
+    height: int
+    width: int
+    method: str = "crop"  # crop | squish | pad
+    pad_mode: str = "reflection"  # reflection | zeros
+
+
+def decode_image(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    target: ResizeSpec | None = None,
+) -> Image.Image:
+    """Decode bytes into an upright RGB image.
+
+    Takes the first frame of animations, applies EXIF orientation, converts
+    grayscale/RGBA/palette to RGB. When ``target`` is given, JPEGs are decoded
+    with draft mode at the smallest scale that still covers the target.
+    """
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ImageError("not a recognised image format") from exc
+    except Exception as exc:  # Pillow raises many types for corrupt headers
+        raise ImageError(f"cannot read image: {exc}") from exc
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, limit is {max_pixels}")
+    if target is not None and img.format == "JPEG":
+        img.draft("RGB", _draft_size(img.size, target))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"corrupt or truncated image: {exc}") from exc
+
+
+def _draft_size(size: tuple[int, int], target: ResizeSpec) -> tuple[int, int]:
+    """The smallest (w, h) the resize method still needs, for JPEG draft decoding."""
+    w, h = size
+    if target.method == "squish":
+        return target.width, target.height
+    if target.method == "crop":
+        scale = max(target.width / w, target.height / h)
+    else:  # pad
+        scale = min(target.width / w, target.height / h)
+    return max(1, int(np.ceil(w * scale))), max(1, int(np.ceil(h * scale)))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def resize(img: Image.Image, spec: ResizeSpec) -> Image.Image:
+    """Resize deterministically: centre crop, squish, or pad (fastai's ResizeMethod)."""
+    w, h = img.size
+    tw, th = spec.width, spec.height
+    if spec.method == "squish":
+        return img.resize((tw, th), Image.BILINEAR)
+    if spec.method == "crop":
+        scale = max(tw / w, th / h)
+        nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
+        img = img.resize((nw, nh), Image.BILINEAR) if (nw, nh) != (w, h) else img
+        left, top = (nw - tw) // 2, (nh - th) // 2
+        return img.crop((left, top, left + tw, top + th))
+    if spec.method == "pad":
+        scale = min(tw / w, th / h)
+        nw, nh = min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
+        img = img.resize((nw, nh), Image.BILINEAR) if (nw, nh) != (w, h) else img
+        return pad_to(img, tw, th, spec.pad_mode)
+    raise ValueError(f"unknown resize method {spec.method!r}: use crop, squish or pad")
+
+
+def pad_to(img: Image.Image, width: int, height: int, mode: str) -> Image.Image:
+    arr = np.asarray(img)
+    h, w = arr.shape[:2]
+    top, left = (height - h) // 2, (width - w) // 2
+    pads = ((top, height - h - top), (left, width - w - left), (0, 0))
+    if mode == "reflection" and h > 1 and w > 1:
+        # np.pad's reflect needs the pad to be smaller than the side; repeat if not
+        while arr.shape[0] < height or arr.shape[1] < width:
+            ph = min(height - arr.shape[0], arr.shape[0] - 1)
+            pw = min(width - arr.shape[1], arr.shape[1] - 1)
+            t, lft = ph // 2, pw // 2
+            arr = np.pad(arr, ((t, ph - t), (lft, pw - lft), (0, 0)), mode="reflect")
+        return Image.fromarray(arr)
+    return Image.fromarray(np.pad(arr, pads, mode="constant"))
+
+
+def to_chw(img: Image.Image) -> np.ndarray:
+    """RGB PIL image -> uint8 array (3, H, W), the ONNX input layout."""
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def preprocess(data: bytes, spec: ResizeSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded bytes -> uint8 (3, H, W) pixels, exactly as the model was validated."""
+    return to_chw(resize(decode_image(data, max_pixels, target=spec), spec))
+
+
+def image_summary(img: Image.Image) -> dict[str, float]:
+    """Per-image statistics the drift and out-of-domain monitors compare.
+
+    Brightness and contrast are the mean and standard deviation of the
+    grayscale pixels in [0, 1]; size is of the decoded image.
+    """
+    gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    w, h = img.size
+    return {
+        "brightness": float(gray.mean()),
+        "contrast": float(gray.std()),
+        "width": float(w),
+        "height": float(h),
+        "aspect": float(w / h),
+    }

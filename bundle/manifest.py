@@ -1,0 +1,164 @@
+"""The manifest: the contract between training and serving, defined once.
+
+A bundle is a folder ``models/<name>/<version>/`` holding ``manifest.json``,
+``model.onnx``, ``learner.pkl`` and ``reference.json``. Training writes the
+manifest with :func:`write_manifest`; the service reads it with
+:func:`read_manifest` and never touches ``learner.pkl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ONNX_FILE = "model.onnx"
+LEARNER_FILE = "learner.pkl"
+REFERENCE_FILE = "reference.json"
+
+Task = Literal["classification", "multilabel", "regression"]
+InputKind = Literal["image", "tabular"]
+ResizeMethod = Literal["crop", "squish", "pad"]
+PadMode = Literal["reflection", "zeros"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ImageSpec(_Model):
+    """How raw pixels become the ONNX input.
+
+    The service feeds ``uint8`` RGB pixels in NCHW layout; scaling to [0, 1]
+    and normalisation by ``mean``/``std`` are baked into the ONNX graph and
+    recorded here so other tools can replay them.
+    """
+
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    resize_method: ResizeMethod = "crop"
+    pad_mode: PadMode = "reflection"
+    mean: list[float] = Field(min_length=3, max_length=3)
+    std: list[float] = Field(min_length=3, max_length=3)
+    channel_order: Literal["RGB"] = "RGB"
+    layout: Literal["NCHW"] = "NCHW"
+    dtype: Literal["uint8"] = "uint8"
+
+
+class TabularSpec(_Model):
+    """The fitted tabular processors, as plain data.
+
+    ``processor`` is ``bundle.tabular.TabularProcessor.to_dict()``; replay it
+    with ``TabularProcessor.from_dict``. ``cat_names``/``cont_names`` are the
+    processed column names in the order the ONNX inputs expect them.
+    """
+
+    processor: dict[str, Any]
+    cat_names: list[str]
+    cont_names: list[str]
+    raw_columns: list[str]
+
+
+class Outputs(_Model):
+    classes: list[str] | None = None  # classification and multilabel
+    thresholds: list[float] | None = None  # multilabel, one per class
+    y_range: tuple[float, float] | None = None  # regression, applied in the graph
+    log_target: bool = False  # regression: the graph predicts log(y); serve exp()
+    target_names: list[str] = Field(default_factory=list)
+
+
+class TensorSpec(_Model):
+    name: str
+    dtype: str  # numpy dtype name: "uint8", "int64", "float32"
+    shape: list[int | str]  # "batch" for the dynamic axis
+
+
+class OnnxSpec(_Model):
+    file: str = ONNX_FILE
+    opset: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class Parity(_Model):
+    max_abs_diff: float
+    batch_sizes: list[int]
+    tolerance: float
+
+
+class Manifest(_Model):
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    version: int = Field(gt=0)
+    created_at: str
+    task: Task
+    input_kind: InputKind
+    image: ImageSpec | None = None
+    tabular: TabularSpec | None = None
+    outputs: Outputs
+    onnx: OnnxSpec
+    files: dict[str, str] = Field(default_factory=dict)  # file name -> sha256
+    metrics: dict[str, float] = Field(default_factory=dict)  # validation metrics
+    parity: Parity | None = None
+    reference_file: str | None = REFERENCE_FILE
+    libraries: dict[str, str] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)  # arch, epochs, lr, ...
+
+
+class ManifestError(ValueError):
+    """A bundle's manifest is missing, unreadable or of an unknown schema."""
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(bundle_dir: Path, manifest: Manifest) -> Path:
+    path = Path(bundle_dir) / MANIFEST_FILE
+    path.write_text(manifest.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    path = Path(bundle_dir) / MANIFEST_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path}: no manifest.json") from exc
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
+    schema = raw.get("schema_version") if isinstance(raw, dict) else None
+    if schema != SCHEMA_VERSION:
+        raise ManifestError(f"{path}: schema_version {schema!r}, this code reads {SCHEMA_VERSION}")
+    try:
+        return Manifest.model_validate(raw)
+    except ValueError as exc:
+        raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
+
+
+def verify_files(bundle_dir: Path, manifest: Manifest) -> list[str]:
+    """Return a list of problems: files missing or whose sha256 differs."""
+    problems = []
+    for name, expected in manifest.files.items():
+        path = Path(bundle_dir) / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif sha256_file(path) != expected:
+            problems.append(f"{name}: sha256 mismatch")
+    return problems
+
+
+def read_reference(bundle_dir: Path, manifest: Manifest) -> dict[str, Any] | None:
+    if not manifest.reference_file:
+        return None
+    path = Path(bundle_dir) / manifest.reference_file
+    return json.loads(path.read_text()) if path.is_file() else None
