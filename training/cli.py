@@ -1,0 +1,136 @@
+"""``python -m training``: train, export, fine-tune, interpret, find a learning rate, build the examples."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from training.data.core import DataError
+
+REPORTS_DIR = Path("reports")
+
+
+def _image_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", type=Path, help="a folder tree (label = parent folder) or, with --csv, the image root")
+    p.add_argument("--csv", help="CSV of file names and labels, relative to DATA")
+    p.add_argument("--fn-col", default=0, help="CSV column with file names (name or index)")
+    p.add_argument("--label-col", default=1, help="CSV column with labels (name or index)")
+    p.add_argument("--label-delim", help="labels separated by this make a multi-label problem")
+    p.add_argument("--valid-col", help="CSV boolean column marking validation rows")
+    p.add_argument("--valid-pct", type=float, default=None, help="random validation share (default: train/ valid/ folders if present, else 0.2)")
+    p.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
+    p.add_argument("--method", choices=["crop", "squish", "pad"], default="crop", help="resize method (default crop)")
+    p.add_argument("--pad-mode", choices=["reflection", "zeros"], default="reflection")
+    p.add_argument("--no-aug", action="store_true", help="no training augmentation")
+    p.add_argument("--min-scale", type=float, default=0.75, help="random-resized crop minimum scale (crop method)")
+    p.add_argument("--no-flip", action="store_true", help="no horizontal flips (e.g. for digits or text)")
+
+
+def _tabular_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", type=Path, help="CSV file")
+    p.add_argument("--target", required=True, help="target column")
+    p.add_argument("--cat", nargs="*", default=None, help="categorical columns (default: cont_cat_split)")
+    p.add_argument("--cont", nargs="*", default=None, help="continuous columns (default: cont_cat_split)")
+    p.add_argument("--date", nargs="*", default=(), help="date columns expanded with add_datepart")
+    p.add_argument("--task", choices=["auto", "classification", "regression"], default="auto")
+    p.add_argument("--log-target", action="store_true", help="regress log(target), serve exp()")
+    p.add_argument("--y-range", default="auto", help="'auto' (regression: target range +-5%%), 'none' or LOW,HIGH")
+    p.add_argument("--valid-pct", type=float, default=0.2)
+    p.add_argument("--valid-col", help="boolean column marking validation rows")
+    p.add_argument("--split-by", help="time split: sort by this column, validate on the last rows")
+    p.add_argument("--max-card", type=int, default=20, help="integer columns with more levels are continuous")
+    p.add_argument("--layers", default="200,100", help="hidden layer sizes (default 200,100)")
+
+
+def _fit_args(p: argparse.ArgumentParser, epochs: int, lr: float | None) -> None:
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--lr", type=float, default=lr, help="maximum learning rate (default: lr_find's valley)")
+    p.add_argument("--bs", type=int, default=64, help="batch size")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--mixed-precision", action="store_true", help="autocast on CUDA")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True, help="model name in the repository")
+    p.add_argument("--out", type=Path, default=Path("models"), help="model repository (default models/)")
+    p.add_argument("--interpret", action="store_true", help="also write confusion matrix and top losses PNGs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("image", help="train an image model and export it")
+    _image_data_args(p)
+    p.add_argument("--arch", default="resnet34", help="resnet18, resnet34, resnet50 or simple_cnn")
+    p.add_argument("--pretrained", type=Path, help="torchvision state dict file for the body (never downloaded)")
+    _fit_args(p, epochs=4, lr=None)
+    _export_args(p)
+
+    p = sub.add_parser("tabular", help="train a tabular model and export it")
+    _tabular_data_args(p)
+    _fit_args(p, epochs=5, lr=None)
+    _export_args(p)
+
+    p = sub.add_parser("lr-find", help="run the learning-rate finder and save its plot")
+    p.add_argument("kind", choices=["image", "tabular"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the same data arguments as 'image' or 'tabular'")
+
+    p = sub.add_parser("finetune", help="continue training an exported model on new data, into a new version")
+    p.add_argument("--from", dest="source", type=Path, required=True, help="bundle folder models/<name>/<version>")
+    p.add_argument("data", type=Path, help="image folder or CSV with the same labels/columns as the model")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-4, help="maximum learning rate (default 1e-4: small, to keep what was learned)")
+    p.add_argument("--bs", type=int, default=64)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--valid-pct", type=float, default=0.2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, help="model repository (default: the source bundle's)")
+
+    p = sub.add_parser("interpret", help="confusion matrix, most confused, top losses of an exported model on data")
+    p.add_argument("bundle", type=Path, help="bundle folder models/<name>/<version>")
+    p.add_argument("data", type=Path, help="labelled image folder or CSV with the target column")
+    p.add_argument("--k", type=int, default=9, help="how many top losses to plot")
+    p.add_argument("--out", type=Path, help="where to write the PNGs (default reports/<name>/<version>)")
+
+    p = sub.add_parser("drift", help="compare new data against an exported model's training reference (PSI)")
+    p.add_argument("bundle", type=Path, help="bundle folder models/<name>/<version>")
+    p.add_argument("data", type=Path, help="image folder or CSV of recent inputs")
+    p.add_argument("--out", type=Path, help="where to write drift.json and drift.png (default reports/<name>/<version>)")
+
+    p = sub.add_parser("examples", help="build the example models into the repository")
+    p.add_argument("names", nargs="*", default=None, help="digits, diamonds, penguins (default: all)")
+    p.add_argument("--out", type=Path, default=Path("models"), help="model repository (default models/)")
+    p.add_argument("--data-dir", type=Path, default=Path("data"), help="where the digits PNGs are written")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from training import commands
+    from training.export import ExportError
+
+    handler = {
+        "image": commands.train_image,
+        "tabular": commands.train_tabular,
+        "lr-find": commands.lr_find,
+        "finetune": commands.finetune,
+        "interpret": commands.interpret,
+        "drift": commands.drift,
+        "examples": commands.examples,
+    }[args.command]
+    started = time.perf_counter()
+    try:
+        result: Any = handler(args)
+    except (DataError, ExportError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    print(f"done in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    return 0

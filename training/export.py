@@ -1,0 +1,339 @@
+"""Export a trained Learner as a bundle the service can load: ONNX + manifest + pickle + reference.
+
+``models/<name>/<version>/`` is written into a temporary folder beside its
+final place and renamed into place only once everything, the parity check
+included, has succeeded: a failed export leaves nothing behind, and an
+existing version is never overwritten.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import shutil
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from bundle import reference as ref
+from bundle.manifest import (
+    LEARNER_FILE,
+    ONNX_FILE,
+    REFERENCE_FILE,
+    ImageSpec,
+    Manifest,
+    OnnxSpec,
+    Outputs,
+    Parity,
+    TabularSpec,
+    TensorSpec,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+from training.learner import Learner, activation_for
+from training.models.vision import ImageNormalize
+
+OPSET = 18
+PARITY_TOLERANCE = 1e-4
+OUTPUT_NAMES = {"classification": "probabilities", "multilabel": "probabilities", "regression": "values"}
+
+
+class ExportError(RuntimeError):
+    """The learner could not be exported; nothing was written."""
+
+
+class _ImageGraph(nn.Module):
+    """uint8 pixels in, activated outputs out: what the service runs."""
+
+    def __init__(self, model: nn.Module, activation: nn.Module) -> None:
+        super().__init__()
+        self.model, self.activation = model, activation
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.model(pixels))
+
+
+class _TabularGraph(nn.Module):
+    """Processed columns in, activated outputs out; an input of width 0 is left out of the graph."""
+
+    def __init__(self, model: nn.Module, activation: nn.Module, n_cat: int, n_cont: int) -> None:
+        super().__init__()
+        self.model, self.activation = model, activation
+        self.n_cat, self.n_cont = n_cat, n_cont
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        batch = inputs[0].shape[0]
+        it = iter(inputs)
+        x_cat = next(it) if self.n_cat else torch.zeros(batch, 0, dtype=torch.long)
+        x_cont = next(it) if self.n_cont else torch.zeros(batch, 0, dtype=torch.float32)
+        return self.activation(self.model(x_cat, x_cont))
+
+
+def next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit() and int(p.name) > 0]
+    return max(versions, default=0) + 1
+
+
+def export_learner(
+    learn: Learner,
+    models_dir: str | Path,
+    name: str,
+    *,
+    training_info: dict[str, Any] | None = None,
+    max_batch: int = 64,
+    tolerance: float = PARITY_TOLERANCE,
+) -> Path:
+    """Write ``models_dir/name/<next version>/`` and return its path."""
+    if not name or "/" in name or name.startswith("."):
+        raise ExportError(f"invalid model name {name!r}")
+    model_dir = Path(models_dir) / name
+    created = not model_dir.exists()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    dls = learn.dls
+    learn.model.to("cpu").eval()
+    metrics = {k: float(v) for k, v in learn.validate().items()}
+    learn.model.to("cpu").eval()
+
+    graph, inputs, input_specs = _graph_and_inputs(learn)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
+    try:
+        _export_onnx(graph, inputs, input_specs, tmp / ONNX_FILE, dls.task)
+        parity = _check_parity(graph, tmp / ONNX_FILE, learn, input_specs, max_batch, tolerance)
+        torch.save(_exportable(learn), tmp / LEARNER_FILE)
+        _write_reference(learn, tmp / REFERENCE_FILE)
+        version = next_version(model_dir)
+        manifest = _manifest(learn, name, version, input_specs, metrics, parity, training_info or {})
+        manifest.files = {f: sha256_file(tmp / f) for f in (ONNX_FILE, LEARNER_FILE, REFERENCE_FILE)}
+        write_manifest(tmp, manifest)
+        final = model_dir / str(version)
+        tmp.rename(final)  # atomic; fails rather than overwrite if another export took this version
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(model_dir, ignore_errors=True)
+        raise
+    return final
+
+
+def load_learner(path: str | Path) -> Learner:
+    """Load ``learner.pkl`` from a bundle folder or the file itself (trusted files only: it unpickles)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LEARNER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no exported learner here")
+    learn = torch.load(path, map_location="cpu", weights_only=False)
+    learn.model.eval()
+    return learn
+
+
+def _exportable(learn: Learner) -> Learner:
+    """A copy of the learner with its data dropped and its model on the CPU."""
+    dls = learn.dls
+    learn.dls = dls.new_empty()
+    try:
+        return _deepcopy_cpu(learn)
+    finally:
+        learn.dls = dls
+
+
+def _deepcopy_cpu(learn: Learner) -> Learner:
+    clone = copy.deepcopy(learn)
+    clone.model.to("cpu")
+    return clone
+
+
+def _graph_and_inputs(learn: Learner) -> tuple[nn.Module, tuple[torch.Tensor, ...], list[TensorSpec]]:
+    dls = learn.dls
+    activation = activation_for(dls.task)
+    sample = _valid_inputs(learn, 4)
+    if dls.input_kind == "image":
+        _, c, h, w = sample[0].shape
+        specs = [TensorSpec(name="pixels", dtype="uint8", shape=["batch", c, h, w])]
+        return _ImageGraph(learn.model, activation).eval(), (sample[0],), specs
+    x_cat, x_cont = sample
+    specs, inputs = [], []
+    if x_cat.shape[1]:
+        specs.append(TensorSpec(name="x_cat", dtype="int64", shape=["batch", x_cat.shape[1]]))
+        inputs.append(x_cat)
+    if x_cont.shape[1]:
+        specs.append(TensorSpec(name="x_cont", dtype="float32", shape=["batch", x_cont.shape[1]]))
+        inputs.append(x_cont)
+    graph = _TabularGraph(learn.model, activation, x_cat.shape[1], x_cont.shape[1]).eval()
+    return graph, tuple(inputs), specs
+
+
+def _valid_inputs(learn: Learner, n: int) -> tuple[torch.Tensor, ...]:
+    """The first ``n`` validation inputs (targets dropped), fewer if the set is smaller."""
+    parts: list[tuple[torch.Tensor, ...]] = []
+    count = 0
+    for batch in learn.dls.valid:
+        parts.append(tuple(t for t in batch[:-1]))
+        count += len(batch[0])
+        if count >= n:
+            break
+    if not parts:
+        raise ExportError("the validation set is empty: nothing to check the export against")
+    return tuple(torch.cat(cols)[:n].cpu() for cols in zip(*parts))
+
+
+def _export_onnx(graph: nn.Module, inputs: tuple, specs: list[TensorSpec], path: Path, task: str) -> None:
+    if len(inputs[0]) < 2:
+        inputs = tuple(torch.cat([x, x]) for x in inputs)  # a batch of 1 would specialise the axis
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph,
+            inputs,
+            str(path),
+            input_names=[s.name for s in specs],
+            output_names=[OUTPUT_NAMES[task]],
+            dynamic_shapes=tuple({0: batch} for _ in inputs),
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _check_parity(
+    graph: nn.Module, path: Path, learn: Learner, specs: list[TensorSpec], max_batch: int, tolerance: float
+) -> Parity:
+    """Largest |ONNX Runtime - PyTorch| over validation batches of size 1, an odd size and the maximum."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = _valid_inputs(learn, max_batch)
+    available = len(inputs[0])
+    sizes = sorted({1, min(7, available), available})
+    worst = 0.0
+    for size in sizes:
+        batch = tuple(x[:size] for x in inputs)
+        with torch.no_grad():
+            expected = graph(*batch).numpy()
+        got = session.run(None, {s.name: x.numpy() for s, x in zip(specs, batch)})[0]
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if not worst <= tolerance:
+        raise ExportError(
+            f"ONNX Runtime and PyTorch disagree: largest absolute difference {worst:.3g} "
+            f"> tolerance {tolerance:g} (batch sizes {sizes}); the bundle was not written"
+        )
+    return Parity(max_abs_diff=worst, batch_sizes=sizes, tolerance=tolerance)
+
+
+def _write_reference(learn: Learner, path: Path) -> None:
+    dls = learn.dls
+    features: dict[str, Any] = {}
+    if dls.input_kind == "image":
+        summaries = dls.image_summaries("train")
+        for key in summaries[0] if summaries else ():
+            features[f"image.{key}"] = ref.continuous_reference(np.array([s[key] for s in summaries]))
+    else:
+        processor = dls.processor
+        features = ref.tabular_reference(dls.train_df_raw, processor.raw_cat_names, processor.raw_cont_names)
+    preds, _ = learn.get_preds(activation=True)
+    predictions: dict[str, Any] = {}
+    if dls.task == "classification":
+        index = preds.argmax(dim=1).numpy()
+        predictions["label"] = ref.categorical_reference(np.array(dls.vocab, dtype=object)[index])
+        predictions["confidence"] = ref.continuous_reference(preds.max(dim=1).values.numpy())
+    elif dls.task == "multilabel":
+        predictions["confidence"] = ref.continuous_reference(preds.max(dim=1).values.numpy())
+    else:
+        predictions["value"] = ref.continuous_reference(preds[:, 0].numpy())
+    path.write_text(json.dumps({"schema_version": 1, "features": features, "predictions": predictions}, indent=1))
+
+
+def _manifest(
+    learn: Learner,
+    name: str,
+    version: int,
+    input_specs: list[TensorSpec],
+    metrics: dict[str, float],
+    parity: Parity,
+    training_info: dict[str, Any],
+) -> Manifest:
+    dls = learn.dls
+    task = dls.task
+    image = tabular = None
+    if dls.input_kind == "image":
+        norm = next(m for m in learn.model.modules() if isinstance(m, ImageNormalize))
+        spec = dls.resize_spec
+        image = ImageSpec(
+            height=spec.height,
+            width=spec.width,
+            resize_method=spec.method,
+            pad_mode=spec.pad_mode,
+            mean=_as_list(norm.mean),
+            std=_as_list(norm.std),
+        )
+    else:
+        proc = dls.processor
+        tabular = TabularSpec(
+            processor=proc.to_dict(),
+            cat_names=list(proc.cat_names),
+            cont_names=list(proc.cont_names),
+            raw_columns=list(proc.raw_columns),
+        )
+    outputs = Outputs(
+        classes=list(dls.vocab) if task != "regression" else None,
+        thresholds=list(dls.thresholds or [0.5] * len(dls.vocab)) if task == "multilabel" else None,
+        y_range=tuple(dls.y_range) if task == "regression" and dls.y_range is not None else None,
+        log_target=bool(dls.log_target) if task == "regression" else False,
+        target_names=list(dls.target_names),
+    )
+    n_out = dls.n_out
+    onnx_spec = OnnxSpec(
+        opset=OPSET,
+        inputs=input_specs,
+        outputs=[TensorSpec(name=OUTPUT_NAMES[task], dtype="float32", shape=["batch", n_out])],
+    )
+    return Manifest(
+        name=name,
+        version=version,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        task=task,
+        input_kind=dls.input_kind,
+        image=image,
+        tabular=tabular,
+        outputs=outputs,
+        onnx=onnx_spec,
+        metrics=metrics,
+        parity=parity,
+        libraries=_library_versions(),
+        training=training_info,
+    )
+
+
+def _as_list(x: Any) -> list[float]:
+    return [float(v) for v in torch.as_tensor(x).flatten().tolist()]
+
+
+def _library_versions() -> dict[str, str]:
+    import PIL
+    import pandas
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+        "pandas": pandas.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+__all__ = ["ExportError", "export_learner", "load_learner", "next_version", "read_manifest"]
