@@ -3,7 +3,7 @@
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    SERVING_MODELS_DIR=/models SERVING_HOST=0.0.0.0 SERVING_PORT=8000
+    SERVING_MODELS=/models SERVING_HOST=0.0.0.0 SERVING_PORT=8080
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -16,8 +16,8 @@ RUN mkdir -p training && touch training/__init__.py \
 COPY --chown=serving models/ /models/
 
 USER serving
-EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz').status != 200)"
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz').status != 200)"
 # uvicorn's graceful shutdown on SIGTERM: stop accepting, drain the batchers, exit
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "service"]

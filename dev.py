@@ -48,7 +48,7 @@ def missing_examples(models_dir: Path) -> list[str]:
 
 def serve(args: list[str]) -> None:
     ensure_env(EXTRAS["serve"])
-    models_dir = ROOT / os.environ.get("SERVING_MODELS_DIR", "models")
+    models_dir = ROOT / os.environ.get("SERVING_MODELS", "models")
     missing = missing_examples(models_dir)
     if missing:
         run(PYTHON, "-m", "training", "examples", "--out", models_dir, *missing)

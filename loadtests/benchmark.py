@@ -1,0 +1,242 @@
+"""Benchmark the service against its ceilings, all measured in this one run on this machine.
+
+    python -m loadtests.benchmark [--seconds 10] [--skip-digits]
+
+1. resnet18 at 128 px (untrained; weights do not change the timing), JPEG input:
+   - the pipeline limit: one process decoding JPEGs and running ONNX Runtime at
+     its best batch size, no HTTP;
+   - the service with batching on and off, 32 concurrent clients;
+   - one client alone: median latency against the limit's single-item time.
+2. The digits example (a tiny model, where HTTP is the ceiling): the service
+   against a bare Starlette endpoint that only reads the body and answers JSON,
+   32 concurrent clients.
+
+Prints the figures and the targets' ratios; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from bundle.images import ResizeSpec, preprocess
+from bundle.manifest import read_manifest
+from loadtests.loadgen import LoadResult, build_request, load
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+
+def sample_jpeg(side: int = 480) -> bytes:
+    """A real photo when scikit-image is installed (its sample data ships with it), else a synthetic one."""
+    try:
+        from skimage import data
+
+        img = Image.fromarray(data.astronaut())
+    except ImportError:
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[0:side, 0:side]
+        base = np.stack([xx, yy, (xx + yy) // 2], axis=-1) % 256
+        img = Image.fromarray((base + rng.integers(0, 40, base.shape)).clip(0, 255).astype(np.uint8))
+    img = img.resize((side, side))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def build_resnet_bundle(repo: Path) -> Path:
+    """An untrained resnet18 at 128 px, exported through the real training pipeline."""
+    from training.builders import vision_learner
+    from training.data.images import ImageDataLoaders
+    from training.export import export_learner
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 128, 128, 3), dtype=np.uint8)
+    labels = [str(i % 2) for i in range(16)]
+    dls = ImageDataLoaders.from_arrays(images, labels, valid_pct=0.25, size=128, method="crop", bs=8)
+    learn = vision_learner(dls, arch="resnet18", device="cpu")
+    return export_learner(learn, repo, "resnet18")
+
+
+def pipeline_limit(bundle: Path, jpeg: bytes, seconds: float) -> tuple[dict[int, float], float]:
+    """Items/s per batch size for decode + ONNX Runtime in one process, and the single-item time in ms."""
+    from service.runtime import OnnxRuntime
+
+    manifest = read_manifest(bundle)
+    spec = manifest.image
+    resize = ResizeSpec(spec.height, spec.width, spec.resize_method, spec.pad_mode)
+    runtime = OnnxRuntime(bundle / "model.onnx", manifest.onnx.inputs, manifest.onnx.outputs, provider="cpu")
+    rates: dict[int, float] = {}
+    single_ms: list[float] = []
+    for batch in (1, 2, 4, 8, 16, 32):
+        runtime.warm_up([batch])
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / 6:
+            t0 = time.perf_counter()
+            pixels = np.stack([preprocess(jpeg, resize) for _ in range(batch)])
+            runtime.run([pixels])
+            if batch == 1:
+                single_ms.append((time.perf_counter() - t0) * 1000)
+            done += batch
+        rates[batch] = done / (time.perf_counter() - started)
+    return rates, statistics.median(single_ms)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(args: list[str], env: dict[str, str], ready_path: str, timeout: float = 120) -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, *args, "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{port}{ready_path}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("server did not become ready")
+            time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def serve_and_load(repo: Path, model: str, body: bytes, ctype: str, env: dict[str, str], clients: int, seconds: float) -> LoadResult:
+    service_env = {"SERVING_WATCH_INTERVAL_S": "0", "SERVING_LOG_LEVEL": "warning", **env}
+    with server(["-m", "service", "--models", str(repo), "--host", HOST], service_env, "/readyz") as port:
+        request = build_request(HOST, port, f"/v1/models/{model}/predict", body, ctype)
+        return load(HOST, port, request, clients, seconds, warmup_seconds=min(2.0, seconds / 3))
+
+
+def bare_load(body: bytes, ctype: str, clients: int, seconds: float) -> LoadResult:
+    args = ["-m", "uvicorn", "loadtests.bare_app:app", "--host", HOST, "--log-level", "warning", "--no-access-log"]
+    with _bare(args) as port:
+        request = build_request(HOST, port, "/v1/models/digits/predict", body, ctype)
+        return load(HOST, port, request, clients, seconds, warmup_seconds=min(2.0, seconds / 3))
+
+
+@contextmanager
+def _bare(args: list[str]) -> Iterator[int]:
+    """The bare app has no readiness route: ready once it accepts connections."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, *args, "--port", str(port)], cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection((HOST, port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def describe(label: str, r: LoadResult) -> str:
+    return (
+        f"  {label:<34} {r.rate:8.1f} req/s   p50 {r.median_ms:7.2f} ms   p99 {r.percentile(99):7.2f} ms"
+        f"   errors {r.errors}/{r.requests}"
+    )
+
+
+def digits_bundle_repo(work: Path) -> Path:
+    models = ROOT / "models"
+    if any((models / "digits").glob("*/manifest.json")):
+        return models
+    repo = work / "digits-repo"
+    subprocess.run(
+        [sys.executable, "-m", "training", "examples", "digits", "--out", str(repo), "--data-dir", str(work / "data")],
+        cwd=ROOT,
+        check=True,
+    )
+    return repo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load run")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--skip-digits", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        repo = work / "repo"
+        print("building the resnet18 128 px bundle ...", flush=True)
+        bundle = build_resnet_bundle(repo)
+        jpeg = sample_jpeg()
+
+        print("\nresnet18 @ 128 px, JPEG input")
+        rates, single_ms = pipeline_limit(bundle, jpeg, seconds=args.seconds)
+        best = max(rates, key=rates.get)
+        limit = rates[best]
+        print("  pipeline limit (decode + ORT, no HTTP): " + ", ".join(f"b{b}: {r:.1f}/s" for b, r in rates.items()))
+        print(f"  best batch size {best}: {limit:.1f} items/s; single item {single_ms:.2f} ms")
+
+        on = serve_and_load(repo, "resnet18", jpeg, "image/jpeg", {}, args.clients, args.seconds)
+        off = serve_and_load(repo, "resnet18", jpeg, "image/jpeg", {"SERVING_MAX_BATCH_SIZE": "1"}, args.clients, args.seconds)
+        alone = serve_and_load(repo, "resnet18", jpeg, "image/jpeg", {}, 1, args.seconds)
+        print(describe(f"service, batching on, {args.clients} clients", on))
+        print(describe(f"service, batching off, {args.clients} clients", off))
+        print(describe("service, one client", alone))
+        print(f"  throughput / pipeline limit   {on.rate / limit:5.2f}   (target >= 0.85)")
+        print(f"  batching on / batching off    {on.rate / off.rate:5.2f}   (target >= 1.3)")
+        print(f"  one client median - single    {alone.median_ms - single_ms:+5.2f} ms (target <= +3 ms)")
+
+        if not args.skip_digits:
+            digits_repo = digits_bundle_repo(work)
+            sample = _digits_png()
+            print(f"\ndigits example, PNG input, {args.clients} clients")
+            served = serve_and_load(digits_repo, "digits", sample, "image/png", {}, args.clients, args.seconds)
+            bare = bare_load(sample, "image/png", args.clients, args.seconds)
+            print(describe("service", served))
+            print(describe("bare Starlette endpoint", bare))
+            print(f"  service / bare endpoint       {served.rate / bare.rate:5.2f}   (target >= 0.5)")
+
+
+def _digits_png() -> bytes:
+    from sklearn.datasets import load_digits
+
+    image = (load_digits().images[0] * (255 / 16)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+if __name__ == "__main__":
+    main()
