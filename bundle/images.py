@@ -48,37 +48,52 @@ def decode_image(
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise ImageError("not a recognised image format") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, far above ours: still too large
+        raise ImageTooLarge(str(exc)) from exc
     except Exception as exc:  # Pillow raises many types for corrupt headers
         raise ImageError(f"cannot read image: {exc}") from exc
     width, height = img.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, limit is {max_pixels}")
     if target is not None and img.format == "JPEG":
-        img.draft("RGB", _draft_size(img.size, target))
+        img.draft("RGB", _draft_size(img.size, target, _exif_swaps_axes(img)))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.seek(0)
             img.load()
             img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return to_rgb(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
 
 
-def _draft_size(size: tuple[int, int], target: ResizeSpec) -> tuple[int, int]:
-    """The smallest (w, h) the resize method still needs, for JPEG draft decoding."""
+def _draft_size(size: tuple[int, int], target: ResizeSpec, swap: bool = False) -> tuple[int, int]:
+    """The smallest stored (w, h) the resize method still needs, for JPEG draft decoding.
+
+    ``swap``: the EXIF orientation turns the stored image by 90 degrees, so
+    the target's width applies to the stored height.
+    """
     w, h = size
+    tw, th = (target.height, target.width) if swap else (target.width, target.height)
     if target.method == "squish":
-        return target.width, target.height
+        return tw, th
     if target.method == "crop":
-        scale = max(target.width / w, target.height / h)
+        scale = max(tw / w, th / h)
     else:  # pad
-        scale = min(target.width / w, target.height / h)
+        scale = min(tw / w, th / h)
     return max(1, int(np.ceil(w * scale))), max(1, int(np.ceil(h * scale)))
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _exif_swaps_axes(img: Image.Image) -> bool:
+    """Whether the EXIF orientation (5-8: transposed or turned 90/270 degrees) swaps width and height."""
+    try:
+        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # unreadable EXIF: exif_transpose will ignore it too
+        return False
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
@@ -115,12 +130,13 @@ def pad_to(img: Image.Image, width: int, height: int, mode: str) -> Image.Image:
     top, left = (height - h) // 2, (width - w) // 2
     pads = ((top, height - h - top), (left, width - w - left), (0, 0))
     if mode == "reflection" and h > 1 and w > 1:
-        # np.pad's reflect needs the pad to be smaller than the side; repeat if not
-        while arr.shape[0] < height or arr.shape[1] < width:
-            ph = min(height - arr.shape[0], arr.shape[0] - 1)
-            pw = min(width - arr.shape[1], arr.shape[1] - 1)
-            t, lft = ph // 2, pw // 2
-            arr = np.pad(arr, ((t, ph - t), (lft, pw - lft), (0, 0)), mode="reflect")
+        # np.pad's reflect needs each pad smaller than the side: grow in steps, content kept centred
+        (top, bottom), (left, right) = pads[0], pads[1]
+        while top or bottom or left or right:
+            t, b = min(top, arr.shape[0] - 1), min(bottom, arr.shape[0] - 1)
+            lft, r = min(left, arr.shape[1] - 1), min(right, arr.shape[1] - 1)
+            arr = np.pad(arr, ((t, b), (lft, r), (0, 0)), mode="reflect")
+            top, bottom, left, right = top - t, bottom - b, left - lft, right - r
         return Image.fromarray(arr)
     return Image.fromarray(np.pad(arr, pads, mode="constant"))
 
