@@ -19,7 +19,7 @@ from training.builders import tabular_learner, vision_learner
 from training.data.augment import aug_transforms
 from training.data.core import DataError
 from training.data.images import IMAGE_EXTENSIONS, ImageDataLoaders
-from training.data.tabular import TabularDataLoaders
+from training.data.tabular import TabularDataLoaders, class_targets
 from training.examples import EXAMPLES, build_example
 from training.export import export_learner, load_learner
 from training.interpret import ClassificationInterpretation
@@ -182,11 +182,7 @@ def _encoded_loader(learn: Learner, data: Path, bs: int = 64) -> DataLoader:
     df = df.dropna(subset=[target])
     inputs = dls.encode_items(df)
     if dls.task == "classification":
-        labels = df[target].astype(str).tolist()
-        unknown = sorted(set(labels) - set(dls.vocab))
-        if unknown:
-            raise DataError(f"{data}: labels the model does not know: {', '.join(unknown[:10])}")
-        targets = torch.tensor([dls.vocab.index(label) for label in labels])
+        targets, _ = class_targets(df[target], target, dls.vocab)  # the loader's own label rule
     else:
         values = df[target].to_numpy(dtype=np.float32)
         targets = torch.tensor(np.log(values) if dls.log_target else values).reshape(len(df), -1)

@@ -25,6 +25,7 @@ from training.data.images import ImageDataLoaders
 from training.data.tabular import TabularDataLoaders
 from training.export import export_learner
 from training.learner import Learner, set_seed
+from training.metrics import accuracy, error_rate
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def train_penguins(epochs: int = 8, seed: int = 42) -> Learner:
         seed=seed,
         bs=32,
     )
-    learn = tabular_learner(dls, layers=(200, 100), seed=seed)
+    learn = tabular_learner(dls, layers=(200, 100), metrics=[accuracy, error_rate], seed=seed)
     learn.fit_one_cycle(epochs, 1e-2)
     return learn
 

@@ -191,6 +191,9 @@ def _export_onnx(graph: nn.Module, inputs: tuple, specs: list[TensorSpec], path:
     if len(inputs[0]) < 2:
         inputs = tuple(torch.cat([x, x]) for x in inputs)  # a batch of 1 would specialise the axis
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    per_input = tuple({0: batch} for _ in inputs)
+    # the tabular graph takes *inputs, whose shapes torch.export wants nested as one argument
+    dynamic_shapes = (per_input,) if isinstance(graph, _TabularGraph) else per_input
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -199,7 +202,7 @@ def _export_onnx(graph: nn.Module, inputs: tuple, specs: list[TensorSpec], path:
             str(path),
             input_names=[s.name for s in specs],
             output_names=[OUTPUT_NAMES[task]],
-            dynamic_shapes=tuple({0: batch} for _ in inputs),
+            dynamic_shapes=dynamic_shapes,
             opset_version=OPSET,
             dynamo=True,
             external_data=False,
