@@ -115,7 +115,7 @@ def _export(learn: Learner, args: argparse.Namespace, lr: float) -> dict[str, An
     bundle = export_learner(learn, args.out, args.name, training_info=info)
     manifest = read_manifest(bundle)
     result: dict[str, Any] = {"bundle": str(bundle), "metrics": manifest.metrics, "parity": manifest.parity}
-    if args.interpret and learn.dls.task != "regression":
+    if args.interpret and learn.dls.task == "classification":
         result["reports"] = write_interpretation(learn, REPORTS_DIR / args.name / str(manifest.version))
     return result
 
@@ -198,8 +198,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def interpret(args: argparse.Namespace) -> dict[str, Any]:
     learn = load_learner(args.bundle)
-    if learn.dls.task == "regression":
-        raise DataError("interpretation (confusion matrix, top losses) is for classification models")
+    if learn.dls.task != "classification":
+        raise DataError("interpretation (confusion matrix, top losses) is for single-label classification models")
     manifest = read_manifest(args.bundle)
     out = args.out or REPORTS_DIR / manifest.name / str(manifest.version)
     return write_interpretation(learn, out, _encoded_loader(learn, args.data), k=args.k)
