@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -11,7 +12,6 @@ from typing import Any, Sequence
 
 from training.data.core import DataError
 
-REPORTS_DIR = Path("reports")
 
 
 def _image_data_args(p: argparse.ArgumentParser) -> None:
@@ -126,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }[args.command]
     started = time.perf_counter()
     try:
-        result: Any = handler(args)
+        # progress and epoch tables go to stderr so that stdout is the JSON result alone
+        with contextlib.redirect_stdout(sys.stderr):
+            result: Any = handler(args)
     except (DataError, ExportError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

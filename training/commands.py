@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from training.interpret import ClassificationInterpretation
 from training.learner import Learner, set_seed
 
 FIT_NOTE = "lr_find's valley"
+REPORTS_DIR = Path("reports")
 
 
 def _col(value: Any) -> Any:
@@ -294,7 +296,7 @@ def examples(args: argparse.Namespace) -> dict[str, Any]:
     results = {}
     for name in names:
         result = build_example(name, args.out, args.data_dir)
-        print(f"{name}: {result.bundle} {result.metrics} (target: {result.target})", flush=True)
+        print(f"{name}: {result.bundle} {result.metrics} (target: {result.target})", file=sys.stderr, flush=True)
         results[name] = {"bundle": str(result.bundle), "metrics": result.metrics, "target": result.target}
     return results
 

@@ -1,0 +1,137 @@
+"""`python -m training` end to end on tiny data, and its errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torchvision
+
+from bundle.manifest import read_manifest
+from training.cli import main
+from training.examples import penguins_frame, write_digits_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--epochs", "1", "--lr", "1e-2", "--bs", "32"]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_digits_folder(tmp_path_factory.mktemp("data") / "digits", limit=120)
+
+
+@pytest.fixture(scope="module")
+def penguins_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "penguins.csv"
+    penguins_frame().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # reports/ lands here
+
+
+def run_cli(*args: str | Path) -> int:
+    return main([str(a) for a in args])
+
+
+def test_image_command_trains_and_exports_with_interpretation(digits: Path, tmp_path: Path, capsys) -> None:
+    code = run_cli("image", digits, "--arch", "simple_cnn", "--size", "16", "--method", "squish", "--no-flip",
+                   *FAST, "--name", "digits", "--out", tmp_path / "models", "--interpret")
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert Path(result["bundle"]) == tmp_path / "models" / "digits" / "1"
+    assert Path(result["reports"]["confusion_matrix"]).is_file()
+    assert Path(result["reports"]["top_losses"]).is_file()
+
+
+def test_tabular_command_then_finetune_interpret_and_drift(penguins_csv: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "models"
+    assert run_cli("tabular", penguins_csv, "--target", "species", *FAST, "--name", "penguins", "--out", out) == 0
+    capsys.readouterr()
+
+    assert run_cli("finetune", "--from", out / "penguins" / "1", penguins_csv, "--epochs", "1") == 0
+    finetuned = json.loads(capsys.readouterr().out)
+    assert finetuned["from_version"] == 1 and Path(finetuned["bundle"]).name == "2"
+    assert read_manifest(out / "penguins" / "2").training["finetuned_from"] == 1
+
+    assert run_cli("interpret", out / "penguins" / "2", penguins_csv) == 0
+    assert Path(json.loads(capsys.readouterr().out)["confusion_matrix"]).is_file()
+
+    shifted = penguins_frame().assign(body_mass_g=lambda d: d["body_mass_g"] * 2)
+    shifted.to_csv(tmp_path / "recent.csv", index=False)
+    assert run_cli("drift", out / "penguins" / "2", tmp_path / "recent.csv") == 0
+    drift = json.loads(capsys.readouterr().out)
+    assert drift["psi"]["body_mass_g"] > 0.25 and drift["psi"]["island"] < 0.1
+    assert "body_mass_g" in drift["shifted (psi > 0.25)"]
+
+
+def test_lr_find_command_saves_a_plot(penguins_csv: Path, capsys) -> None:
+    assert run_cli("lr-find", "tabular", penguins_csv, "--target", "species", "--bs", "32") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 1e-7 < result["valley"] < 10 and Path(result["plot"]).is_file()
+
+
+def bad_input_cases(tmp_path: Path, digits: Path) -> dict[str, tuple[list, str]]:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    single = tmp_path / "single" / "seven"
+    single.mkdir(parents=True)
+    for f in list((digits / "7").glob("*.png"))[:6]:
+        (single / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "broken.csv").write_bytes(b"\xff\xfe\x00garbage\x00\n\x00")
+    pd.DataFrame({"a": [1, 2, 3, 4] * 5, "b": ["x", "y", "z", "w"] * 5}).to_csv(tmp_path / "t.csv", index=False)
+    mismatched = tmp_path / "weights.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), mismatched)
+    return {
+        "empty folder": (["image", empty], "no readable images"),
+        "single class": (["image", tmp_path / "single"], "class"),
+        "unreadable csv": (["tabular", tmp_path / "broken.csv", "--target", "a"], "broken.csv"),
+        "missing target": (["tabular", tmp_path / "t.csv", "--target", "price"], "price"),
+        "non-numeric regression target": (["tabular", tmp_path / "t.csv", "--target", "b", "--task", "regression"], "numeric"),
+        "unknown architecture": (["image", digits, "--arch", "resnet9000"], "resnet9000"),
+        "weights that do not fit": (["image", digits, "--arch", "resnet18", "--pretrained", mismatched], "weights.pth"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["empty folder", "single class", "unreadable csv", "missing target", "non-numeric regression target",
+     "unknown architecture", "weights that do not fit"],
+)
+def test_bad_input_is_a_clear_error_and_leaves_no_bundle(case: str, digits: Path, tmp_path: Path, capsys) -> None:
+    args, expected = bad_input_cases(tmp_path, digits)[case]
+    out = tmp_path / "models"
+    code = run_cli(*args, "--size", "16", *FAST, "--name", "bad", "--out", out) if args[0] == "image" else \
+        run_cli(*args, *FAST, "--name", "bad", "--out", out)  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and expected.lower() in err.lower()
+    assert not (out / "bad").exists()
+
+
+def test_python_dash_m_training_runs_as_a_program() -> None:
+    done = subprocess.run([sys.executable, "-m", "training", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0
+    for command in ("image", "tabular", "lr-find", "finetune", "interpret", "drift", "examples"):
+        assert command in done.stdout
+
+
+def test_examples_command_rejects_unknown_names(capsys) -> None:
+    assert run_cli("examples", "mnist") == 2
+    assert "mnist" in capsys.readouterr().err
+
+
+def test_digits_images_are_real_png_files(digits: Path) -> None:
+    from PIL import Image
+
+    image = Image.open(next(digits.rglob("*.png")))
+    assert image.format == "PNG" and image.size == (8, 8)
+    assert np.asarray(image).max() > 100

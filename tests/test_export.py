@@ -1,0 +1,141 @@
+"""Export: a learner becomes models/<name>/<version>/ that ONNX Runtime replays exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from bundle.images import ResizeSpec, preprocess
+from bundle.manifest import read_manifest, verify_files
+from bundle.tabular import TabularProcessor
+from training.builders import tabular_learner, vision_learner
+from training.data.images import ImageDataLoaders
+from training.data.tabular import TabularDataLoaders
+from training.examples import penguins_frame, write_digits_folder
+from training.export import ExportError, export_learner, load_learner
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_digits_folder(tmp_path_factory.mktemp("data") / "digits", limit=200)
+
+
+@pytest.fixture(scope="module")
+def image_learner(digits_folder: Path):
+    dls = ImageDataLoaders.from_folder(digits_folder, valid_pct=0.25, size=16, method="squish", bs=32)
+    learn = vision_learner(dls, arch="simple_cnn", seed=0, device="cpu")
+    learn.fit_one_cycle(1, 1e-2)
+    return learn
+
+
+@pytest.fixture(scope="module")
+def penguins_learner():
+    dls = TabularDataLoaders.from_df(penguins_frame(), y_names="species", valid_pct=0.2, bs=32, seed=0)
+    learn = tabular_learner(dls, layers=(32, 16), seed=0, device="cpu")
+    learn.fit_one_cycle(1, 1e-2)
+    return learn
+
+
+@pytest.fixture(scope="module")
+def image_bundle(image_learner, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_learner(image_learner, tmp_path_factory.mktemp("models"), "digits")
+
+
+def test_export_writes_every_file_of_the_bundle(image_bundle: Path) -> None:
+    assert image_bundle.name == "1"
+    assert sorted(p.name for p in image_bundle.iterdir()) == [
+        "learner.pkl",
+        "manifest.json",
+        "model.onnx",
+        "reference.json",
+    ]
+
+
+def test_manifest_records_what_the_contract_lists(image_bundle: Path) -> None:
+    m = read_manifest(image_bundle)
+    assert (m.name, m.version, m.task, m.input_kind) == ("digits", 1, "classification", "image")
+    assert (m.image.height, m.image.width, m.image.resize_method) == (16, 16, "squish")
+    assert len(m.image.mean) == 3 and len(m.image.std) == 3
+    assert m.outputs.classes == [str(d) for d in range(10)]
+    assert m.onnx.inputs[0].name == "pixels" and m.onnx.inputs[0].shape[0] == "batch"
+    assert m.onnx.opset >= 17
+    assert "error_rate" in m.metrics and "valid_loss" in m.metrics
+    assert m.parity is not None and m.parity.max_abs_diff <= 1e-4 and 1 in m.parity.batch_sizes
+    assert {"torch", "onnxruntime", "numpy"} <= set(m.libraries)
+    assert verify_files(image_bundle, m) == []
+
+
+def test_reference_statistics_describe_images_and_predictions(image_bundle: Path) -> None:
+    reference = json.loads((image_bundle / "reference.json").read_text())
+    assert {"image.brightness", "image.contrast", "image.width", "image.height"} <= set(reference["features"])
+    assert reference["predictions"]["label"]["kind"] == "categorical"
+    assert reference["predictions"]["confidence"]["kind"] == "continuous"
+
+
+def test_a_second_export_is_a_new_version_and_never_overwrites(image_learner, image_bundle: Path) -> None:
+    before = (image_bundle / "model.onnx").read_bytes()
+    second = export_learner(image_learner, image_bundle.parent.parent, "digits")
+    assert second.name == "2"
+    assert (image_bundle / "model.onnx").read_bytes() == before
+
+
+def test_onnx_on_file_bytes_equals_the_learner_prediction(image_bundle: Path, digits_folder: Path) -> None:
+    m = read_manifest(image_bundle)
+    spec = ResizeSpec(m.image.height, m.image.width, m.image.resize_method, m.image.pad_mode)
+    files = sorted(digits_folder.rglob("*.png"))[:5]
+    pixels = np.stack([preprocess(f.read_bytes(), spec) for f in files])
+    session = ort.InferenceSession(str(image_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_probs = session.run(None, {"pixels": pixels})[0]
+    learn = load_learner(image_bundle)
+    for f, row in zip(files, onnx_probs):
+        label, index, probs = learn.predict(f)
+        assert index == int(row.argmax()) and label == m.outputs.classes[index]
+        np.testing.assert_allclose(probs.numpy(), row, atol=1e-5)
+
+
+def test_load_learner_predict_returns_label_index_and_probabilities(image_bundle: Path, digits_folder: Path) -> None:
+    learn = load_learner(image_bundle)
+    label, index, probs = learn.predict(next(digits_folder.rglob("*.png")))
+    assert isinstance(label, str) and isinstance(index, int)
+    assert probs.shape == (10,) and torch.isclose(probs.sum(), torch.tensor(1.0), atol=1e-5)
+
+
+def test_a_failed_parity_check_leaves_nothing_behind(image_learner, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="disagree"):
+        export_learner(image_learner, tmp_path, "digits", tolerance=-1.0)
+    assert not (tmp_path / "digits").exists()
+
+
+def test_tabular_bundle_replays_its_processors_without_torch(penguins_learner, tmp_path: Path) -> None:
+    bundle = export_learner(penguins_learner, tmp_path, "penguins")
+    m = read_manifest(bundle)
+    assert m.input_kind == "tabular" and [i.name for i in m.onnx.inputs] == ["x_cat", "x_cont"]
+    processor = TabularProcessor.from_dict(m.tabular.processor)
+    rows = penguins_frame().head(9)
+    table = processor.transform(rows)
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_probs = session.run(None, {"x_cat": table.x_cat, "x_cont": table.x_cont})[0]
+    learned = [p.numpy() for _, _, p in load_learner(bundle).predict_batch(rows)]
+    np.testing.assert_allclose(onnx_probs, np.stack(learned), atol=1e-5)
+    reference = json.loads((bundle / "reference.json").read_text())
+    assert reference["features"]["island"]["kind"] == "categorical"
+    assert reference["features"]["bill_length_mm"]["kind"] == "continuous"
+
+
+def test_regression_bundle_records_log_target_and_y_range(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    import pandas as pd
+
+    df = pd.DataFrame({"size": rng.uniform(1, 10, 200), "kind": rng.choice(["a", "b"], 200)})
+    df["price"] = np.exp(1 + 0.2 * df["size"] + (df["kind"] == "b"))
+    dls = TabularDataLoaders.from_df(df, y_names="price", y_block="regression", log_target=True, bs=32)
+    learn = tabular_learner(dls, layers=(16,), y_range=(0.5, 4.5), seed=0, device="cpu")
+    learn.fit_one_cycle(1, 1e-2)
+    m = read_manifest(export_learner(learn, tmp_path, "prices"))
+    assert m.task == "regression" and m.outputs.log_target and m.outputs.y_range == (0.5, 4.5)
+    assert m.onnx.outputs[0].name == "values" and "rmse" in m.metrics
