@@ -1,0 +1,69 @@
+"""``python -m service --models models/ [--host H] [--port P] [--rollout FILE]``.
+
+Command-line flags override ``SERVING_*`` environment variables, which
+override the defaults; ``--help`` lists every setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from typing import Sequence
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.app import create_app
+from service.settings import ServiceSettings
+
+
+def settings_help() -> str:
+    lines = ["settings (environment variables):"]
+    for name, field in ServiceSettings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        lines.append(f"  SERVING_{name.upper():<24} {field.description} (default: {default})")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve a model repository over HTTP.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--models", help="model repository root (SERVING_MODELS)")
+    parser.add_argument("--host", help="interface to listen on (SERVING_HOST)")
+    parser.add_argument("--port", type=int, help="TCP port (SERVING_PORT)")
+    parser.add_argument("--rollout", help="rollout policy YAML file (SERVING_ROLLOUT)")
+    parser.add_argument("--log-level", dest="log_level", help="log level (SERVING_LOG_LEVEL)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {key: value for key, value in vars(args).items() if value is not None}
+    try:
+        settings = ServiceSettings(**overrides)
+    except ValidationError as exc:
+        print(f"invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # metrics count requests; a log line per request costs throughput
+        timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),
+        lifespan="on",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

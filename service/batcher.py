@@ -1,0 +1,266 @@
+"""The dynamic batcher: a queue, a size limit and a wait window (Ray Serve style).
+
+Requests put their items (rows of the model inputs) on the queue; a worker
+takes whatever is queued when the runtime is free, up to ``max_batch_size``
+items, runs it in a thread so the event loop stays free, and hands every
+request its own rows back in order. A request larger than a batch is split
+across batches and reassembled. With ``max_queue_delay_ms = 0`` a lone
+request never waits for company; batches form by themselves under load
+while the previous batch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, InferenceFailed, QueueFull, Unavailable
+
+RunBatch = Callable[[Sequence[np.ndarray]], np.ndarray]
+
+
+class BatchObserver(Protocol):
+    """Where the batcher reports what it does (the metrics of one version)."""
+
+    def queue_depth(self, items: int) -> None: ...
+
+    def queue_wait(self, seconds: float) -> None: ...
+
+    def batch(self, items: int, run_seconds: float) -> None: ...
+
+
+class _NoObserver:
+    def queue_depth(self, items: int) -> None:
+        pass
+
+    def queue_wait(self, seconds: float) -> None:
+        pass
+
+    def batch(self, items: int, run_seconds: float) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Request:
+    future: asyncio.Future[np.ndarray]
+    size: int
+    enqueued_at: float
+    deadline: float
+    parts: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    done_items: int = 0
+    started: bool = False
+
+
+@dataclass(eq=False)
+class _Chunk:
+    """A run of consecutive items of one request, still to be run."""
+
+    request: _Request
+    inputs: list[np.ndarray]
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return int(self.inputs[0].shape[0])
+
+    def split(self, n: int) -> tuple["_Chunk", "_Chunk"]:
+        head = _Chunk(self.request, [a[:n] for a in self.inputs], self.offset)
+        tail = _Chunk(self.request, [a[n:] for a in self.inputs], self.offset + n)
+        return head, tail
+
+
+def padded_sizes(max_batch_size: int) -> list[int]:
+    """Fixed batch sizes when padding: powers of two below the maximum, and the maximum."""
+    sizes, size = [], 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_batch_size]
+
+
+class DynamicBatcher:
+    """Batches items of concurrent requests for one served version."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        executor: Executor,
+        *,
+        max_batch_size: int = 32,
+        max_queue_delay_ms: float = 0.0,
+        max_queue_size: int = 256,
+        batches_in_flight: int = 1,
+        pad_batches: bool = False,
+        retry_after_s: int = 1,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.run_batch = run_batch
+        self.executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self.batches_in_flight = batches_in_flight
+        self.pad_sizes = padded_sizes(max_batch_size) if pad_batches else None
+        self.retry_after_s = retry_after_s
+        self.observer: BatchObserver = observer or _NoObserver()
+        self._queue: deque[_Chunk] = deque()
+        self._queued_items = 0
+        self._has_work = asyncio.Event()
+        self._batch_full = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queued_items
+
+    def batch_sizes(self) -> list[int]:
+        """Every batch size a run can have: what warm-up must cover."""
+        return list(self.pad_sizes) if self.pad_sizes else list(range(1, self.max_batch_size + 1))
+
+    def start(self) -> None:
+        """Start the workers (needs the running event loop)."""
+        if not self._workers:
+            self._workers = [asyncio.create_task(self._work()) for _ in range(self.batches_in_flight)]
+
+    async def submit(self, inputs: Sequence[np.ndarray], timeout_s: float) -> np.ndarray:
+        """Queue ``n`` items (rows of each input); return the model output rows in the same order."""
+        if self._closing:
+            raise Unavailable("this model version is being unloaded; retry to reach the current version")
+        size = int(inputs[0].shape[0])
+        if self._queued_items and self._queued_items + size > self.max_queue_size:
+            raise QueueFull(
+                f"the queue holds {self._queued_items} items (limit {self.max_queue_size}); retry later",
+                self.retry_after_s,
+            )
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        request = _Request(loop.create_future(), size, now, now + timeout_s)
+        self._queue.append(_Chunk(request, list(inputs), 0))
+        self._queued_items += size
+        self.observer.queue_depth(self._queued_items)
+        self._has_work.set()
+        if self._queued_items >= self.max_batch_size:
+            self._batch_full.set()
+        expiry = loop.call_at(request.deadline, _expire, request)
+        try:
+            return await request.future
+        finally:
+            expiry.cancel()
+
+    async def drain(self) -> None:
+        """Stop accepting, run everything queued, wait for batches in flight, stop the workers."""
+        self._closing = True
+        self._has_work.set()
+        self._batch_full.set()  # a worker waiting out the delay window runs what it has now
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                if self._closing:
+                    return
+                self._has_work.clear()
+                await self._has_work.wait()
+            if self.max_queue_delay_s > 0 and self._queued_items < self.max_batch_size and not self._closing:
+                # The wait window counts from the oldest item's arrival, so no item waits longer than it.
+                window = self._queue[0].request.enqueued_at + self.max_queue_delay_s - loop.time()
+                if window > 0:
+                    self._batch_full.clear()
+                    try:
+                        await asyncio.wait_for(self._batch_full.wait(), window)
+                    except TimeoutError:
+                        pass
+            chunks = self._take(loop.time())
+            if chunks:
+                await self._run(chunks, loop)
+
+    def _take(self, now: float) -> list[_Chunk]:
+        """Pop up to ``max_batch_size`` live items; expired or abandoned ones are dropped, not run."""
+        taken: list[_Chunk] = []
+        room = self.max_batch_size
+        while self._queue and room > 0:
+            chunk = self._queue.popleft()
+            request = chunk.request
+            if request.future.done() or now >= request.deadline:
+                self._queued_items -= chunk.size
+                if not request.future.done():
+                    request.future.set_exception(_deadline_error(request))
+                continue
+            if chunk.size > room:
+                chunk, rest = chunk.split(room)
+                self._queue.appendleft(rest)
+            self._queued_items -= chunk.size
+            room -= chunk.size
+            if not request.started:
+                request.started = True
+                self.observer.queue_wait(now - request.enqueued_at)
+            taken.append(chunk)
+        self.observer.queue_depth(self._queued_items)
+        return taken
+
+    async def _run(self, chunks: list[_Chunk], loop: asyncio.AbstractEventLoop) -> None:
+        n_inputs = len(chunks[0].inputs)
+        if len(chunks) == 1:
+            arrays = chunks[0].inputs
+        else:
+            arrays = [np.concatenate([c.inputs[i] for c in chunks]) for i in range(n_inputs)]
+        items = int(arrays[0].shape[0])
+        if self.pad_sizes:
+            arrays = _pad(arrays, next(s for s in self.pad_sizes if s >= items))
+        started = loop.time()
+        try:
+            output = await loop.run_in_executor(self.executor, self.run_batch, arrays)
+            if len(output) < items:
+                raise ValueError(f"the model returned {len(output)} rows for {items} items")
+        except Exception as exc:  # the runtime failed: every request in this batch fails, the service goes on
+            for chunk in chunks:
+                if not chunk.request.future.done():
+                    chunk.request.future.set_exception(InferenceFailed(f"inference failed: {exc}"))
+            return
+        self.observer.batch(items, loop.time() - started)
+        position = 0
+        for chunk in chunks:
+            _deliver(chunk, output[position : position + chunk.size])
+            position += chunk.size
+
+
+def _pad(arrays: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
+    """Zero rows up to ``size`` (zero is a valid pixel value and the ``#na#`` category)."""
+    missing = size - int(arrays[0].shape[0])
+    if missing <= 0:
+        return list(arrays)
+    return [np.concatenate([a, np.zeros((missing, *a.shape[1:]), a.dtype)]) for a in arrays]
+
+
+def _deliver(chunk: _Chunk, rows: np.ndarray) -> None:
+    request = chunk.request
+    if request.future.done():
+        return
+    request.parts.append((chunk.offset, rows))
+    request.done_items += chunk.size
+    if request.done_items < request.size:
+        return
+    if len(request.parts) == 1:
+        request.future.set_result(rows)
+        return
+    request.parts.sort(key=lambda part: part[0])
+    request.future.set_result(np.concatenate([part for _, part in request.parts]))
+
+
+def _deadline_error(request: _Request) -> DeadlineExceeded:
+    waited = request.deadline - request.enqueued_at
+    return DeadlineExceeded(f"the request did not finish within its {waited:.3g} s deadline")
+
+
+def _expire(request: _Request) -> None:
+    if not request.future.done():
+        request.future.set_exception(_deadline_error(request))

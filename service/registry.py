@@ -1,0 +1,402 @@
+"""The model registry: every served version of every model, loaded from the repository and kept current.
+
+A repository is a folder convention (Triton style): ``<root>/<name>/<version>/``
+with ``manifest.json`` and ``model.onnx``. Loading verifies every file's
+sha256 against the manifest, opens an ONNX Runtime session and warms up
+every batch size before the version is swapped in; a bundle that fails is
+refused (logged and counted) while the others keep serving. A poller notices
+added, changed and removed versions: new ones are loaded off the event loop
+and swapped in atomically, removed ones stop receiving requests and are
+drained before they are unloaded. Which version answers a request is decided
+in one place, :meth:`ModelRegistry.route`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bundle.manifest import ONNX_FILE, Manifest, ManifestError, read_manifest, verify_files
+from service.batcher import DynamicBatcher, padded_sizes
+from service.errors import NotFound, Unavailable
+from service.inputs import InputDecoder, decoder_for
+from service.metrics import ServingMetrics, VersionMetrics
+from service.outputs import PredictionEncoder
+from service.runtime import OnnxRuntime, RuntimeLoadError, cpu_quota
+from service.settings import ServiceSettings
+
+log = logging.getLogger("service.registry")
+
+VersionKey = tuple[str, int]
+Fingerprint = tuple[tuple[str, int, int], ...]  # (file name, size, mtime_ns) of every file in the folder
+
+
+class BundleRefused(Exception):
+    """A bundle that cannot be served; ``reason`` is a bounded metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Refusal:
+    fingerprint: Fingerprint
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    """The blocking half of loading, done in a thread: everything but the asyncio parts."""
+
+    path: Path
+    manifest: Manifest
+    runtime: OnnxRuntime
+    inputs: InputDecoder
+    encoder: PredictionEncoder
+    load_seconds: float
+
+
+def scan_repository(root: Path, names: list[str] | None = None) -> dict[VersionKey, tuple[Path, Fingerprint]]:
+    """Every ``<root>/<name>/<version>/`` folder (hidden folders are skipped, so stage copies in ``.tmp``)."""
+    found: dict[VersionKey, tuple[Path, Fingerprint]] = {}
+    if not root.is_dir():
+        return found
+    for model_dir in sorted(root.iterdir()):
+        if not model_dir.is_dir() or model_dir.name.startswith(".") or (names and model_dir.name not in names):
+            continue
+        for version_dir in model_dir.iterdir():
+            if not version_dir.is_dir() or not version_dir.name.isdigit() or int(version_dir.name) <= 0:
+                continue
+            found[(model_dir.name, int(version_dir.name))] = (version_dir, fingerprint(version_dir))
+    return found
+
+
+def fingerprint(folder: Path) -> Fingerprint:
+    entries = []
+    try:
+        for path in folder.iterdir():
+            stat = path.stat()
+            entries.append((path.name, stat.st_size, stat.st_mtime_ns))
+    except OSError:  # the folder is changing under us: the next scan sees it settled
+        return (("", -1, time.monotonic_ns()),)
+    return tuple(sorted(entries))
+
+
+def warmup_sizes(settings: ServiceSettings) -> list[int]:
+    """The batch sizes the batcher will run, so warm-up covers exactly them."""
+    if settings.pad_batches:
+        return padded_sizes(settings.max_batch_size)
+    return list(range(1, settings.max_batch_size + 1))
+
+
+def load_bundle(path: Path, key: VersionKey, settings: ServiceSettings, intra_op_threads: int) -> LoadedBundle:
+    """Read, verify, open and warm up one bundle (blocking; run it in a thread)."""
+    started = time.perf_counter()
+    name, version = key
+    try:
+        manifest = read_manifest(path)
+    except ManifestError as exc:
+        raise BundleRefused("manifest", str(exc)) from exc
+    if manifest.name != name or manifest.version != version:
+        raise BundleRefused(
+            "manifest",
+            f"{path}: the manifest says {manifest.name} v{manifest.version}, the folder says {name} v{version}",
+        )
+    if manifest.onnx.file not in manifest.files:
+        raise BundleRefused("checksum", f"{path}: the manifest records no sha256 for {manifest.onnx.file}")
+    problems = verify_files(path, manifest)
+    if problems:
+        raise BundleRefused("checksum", f"{path}: {'; '.join(problems)}")
+    try:
+        inputs = decoder_for(
+            manifest, settings.max_items_per_request, settings.max_image_pixels, settings.inline_decode_max_pixels
+        )
+        encoder = PredictionEncoder(manifest)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleRefused("manifest", f"{path}: {exc}") from exc
+    try:
+        runtime = OnnxRuntime(
+            path / manifest.onnx.file,
+            manifest.onnx.inputs,
+            manifest.onnx.outputs,
+            provider=settings.provider,
+            device_id=settings.cuda_device_id,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            allow_spinning=settings.ort_spinning,
+        )
+        _check_input_shapes(manifest, runtime)
+    except RuntimeLoadError as exc:
+        raise BundleRefused("onnx", f"{path}: {exc}") from exc
+    try:
+        runtime.warm_up(warmup_sizes(settings))
+    except Exception as exc:  # any failure to run means the bundle cannot serve
+        raise BundleRefused("warmup", f"{path}: warm-up run failed: {exc}") from exc
+    return LoadedBundle(path, manifest, runtime, inputs, encoder, time.perf_counter() - started)
+
+
+def _check_input_shapes(manifest: Manifest, runtime: OnnxRuntime) -> None:
+    """The preprocessing the manifest describes must produce what the graph takes."""
+    shapes = dict(zip((spec.name for spec in runtime.inputs), runtime.item_shapes()))
+    if manifest.input_kind == "image" and manifest.image is not None:
+        expected = {runtime.inputs[0].name: (3, manifest.image.height, manifest.image.width)}
+    elif manifest.tabular is not None:
+        widths = {"x_cat": len(manifest.tabular.cat_names), "x_cont": len(manifest.tabular.cont_names)}
+        expected = {name: (widths[name],) for name in shapes if name in widths}
+    else:
+        expected = shapes
+    for name, shape in expected.items():
+        if shapes.get(name) != shape:
+            raise RuntimeLoadError(f"input {name!r} has item shape {shapes.get(name)}, preprocessing makes {shape}")
+
+
+class ModelVersion:
+    """One served version: its manifest, runtime, batcher, input decoder and output encoder."""
+
+    def __init__(
+        self, key: VersionKey, loaded: LoadedBundle, fingerprint: Fingerprint, settings: ServiceSettings,
+        metrics: VersionMetrics,
+    ) -> None:  # fmt: skip
+        self.name, self.version = key
+        self.path = loaded.path
+        self.manifest = loaded.manifest
+        self.runtime = loaded.runtime
+        self.inputs = loaded.inputs
+        self.encoder = loaded.encoder
+        self.fingerprint = fingerprint
+        self.metrics = metrics
+        self.sha256 = loaded.manifest.files.get(ONNX_FILE, "")
+        self.loaded_at = time.time()
+        self.state = "ready"
+        self.executor = ThreadPoolExecutor(
+            settings.batches_in_flight, thread_name_prefix=f"ort-{self.name}-{self.version}"
+        )
+        self.batcher = DynamicBatcher(
+            self.runtime.run,
+            self.executor,
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay_ms=settings.max_queue_delay_ms,
+            max_queue_size=settings.max_queue_size,
+            batches_in_flight=settings.batches_in_flight,
+            pad_batches=settings.pad_batches,
+            retry_after_s=settings.retry_after_s,
+            observer=metrics,
+        )
+        self._leases = 0
+        self._released: asyncio.Event | None = None
+
+    def acquire(self) -> None:
+        """Hold the version while a request uses it, so draining waits for the request."""
+        self._leases += 1
+
+    def release(self) -> None:
+        self._leases -= 1
+        if self._leases == 0 and self._released is not None:
+            self._released.set()
+
+    async def drain(self) -> None:
+        """Wait for the requests holding this version, run what is queued, then free the runtime."""
+        self.state = "draining"
+        if self._leases:
+            self._released = asyncio.Event()
+            await self._released.wait()
+        await self.batcher.drain()
+        self.executor.shutdown(wait=False)
+        self.metrics.unloaded()
+        self.state = "unloaded"
+        log.info("unloaded %s v%d", self.name, self.version)
+
+    def describe(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "version": self.version,
+            "state": self.state,
+            "task": m.task,
+            "input_kind": m.input_kind,
+            "provider": self.runtime.provider,
+            "sha256": self.sha256,
+            "created_at": m.created_at,
+            "metrics": m.metrics,
+            "queue_depth": self.batcher.queue_depth,
+        }
+
+
+class ModelRegistry:
+    """Loads the repository, watches it, and answers which version serves a request."""
+
+    def __init__(self, settings: ServiceSettings, metrics: ServingMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.root = Path(settings.models)
+        self.intra_op_threads = settings.intra_op_threads or cpu_quota()
+        self._served: dict[str, dict[int, ModelVersion]] = {}
+        self._refused: dict[VersionKey, Refusal] = {}
+        self._last_scan: dict[VersionKey, tuple[Path, Fingerprint]] = {}
+        self._expected: set[str] = set()  # model names readiness waits for
+        self._started = False
+        self._lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every version found, then watch the repository for changes."""
+        async with self._lock:
+            found = await asyncio.to_thread(scan_repository, self.root, self.settings.model_names)
+            self._last_scan = found
+            self._expected = set(self.settings.model_names) or {name for name, _ in found}
+            for key, (path, fp) in sorted(found.items()):
+                await self._load(key, path, fp)
+            self._started = True
+        if self.settings.watch_interval_s > 0:
+            self._watcher = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        """Stop watching; drain and unload every version."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        async with self._lock:
+            versions = [v for versions in self._served.values() for v in versions.values()]
+            self._served = {}
+            await asyncio.gather(*(v.drain() for v in versions), *self._retiring, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.watch_interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # a scan must never kill the watcher
+                log.exception("scanning the model repository %s failed", self.root)
+
+    async def refresh(self, settled_only: bool = True) -> None:
+        """Apply the repository's current content: unload removed versions, load new or changed ones.
+
+        With ``settled_only`` a folder is loaded only once two scans in a row
+        saw the same files, so a bundle that is still being copied is not
+        refused half-written.
+        """
+        async with self._lock:
+            found = await asyncio.to_thread(scan_repository, self.root, self.settings.model_names)
+            previous, self._last_scan = self._last_scan, found
+            for name, versions in list(self._served.items()):
+                for number, version in list(versions.items()):
+                    if (name, number) not in found:
+                        log.info("%s v%d was removed from the repository; draining it", name, number)
+                        del versions[number]
+                        self._retire(version)
+                if not versions:
+                    del self._served[name]
+                    if not any(key[0] == name for key in found) and not self.settings.model_names:
+                        self._expected.discard(name)
+            for key in [key for key in self._refused if key not in found]:
+                del self._refused[key]
+            for key, (path, fp) in sorted(found.items()):
+                if settled_only and previous.get(key, (None, None))[1] != fp:
+                    continue
+                current = self._served.get(key[0], {}).get(key[1])
+                refusal = self._refused.get(key)
+                if (current is not None and current.fingerprint == fp) or (refusal and refusal.fingerprint == fp):
+                    continue
+                await self._load(key, path, fp)
+
+    async def _load(self, key: VersionKey, path: Path, fp: Fingerprint) -> None:
+        name, number = key
+        try:
+            loaded = await asyncio.to_thread(load_bundle, path, key, self.settings, self.intra_op_threads)
+        except BundleRefused as exc:
+            log.error("refused bundle %s v%d (%s): %s", name, number, exc.reason, exc)
+            self.metrics.load_failed(name, exc.reason)
+            self._refused[key] = Refusal(fp, exc.reason, str(exc))
+            return
+        version = ModelVersion(key, loaded, fp, self.settings, self.metrics.for_version(name, number))
+        version.batcher.start()
+        version.metrics.loaded(loaded.manifest.task, version.runtime.provider, version.sha256)
+        replaced = self._served.setdefault(name, {}).get(number)
+        self._served[name][number] = version  # the swap: one dict assignment on the event loop
+        self._refused.pop(key, None)
+        if self._started:
+            self._expected.add(name)
+        if replaced is not None:
+            self._retire(replaced)
+        log.info(
+            "serving %s v%d (%s, %s, provider %s, loaded and warmed in %.2f s)",
+            name, number, loaded.manifest.task, loaded.manifest.input_kind, version.runtime.provider,
+            loaded.load_seconds,
+        )  # fmt: skip
+
+    def _retire(self, version: ModelVersion) -> None:
+        task = asyncio.create_task(version.drain())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    # -- routing -------------------------------------------------------------------------
+
+    def route(self, name: str, request_key: str | None = None, region: str | None = None) -> ModelVersion:
+        """The version that answers an unpinned request: today the highest loaded version.
+
+        ``request_key`` and ``region`` are the inputs a rollout policy routes on.
+        """
+        versions = self._versions_of(name)
+        return versions[max(versions)]
+
+    def get(self, name: str, version: int) -> ModelVersion:
+        """A pinned version (bypasses routing)."""
+        versions = self._versions_of(name)
+        found = versions.get(version)
+        if found is None:
+            raise NotFound(f"model {name!r} has no loaded version {version}; loaded: {sorted(versions)}")
+        return found
+
+    def _versions_of(self, name: str) -> dict[int, ModelVersion]:
+        versions = self._served.get(name)
+        if versions:
+            return versions
+        refused = sorted(number for (model, number) in self._refused if model == name)
+        if refused or name in self._expected:
+            raise Unavailable(f"model {name!r} has no loaded version" + (f" (refused: {refused})" if refused else ""))
+        raise NotFound(f"model {name!r} is not served; served models: {sorted(self._served)}")
+
+    def is_known(self, name: str) -> bool:
+        return name in self._served or name in self._expected
+
+    # -- state ---------------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Why the service is not ready; empty when every expected model serves."""
+        if not self._started:
+            return ["loading the model repository"]
+        if not self._expected:
+            return [f"no models found in {self.root}"]
+        problems = []
+        for name in sorted(self._expected):
+            if not self._served.get(name):
+                refusals = [f"v{v}: {r.message}" for (model, v), r in sorted(self._refused.items()) if model == name]
+                detail = f" ({'; '.join(refusals)})" if refusals else ""
+                problems.append(f"model {name!r} has no loaded version{detail}")
+        for name, versions in sorted(self._served.items()):
+            for number, version in sorted(versions.items()):
+                if version.runtime.problem:
+                    problems.append(f"{name} v{number}: {version.runtime.problem}")
+        return problems
+
+    def model_names(self) -> list[str]:
+        return sorted(set(self._served) | self._expected)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        return [v for _, v in sorted(self._served.get(name, {}).items())]
+
+    def refusals(self, name: str) -> dict[int, Refusal]:
+        return {number: r for (model, number), r in sorted(self._refused.items()) if model == name}
+
+    def all_versions(self) -> list[ModelVersion]:
+        return [v for name in sorted(self._served) for v in self.versions(name)]

@@ -1,0 +1,112 @@
+"""Every knob of the service, from the command line or ``SERVING_*`` environment variables.
+
+One pydantic-settings class, so each setting has one name, one default and
+one description; ``python -m service --help`` and the README list them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bundle.images import DEFAULT_MAX_PIXELS
+
+Provider = Literal["auto", "cpu", "cuda"]
+
+
+class ServiceSettings(BaseSettings):
+    """Settings of one service process; environment variables are ``SERVING_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVING_", extra="forbid", protected_namespaces=())
+
+    # -- where and what to serve -------------------------------------------------------------
+    models: Path = Field(Path("models"), description="Model repository root: <models>/<name>/<version>/.")
+    host: str = Field("0.0.0.0", description="Interface to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on.")
+    rollout: Path | None = Field(None, description="Rollout policy file (YAML); none means highest version serves.")
+    model_names: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Serve only these model names (comma-separated); empty serves every model in the repository.",
+    )
+    watch_interval_s: float = Field(
+        2.0, ge=0, description="Seconds between repository scans for added/removed versions; 0 disables watching."
+    )
+    regions: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Known X-Region values (comma-separated); any other region is labelled 'other' in metrics.",
+    )
+
+    # -- ONNX Runtime ------------------------------------------------------------------------
+    provider: Provider = Field(
+        "auto", description="Execution provider: auto (CUDA when available, else CPU), cpu, or cuda (must get CUDA)."
+    )
+    cuda_device_id: int = Field(0, ge=0, description="GPU index used by the CUDA provider.")
+    intra_op_threads: int | None = Field(
+        None, ge=1, description="ONNX Runtime threads per run; default: the container's CPU quota."
+    )
+    inter_op_threads: int = Field(1, ge=1, description="ONNX Runtime inter-op threads (parallel graph branches).")
+    ort_spinning: bool = Field(
+        False, description="Let idle ONNX Runtime threads spin-wait (lower latency, but steals CPU from decoding)."
+    )
+    inline_decode_max_pixels: int = Field(
+        65_536,
+        ge=0,
+        description="Raw images up to this many pixels are decoded on the event loop, where a thumbnail costs less "
+        "than a thread hand-off; larger ones (and every JSON, multipart or CSV body) go to the preprocessing pool. "
+        "0 sends everything to the pool.",
+    )
+    preprocess_threads: int | None = Field(
+        None, ge=1, description="Threads decoding images and tables; default: the container's CPU quota."
+    )
+
+    # -- dynamic batching --------------------------------------------------------------------
+    max_batch_size: int = Field(32, ge=1, description="Most items in one ONNX Runtime run.")
+    max_queue_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long a free runtime waits for a batch to fill; 0 takes whatever is queued at once.",
+    )
+    max_queue_size: int = Field(256, ge=1, description="Most items waiting per version; beyond it requests get 503.")
+    batches_in_flight: int = Field(1, ge=1, description="ONNX Runtime runs in progress at once per version.")
+    pad_batches: bool = Field(
+        False, description="Pad batches up to fixed sizes (powers of two, and max_batch_size); useful on GPU."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Per-request deadline; items still queued when it passes are dropped (504)."
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 (queue full).")
+
+    # -- request limits ----------------------------------------------------------------------
+    max_body_bytes: int = Field(20_000_000, ge=1, description="Largest request body in bytes (413 beyond).")
+    max_items_per_request: int = Field(64, ge=1, description="Most images or rows in one request (413 beyond).")
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1, description="Largest decoded image in pixels, a decompression-bomb guard (413)."
+    )
+
+    # -- process -----------------------------------------------------------------------------
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")
+    graceful_shutdown_s: float = Field(
+        30.0, gt=0, description="On SIGTERM, how long to let queued and in-flight requests finish."
+    )
+
+    @field_validator("model_names", "regions", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> "ServiceSettings":
+        if self.max_queue_size < self.max_batch_size:
+            raise ValueError(
+                f"max_queue_size ({self.max_queue_size}) must be at least max_batch_size ({self.max_batch_size})"
+            )
+        return self
+
+    def region_label(self, region: str | None) -> str:
+        """The bounded metric label for a client-supplied region."""
+        return region if region and region in self.regions else "other"

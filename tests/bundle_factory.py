@@ -1,0 +1,311 @@
+"""Complete, tiny model bundles for the service tests.
+
+Every bundle the tests serve is built here and nowhere else: a small torch
+model exported with ``torch.onnx.export`` (uint8 pixels or processed tabular
+columns in, activated outputs out, dynamic batch axis) plus a manifest with
+the right sha256 of every file. The signatures are the contract the tests
+rely on; the bodies may later call the real training and export pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from bundle.manifest import (
+    ONNX_FILE,
+    REFERENCE_FILE,
+    ImageSpec,
+    Manifest,
+    OnnxSpec,
+    Outputs,
+    TabularSpec,
+    TensorSpec,
+    sha256_file,
+    write_manifest,
+)
+from bundle.tabular import TabularProcessor
+
+OPSET = 17
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+PENGUIN_SPECIES = ["Adelie", "Chinstrap", "Gentoo"]
+PENGUIN_CATS = ("island", "sex")
+PENGUIN_CONTS = ("bill_length_mm", "bill_depth_mm", "flipper_length_mm")
+OUTPUT_NAME = {"classification": "probabilities", "multilabel": "probabilities", "regression": "values"}
+
+
+# -- models --------------------------------------------------------------------------------------
+
+
+class _ImageNormalize(nn.Module):
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+class _SlowBranch(nn.Module):
+    """A chain of matrix products on a per-batch summary: costs time per run, not per item.
+
+    It depends on the input (so ONNX Runtime cannot fold it away) and adds a
+    negligible amount to the outputs.
+    """
+
+    def __init__(self, steps: int, width: int = 192) -> None:
+        super().__init__()
+        self.steps = steps
+        self.register_buffer("base", torch.randn(width, width) / width)
+        self.register_buffer("weight", torch.randn(width, width) / width**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.base * x.mean()
+        for _ in range(self.steps):
+            m = torch.tanh(m @ self.weight)
+        return m.mean() * 1e-12
+
+
+class _Activation(nn.Module):
+    def __init__(self, task: str, y_range: tuple[float, float] | None) -> None:
+        super().__init__()
+        self.task = task
+        self.y_range = y_range
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.task == "classification":
+            return torch.softmax(x, dim=1)
+        if self.task == "multilabel":
+            return torch.sigmoid(x)
+        if self.y_range is not None:
+            low, high = self.y_range
+            return torch.sigmoid(x) * (high - low) + low
+        return x
+
+
+class _TinyVision(nn.Module):
+    def __init__(self, n_out: int, task: str, y_range: tuple[float, float] | None, slow_steps: int) -> None:
+        super().__init__()
+        self.normalize = _ImageNormalize(IMAGENET_MEAN, IMAGENET_STD)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+        self.head = nn.Linear(8 * 4, n_out)
+        self.slow = _SlowBranch(slow_steps) if slow_steps else None
+        self.activation = _Activation(task, y_range)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(pixels)
+        out = self.head(self.body(x).flatten(1)) * 3.0
+        if self.slow is not None:
+            out = out + self.slow(x)
+        return self.activation(out)
+
+
+class _TinyTabular(nn.Module):
+    def __init__(
+        self, vocab_sizes: list[int], n_cont: int, n_out: int, task: str, y_range: tuple[float, float] | None
+    ) -> None:
+        super().__init__()
+        self.embeds = nn.ModuleList(nn.Embedding(size, 3) for size in vocab_sizes)
+        self.n_cat, self.n_cont = len(vocab_sizes), n_cont
+        self.head = nn.Linear(3 * len(vocab_sizes) + n_cont, n_out)
+        self.activation = _Activation(task, y_range)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        it = iter(inputs)
+        parts = []
+        if self.n_cat:
+            x_cat = next(it)
+            parts += [embed(x_cat[:, i]) for i, embed in enumerate(self.embeds)]
+        if self.n_cont:
+            parts.append(next(it))
+        return self.activation(self.head(torch.cat(parts, dim=1)) * 2.0)
+
+
+def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], output: str, path: Path) -> None:
+    axes = {name: {0: "batch"} for name in [*names, output]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            model.eval(), inputs, str(path), input_names=names, output_names=[output],
+            dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+        )  # fmt: skip
+
+
+def _finish(folder: Path, manifest: Manifest) -> Path:
+    (folder / REFERENCE_FILE).write_text(json.dumps({"note": "test bundle"}) + "\n")
+    manifest.files = {f: sha256_file(folder / f) for f in (ONNX_FILE, REFERENCE_FILE)}
+    write_manifest(folder, manifest)
+    return folder
+
+
+def _outputs(
+    task: str,
+    classes: Sequence[str] | None,
+    n_targets: int,
+    thresholds: Sequence[float] | None,
+    y_range: tuple[float, float] | None,
+    log_target: bool,
+    target_names: Sequence[str],
+) -> tuple[Outputs, int]:
+    if task == "regression":
+        names = list(target_names) or [f"target_{i}" for i in range(n_targets)]
+        return Outputs(y_range=y_range, log_target=log_target, target_names=names), n_targets
+    labels = list(classes)
+    if task == "multilabel":
+        return Outputs(classes=labels, thresholds=list(thresholds or [0.5] * len(labels))), len(labels)
+    return Outputs(classes=labels), len(labels)
+
+
+# -- bundles -------------------------------------------------------------------------------------
+
+
+def build_image_bundle(
+    repo: Path,
+    name: str = "digits",
+    version: int = 1,
+    task: str = "classification",
+    *,
+    classes: Sequence[str] | None = None,
+    size: tuple[int, int] = (16, 16),
+    resize_method: str = "squish",
+    n_targets: int = 1,
+    thresholds: Sequence[float] | None = None,
+    y_range: tuple[float, float] | None = None,
+    log_target: bool = False,
+    target_names: Sequence[str] = (),
+    slow_steps: int = 0,
+    seed: int | None = None,
+) -> Path:
+    """``repo/name/version/`` holding a tiny image model for ``task``; returns the folder.
+
+    ``slow_steps`` adds a chain of 192x192 matrix products to every run (about
+    a millisecond each), for tests that need a slow model.
+    """
+    torch.manual_seed(version if seed is None else seed)
+    if task != "regression" and classes is None:
+        classes = [str(i) for i in range(10)] if task == "classification" else ["red", "green", "blue", "round"]
+    outputs, n_out = _outputs(task, classes, n_targets, thresholds, y_range, log_target, target_names)
+    height, width = size
+    model = _TinyVision(n_out, task, y_range, slow_steps)
+    folder = Path(repo) / name / str(version)
+    folder.mkdir(parents=True, exist_ok=False)
+    example = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8)
+    _export(model, (example,), ["pixels"], OUTPUT_NAME[task], folder / ONNX_FILE)
+    manifest = Manifest(
+        name=name,
+        version=version,
+        created_at=datetime.now(timezone.utc).isoformat(),
+        task=task,
+        input_kind="image",
+        image=ImageSpec(height=height, width=width, resize_method=resize_method, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        outputs=outputs,
+        onnx=OnnxSpec(
+            opset=OPSET,
+            inputs=[TensorSpec(name="pixels", dtype="uint8", shape=["batch", 3, height, width])],
+            outputs=[TensorSpec(name=OUTPUT_NAME[task], dtype="float32", shape=["batch", n_out])],
+        ),
+        libraries={"torch": torch.__version__},
+        training={"arch": "tiny-test-cnn"},
+    )
+    return _finish(folder, manifest)
+
+
+def penguin_rows() -> pd.DataFrame:
+    """A small penguin-like table (with a few missing values) to fit the processors on."""
+    rng = np.random.default_rng(0)
+    n = 30
+    species = np.array(PENGUIN_SPECIES)[np.arange(n) % 3]
+    frame = pd.DataFrame(
+        {
+            "island": np.array(["Biscoe", "Dream", "Torgersen"])[rng.integers(0, 3, n)],
+            "sex": np.array(["male", "female"])[rng.integers(0, 2, n)],
+            "bill_length_mm": rng.normal(44, 5, n).round(1),
+            "bill_depth_mm": rng.normal(17, 2, n).round(1),
+            "flipper_length_mm": rng.normal(200, 14, n).round(0),
+            "body_mass_g": rng.normal(4200, 800, n).round(0),
+            "species": species,
+        }
+    )
+    frame.loc[[3, 11], "bill_length_mm"] = np.nan
+    frame.loc[[5], "sex"] = None
+    return frame
+
+
+def build_tabular_bundle(
+    repo: Path,
+    name: str = "penguins",
+    version: int = 1,
+    task: str = "classification",
+    *,
+    cat_names: Sequence[str] = PENGUIN_CATS,
+    cont_names: Sequence[str] = PENGUIN_CONTS,
+    n_targets: int = 1,
+    thresholds: Sequence[float] | None = None,
+    y_range: tuple[float, float] | None = None,
+    log_target: bool = False,
+    target_names: Sequence[str] = (),
+    seed: int | None = None,
+) -> Path:
+    """``repo/name/version/`` holding a tiny tabular model on penguin-like columns; returns the folder.
+
+    Classification predicts the species; regression predicts ``n_targets``
+    values. With ``cat_names=()`` and continuous columns without gaps the
+    graph has no ``x_cat`` input at all.
+    """
+    torch.manual_seed(version if seed is None else seed)
+    frame = penguin_rows()
+    if not cat_names:  # no category inputs wanted: no gaps, so no _na flag columns either
+        frame = frame.dropna(subset=list(cont_names))
+    processor = TabularProcessor(list(cat_names), list(cont_names)).fit(frame)
+    classes = PENGUIN_SPECIES if task == "classification" else ["a", "b", "c"] if task == "multilabel" else None
+    if task == "regression" and not target_names:
+        target_names = ["body_mass_g"] if n_targets == 1 else [f"target_{i}" for i in range(n_targets)]
+    outputs, n_out = _outputs(task, classes, n_targets, thresholds, y_range, log_target, target_names)
+    vocab_sizes = [len(processor.categorify.vocab[c]) for c in processor.cat_names] if processor.categorify else []
+    n_cat, n_cont = len(processor.cat_names), len(processor.cont_names)
+    model = _TinyTabular(vocab_sizes, n_cont, n_out, task, y_range)
+    folder = Path(repo) / name / str(version)
+    folder.mkdir(parents=True, exist_ok=False)
+    example = processor.transform(frame.head(2))
+    inputs, names, specs = [], [], []
+    if n_cat:
+        inputs.append(torch.from_numpy(example.x_cat))
+        names.append("x_cat")
+        specs.append(TensorSpec(name="x_cat", dtype="int64", shape=["batch", n_cat]))
+    if n_cont:
+        inputs.append(torch.from_numpy(example.x_cont))
+        names.append("x_cont")
+        specs.append(TensorSpec(name="x_cont", dtype="float32", shape=["batch", n_cont]))
+    _export(model, tuple(inputs), names, OUTPUT_NAME[task], folder / ONNX_FILE)
+    manifest = Manifest(
+        name=name,
+        version=version,
+        created_at=datetime.now(timezone.utc).isoformat(),
+        task=task,
+        input_kind="tabular",
+        tabular=TabularSpec(
+            processor=processor.to_dict(),
+            cat_names=processor.cat_names,
+            cont_names=processor.cont_names,
+            raw_columns=processor.raw_columns,
+        ),
+        outputs=outputs,
+        onnx=OnnxSpec(
+            opset=OPSET,
+            inputs=specs,
+            outputs=[TensorSpec(name=OUTPUT_NAME[task], dtype="float32", shape=["batch", n_out])],
+        ),
+        libraries={"torch": torch.__version__},
+        training={"arch": "tiny-test-tabular"},
+    )
+    return _finish(folder, manifest)
