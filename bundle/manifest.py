@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Collection, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -145,13 +145,14 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
 
 
-def verify_files(bundle_dir: Path, manifest: Manifest) -> list[str]:
-    """Return a list of problems: files missing or whose sha256 differs."""
+def verify_files(bundle_dir: Path, manifest: Manifest, optional: Collection[str] = ()) -> list[str]:
+    """Return a list of problems: files missing (unless ``optional``) or whose sha256 differs."""
     problems = []
     for name, expected in manifest.files.items():
         path = Path(bundle_dir) / name
         if not path.is_file():
-            problems.append(f"{name}: missing")
+            if name not in optional:
+                problems.append(f"{name}: missing")
         elif sha256_file(path) != expected:
             problems.append(f"{name}: sha256 mismatch")
     return problems

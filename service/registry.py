@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bundle.manifest import ONNX_FILE, Manifest, ManifestError, read_manifest, verify_files
+from bundle.manifest import LEARNER_FILE, ONNX_FILE, Manifest, ManifestError, read_manifest, verify_files
 from service.batcher import DynamicBatcher, padded_sizes
 from service.errors import NotFound, Unavailable
 from service.inputs import InputDecoder, decoder_for
@@ -111,7 +111,8 @@ def load_bundle(path: Path, key: VersionKey, settings: ServiceSettings, intra_op
         )
     if manifest.onnx.file not in manifest.files:
         raise BundleRefused("checksum", f"{path}: the manifest records no sha256 for {manifest.onnx.file}")
-    problems = verify_files(path, manifest)
+    # learner.pkl is for Python users on the training side; a serving copy may leave it out
+    problems = verify_files(path, manifest, optional=(LEARNER_FILE,))
     if problems:
         raise BundleRefused("checksum", f"{path}: {'; '.join(problems)}")
     try:

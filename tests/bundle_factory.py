@@ -1,19 +1,22 @@
 """Complete, tiny model bundles for the service tests.
 
-Every bundle the tests serve is built here and nowhere else: a small torch
-model exported with ``torch.onnx.export`` (uint8 pixels or processed tabular
-columns in, activated outputs out, dynamic batch axis) plus a manifest with
-the right sha256 of every file. The signatures are the contract the tests
-rely on; the bodies may later call the real training and export pipeline.
+Every bundle the tests serve is built here and nowhere else. Classification,
+multi-label and tabular bundles come from a real (tiny) training run through
+``training`` and ``training.export.export_learner``: the same pipeline users
+run, so the service is tested against what training really writes. Two kinds
+the training pipeline does not make are hand-made with ``torch.onnx.export``
+and a manifest written here: image regression, and deliberately slow graphs
+(``slow_steps``) for the queue-full, deadline and shutdown tests.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -169,7 +172,7 @@ def _outputs(
 # -- bundles -------------------------------------------------------------------------------------
 
 
-def build_image_bundle(
+def _handmade_image_bundle(
     repo: Path,
     name: str = "digits",
     version: int = 1,
@@ -241,7 +244,7 @@ def penguin_rows() -> pd.DataFrame:
     return frame
 
 
-def build_tabular_bundle(
+def _handmade_tabular_bundle(
     repo: Path,
     name: str = "penguins",
     version: int = 1,
@@ -309,3 +312,140 @@ def build_tabular_bundle(
         training={"arch": "tiny-test-tabular"},
     )
     return _finish(folder, manifest)
+
+
+# -- bundles from a real training run -----------------------------------------------------------
+
+
+def build_image_bundle(
+    repo: Path,
+    name: str = "digits",
+    version: int = 1,
+    task: str = "classification",
+    *,
+    classes: Sequence[str] | None = None,
+    size: tuple[int, int] = (16, 16),
+    resize_method: str = "squish",
+    thresholds: Sequence[float] | None = None,
+    slow_steps: int = 0,
+    seed: int | None = None,
+    **handmade: Any,
+) -> Path:
+    """``repo/name/version/`` holding an image model for ``task``; returns the folder.
+
+    Classification trains a small CNN for one epoch on scikit-learn's digits;
+    multi-label on generated colour patches. Regression, and ``slow_steps``
+    (a chain of 192x192 matrix products per run, about a millisecond each), are
+    hand-made.
+    """
+    if task == "regression" or slow_steps:
+        return _handmade_image_bundle(
+            repo, name, version, task, classes=classes, size=size, resize_method=resize_method,
+            thresholds=thresholds, slow_steps=slow_steps, seed=seed, **handmade,
+        )  # fmt: skip
+    from training import ImageDataLoaders, vision_learner
+
+    seed = version if seed is None else seed
+    if task == "classification":
+        images, labels = _digit_images(classes or [str(i) for i in range(10)])
+        delim = None
+    else:
+        images, labels = _colour_patches(classes or ["red", "green", "blue", "round"], seed)
+        delim = " "
+    dls = ImageDataLoaders.from_arrays(
+        images, labels, valid_pct=0.25, seed=seed, size=size, method=resize_method, bs=32, label_delim=delim
+    )
+    learn = vision_learner(dls, arch="simple_cnn", seed=seed, device="cpu")
+    learn.progress = False
+    learn.fit_one_cycle(1, 1e-2)
+    if thresholds is not None:
+        dls.thresholds = list(thresholds)
+    return _export_as(learn, repo, name, version)
+
+
+def build_tabular_bundle(
+    repo: Path,
+    name: str = "penguins",
+    version: int = 1,
+    task: str = "classification",
+    *,
+    cat_names: Sequence[str] = PENGUIN_CATS,
+    cont_names: Sequence[str] = PENGUIN_CONTS,
+    y_range: tuple[float, float] | None = None,
+    log_target: bool = False,
+    seed: int | None = None,
+    **handmade: Any,
+) -> Path:
+    """``repo/name/version/`` holding a tabular model trained for one epoch on palmerpenguins.
+
+    Classification predicts the species; regression predicts ``body_mass_g``.
+    With ``cat_names=()`` and rows without gaps the graph has no ``x_cat``
+    input at all. Other shapes (several targets, multi-label) are hand-made.
+    """
+    if task not in ("classification", "regression") or handmade.get("n_targets", 1) != 1:
+        return _handmade_tabular_bundle(
+            repo, name, version, task, cat_names=cat_names, cont_names=cont_names, y_range=y_range,
+            log_target=log_target, seed=seed, **handmade,
+        )  # fmt: skip
+    from palmerpenguins import load_penguins
+
+    from training import TabularDataLoaders, tabular_learner
+
+    seed = version if seed is None else seed
+    target = "species" if task == "classification" else "body_mass_g"
+    frame = load_penguins()[[*cat_names, *cont_names, target]].dropna(subset=[target])
+    if not cat_names:  # no category inputs wanted: no gaps, so no _na flag columns either
+        frame = frame.dropna(subset=list(cont_names))
+    dls = TabularDataLoaders.from_df(
+        frame, y_names=target, cat_names=list(cat_names), cont_names=list(cont_names),
+        y_block="category" if task == "classification" else "regression", log_target=log_target,
+        valid_pct=0.2, seed=seed, bs=32,
+    )  # fmt: skip
+    learn = tabular_learner(dls, layers=(32, 16), y_range=y_range, seed=seed, device="cpu")
+    learn.progress = False
+    learn.fit_one_cycle(1, 1e-2)
+    return _export_as(learn, repo, name, version)
+
+
+def _export_as(learn: Any, repo: Path, name: str, version: int) -> Path:
+    """Export through the real pipeline, then place it as ``repo/name/version`` (tests choose versions)."""
+    import tempfile
+
+    from bundle.manifest import read_manifest
+    from training.export import export_learner
+
+    with tempfile.TemporaryDirectory() as staging:
+        exported = export_learner(learn, staging, name)
+        manifest = read_manifest(exported)
+        manifest.version = version
+        write_manifest(exported, manifest)  # manifest.json itself is not among the hashed files
+        target = Path(repo) / name / str(version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(exported), target)
+    return target
+
+
+def _digit_images(classes: Sequence[str], n: int = 240) -> tuple[np.ndarray, list[str]]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images[:n] * (255 / 16)).round().astype(np.uint8)
+    return images, [classes[t % len(classes)] for t in digits.target[:n]]
+
+
+def _colour_patches(classes: Sequence[str], seed: int, n: int = 120) -> tuple[np.ndarray, list[str]]:
+    """Patches tagged with the colour channels that are bright, and "round" when a disc is drawn."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 12, 12, 3), np.uint8)
+    labels = []
+    yy, xx = np.mgrid[0:12, 0:12]
+    disc = (yy - 6) ** 2 + (xx - 6) ** 2 < 16
+    for i in range(n):
+        on = rng.random(4) < 0.5
+        if not on.any():
+            on[rng.integers(0, 4)] = True
+        mask = disc if on[3] else np.ones((12, 12), bool)
+        for channel in range(3):
+            images[i, ..., channel][mask] = 220 if on[channel] else 30
+        labels.append(" ".join(c for c, flag in zip(classes, on) if flag))
+    return images, labels

@@ -108,8 +108,10 @@ def test_classification_prediction_has_label_index_and_probabilities(client):
     assert prediction["index"] == int(np.argmax(list(prediction["probabilities"].values())))
 
 
-def test_multilabel_prediction_lists_the_labels_over_their_thresholds(client):
-    thresholds = {"red": 0.5, "green": 0.5, "blue": 0.45, "round": 0.55}
+def test_multilabel_prediction_lists_the_labels_over_their_thresholds(client, model_repo):
+    manifest = read_manifest(model_repo / "tags" / "1")
+    thresholds = dict(zip(manifest.outputs.classes, manifest.outputs.thresholds))
+    assert sorted(thresholds.values()) == [0.45, 0.5, 0.5, 0.55]
     body = client.post("/v1/models/tags/predict", files=[("file", ("a.png", gradient_image(1), "image/png"))]).json()
 
     (prediction,) = body["predictions"]

@@ -131,11 +131,12 @@ def test_classification_encoder_names_the_argmax_class(digits):
 
 
 def test_multilabel_encoder_applies_each_class_threshold(model_repo):
-    encoder = PredictionEncoder(read_manifest(model_repo / "tags" / "1"))  # thresholds 0.5, 0.5, 0.45, 0.55
+    # classes blue, green, red, round (sorted) with thresholds 0.5, 0.5, 0.45, 0.55
+    encoder = PredictionEncoder(read_manifest(model_repo / "tags" / "1"))
 
     (prediction,) = encoder.encode(np.array([[0.5, 0.49, 0.46, 0.54]], np.float32))
 
-    assert prediction["labels"] == ["red", "blue"]
+    assert prediction["labels"] == ["blue", "red"]
 
 
 def test_log_target_encoder_exponentiates(model_repo):

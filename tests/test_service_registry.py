@@ -57,6 +57,24 @@ def test_bundle_with_a_wrong_sha256_is_refused_and_the_others_keep_serving(make_
     assert metric_value(metrics, "serving_model_load_failures_total", model="digits", reason="checksum") == 1
 
 
+def test_bundle_without_learner_pkl_serves_since_the_service_never_reads_it(make_repo, make_client):
+    repo = make_repo(("digits", 1))
+    (repo / "digits" / "1" / "learner.pkl").unlink()
+
+    client = make_client(repo)
+
+    assert predict_digits(client).status_code == 200
+
+
+def test_a_learner_pkl_that_was_tampered_with_is_still_refused(make_repo, make_client):
+    repo = make_repo(("digits", 1))
+    corrupt(repo / "digits" / "1" / "learner.pkl")
+
+    client = make_client(repo)
+
+    assert predict_digits(client).status_code == 503
+
+
 def test_readiness_fails_naming_the_model_whose_only_version_was_refused(make_repo, make_client):
     repo = make_repo(("digits", 1), ("penguins", 1))
     corrupt(repo / "digits" / "1" / "model.onnx")
