@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
+_ORIENTATION = 0x0112  # the EXIF tag
+_TURNED = frozenset(range(2, 9))  # orientations exif_transpose undoes; 1 (and junk) mean upright
 
 
 class ImageError(ValueError):
@@ -44,14 +46,7 @@ def decode_image(
     grayscale/RGBA/palette to RGB. When ``target`` is given, JPEGs are decoded
     with draft mode at the smallest scale that still covers the target.
     """
-    try:
-        img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
-        raise ImageError("not a recognised image format") from exc
-    except Image.DecompressionBombError as exc:  # Pillow's own limit, far above ours: still too large
-        raise ImageTooLarge(str(exc)) from exc
-    except Exception as exc:  # Pillow raises many types for corrupt headers
-        raise ImageError(f"cannot read image: {exc}") from exc
+    img = _open(data)
     width, height = img.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, limit is {max_pixels}")
@@ -62,10 +57,43 @@ def decode_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.seek(0)
             img.load()
-            img = ImageOps.exif_transpose(img)
+            # exif_transpose copies an image it does not turn; most images carry no orientation at all.
+            if img.getexif().get(_ORIENTATION, 1) in _TURNED:
+                img = ImageOps.exif_transpose(img)
             return to_rgb(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
+
+
+def _open(data: bytes) -> Image.Image:
+    """``Image.open``, told the format when the magic bytes name it (skips trying every plugin in turn)."""
+    hint = _format_hint(data)
+    try:
+        try:
+            return Image.open(io.BytesIO(data), formats=hint)
+        except UnidentifiedImageError:
+            if hint is None:
+                raise
+            return Image.open(io.BytesIO(data))  # the magic bytes misled us: let Pillow try every format
+    except UnidentifiedImageError as exc:
+        raise ImageError("not a recognised image format") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, far above ours: still too large
+        raise ImageTooLarge(str(exc)) from exc
+    except Exception as exc:  # Pillow raises many types for corrupt headers
+        raise ImageError(f"cannot read image: {exc}") from exc
+
+
+def _format_hint(data: bytes) -> tuple[str, ...] | None:
+    """The one format whose signature starts ``data``, or None to let Pillow sniff."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return ("PNG",)
+    if data.startswith(b"\xff\xd8\xff"):
+        return ("JPEG",)
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return ("GIF",)
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return ("WEBP",)
+    return None
 
 
 def _draft_size(size: tuple[int, int], target: ResizeSpec, swap: bool = False) -> tuple[int, int]:
@@ -88,7 +116,7 @@ def _draft_size(size: tuple[int, int], target: ResizeSpec, swap: bool = False) -
 def _exif_swaps_axes(img: Image.Image) -> bool:
     """Whether the EXIF orientation (5-8: transposed or turned 90/270 degrees) swaps width and height."""
     try:
-        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        return img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)
     except Exception:  # unreadable EXIF: exif_transpose will ignore it too
         return False
 

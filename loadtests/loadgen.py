@@ -33,12 +33,23 @@ class LoadResult:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
+    def add(self, other: "LoadResult") -> None:
+        """Fold in another slice of the same load (alternating runs are measured in slices)."""
+        self.requests += other.requests
+        self.errors += other.errors
+        self.seconds += other.seconds
+        self.latencies_ms += other.latencies_ms
+        for status, count in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
+
     @property
     def median_ms(self) -> float:
         return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
 
 
-def build_request(host: str, port: int, path: str, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> bytes:
+def build_request(
+    host: str, port: int, path: str, body: bytes, content_type: str, extra: dict[str, str] | None = None
+) -> bytes:
     headers = {
         "Host": f"{host}:{port}",
         "Content-Type": content_type,

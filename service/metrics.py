@@ -96,8 +96,14 @@ class VersionMetrics:
         self._queue_wait = metrics.queue_wait.labels(model, version)
         self._inference = metrics.inference_duration.labels(model, version)
         self._batch_size = metrics.batch_size.labels(model, version)
-        self._queue_depth = metrics.queue_depth.labels(model, version)
+        # The batcher reports its depth on every submit and take; storing an int is all that costs,
+        # the gauge reads it when scraped.
+        self._depth = 0
+        metrics.queue_depth.labels(model, version).set_function(self._current_depth)
         self._requests: dict[tuple[str, str], Counter] = {}
+
+    def _current_depth(self) -> int:
+        return self._depth
 
     def request(self, region: str, outcome: str, seconds: float) -> None:
         key = (region, outcome)
@@ -108,7 +114,7 @@ class VersionMetrics:
         self._request_duration.observe(seconds)
 
     def queue_depth(self, items: int) -> None:
-        self._queue_depth.set(items)
+        self._depth = items
 
     def queue_wait(self, seconds: float) -> None:
         self._queue_wait.observe(seconds)
