@@ -226,13 +226,7 @@ class ImageDataLoaders(DataLoaders):
         if not files:
             raise DataError(f"no readable images found under {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         train_idx, valid_idx = _random_split(len(files), 0.2 if valid_pct is None else valid_pct, seed)
-        return cls._build(
-            [files[i] for i in train_idx],
-            [label(files[i]) for i in train_idx],
-            [files[i] for i in valid_idx],
-            [label(files[i]) for i in valid_idx],
-            **options,
-        )
+        return cls._build_split(files, [label(f) for f in files], train_idx, valid_idx, **options)
 
     @classmethod
     def from_csv(
@@ -300,13 +294,7 @@ class ImageDataLoaders(DataLoaders):
         else:
             train_idx = [i for i in keep if not is_valid[i]]
             valid_idx = [i for i in keep if is_valid[i]]
-        return cls._build(
-            [files[i] for i in train_idx],
-            [labels[i] for i in train_idx],
-            [files[i] for i in valid_idx],
-            [labels[i] for i in valid_idx],
-            **options,
-        )
+        return cls._build_split(files, labels, train_idx, valid_idx, **options)
 
     @classmethod
     def from_lists(
@@ -343,11 +331,23 @@ class ImageDataLoaders(DataLoaders):
             raise DataError(f"{len(arrays)} images but {len(labels)} labels")
         parsed = _parse_labels(list(labels), label_delim, "labels")
         train_idx, valid_idx = _random_split(len(arrays), valid_pct, seed)
+        return cls._build_split(arrays, parsed, train_idx, valid_idx, **options)
+
+    @classmethod
+    def _build_split(
+        cls,
+        items: Sequence[Item],
+        labels: Sequence[Label],
+        train_idx: Sequence[int],
+        valid_idx: Sequence[int],
+        **options: Any,
+    ) -> "ImageDataLoaders":
+        """``_build`` from one list of items and labels and the positions of each split."""
         return cls._build(
-            [arrays[i] for i in train_idx],
-            [parsed[i] for i in train_idx],
-            [arrays[i] for i in valid_idx],
-            [parsed[i] for i in valid_idx],
+            [items[i] for i in train_idx],
+            [labels[i] for i in train_idx],
+            [items[i] for i in valid_idx],
+            [labels[i] for i in valid_idx],
             **options,
         )
 
