@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -18,7 +17,7 @@ from bundle.images import decode_image, image_summary
 from bundle.manifest import read_manifest, read_reference
 from training.builders import tabular_learner, vision_learner
 from training.data.augment import aug_transforms
-from training.data.core import DataError
+from training.data.core import DataError, read_csv
 from training.data.images import IMAGE_EXTENSIONS, ImageDataLoaders
 from training.data.tabular import TabularDataLoaders, class_targets
 from training.examples import EXAMPLES, build_example
@@ -178,7 +177,7 @@ def _encoded_loader(learn: Learner, data: Path, bs: int = 64) -> DataLoader:
         targets = torch.tensor([dls.vocab.index(label) for label in labels])
         return DataLoader(TensorDataset(*inputs, targets), batch_size=bs)
     target = dls.target_names[0]
-    df = _read_csv(data)
+    df = read_csv(data)
     if target not in df.columns:
         raise DataError(f"{data}: no target column {target!r}")
     df = df.dropna(subset=[target])
@@ -189,13 +188,6 @@ def _encoded_loader(learn: Learner, data: Path, bs: int = 64) -> DataLoader:
         values = df[target].to_numpy(dtype=np.float32)
         targets = torch.tensor(np.log(values) if dls.log_target else values).reshape(len(df), -1)
     return DataLoader(TensorDataset(*inputs, targets), batch_size=bs)
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read CSV ({exc})") from exc
 
 
 def interpret(args: argparse.Namespace) -> dict[str, Any]:
@@ -260,7 +252,7 @@ def drift(args: argparse.Namespace) -> dict[str, Any]:
         summaries = [image_summary(decode_image(f.read_bytes())) for f in files]
         columns = {name: np.array([s[name.split(".", 1)[1]] for s in summaries]) for name in features}
     else:
-        df = _read_csv(args.data)
+        df = read_csv(args.data)
         columns = {name: df[name].to_numpy() if name in df.columns else np.full(len(df), np.nan) for name in features}
     scores = {name: round(ref.psi(features[name], values), 4) for name, values in columns.items()}
     out = args.out or REPORTS_DIR / manifest.name / str(manifest.version)

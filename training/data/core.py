@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Sequence
 
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
@@ -21,6 +22,14 @@ TASKS = ("classification", "multilabel", "regression")
 
 class DataError(ValueError):
     """Input data that cannot be trained on; the message names the problem."""
+
+
+def read_csv(path: Any) -> pd.DataFrame:
+    """A CSV as a DataFrame, or a DataError naming the file (missing, unreadable, empty, malformed)."""
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and pandas' parser errors are ValueErrors
+        raise DataError(f"{path}: cannot read CSV ({exc})") from exc
 
 
 class DataLoaders:

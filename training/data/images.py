@@ -38,7 +38,7 @@ from bundle.images import (
     to_chw,
 )
 from training.data.augment import Augment
-from training.data.core import DataError, DataLoaders
+from training.data.core import DataError, DataLoaders, read_csv
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -248,9 +248,8 @@ class ImageDataLoaders(DataLoaders):
         csv_path = root / csv_fname
         if not csv_path.is_file():
             raise DataError(f"label file {csv_path} does not exist")
-        df = pd.read_csv(csv_path)
         return cls.from_df(
-            df, root, fn_col, label_col, valid_col, label_delim, folder, suffix, valid_pct, seed, **options
+            read_csv(csv_path), root, fn_col, label_col, valid_col, label_delim, folder, suffix, valid_pct, seed, **options
         )
 
     @classmethod

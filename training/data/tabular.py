@@ -26,7 +26,7 @@ from bundle.tabular import (
     cont_cat_split,
     rows_to_frame,
 )
-from training.data.core import DataError, DataLoaders
+from training.data.core import DataError, DataLoaders, read_csv
 
 Y_BLOCKS = {"category": "classification", "classification": "classification",
             "regression": "regression", "multilabel": "multilabel"}  # fmt: skip
@@ -73,11 +73,7 @@ class TabularDataLoaders(DataLoaders):
     @classmethod
     def from_csv(cls, path: str | Path, y_names: str | Sequence[str], **kwargs: Any) -> TabularDataLoaders:
         """Read a CSV and call :meth:`from_df` with the same arguments."""
-        try:
-            df = pd.read_csv(path)
-        except (OSError, ValueError, UnicodeDecodeError) as exc:  # missing, unreadable, empty, malformed
-            raise DataError(f"{path}: cannot read CSV ({exc})") from exc
-        return cls.from_df(df, y_names, **kwargs)
+        return cls.from_df(read_csv(path), y_names, **kwargs)
 
     @classmethod
     def from_df(
