@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+
+from service.responses import JSONResponse
 
 REQUEST_ID_HEADER = "X-Request-Id"
 

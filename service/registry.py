@@ -174,6 +174,7 @@ class ModelVersion:
         self.fingerprint = fingerprint
         self.metrics = metrics
         self.sha256 = loaded.manifest.files.get(ONNX_FILE, "")
+        self.response_headers = [(b"x-model-version", str(self.version).encode())]
         self.loaded_at = time.time()
         self.state = "ready"
         self.executor = ThreadPoolExecutor(

@@ -16,6 +16,7 @@ from bundle.images import (
     ResizeSpec,
     decode_image,
     image_summary,
+    plain_png_pixels,
     preprocess,
     resize,
     to_chw,
@@ -195,6 +196,58 @@ def test_preprocess_is_decode_resize_and_chw():
     data = encode(three_bands(30, 10))
     spec = ResizeSpec(10, 10, "crop")
     assert np.array_equal(preprocess(data, spec), to_chw(resize(decode_image(data), spec)))
+
+
+# ---- the libspng path for plain PNGs ---------------------------------------------------------------
+
+
+def pillow_preprocess(data: bytes, spec: ResizeSpec) -> np.ndarray:
+    """The general path, which every image can take."""
+    return to_chw(resize(decode_image(data, target=spec), spec))
+
+
+@pytest.mark.parametrize("gray", [True, False], ids=["gray", "rgb"])
+@pytest.mark.parametrize("method", ["crop", "squish", "pad"])
+@pytest.mark.parametrize("pad_mode", ["reflection", "zeros"])
+def test_plain_pngs_give_exactly_the_pixels_of_the_general_path(gray, method, pad_mode):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        h, w = rng.integers(1, 60, 2)
+        pixels = rng.integers(0, 256, (h, w) if gray else (h, w, 3), dtype=np.uint8)
+        data = encode(Image.fromarray(pixels))
+        spec = ResizeSpec(int(rng.integers(1, 50)), int(rng.integers(1, 50)), method, pad_mode)
+        assert plain_png_pixels(data) is not None  # the fast path is taken
+        assert np.array_equal(preprocess(data, spec), pillow_preprocess(data, spec))
+
+
+@pytest.mark.parametrize("mode", ["P", "LA", "RGBA", "I;16", "1"])
+def test_other_pngs_take_the_general_path(mode):
+    img = three_bands(12, 6).convert("RGBA" if mode == "RGBA" else "RGB").convert(mode)
+    data = encode(img)
+    spec = ResizeSpec(8, 8, "squish")
+    assert plain_png_pixels(data) is None
+    assert np.array_equal(preprocess(data, spec), pillow_preprocess(data, spec))
+
+
+def test_a_png_with_exif_takes_the_general_path_and_is_turned():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(three_bands(30, 10), exif=exif.tobytes())
+    assert plain_png_pixels(data) is None
+    assert preprocess(data, ResizeSpec(30, 10, "squish")).shape == (3, 30, 10)
+
+
+def test_a_plain_png_over_the_pixel_limit_is_refused_before_decoding():
+    with pytest.raises(ImageTooLarge, match="300 pixels"):
+        plain_png_pixels(encode(three_bands(30, 10)), max_pixels=299)
+
+
+def test_a_corrupt_plain_png_is_reported_by_the_general_path():
+    data = bytearray(encode(smooth_photo(40, 40)))
+    data[60:80] = bytes(20)  # inside the compressed pixels: the checksum fails
+    assert plain_png_pixels(bytes(data)) is None
+    with pytest.raises(ImageError):
+        preprocess(bytes(data), ResizeSpec(8, 8))
 
 
 def test_image_summary_measures_brightness_contrast_and_size():
