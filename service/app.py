@@ -19,11 +19,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from service.errors import NotFound, ServiceError, error_body, error_response
 from service.metrics import ServingMetrics
 from service.openapi import openapi_document
-from service.predict import PredictEndpoint
+from service.predict import PREDICT_PATH, PredictEndpoint
 from service.registry import ModelRegistry
 from service.request_id import RequestIdMiddleware
 from service.responses import JSONResponse
@@ -122,10 +123,8 @@ class ServingAPI:
         return JSONResponse(openapi_document())
 
     def routes(self) -> list[Route]:
-        # Predict first: the router tries routes in order, and predict is nearly all the traffic.
+        # The predict paths never reach these routes: ServingApp sends them to the predict endpoint first.
         return [
-            Route("/v1/models/{name}/predict", self.predict, methods=["POST"]),
-            Route("/v1/models/{name}/versions/{version:int}/predict", self.predict, methods=["POST"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.metrics_text, methods=["GET"]),
@@ -135,14 +134,29 @@ class ServingAPI:
         ]
 
 
-def create_app(settings: ServiceSettings | None = None) -> Starlette:
+class ServingApp(Starlette):
+    """Starlette, with the predict paths taken straight to the predict endpoint (see ``service.predict``)."""
+
+    def __init__(self, api: ServingAPI) -> None:
+        super().__init__(
+            routes=api.routes(),
+            middleware=[Middleware(RequestIdMiddleware)],
+            exception_handlers={ServiceError: error_response, HTTPException: error_response, Exception: error_response},
+            lifespan=api.lifespan,
+        )
+        self.state.api = api
+        self._predict = api.predict
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            match = PREDICT_PATH.fullmatch(scope["path"])
+            if match is not None:
+                scope["app"] = self
+                await self._predict(scope, receive, send, match)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: ServiceSettings | None = None) -> ServingApp:
     """A ready-to-run ASGI app serving ``settings.models``."""
-    api = ServingAPI(settings or ServiceSettings())
-    app = Starlette(
-        routes=api.routes(),
-        middleware=[Middleware(RequestIdMiddleware)],
-        exception_handlers={ServiceError: error_response, HTTPException: error_response, Exception: error_response},
-        lifespan=api.lifespan,
-    )
-    app.state.api = api
-    return app
+    return ServingApp(ServingAPI(settings or ServiceSettings()))

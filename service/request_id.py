@@ -1,7 +1,10 @@
 """Request ids: echo the client's ``X-Request-Id`` (when sane) or make one, on every response.
 
-A plain ASGI middleware rather than ``BaseHTTPMiddleware``: it adds one
-header and costs next to nothing per request.
+``assign_request_id`` chooses the id once per request and keeps it in the
+ASGI scope; ``RequestIdMiddleware`` (a plain ASGI middleware, not
+``BaseHTTPMiddleware``: it adds one header and costs next to nothing) puts it
+on every response of the Starlette routes, and the predict endpoint, which
+runs outside them, puts it on its own.
 """
 
 from __future__ import annotations
@@ -13,31 +16,33 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = b"x-request-id"
 _SAFE = re.compile(rb"^[A-Za-z0-9._:/+=@-]{1,128}$")
+# Ids need to be unique, not secret: a seeded PRNG costs far less than uuid4's os.urandom per request.
+_random = random.Random()
 
 
-def request_id_of(scope: Scope) -> str:
-    """The id the middleware chose for this request."""
-    return scope["state"]["request_id"]
+def assign_request_id(scope: Scope) -> str:
+    """This request's id: the client's when it is safe to log and to echo, else a new one; chosen once."""
+    state = scope.setdefault("state", {})
+    request_id = state.get("request_id")
+    if request_id is None:
+        raw = next((value for name, value in scope["headers"] if name == HEADER), None)
+        if raw is not None and _SAFE.match(raw):
+            request_id = raw.decode("ascii")
+        else:
+            request_id = f"{_random.getrandbits(128):032x}"
+        state["request_id"] = request_id
+    return request_id
 
 
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        # Ids need to be unique, not secret: a seeded PRNG costs far less than uuid4's os.urandom per request.
-        self._random = random.Random()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw = next((value for name, value in scope["headers"] if name == HEADER), None)
-        # Echo only ids that are safe to log and to put back in a header.
-        if raw is not None and _SAFE.match(raw):
-            request_id = raw.decode("ascii")
-        else:
-            request_id = f"{self._random.getrandbits(128):032x}"
-        scope.setdefault("state", {})["request_id"] = request_id
-        header = (HEADER, request_id.encode("ascii"))
+        header = (HEADER, assign_request_id(scope).encode("ascii"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

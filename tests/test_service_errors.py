@@ -37,6 +37,13 @@ def test_unknown_version_is_404_listing_the_loaded_ones(client):
     assert_error(response, 404, "not_found", "version 9", "[1, 2]")
 
 
+def test_a_version_that_is_not_a_number_is_404(client):
+    response = post_bytes(client, "/v1/models/digits/versions/latest/predict", image_bytes())
+
+    assert_error(response, 404, "not_found")
+    assert response.headers["X-Request-Id"]
+
+
 def test_wrong_method_is_405_in_json(client):
     response = client.get("/v1/models/digits/predict")
 
