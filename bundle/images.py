@@ -176,10 +176,13 @@ def pad_to(img: Image.Image, width: int, height: int, mode: str) -> Image.Image:
 
 def to_chw(img: Image.Image) -> np.ndarray:
     """RGB (or grayscale, replicated) PIL image -> uint8 array (3, H, W), the ONNX input layout."""
-    pixels = np.asarray(img, dtype=np.uint8)
-    if pixels.ndim == 2:
-        return np.repeat(pixels[None], 3, axis=0)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    # tobytes + frombuffer: the same pixels as np.asarray(img), without the array-interface detour.
+    flat = np.frombuffer(img.tobytes(), dtype=np.uint8)
+    if img.mode == "L":
+        return np.repeat(flat.reshape(1, img.height, img.width), 3, axis=0)
+    if img.mode != "RGB":
+        raise ValueError(f"to_chw takes an RGB or L image, got {img.mode}")
+    return np.ascontiguousarray(flat.reshape(img.height, img.width, 3).transpose(2, 0, 1))
 
 
 def plain_png_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
@@ -212,7 +215,9 @@ def preprocess(data: bytes, spec: ResizeSpec, max_pixels: int = DEFAULT_MAX_PIXE
         img = decode_image(data, max_pixels, target=spec)
     else:
         # A grayscale image is resized as it is and replicated to RGB afterwards: the same pixels, a third of the work.
-        img = Image.fromarray(pixels)
+        height, width = pixels.shape[:2]
+        mode = "L" if pixels.ndim == 2 else "RGB"
+        img = Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
     return to_chw(resize(img, spec))
 
 
