@@ -66,6 +66,8 @@ class PredictEndpoint:
                 raise HTTPException(405, headers={"Allow": "POST"})
             await self._serve(scope, receive, send, match["name"], match["version"], request_id, id_header)
         except Exception as exc:
+            if not isinstance(exc, (ServiceError, HTTPException)):
+                log.exception("predict failed before reaching a model (request %s)", request_id)
 
             async def send_with_id(message: Message) -> None:
                 if message["type"] == "http.response.start":
