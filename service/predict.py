@@ -22,7 +22,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from service.errors import (
     BadRequest,
@@ -36,8 +36,7 @@ from service.errors import (
 from service.inputs import check_media_type, media_type_of
 from service.metrics import UNKNOWN_MODEL, ServingMetrics
 from service.registry import ModelRegistry, ModelVersion
-from service.request_id import HEADER as REQUEST_ID_HEADER
-from service.request_id import assign_request_id
+from service.request_id import assign_request_id, id_header, send_with_header
 from service.responses import send_json
 from service.settings import ServiceSettings
 
@@ -60,25 +59,20 @@ class PredictEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send, match: re.Match[str]) -> None:
         """Serve one request whose path ``PREDICT_PATH`` matched; every outcome is a response, never an exception."""
         request_id = assign_request_id(scope)
-        id_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
+        request_id_header = id_header(request_id)
         try:
             if scope["method"] != "POST":
                 raise HTTPException(405, headers={"Allow": "POST"})
-            await self._serve(scope, receive, send, match["name"], match["version"], request_id, id_header)
+            await self._serve(scope, receive, send, match["name"], match["version"], request_id, request_id_header)
         except Exception as exc:
             if not isinstance(exc, (ServiceError, HTTPException)):
                 log.exception("predict failed before reaching a model (request %s)", request_id)
-
-            async def send_with_id(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    message["headers"] = [*message.get("headers", ()), id_header]
-                await send(message)
-
-            await error_response(Request(scope, receive), exc)(scope, receive, send_with_id)
+            response = error_response(Request(scope, receive), exc)
+            await response(scope, receive, send_with_header(send, request_id_header))
 
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, name: str, pinned: str | None, request_id: str,
-        id_header: tuple[bytes, bytes],
+        request_id_header: tuple[bytes, bytes],
     ) -> None:  # fmt: skip
         started = time.perf_counter()
         headers = {key: value.decode("latin-1") for key, value in scope["headers"] if key in _HEADERS}
@@ -105,7 +99,7 @@ class PredictEndpoint:
             version.release()
         version.metrics.request(region, "ok", time.perf_counter() - started)
         body = {"model": name, "version": version.version, "request_id": request_id, "predictions": predictions}
-        await send_json(send, body, [*version.response_headers, id_header])
+        await send_json(send, body, [*version.response_headers, request_id_header])
 
     async def _predict(
         self, version: ModelVersion, headers: dict[bytes, str], receive: Receive, started: float

@@ -42,11 +42,19 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        header = (HEADER, assign_request_id(scope).encode("ascii"))
+        await self.app(scope, receive, send_with_header(send, id_header(assign_request_id(scope))))
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
 
-        await self.app(scope, receive, send_with_id)
+def id_header(request_id: str) -> tuple[bytes, bytes]:
+    return (HEADER, request_id.encode("ascii"))
+
+
+def send_with_header(send: Send, header: tuple[bytes, bytes]) -> Send:
+    """``send``, adding ``header`` to the response's start message."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), header]
+        await send(message)
+
+    return sending
