@@ -34,6 +34,16 @@ class ServiceSettings(BaseSettings):
     watch_interval_s: float = Field(
         2.0, ge=0, description="Seconds between repository scans for added/removed versions; 0 disables watching."
     )
+    state_url: str = Field(
+        "",
+        description="Shared state store for rollout state, audit trail, prediction log and feedback: empty for a "
+        "SQLite file (state_path), or postgresql://... for one database shared by every replica.",
+    )
+    state_path: Path | None = Field(
+        None,
+        description="The SQLite state file when state_url is empty; default: beside the rollout file "
+        "(<rollout>.state.sqlite), else state.sqlite in the working directory.",
+    )
     regions: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Known X-Region values (comma-separated); any other region is labelled 'other' in metrics.",
@@ -106,6 +116,14 @@ class ServiceSettings(BaseSettings):
                 f"max_queue_size ({self.max_queue_size}) must be at least max_batch_size ({self.max_batch_size})"
             )
         return self
+
+    def sqlite_state_path(self) -> Path:
+        """Where the embedded store lives when no state_url is set."""
+        if self.state_path is not None:
+            return self.state_path
+        if self.rollout is not None:
+            return self.rollout.with_name(self.rollout.name + ".state.sqlite")
+        return Path("state.sqlite")
 
     def region_label(self, region: str | None) -> str:
         """The bounded metric label for a client-supplied region."""

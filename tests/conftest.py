@@ -229,3 +229,48 @@ def metric_value(metrics_text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+# -- the shared state store (PostgreSQL) -------------------------------------------------------
+
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def postgres_reachable() -> str | None:
+    """None when the local PostgreSQL answers, else why not."""
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - psycopg is in the serve extra
+        return f"psycopg is not installed ({exc})"
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=2):
+            return None
+    except psycopg.Error as exc:
+        return f"no PostgreSQL at 127.0.0.1:5432 ({str(exc).strip().splitlines()[0]})"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test, dropped afterwards.
+
+    Skips with the reason when no server is reachable, except under CI (``CI`` set), where the
+    PostgreSQL tests must run: there an unreachable server fails the test.
+    """
+    import os
+    import uuid
+
+    why_not = postgres_reachable()
+    if why_not is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {why_not}")
+        pytest.skip(why_not)
+    import psycopg
+
+    name = f"fastprod_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
