@@ -93,6 +93,12 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
 
 def error_response(request: Request, exc: Exception) -> Response:
     """The single mapping from any exception to a JSON error response."""
+    status, code, message, headers = error_parts(exc)
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+def error_parts(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
+    """Status, code, message and headers for any exception (also behind the Open Inference Protocol's errors)."""
     headers: dict[str, str] = {}
     if isinstance(exc, ServiceError):
         status, code, message = exc.status, exc.code, exc.message
@@ -105,7 +111,7 @@ def error_response(request: Request, exc: Exception) -> Response:
         headers.update(exc.headers or {})
     else:
         status, code, message = 500, "internal", f"internal error: {type(exc).__name__}"
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+    return status, code, message, headers
 
 
 def outcome_of(exc: Exception) -> str:

@@ -150,10 +150,14 @@ class ImageInputs:
             images = self._instances(body)
         else:
             images = [("body", body)]
+        return [self.decode_images(images)]
+
+    def decode_images(self, images: list[tuple[str, bytes]]) -> np.ndarray:
+        """Encoded images, each named by where it came from (for errors) -> uint8 [N, 3, H, W]."""
         pixels = np.empty((len(images), 3, self.spec.height, self.spec.width), dtype=np.uint8)
         for i, (where, data) in enumerate(images):
             pixels[i] = self._pixels(where, data)
-        return [pixels]
+        return pixels
 
     def _pixels(self, where: str, data: bytes) -> np.ndarray:
         if not data:
@@ -243,6 +247,10 @@ class TabularInputs:
                 raise InvalidInput(_locate(exc, "rows[{row}].{column}", 0)) from exc
             where = "rows[{row}].{column}"
             row_base = 0
+        return self.process(frame, where, row_base)
+
+    def process(self, frame: pd.DataFrame, where: str, row_base: int = 0) -> list[np.ndarray]:
+        """Raw columns -> the ONNX inputs; ``where`` (with ``{row}`` and ``{column}``) locates a bad cell."""
         try:
             table = self.processor.transform(frame)
         except TabularInputError as exc:

@@ -18,8 +18,9 @@ import logging
 import re
 import time
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, Awaitable, TypeVar
 
+import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
@@ -45,6 +46,7 @@ log = logging.getLogger("service.predict")
 _HEADERS = (b"content-type", b"content-length", b"x-region", b"x-request-key")
 # /v1/models/{name}/predict and /v1/models/{name}/versions/{version}/predict, as Starlette would match them.
 PREDICT_PATH = re.compile(r"/v1/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]+))?/predict")
+T = TypeVar("T")
 
 
 class PredictEndpoint:
@@ -77,27 +79,10 @@ class PredictEndpoint:
         started = time.perf_counter()
         headers = {key: value.decode("latin-1") for key, value in scope["headers"] if key in _HEADERS}
         region = self.settings.region_label(headers.get(b"x-region"))
-        try:
-            if pinned is not None:
-                version = self.registry.get(name, int(pinned))
-            else:
-                version = self.registry.route(name, headers.get(b"x-request-key") or request_id, region)
-        except ServiceError as exc:
-            # Only names the registry knows become label values; anything else counts as "unknown".
-            self.metrics.count_unrouted(name if self.registry.is_known(name) else UNKNOWN_MODEL, region, exc.outcome)
-            raise
-        version.acquire()
-        try:
-            predictions = await self._predict(version, headers, receive, started)
-        except Exception as exc:
-            if not isinstance(exc, ServiceError):
-                log.exception("prediction failed for %s v%d (request %s)", name, version.version, request_id)
-                exc = InferenceFailed(f"prediction failed: {type(exc).__name__}")
-            version.metrics.request(region, outcome_of(exc), time.perf_counter() - started)
-            raise exc from None
-        finally:
-            version.release()
-        version.metrics.request(region, "ok", time.perf_counter() - started)
+        version = self.choose_version(name, pinned, headers.get(b"x-request-key") or request_id, region)
+        predictions = await self.serve_on(
+            version, region, started, request_id, self._predict(version, headers, receive, started)
+        )
         body = {"model": name, "version": version.version, "request_id": request_id, "predictions": predictions}
         await send_json(send, body, [*version.response_headers, request_id_header])
 
@@ -115,11 +100,46 @@ class PredictEndpoint:
         if arrays is None:
             loop = asyncio.get_running_loop()
             arrays = await loop.run_in_executor(self.preprocess_pool, decoder.decode, media_type, content_type, body)
+        output = await self.infer(version, arrays, started)
+        return version.encoder.encode(output)
+
+    # The steps every prediction takes, whichever protocol it came in by (service.oip uses them too).
+
+    def choose_version(self, name: str, pinned: str | None, request_key: str, region: str) -> ModelVersion:
+        """The pinned version, else the one routing chooses; a request no version takes is counted here."""
+        try:
+            if pinned is not None:
+                return self.registry.get(name, int(pinned))
+            return self.registry.route(name, request_key, region)
+        except ServiceError as exc:
+            # Only names the registry knows become label values; anything else counts as "unknown".
+            self.metrics.count_unrouted(name if self.registry.is_known(name) else UNKNOWN_MODEL, region, exc.outcome)
+            raise
+
+    async def serve_on(
+        self, version: ModelVersion, region: str, started: float, request_id: str, work: Awaitable[T]
+    ) -> T:
+        """Await ``work`` holding ``version``; count its outcome; an unexpected error becomes ``InferenceFailed``."""
+        version.acquire()
+        try:
+            result = await work
+        except Exception as exc:
+            if not isinstance(exc, ServiceError):
+                log.exception("prediction failed for %s v%d (request %s)", version.name, version.version, request_id)
+                exc = InferenceFailed(f"prediction failed: {type(exc).__name__}")
+            version.metrics.request(region, outcome_of(exc), time.perf_counter() - started)
+            raise exc from None
+        finally:
+            version.release()
+        version.metrics.request(region, "ok", time.perf_counter() - started)
+        return result
+
+    async def infer(self, version: ModelVersion, arrays: list[np.ndarray], started: float) -> np.ndarray:
+        """The model's output rows for ``arrays``, through the version's batcher, within the request deadline."""
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
         if remaining <= 0:
             raise DeadlineExceeded(f"the {self.settings.request_timeout_s:g} s deadline passed during preprocessing")
-        output = await version.batcher.submit(arrays, remaining)
-        return version.encoder.encode(output)
+        return await version.batcher.submit(arrays, remaining)
 
 
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
