@@ -18,11 +18,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from service.errors import NotFound, ServiceError, error_body, error_response
 from service.metrics import ServingMetrics
+from service.oip import OpenInferenceAPI
 from service.openapi import openapi_document
 from service.predict import PREDICT_PATH, PredictEndpoint
 from service.registry import ModelRegistry
@@ -42,6 +43,7 @@ class ServingAPI:
         self.metrics = ServingMetrics()
         self.registry = ModelRegistry(settings, self.metrics)
         self.predict = PredictEndpoint(settings, self.registry, self.metrics)
+        self.oip = OpenInferenceAPI(settings, self.registry, self.predict)
         self.preprocess_pool: ThreadPoolExecutor | None = None
 
     @asynccontextmanager
@@ -122,7 +124,7 @@ class ServingAPI:
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[BaseRoute]:
         # The predict paths never reach these routes: ServingApp sends them to the predict endpoint first.
         return [
             Route("/healthz", self.healthz, methods=["GET"]),
@@ -131,6 +133,7 @@ class ServingAPI:
             Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/v1/models", self.list_models, methods=["GET"]),
             Route("/v1/models/{name}", self.get_model, methods=["GET"]),
+            *self.oip.routes(),
         ]
 
 
