@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.oip.openapi import oip_paths
+
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -174,6 +176,7 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
             },
             "/v1/models/{name}/predict": _predict_operation("Predict with the version routing chooses.", False),
             "/v1/models/{name}/versions/{version}/predict": _predict_operation("Predict with a pinned version.", True),
+            **oip_paths(),
         },
         "components": {
             "schemas": {"Error": _ERROR, "Prediction": _PREDICTION, "PredictResponse": _PREDICT_RESPONSE}
