@@ -177,6 +177,20 @@ def test_tabular_columns_answer_as_the_native_rows(server: LiveServer, triton: A
     assert_same_classification(result, native(server, "/v1/models/penguins/predict", json={"rows": rows})["predictions"])
 
 
+def test_nulls_in_json_columns_are_missing_values_as_in_native_rows(server: LiveServer) -> None:
+    rows = [penguin(sex=None, bill_length_mm=None), penguin(island=None, flipper_length_mm=None)]
+    body = {"inputs": [
+        {"name": column, "datatype": "BYTES" if column in ("island", "sex") else "FP64", "shape": [2, 1],
+         "data": [[r[column]] for r in rows]}
+        for column in ("island", "sex", "bill_length_mm", "bill_depth_mm", "flipper_length_mm")
+    ]}  # fmt: skip
+    answer = native(server, "/v2/models/penguins/infer", json=body)
+    expected = native(server, "/v1/models/penguins/predict", json={"rows": rows})["predictions"]
+    outputs = {o["name"]: o["data"] for o in answer["outputs"]}
+    assert outputs["label"] == [p["label"] for p in expected]
+    np.testing.assert_allclose(outputs["probabilities"], [v for p in expected for v in p["probabilities"].values()])
+
+
 def test_regression_serves_the_value_with_the_log_target_undone(server: LiveServer, triton: Any) -> None:
     rows = [penguin(), penguin(island="Biscoe", bill_depth_mm=15.0)]
     body = {"inputs": [
