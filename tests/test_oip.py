@@ -43,7 +43,9 @@ def native(server: LiveServer, path: str, **kwargs: Any) -> dict[str, Any]:
     return response.json()
 
 
-def native_images(server: LiveServer, images: list[bytes], model: str = "digits", version: int | None = None) -> list[Any]:
+def native_images(
+    server: LiveServer, images: list[bytes], model: str = "digits", version: int | None = None
+) -> list[dict[str, Any]]:
     files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
     pinned = f"/versions/{version}" if version is not None else ""
     return native(server, f"/v1/models/{model}{pinned}/predict", files=files)["predictions"]
@@ -151,7 +153,8 @@ def test_encoded_images_as_base64_json_bytes_answer_as_the_native_api(server: Li
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_preprocessed_uint8_pixels_answer_as_the_native_api(server: LiveServer, triton: Any, binary: bool) -> None:
-    outputs = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in ("probabilities", "label", "index")]
+    names = ("probabilities", "label", "index")
+    outputs = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in names]
     result = triton.infer("digits", [uint8_input(pixels_of(IMAGES), binary)], outputs=outputs)
     assert_same_classification(result, native_images(server, IMAGES))
 
@@ -174,7 +177,8 @@ def test_tabular_columns_answer_as_the_native_rows(server: LiveServer, triton: A
         tensor.set_data_from_numpy(np.array([[r[column]] for r in rows], dtype=np.float64))
         inputs.append(tensor)
     result = triton.infer("penguins", inputs)
-    assert_same_classification(result, native(server, "/v1/models/penguins/predict", json={"rows": rows})["predictions"])
+    expected = native(server, "/v1/models/penguins/predict", json={"rows": rows})["predictions"]
+    assert_same_classification(result, expected)
 
 
 def test_nulls_in_json_columns_are_missing_values_as_in_native_rows(server: LiveServer) -> None:
@@ -241,8 +245,10 @@ def test_a_request_larger_than_a_batch_is_split_and_reassembled(server: LiveServ
     result = triton.infer("digits", [uint8_input(pixels_of(images))], model_version="1")
     after = httpx.get(server.url + "/metrics").text
     runs = {"model": "digits", "version": "1"}
-    count = metric_value(after, "serving_batch_size_count", **runs) - metric_value(before, "serving_batch_size_count", **runs)
-    items = metric_value(after, "serving_batch_size_sum", **runs) - metric_value(before, "serving_batch_size_sum", **runs)
+    count, items = (
+        metric_value(after, name, **runs) - metric_value(before, name, **runs)
+        for name in ("serving_batch_size_count", "serving_batch_size_sum")
+    )
     assert (count, items) == (3, 11)
     assert_same_classification(result, native_images(server, images, version=1))
 
@@ -298,13 +304,15 @@ def test_an_undecodable_image_and_unknown_output_are_protocol_errors(triton: Any
 
 def test_the_item_limit_applies(server: LiveServer) -> None:
     pixels = np.zeros((65, 3, 16, 16), np.uint8)  # the default limit is 64 items per request
-    body = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape), "data": pixels.ravel().tolist()}]}
+    tensor = {"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape), "data": pixels.ravel().tolist()}
+    body = {"inputs": [tensor]}
     assert error_of(server, "/v2/models/digits/infer", body).status_code == 413
 
 
 def test_binary_data_that_does_not_add_up_is_a_protocol_error(server: LiveServer) -> None:
     header = json.dumps(
-        {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 3, 16, 16], "parameters": {"binary_data_size": 768}}]}
+        {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 3, 16, 16],
+                     "parameters": {"binary_data_size": 768}}]}  # fmt: skip
     ).encode()
     response = httpx.post(
         server.url + "/v2/models/digits/infer",

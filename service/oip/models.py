@@ -135,7 +135,9 @@ class ProtocolModel:
             return False
         if tensor.datatype == "BYTES":
             if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
-                raise InvalidInput(f"input {tensor.name!r}: BYTES images must have shape [N] or [N, 1], got {list(tensor.shape)}")
+                raise InvalidInput(
+                    f"input {tensor.name!r}: BYTES images must have shape [N] or [N, 1], got {list(tensor.shape)}"
+                )
             self._check_items(tensor, tensor.shape[0])
             return True
         raise InvalidInput(
@@ -155,7 +157,9 @@ class ProtocolModel:
                 f"(declared {declared}; accepted: {', '.join(accepted)})"
             )
         if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
-            raise InvalidInput(f"input {tensor.name!r}: a column must have shape [rows] or [rows, 1], got {list(tensor.shape)}")
+            raise InvalidInput(
+                f"input {tensor.name!r}: a column must have shape [rows] or [rows, 1], got {list(tensor.shape)}"
+            )
         self._check_items(tensor, tensor.shape[0])
         return tensor.shape[0]
 
@@ -181,7 +185,9 @@ class ProtocolModel:
             return [RequestedOutput(name, binary) for name in self.output_names]
         for output in requested:
             if output.name not in self.output_names:
-                raise InvalidInput(f"output {output.name!r} is not an output of this model; its outputs: {self.output_names}")
+                raise InvalidInput(
+                    f"output {output.name!r} is not an output of this model; its outputs: {self.output_names}"
+                )
             if output.classification and not self.encoder.classes:
                 raise InvalidInput(f"output {output.name!r}: classification needs a model with classes")
         return requested

@@ -61,9 +61,6 @@ class Tensor:
     data: np.ndarray
     parameters: dict[str, Any] = field(default_factory=dict)
 
-    def describe(self) -> str:
-        return f"{self.datatype} {list(self.shape)}"
-
 
 @dataclass(frozen=True)
 class RequestedOutput:
@@ -165,7 +162,10 @@ def _tensor(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[Tensor, 
                 f"{where}: binary_data_size is {size} but only {len(binary) - offset} bytes of binary data are left"
             )
         chunk = binary[offset : offset + size]
-        flat = _binary_bytes(chunk, count, where) if datatype == "BYTES" else _binary_numbers(chunk, datatype, count, where)
+        if datatype == "BYTES":
+            flat = _binary_bytes(chunk, count, where)
+        else:
+            flat = _binary_numbers(chunk, datatype, count, where)
         offset += size
     else:
         if "data" not in raw:
