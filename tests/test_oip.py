@@ -274,6 +274,11 @@ def test_an_unknown_model_or_version_is_a_protocol_404(server: LiveServer, trito
     assert httpx.get(server.url + "/v2/nothing/here").json() == {"error": "Not Found"}
 
 
+def test_a_wrong_method_is_a_protocol_405(server: LiveServer) -> None:
+    response = httpx.get(server.url + "/v2/models/digits/infer")
+    assert response.status_code == 405 and response.json() == {"error": "Method Not Allowed"}
+
+
 def test_a_wrong_datatype_is_a_protocol_error_naming_the_input(server: LiveServer) -> None:
     body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 3, 16, 16], "data": [0.0] * 768}]}
     assert "pixels" in error_of(server, "/v2/models/digits/infer", body).json()["error"]

@@ -60,6 +60,11 @@ def _answers_errors(handler: Handler) -> Handler:
     return handle
 
 
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """An unknown path or method under ``/v2``."""
+    return protocol_error(exc)
+
+
 def _server_version() -> str:
     try:
         return package_metadata.version(SERVER_NAME)
@@ -98,7 +103,7 @@ class OpenInferenceAPI:
                     )
                 ],
             ],
-            exception_handlers={HTTPException: lambda request, exc: protocol_error(exc)},
+            exception_handlers={HTTPException: _routing_error},
         )
         return [Route("/v2", _answers_errors(self.server_metadata), methods=["GET"]), Mount("/v2", app=under)]
 
