@@ -89,19 +89,17 @@ class OpenInferenceAPI:
         """``GET /v2`` and everything under it; unknown paths and methods answer in the protocol's shape too."""
         model = "/models/{name}"
         pinned = "/models/{name}/versions/{version}"
+        metadata, ready, infer = (_answers_errors(h) for h in (self.model_metadata, self.model_ready, self.infer))
         under = Starlette(
             routes=[
                 Route("/health/live", _answers_errors(self.live), methods=["GET"]),
                 Route("/health/ready", _answers_errors(self.ready), methods=["GET"]),
-                *[
-                    route
-                    for prefix in (model, pinned)
-                    for route in (
-                        Route(prefix, _answers_errors(self.model_metadata), methods=["GET"]),
-                        Route(prefix + "/ready", _answers_errors(self.model_ready), methods=["GET"]),
-                        Route(prefix + "/infer", _answers_errors(self.infer), methods=["POST"]),
-                    )
-                ],
+                Route(model, metadata, methods=["GET"]),
+                Route(model + "/ready", ready, methods=["GET"]),
+                Route(model + "/infer", infer, methods=["POST"]),
+                Route(pinned, metadata, methods=["GET"]),
+                Route(pinned + "/ready", ready, methods=["GET"]),
+                Route(pinned + "/infer", infer, methods=["POST"]),
             ],
             exception_handlers={HTTPException: _routing_error},
         )
