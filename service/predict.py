@@ -38,11 +38,13 @@ from service.metrics import UNKNOWN_MODEL, ServingMetrics
 from service.registry import ModelRegistry, ModelVersion
 from service.request_id import assign_request_id, id_header, send_with_header
 from service.responses import send_json
+from service.rollout_state import RolloutManager
 from service.settings import ServiceSettings
+from service.shadow import ShadowRunner
 
 log = logging.getLogger("service.predict")
 
-_HEADERS = (b"content-type", b"content-length", b"x-region", b"x-request-key")
+_ARM_ERRORS = ("server_error", "timeout", "rejected")  # outcomes that count against a rollout arm
 # /v1/models/{name}/predict and /v1/models/{name}/versions/{version}/predict, as Starlette would match them.
 PREDICT_PATH = re.compile(r"/v1/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]+))?/predict")
 
@@ -55,6 +57,10 @@ class PredictEndpoint:
         self.registry = registry
         self.metrics = metrics
         self.preprocess_pool: Executor | None = None  # set by the app's lifespan
+        self.rollout: RolloutManager | None = None  # set by the app when rollouts are configured
+        self.shadow: ShadowRunner | None = None
+        self._region_header = settings.region_header.lower().encode("latin-1")
+        self._headers = frozenset((b"content-type", b"content-length", self._region_header, b"x-request-key"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, match: re.Match[str]) -> None:
         """Serve one request whose path ``PREDICT_PATH`` matched; every outcome is a response, never an exception."""
@@ -75,35 +81,48 @@ class PredictEndpoint:
         request_id_header: tuple[bytes, bytes],
     ) -> None:  # fmt: skip
         started = time.perf_counter()
-        headers = {key: value.decode("latin-1") for key, value in scope["headers"] if key in _HEADERS}
-        region = self.settings.region_label(headers.get(b"x-region"))
+        rollout = self.rollout
+        wanted = rollout.header_names if rollout is not None else self._headers
+        headers = {key: value.decode("latin-1") for key, value in scope["headers"] if key in wanted}
+        client_region = headers.get(self._region_header)
+        region = self.settings.region_label(client_region)
+        key = headers.get(rollout.sticky_header(name) if rollout is not None else b"x-request-key") or request_id
         try:
             if pinned is not None:
                 version = self.registry.get(name, int(pinned))
             else:
-                version = self.registry.route(name, headers.get(b"x-request-key") or request_id, region)
+                version = self.registry.route(name, key, client_region)
         except ServiceError as exc:
             # Only names the registry knows become label values; anything else counts as "unknown".
             self.metrics.count_unrouted(name if self.registry.is_known(name) else UNKNOWN_MODEL, region, exc.outcome)
             raise
         version.acquire()
         try:
-            predictions = await self._predict(version, headers, receive, started)
+            predictions, body = await self._predict(version, headers, receive, started)
         except Exception as exc:
             if not isinstance(exc, ServiceError):
                 log.exception("prediction failed for %s v%d (request %s)", name, version.version, request_id)
                 exc = InferenceFailed(f"prediction failed: {type(exc).__name__}")
-            version.metrics.request(region, outcome_of(exc), time.perf_counter() - started)
+            outcome, seconds = outcome_of(exc), time.perf_counter() - started
+            version.metrics.request(region, outcome, seconds)
+            if rollout is not None and pinned is None and outcome != "client_error":
+                rollout.observe(name, version.version, outcome not in _ARM_ERRORS, seconds)
             raise exc from None
         finally:
             version.release()
-        version.metrics.request(region, "ok", time.perf_counter() - started)
-        body = {"model": name, "version": version.version, "request_id": request_id, "predictions": predictions}
-        await send_json(send, body, [*version.response_headers, request_id_header])
+        seconds = time.perf_counter() - started
+        version.metrics.request(region, "ok", seconds)
+        response = {"model": name, "version": version.version, "request_id": request_id, "predictions": predictions}
+        await send_json(send, response, [*version.response_headers, request_id_header])
+        if rollout is not None and pinned is None:
+            rollout.observe(name, version.version, True, seconds)
+            if self.shadow is not None:  # after the answer is sent: the shadow copy never delays or changes it
+                self.shadow.mirror(name, key, version, headers.get(b"content-type", ""), body, predictions)
 
     async def _predict(
         self, version: ModelVersion, headers: dict[bytes, str], receive: Receive, started: float
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], bytes]:
+        """The encoded predictions, and the body they came from (for a shadow copy)."""
         content_type = headers.get(b"content-type", "")
         media_type = media_type_of(content_type)
         decoder = version.inputs
@@ -119,7 +138,7 @@ class PredictEndpoint:
         if remaining <= 0:
             raise DeadlineExceeded(f"the {self.settings.request_timeout_s:g} s deadline passed during preprocessing")
         output = await version.batcher.submit(arrays, remaining)
-        return version.encoder.encode(output)
+        return version.encoder.encode(output), body
 
 
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
