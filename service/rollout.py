@@ -121,6 +121,11 @@ class ModelPolicy(_Strict):
     end: datetime | None = None
     guardrails: Guardrails = Guardrails()
 
+    @field_validator("stage", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
     @field_validator("start", "end")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:

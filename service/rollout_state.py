@@ -155,6 +155,8 @@ class RolloutManager:
     async def start(self, loaded_versions: Callable[[str], Collection[int]]) -> None:
         self._loaded = loaded_versions
         await asyncio.to_thread(self._load_file, False)
+        if self.file_error is not None:  # no last good policy to keep: serving the wrong versions is worse than not starting
+            raise PolicyError(self.file_error)
         try:
             await asyncio.to_thread(self.store.migrate)
             await self.poll_store()
@@ -496,7 +498,7 @@ class RolloutManager:
             "problems": problems,
             "guardrails": {
                 "status": verdict.status if verdict else "waiting_for_data",
-                "message": verdict.message if verdict else "not judged yet",
+                "message": verdict.message if verdict else "waiting for data: not judged yet",
                 "breach": verdict.reason if verdict else None,
                 "readings": verdict.readings if verdict else {},
                 "limits": policy.guardrails.model_dump(),
