@@ -93,7 +93,7 @@ class Step(_Strict):
 class Guardrails(_Strict):
     """Limits on the candidate, compared with stable over the same recent window."""
 
-    window: float = Field(600.0, description="How far back readings go (10m).")
+    window: float = Field(600.0, le=3600, description="How far back readings go (default 10m, at most 1h).")
     min_requests: int = Field(200, ge=1, description="Requests needed in both arms before any limit is judged.")
     max_error_rate: float | None = Field(None, ge=0, le=1, description="Share of candidate requests that fail.")
     max_p99_ms: float | None = Field(None, gt=0, description="Candidate p99 latency, milliseconds.")

@@ -75,6 +75,8 @@ class RolloutAPI:
         actor = self._authorize(request)
         rollout = self._manager()
         name = request.path_params["name"]
+        if name not in rollout.policies and not rollout.served_versions(name):
+            raise NotFound(f"model {name!r} is not served; a policy needs a served model")
         body = await _json_body(request)
         reason = body.pop("reason", None) if isinstance(body, dict) else None
         try:

@@ -332,7 +332,7 @@ class RolloutManager:
         policy = self._require(name)
         if policy.candidate is None:
             raise PolicyError(f"{name}: there is no candidate to promote")
-        if policy.candidate not in self._loaded(name):
+        if policy.candidate not in self.served_versions(name):
             raise PolicyError(f"{name}: candidate v{policy.candidate} is not loaded; it cannot take all traffic")
         return await self.change(name, "promote", policy.model_copy(update={"stage": "promoted"}), actor, reason)
 
@@ -376,6 +376,9 @@ class RolloutManager:
         if number in loaded:
             return number
         return policy.stable if policy.stable in loaded else None  # a missing version: stable keeps serving
+
+    def served_versions(self, name: str) -> Collection[int]:
+        return self._loaded(name)
 
     def sticky_header(self, name: str) -> bytes:
         return self._sticky.get(name, b"x-request-key")
@@ -476,7 +479,7 @@ class RolloutManager:
             return None
         now = self.clock()
         state = step_at(policy, now)
-        loaded = set(self._loaded(name))
+        loaded = set(self.served_versions(name))
         problems = [f"{role} version {number} is not loaded" for role, number in
                     (("stable", policy.stable), ("candidate", policy.candidate)) if number is not None and number not in loaded]  # fmt: skip
         if policy.stable not in loaded:

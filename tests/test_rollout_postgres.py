@@ -218,3 +218,41 @@ def test_two_processes_on_one_postgres_obey_each_other_and_survive_the_store_goi
     assert actions[:2] == ["promote", "rollback"]
     assert metric_value(request(b.url + "/metrics")[2].decode(), "serving_rollout_stage", model="digits",
                         stage="promoted") == 1  # fmt: skip
+
+
+def test_an_automatic_rollback_while_the_store_is_down_is_applied_at_once_and_written_when_it_returns(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    import torch
+
+    from tests.bundle_factory import _handmade_image_bundle
+    from tests.test_rollout_service import ADMIN, FAST, canary, predict, rollout_of, serve, wait_for, write_policy
+
+    torch.set_num_threads(1)
+    repo = tmp_path / "models"
+    _handmade_image_bundle(repo, "digits", 1, seed=1)
+    _handmade_image_bundle(repo, "digits", 5, seed=1, fails_on_real_input=True)
+    policy_file = write_policy(tmp_path / "rollout.yaml", canary(5, '{"*": 50}', "{min_requests: 10, max_error_rate: 0.05}"))
+    forwarder = TcpForwarder().start()
+    state_url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{forwarder.port}")
+    try:
+        with serve(repo, rollout=policy_file, state_url=state_url) as client:
+            assert rollout_of(client)["stage"] == "canary"
+            forwarder.stop()
+            for i in range(200):
+                predict(client, f"user-{i}", seed=i)
+                if rollout_of(client)["stage"] == "rolled_back":
+                    break
+            listing = client.get("/v1/rollouts").json()
+            assert listing["models"]["digits"]["stage"] == "rolled_back"  # obeyed here at once
+            assert listing["state_store"]["healthy"] is False and listing["state_store"]["pending_writes"] >= 1
+            assert {predict(client, f"k{i}").headers["X-Model-Version"] for i in range(10)} == {"1"}
+            forwarder.start()
+            wait_for(lambda: client.get("/v1/rollouts").json()["state_store"]["pending_writes"] == 0, timeout_s=10)
+            history = client.get("/v1/rollouts/digits/history", headers=ADMIN).json()["history"]
+            assert history[0]["action"] == "rollback" and history[0]["reason"].startswith("error_rate")
+        # another replica starting now reads the rollback from the store
+        with serve(repo, rollout=policy_file, state_url=state_url, **FAST) as other:
+            assert rollout_of(other)["stage"] == "rolled_back"
+    finally:
+        forwarder.close()
