@@ -233,6 +233,10 @@ class RolloutManager:
 
     async def poll_store(self) -> None:
         """Write pending changes, then read every decision (raises StoreUnavailable)."""
+        async with self._write_lock:  # a change made meanwhile must not be overwritten by an older read
+            await self._poll_store()
+
+    async def _poll_store(self) -> None:
         self._last_poll = time.monotonic()
         try:
             await self._flush()
