@@ -7,8 +7,10 @@ serves it twice over (v1 stable, v2 candidate: the same model copied, so
 only the rollout machinery differs), then measures, alternating the servers
 in slices so background load hits each alike:
 
-1. throughput at 32 clients with a canary policy (50 % of keys on the
-   candidate, guardrails judging) against no policy (target >= 0.95);
+1. throughput at 32 clients with a canary policy (``--share`` of keys on the
+   candidate, guardrails judging) against no policy (target >= 0.95); at 100 %
+   one version serves, so this is the routing's own cost; at 50 % it also pays
+   for splitting batches over two versions;
 2. the stable answer's p50 with shadow at 100 % against stage ``off``, at
    1 client and at 32 clients (target: at most 10 % more).
 
@@ -37,7 +39,7 @@ models:
     stage: {stage}
     shadow: {{percent: 100}}
     steps:
-      - {{regions: {{"*": 50}}}}
+      - {{regions: {{"*": {share}}}}}
     start: 2020-01-01T00:00:00Z
     guardrails: {{min_requests: 200, max_error_rate: 0.5, max_p99_ms: 10000}}
 """
@@ -65,6 +67,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per server and load")
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--share", type=float, default=50.0, help="canary share of keys, percent (100: routing "
+                        "cost alone, one version serving; 50: also the cost of splitting batches over two versions)")
+    parser.add_argument("--skip-shadow", action="store_true")
     parser.add_argument("--work", type=Path, help="reuse this folder for the built example (default: a temp dir)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="rollout-bench-"))
@@ -74,17 +79,19 @@ def main() -> None:
 
     def policy(name: str, stage: str) -> dict[str, str]:
         path = work / f"{name}.yaml"
-        path.write_text(POLICY.format(stable=stable, candidate=candidate, stage=stage))
+        path.write_text(POLICY.format(stable=stable, candidate=candidate, stage=stage, share=args.share))
         return {"SERVING_ROLLOUT": str(path), "SERVING_STATE_PATH": str(work / f"{name}.sqlite")}
 
     with service_server(repo, {}) as plain, service_server(repo, policy("canary", "canary")) as canary:
         request = lambda port: (port, build_request(HOST, port, PATH, png, "image/png"))  # noqa: E731
-        print(f"digits, PNG input, {args.clients} clients: no policy vs canary (50 % of keys on v{candidate})")
+        print(f"digits, PNG input, {args.clients} clients: no policy vs canary ({args.share:g} % of keys on v{candidate})")
         results = alternating_loads({"none": request(plain), "canary": request(canary)}, args.clients, args.seconds)
         print(describe("no policy", results["none"]))
         print(describe("canary policy", results["canary"]))
         print(f"  canary / none throughput: {results['canary'].rate / results['none'].rate:.3f} (target >= 0.95)")
 
+    if args.skip_shadow:
+        return
     with service_server(repo, policy("off", "off")) as off, service_server(repo, policy("shadow", "shadow")) as shadow:
         request = lambda port: (port, build_request(HOST, port, PATH, png, "image/png"))  # noqa: E731
         for clients in (1, args.clients):
