@@ -50,6 +50,18 @@ class UnsupportedMediaType(ServiceError):
     status, code, outcome = 415, "unsupported_media_type", "client_error"
 
 
+class Unauthorized(ServiceError):
+    """A missing or wrong admin token."""
+
+    status, code, outcome = 401, "unauthorized", "client_error"
+
+
+class Forbidden(ServiceError):
+    """The action is switched off here (no admin token configured)."""
+
+    status, code, outcome = 403, "forbidden", "client_error"
+
+
 class NotFound(ServiceError):
     status, code, outcome = 404, "not_found", "client_error"
 

@@ -155,11 +155,14 @@ class OpenInferenceAPI:
             pinned = str(_version_number(name, pinned))
         request_id = assign_request_id(request.scope)
         headers = request.headers
-        region = self.settings.region_label(headers.get("x-region"))
-        version = self.predict.choose_version(name, pinned, headers.get("x-request-key") or request_id, region)
+        client_region = headers.get(self.settings.region_header)
+        region = self.settings.region_label(client_region)
+        key = headers.get(self.predict.sticky_header(name).decode("latin-1")) or request_id
+        version = self.predict.choose_version(name, pinned, key, client_region)
         body, header_length = await self.predict.serve_on(
-            version, region, started, request_id, self._infer(version, request, request_id, started)
-        )
+            version, region, started, request_id, self._infer(version, request, request_id, started),
+            routed=pinned is None,
+        )  # fmt: skip
         response_headers = {"X-Model-Version": str(version.version)}
         if header_length is None:
             return Response(body, media_type="application/json", headers=response_headers)
