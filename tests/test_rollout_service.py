@@ -389,3 +389,23 @@ def test_a_rollback_survives_a_restart(make_repo: Callable[..., Path], tmp_path:
     write_policy(policy_file, canary(2, '{"*": 100}').replace("stable: 1", "stable: 1\n    sticky_key: X-User"))
     with serve(repo, rollout=policy_file) as client:
         assert rollout_of(client)["stage"] == "canary" and rollout_of(client)["source"] == "file"
+
+
+def test_open_inference_protocol_requests_obey_the_rollout_and_pinned_ones_bypass_it(
+    make_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    repo = make_repo(("digits", 1), ("digits", 2))
+    policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"campsite-1": 100}'))
+    pixels = np.zeros((1, 3, 16, 16), dtype=np.uint8)
+    body = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape),
+                        "data": pixels.ravel().tolist()}]}  # fmt: skip
+    with serve(repo, rollout=policy_file, state_path=tmp_path / "state.sqlite") as client:
+        at_campsite = client.post("/v2/models/digits/infer", json=body, headers={"X-Region": "campsite-1"})
+        elsewhere = client.post("/v2/models/digits/infer", json=body, headers={"X-Region": "marin"})
+        pinned = client.post("/v2/models/digits/versions/1/infer", json=body, headers={"X-Region": "campsite-1"})
+        assert at_campsite.status_code == elsewhere.status_code == pinned.status_code == 200, at_campsite.text
+        assert at_campsite.headers["X-Model-Version"] == "2"
+        assert elsewhere.headers["X-Model-Version"] == "1"
+        assert pinned.headers["X-Model-Version"] == "1"
