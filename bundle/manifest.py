@@ -86,9 +86,14 @@ class OnnxSpec(_Model):
 
 
 class Parity(_Model):
+    """How closely ONNX Runtime replays PyTorch: passed as ``numpy.allclose(onnx, torch, rtol, atol)``."""
+
     max_abs_diff: float
     batch_sizes: list[int]
-    tolerance: float
+    tolerance: float  # the absolute tolerance (atol), kept under its first name
+    max_rel_diff: float | None = None  # |onnx - torch| / |torch|; None in bundles written before it was recorded
+    rtol: float = 0.0
+    atol: float | None = None
 
 
 class Manifest(_Model):

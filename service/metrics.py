@@ -65,7 +65,7 @@ class ServingMetrics:
         )
         self.load_failures = Counter(
             "serving_model_load_failures",
-            "Bundles refused at load (reason: manifest, checksum, onnx, warmup).",
+            "Bundles refused at load (reason: manifest, checksum, onnx, warmup, unreadable, error).",
             ["model", "reason"],
             registry=r,
         )

@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection, Protocol
 
-from bundle.manifest import LEARNER_FILE, ONNX_FILE, Manifest, ManifestError, read_manifest, verify_files
+from bundle.manifest import (
+    LEARNER_FILE,
+    ONNX_FILE,
+    Manifest,
+    ManifestError,
+    read_manifest,
+    verify_files,
+)
 from service.batcher import DynamicBatcher, padded_sizes
 from service.errors import NotFound, Unavailable
 from service.inputs import InputDecoder, decoder_for
@@ -70,15 +78,29 @@ class LoadedBundle:
     load_seconds: float
 
 
-def scan_repository(root: Path, names: list[str] | None = None) -> dict[VersionKey, tuple[Path, Fingerprint]]:
-    """Every ``<root>/<name>/<version>/`` folder (hidden folders are skipped, so stage copies in ``.tmp``)."""
+UNREADABLE: Fingerprint = (("<unreadable>", -1, -1),)  # stable, so an unreadable folder settles and is refused
+
+
+def scan_repository(
+    root: Path, names: list[str] | None = None, unreadable: list[Path] | None = None
+) -> dict[VersionKey, tuple[Path, Fingerprint]]:
+    """Every ``<root>/<name>/<version>/`` folder (hidden folders are skipped, so stage copies in ``.tmp``).
+
+    A model folder this process may not list is skipped and appended to ``unreadable``.
+    """
     found: dict[VersionKey, tuple[Path, Fingerprint]] = {}
     if not root.is_dir():
         return found
     for model_dir in sorted(root.iterdir()):
         if not model_dir.is_dir() or model_dir.name.startswith(".") or (names and model_dir.name not in names):
             continue
-        for version_dir in model_dir.iterdir():
+        try:
+            version_dirs = list(model_dir.iterdir())
+        except PermissionError:
+            if unreadable is not None:
+                unreadable.append(model_dir)
+            continue
+        for version_dir in version_dirs:
             if not version_dir.is_dir() or not version_dir.name.isdigit() or int(version_dir.name) <= 0:
                 continue
             found[(model_dir.name, int(version_dir.name))] = (version_dir, fingerprint(version_dir))
@@ -91,6 +113,8 @@ def fingerprint(folder: Path) -> Fingerprint:
         for path in folder.iterdir():
             stat = path.stat()
             entries.append((path.name, stat.st_size, stat.st_mtime_ns))
+    except PermissionError:
+        return UNREADABLE
     except OSError:  # the folder is changing under us: the next scan sees it settled
         return (("", -1, time.monotonic_ns()),)
     return tuple(sorted(entries))
@@ -111,6 +135,8 @@ def load_bundle(path: Path, key: VersionKey, settings: ServiceSettings, intra_op
         manifest = read_manifest(path)
     except ManifestError as exc:
         raise BundleRefused("manifest", str(exc)) from exc
+    except PermissionError as exc:
+        raise BundleRefused("unreadable", f"{path}: not readable by this service's user ({exc})") from exc
     if manifest.name != name or manifest.version != version:
         raise BundleRefused(
             "manifest",
@@ -119,7 +145,10 @@ def load_bundle(path: Path, key: VersionKey, settings: ServiceSettings, intra_op
     if manifest.onnx.file not in manifest.files:
         raise BundleRefused("checksum", f"{path}: the manifest records no sha256 for {manifest.onnx.file}")
     # learner.pkl is for Python users on the training side; a serving copy may leave it out
-    problems = verify_files(path, manifest, optional=(LEARNER_FILE,))
+    try:
+        problems = verify_files(path, manifest, optional=(LEARNER_FILE,))
+    except PermissionError as exc:
+        raise BundleRefused("unreadable", f"{path}: not readable by this service's user ({exc})") from exc
     if problems:
         raise BundleRefused("checksum", f"{path}: {'; '.join(problems)}")
     try:
@@ -248,6 +277,7 @@ class ModelRegistry:
         self._served: dict[str, dict[int, ModelVersion]] = {}
         self._refused: dict[VersionKey, Refusal] = {}
         self._last_scan: dict[VersionKey, tuple[Path, Fingerprint]] = {}
+        self._unreadable_dirs: set[Path] = set()
         self._expected: set[str] = set()  # model names readiness waits for
         self._started = False
         self._lock = asyncio.Lock()
@@ -260,7 +290,7 @@ class ModelRegistry:
     async def start(self) -> None:
         """Load every version found, then watch the repository for changes."""
         async with self._lock:
-            found = await asyncio.to_thread(scan_repository, self.root, self.settings.model_names)
+            found = await self._scan()
             self._last_scan = found
             self._expected = set(self.settings.model_names) or {name for name, _ in found}
             for key, (path, fp) in sorted(found.items()):
@@ -296,7 +326,7 @@ class ModelRegistry:
         refused half-written.
         """
         async with self._lock:
-            found = await asyncio.to_thread(scan_repository, self.root, self.settings.model_names)
+            found = await self._scan()
             previous, self._last_scan = self._last_scan, found
             for name, versions in list(self._served.items()):
                 for number, version in list(versions.items()):
@@ -319,14 +349,26 @@ class ModelRegistry:
                     continue
                 await self._load(key, path, fp)
 
+    async def _scan(self) -> dict[VersionKey, tuple[Path, Fingerprint]]:
+        """Scan the repository; a model folder that cannot be listed is logged and counted once per appearance."""
+        unreadable: list[Path] = []
+        found = await asyncio.to_thread(scan_repository, self.root, self.settings.model_names, unreadable)
+        for folder in unreadable:
+            if folder not in self._unreadable_dirs:
+                log.error("refused model folder %s (unreadable): this service's user may not list it", folder)
+                self.metrics.load_failed(folder.name, "unreadable")
+        self._unreadable_dirs = set(unreadable)
+        return found
+
     async def _load(self, key: VersionKey, path: Path, fp: Fingerprint) -> None:
         name, number = key
         try:
             loaded = await asyncio.to_thread(load_bundle, path, key, self.settings, self.intra_op_threads)
-        except BundleRefused as exc:
-            log.error("refused bundle %s v%d (%s): %s", name, number, exc.reason, exc)
-            self.metrics.load_failed(name, exc.reason)
-            self._refused[key] = Refusal(fp, exc.reason, str(exc))
+        except Exception as exc:  # one bad bundle must never stop the others from serving
+            refused = exc if isinstance(exc, BundleRefused) else BundleRefused("error", f"{path}: {exc!r}")
+            log.error("refused bundle %s v%d (%s): %s", name, number, refused.reason, refused)
+            self.metrics.load_failed(name, refused.reason)
+            self._refused[key] = Refusal(fp, refused.reason, str(refused))
             return
         version = ModelVersion(key, loaded, fp, self.settings, self.metrics.for_version(name, number))
         version.batcher.start()

@@ -105,10 +105,16 @@ def test_load_learner_predict_returns_label_index_and_probabilities(image_bundle
     assert probs.shape == (10,) and torch.isclose(probs.sum(), torch.tensor(1.0), atol=1e-5)
 
 
-def test_a_failed_parity_check_leaves_nothing_behind(image_learner, tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="disagree"):
-        export_learner(image_learner, tmp_path, "digits", tolerance=-1.0)
-    assert not (tmp_path / "digits").exists()
+def test_a_failed_parity_check_writes_no_bundle_and_keeps_the_learner(
+    image_learner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(image_learner, "path", tmp_path / "work")
+    with pytest.raises(ExportError, match="disagree") as failure:
+        export_learner(image_learner, tmp_path / "models", "digits", rtol=0.0, atol=-1.0)
+    assert not (tmp_path / "models" / "digits").exists()
+    saved = next((tmp_path / "work" / "runs" / "failed-exports").glob("digits-*/learner.pkl"))
+    assert str(saved) in str(failure.value)
+    assert load_learner(saved).dls.vocab == image_learner.dls.vocab
 
 
 def test_tabular_bundle_replays_its_processors_without_torch(penguins_learner, tmp_path: Path) -> None:

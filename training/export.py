@@ -2,14 +2,20 @@
 
 ``models/<name>/<version>/`` is written into a temporary folder beside its
 final place and renamed into place only once everything, the parity check
-included, has succeeded: a failed export leaves nothing behind, and an
-existing version is never overwritten.
+included, has succeeded: a failed export leaves no bundle behind, and an
+existing version is never overwritten. The trained learner is never lost:
+when the export fails after training, ``learner.pkl`` is saved under
+``<learn.path>/runs/failed-exports/`` and the error names the file.
+
+Bundles are readable by any user (folders 0755, files 0644 under the usual
+umask 022), so a service running as another user can load them.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -44,7 +50,12 @@ from training.learner import Learner, activation_for
 from training.models.vision import ImageNormalize
 
 OPSET = 18
-PARITY_TOLERANCE = 1e-4
+# ONNX Runtime must match PyTorch as numpy.allclose(onnx, torch, rtol, atol) does: the absolute part
+# covers probabilities near 0, the relative part large regression values (float32 has ~7 digits).
+PARITY_RTOL = 1e-4
+PARITY_ATOL = 1e-4
+PARITY_TOLERANCE = PARITY_ATOL  # the old name of the absolute tolerance
+FAILED_EXPORTS_DIR = Path("runs") / "failed-exports"
 OUTPUT_NAMES = {"classification": "probabilities", "multilabel": "probabilities", "regression": "values"}
 
 
@@ -91,9 +102,19 @@ def export_learner(
     *,
     training_info: dict[str, Any] | None = None,
     max_batch: int = 64,
-    tolerance: float = PARITY_TOLERANCE,
+    tolerance: float | None = None,
+    rtol: float = PARITY_RTOL,
+    atol: float = PARITY_ATOL,
 ) -> Path:
-    """Write ``models_dir/name/<next version>/`` and return its path."""
+    """Write ``models_dir/name/<next version>/`` and return its path.
+
+    Parity passes when ``numpy.allclose(onnx, torch, rtol, atol)`` holds on
+    every checked batch (``tolerance`` is the old name of ``atol``). On any
+    failure no bundle is written, and the learner is saved where the
+    :class:`ExportError` message says.
+    """
+    if tolerance is not None:
+        atol = tolerance
     if not name or "/" in name or name.startswith("."):
         raise ExportError(f"invalid model name {name!r}")
     model_dir = Path(models_dir) / name
@@ -108,21 +129,49 @@ def export_learner(
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
     try:
         _export_onnx(graph, inputs, input_specs, tmp / ONNX_FILE, dls.task)
-        parity = _check_parity(graph, tmp / ONNX_FILE, learn, input_specs, max_batch, tolerance)
+        parity = _check_parity(graph, tmp / ONNX_FILE, learn, input_specs, max_batch, rtol, atol)
         torch.save(_exportable(learn), tmp / LEARNER_FILE)
         _write_reference(learn, tmp / REFERENCE_FILE)
         version = next_version(model_dir)
         manifest = _manifest(learn, name, version, input_specs, metrics, parity, training_info or {})
         manifest.files = {f: sha256_file(tmp / f) for f in (ONNX_FILE, LEARNER_FILE, REFERENCE_FILE)}
         write_manifest(tmp, manifest)
+        make_readable(tmp)
         final = model_dir / str(version)
         tmp.rename(final)  # atomic; fails rather than overwrite if another export took this version
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if created:
             shutil.rmtree(model_dir, ignore_errors=True)
-        raise
+        if not isinstance(exc, Exception):
+            raise  # Ctrl-C: stop now
+        saved = _rescue_learner(learn, name)
+        where = f"the trained learner was saved to {saved} (load it with load_learner)" if saved else (
+            "the trained learner could not be saved either"
+        )
+        raise ExportError(f"{exc}; the bundle was not written; {where}") from exc
     return final
+
+
+def make_readable(folder: Path) -> None:
+    """Folders ``0777 & ~umask`` (0755), files ``0666 & ~umask`` (0644): ``mkdtemp`` alone gives 0700."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _rescue_learner(learn: Learner, name: str) -> Path | None:
+    """Save the learner of a failed export so the training is not lost; None if even that fails."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    path = Path(learn.path) / FAILED_EXPORTS_DIR / f"{name}-{stamp}" / LEARNER_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(_exportable(learn), path)
+    except Exception:  # the original error is the one to report
+        return None
+    return path.resolve()
 
 
 def load_learner(path: str | Path) -> Learner:
@@ -215,26 +264,34 @@ def _export_onnx(graph: nn.Module, inputs: tuple, specs: list[TensorSpec], path:
 
 
 def _check_parity(
-    graph: nn.Module, path: Path, learn: Learner, specs: list[TensorSpec], max_batch: int, tolerance: float
+    graph: nn.Module, path: Path, learn: Learner, specs: list[TensorSpec], max_batch: int, rtol: float, atol: float
 ) -> Parity:
-    """Largest |ONNX Runtime - PyTorch| over validation batches of size 1, an odd size and the maximum."""
+    """ONNX Runtime against PyTorch on validation batches of size 1, an odd size and the maximum.
+
+    Passes as ``numpy.allclose(onnx, torch, rtol, atol)``; records the largest
+    absolute and relative differences.
+    """
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inputs = _graph_inputs(_valid_inputs(learn, max_batch))
     available = len(inputs[0])
     sizes = sorted({1, min(7, available), available})
-    worst = 0.0
+    worst_abs = worst_rel = 0.0
+    close = True
     for size in sizes:
         batch = tuple(x[:size] for x in inputs)
         with torch.no_grad():
-            expected = graph(*batch).numpy()
-        got = session.run(None, {s.name: x.numpy() for s, x in zip(specs, batch)})[0]
-        worst = max(worst, float(np.abs(got - expected).max()))
-    if not worst <= tolerance:
+            expected = graph(*batch).numpy().astype(np.float64)
+        got = session.run(None, {s.name: x.numpy() for s, x in zip(specs, batch)})[0].astype(np.float64)
+        diff = np.abs(got - expected)
+        worst_abs = max(worst_abs, float(diff.max()))
+        worst_rel = max(worst_rel, float((diff / np.maximum(np.abs(expected), np.finfo(np.float32).tiny)).max()))
+        close = close and bool(np.all(diff <= atol + rtol * np.abs(expected)))
+    if not close:
         raise ExportError(
-            f"ONNX Runtime and PyTorch disagree: largest absolute difference {worst:.3g} "
-            f"> tolerance {tolerance:g} (batch sizes {sizes}); the bundle was not written"
+            f"ONNX Runtime and PyTorch disagree beyond rtol={rtol:g}, atol={atol:g}: largest absolute "
+            f"difference {worst_abs:.3g}, largest relative {worst_rel:.3g} (batch sizes {sizes})"
         )
-    return Parity(max_abs_diff=worst, batch_sizes=sizes, tolerance=tolerance)
+    return Parity(max_abs_diff=worst_abs, max_rel_diff=worst_rel, batch_sizes=sizes, tolerance=atol, rtol=rtol, atol=atol)
 
 
 def _write_reference(learn: Learner, path: Path) -> None:
