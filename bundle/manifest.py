@@ -70,6 +70,10 @@ class Outputs(_Model):
     y_range: tuple[float, float] | None = None  # regression, applied in the graph
     log_target: bool = False  # regression: the graph predicts log(y); serve exp()
     target_names: list[str] = Field(default_factory=list)
+    # regression: the training targets' mean and std (log ones with log_target). The model learned
+    # standardised targets and un-standardises inside the graph: recorded for information only.
+    target_mean: list[float] | None = None
+    target_std: list[float] | None = None
 
 
 class TensorSpec(_Model):
@@ -96,6 +100,19 @@ class Parity(_Model):
     atol: float | None = None
 
 
+# The units of each validation metric, for readers of ``Manifest.metrics``: ``rmse`` is always in the
+# target's own units, ``rmse_log`` in natural-log units (log-target models report both).
+METRIC_UNITS = {
+    "rmse": "target units",
+    "rmse_log": "log units",
+    "mae": "target units",
+    "valid_loss": "the training loss (regression: mean squared error in target standard deviations)",
+    "error_rate": "share of rows",
+    "accuracy": "share of rows",
+    "accuracy_multi": "share of (row, class) cells",
+}
+
+
 class Manifest(_Model):
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -109,6 +126,7 @@ class Manifest(_Model):
     onnx: OnnxSpec
     files: dict[str, str] = Field(default_factory=dict)  # file name -> sha256
     metrics: dict[str, float] = Field(default_factory=dict)  # validation metrics
+    metric_units: dict[str, str] = Field(default_factory=dict)  # metric name -> its units (METRIC_UNITS)
     parity: Parity | None = None
     reference_file: str | None = REFERENCE_FILE
     libraries: dict[str, str] = Field(default_factory=dict)

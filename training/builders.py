@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from training.data.core import DataLoaders
-from training.learner import Learner
-from training.metrics import accuracy_multi, error_rate, rmse
+from training.learner import Learner, StandardizedMSELoss
+from training.metrics import accuracy_multi, error_rate, rmse, rmse_exp, rmse_log
 from training.models.tabular import TabularModel
 from training.models.vision import create_vision_model, splitter_for
 
@@ -15,8 +15,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def default_metrics(task: str) -> list[Any]:
-    return {"classification": [error_rate], "multilabel": [accuracy_multi()], "regression": [rmse]}[task]
+def default_metrics(task: str, log_target: bool = False) -> list[Any]:
+    """By task; a log-target regression reports ``rmse_log`` (log units) and ``rmse`` (the target's units)."""
+    if task == "regression":
+        return [rmse_log, rmse_exp] if log_target else [rmse]
+    return {"classification": [error_rate], "multilabel": [accuracy_multi()]}[task]
 
 
 def vision_learner(
@@ -39,7 +42,7 @@ def vision_learner(
     learn = Learner(
         dls,
         model,
-        metrics=default_metrics(dls.task) if metrics is None else list(metrics),
+        metrics=default_metrics(dls.task, dls.log_target) if metrics is None else list(metrics),
         splitter=splitter_for(arch),
         **learner_kwargs,
     )
@@ -56,10 +59,20 @@ def tabular_learner(
     metrics: Sequence[Any] | None = None,
     ps: Sequence[float] | None = None,
     embed_p: float = 0.0,
+    standardize_target: bool = True,
     **learner_kwargs: Any,
 ) -> Learner:
-    """fastai's TabularModel over the fitted processors of ``dls``."""
+    """fastai's TabularModel over the fitted processors of ``dls``.
+
+    Regression with ``standardize_target`` (the default) trains on
+    standardised targets whatever their scale: the model starts at the
+    training mean and un-standardises its own output (so the ONNX graph
+    does too), and the loss is MSE in standard deviations.
+    """
     dls.y_range = y_range
+    stats = dls.target_stats if dls.task == "regression" and standardize_target else None
+    if stats is not None and "loss_func" not in learner_kwargs:
+        learner_kwargs["loss_func"] = StandardizedMSELoss(stats[1])
     model = TabularModel(
         dls.emb_szs(),
         len(dls.processor.cont_names),
@@ -68,9 +81,9 @@ def tabular_learner(
         ps=list(ps) if ps is not None else None,
         embed_p=embed_p,
         y_range=y_range,
+        target_stats=stats,
     )
-    learn = Learner(
-        dls, model, metrics=default_metrics(dls.task) if metrics is None else list(metrics), **learner_kwargs
-    )
+    metrics = default_metrics(dls.task, dls.log_target) if metrics is None else list(metrics)
+    learn = Learner(dls, model, metrics=metrics, **learner_kwargs)
     learn.arch = "tabular"
     return learn

@@ -33,6 +33,7 @@ from torch import nn
 from bundle import reference as ref
 from bundle.manifest import (
     LEARNER_FILE,
+    METRIC_UNITS,
     ONNX_FILE,
     REFERENCE_FILE,
     ImageSpec,
@@ -354,6 +355,8 @@ def _manifest(
         y_range=tuple(dls.y_range) if task == "regression" and dls.y_range is not None else None,
         log_target=bool(dls.log_target) if task == "regression" else False,
         target_names=list(dls.target_names),
+        target_mean=_target_stat(dls, 0),
+        target_std=_target_stat(dls, 1),
     )
     n_out = dls.n_out
     onnx_spec = OnnxSpec(
@@ -372,10 +375,16 @@ def _manifest(
         outputs=outputs,
         onnx=onnx_spec,
         metrics=metrics,
+        metric_units={k: METRIC_UNITS[k] for k in metrics if k in METRIC_UNITS},
         parity=parity,
         libraries=_library_versions(),
         training=training_info,
     )
+
+
+def _target_stat(dls: Any, which: int) -> list[float] | None:
+    stats = getattr(dls, "target_stats", None)  # learners pickled before it existed have none
+    return list(stats[which]) if dls.task == "regression" and stats is not None else None
 
 
 def _as_list(x: Any) -> list[float]:

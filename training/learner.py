@@ -63,6 +63,22 @@ def default_loss(task: str) -> nn.Module:
     return losses[task]()
 
 
+class StandardizedMSELoss(nn.Module):
+    """MSE on standardised values, ``mean(((output - target) / std) ** 2)``: the loss scale of any target is 1.
+
+    Outputs and targets stay in the target's units (the model un-standardises
+    itself), so the metrics are too; only the loss is rescaled.
+    """
+
+    def __init__(self, std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32))
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.reshape(output.shape)
+        return torch.mean(((output - target) / self.std.to(output.device)) ** 2)
+
+
 def adamw(params: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
     """AdamW with fastai's defaults (betas 0.9/0.99, eps 1e-5); beta1 follows the momentum schedule."""
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), eps=1e-5)

@@ -44,13 +44,32 @@ class ErrorRate(Metric):
 
 
 class RMSE(Metric):
-    """Root mean squared error (on the log scale when the target is log-transformed)."""
+    """Root mean squared error in the units the model predicts in.
+
+    With a log target that is log units: name it ``rmse_log`` (see
+    :data:`rmse_log`) and report :data:`rmse_exp` beside it, whose name is
+    plain ``rmse`` because it is in the target's own units.
+    """
+
+    name = "rmse"
+
+    def __init__(self, name: str | None = None) -> None:
+        if name is not None:
+            self.name = name
+
+    def __call__(self, preds: torch.Tensor, targets: torch.Tensor) -> float:
+        preds, targets = _flat_pair(preds, targets)
+        return float(torch.sqrt(torch.mean((preds.double() - targets.double()) ** 2)))
+
+
+class ExpRMSE(Metric):
+    """RMSE of ``exp(prediction)`` against ``exp(target)``: a log-target model's error in the target's units."""
 
     name = "rmse"
 
     def __call__(self, preds: torch.Tensor, targets: torch.Tensor) -> float:
         preds, targets = _flat_pair(preds, targets)
-        return float(torch.sqrt(torch.mean((preds - targets) ** 2)))
+        return float(torch.sqrt(torch.mean((preds.double().exp() - targets.double().exp()) ** 2)))
 
 
 class MAE(Metric):
@@ -99,4 +118,6 @@ def _flat_pair(preds: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor
 accuracy = Accuracy()
 error_rate = ErrorRate()
 rmse = RMSE()
+rmse_log = RMSE("rmse_log")  # a log-target model's RMSE, in log units
+rmse_exp = ExpRMSE()  # the same model's RMSE in the target's units, named plain "rmse"
 mae = MAE()

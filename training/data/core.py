@@ -62,6 +62,8 @@ class DataLoaders:
         self.thresholds: list[float] | None = None  # multilabel: tuned per class, else 0.5
         self.y_range: tuple[float, float] | None = None
         self.log_target = False
+        # regression: per-target (mean, std) of the training targets (log ones with log_target), or None
+        self.target_stats: tuple[list[float], list[float]] | None = None
 
     @property
     def c(self) -> int:

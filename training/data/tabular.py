@@ -152,7 +152,7 @@ class TabularDataLoaders(DataLoaders):
 
         train = _loader(train_table.x_cat, train_table.x_cont, y[train_idx], bs, shuffle=True, seed=seed)
         valid = _loader(valid_table.x_cat, valid_table.x_cont, y[valid_idx], bs * 2, shuffle=False, seed=seed)
-        return cls(
+        dls = cls(
             train,
             valid,
             task,
@@ -165,6 +165,9 @@ class TabularDataLoaders(DataLoaders):
             train_df_raw=train_df,
             valid_df_raw=valid_df,
         )
+        if task == "regression":
+            dls.target_stats = target_stats(y[train_idx])
+        return dls
 
     def new_empty(self) -> TabularDataLoaders:
         empty = super().new_empty()
@@ -290,6 +293,14 @@ def _regression_targets(df: pd.DataFrame, target_names: list[str], log_target: b
             numbers = np.log(numbers)
         columns.append(numbers)
     return torch.from_numpy(np.stack(columns, axis=1).astype(np.float32))
+
+
+def target_stats(y: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-column mean and population std of regression targets (std 0 -> 1), as plain floats."""
+    values = y.double()
+    std = values.std(dim=0, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return [float(v) for v in values.mean(dim=0)], [float(v) for v in std]
 
 
 def class_targets(values: pd.Series, name: str, vocab: Sequence[str] | None) -> tuple[torch.Tensor, list[str]]:

@@ -27,6 +27,24 @@ class SigmoidRange(nn.Module):
         return f"low={self.low}, high={self.high}"
 
 
+class TargetScale(nn.Module):
+    """``x * std + mean``: the model learns standardised targets and answers in the target's own units.
+
+    Fixed buffers, not parameters: they hold the training targets' statistics,
+    so the exported graph un-standardises by itself.
+    """
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"TargetScale needs one positive std per mean, got mean={mean} std={std}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+
 class AdaptiveConcatPool2d(nn.Module):
     """Average and max pooling side by side: fastai's head keeps both summaries of the feature map."""
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from training.models.layers import SigmoidRange, lin_bn_drop
+from training.models.layers import SigmoidRange, TargetScale, lin_bn_drop
 
 
 def emb_sz_rule(n_categories: int) -> int:
@@ -26,6 +27,12 @@ class TabularModel(nn.Module):
     Blocks are Linear-ReLU-BatchNorm-Dropout (fastai's ``lin_first=True``);
     the last layer is a plain Linear, followed by ``SigmoidRange`` when
     ``y_range`` is given. Either input may have zero columns.
+
+    ``target_stats`` (regression: the training targets' per-column means and
+    stds) starts the model at predicting the mean: without ``y_range`` a
+    :class:`TargetScale` follows the last Linear, so the network learns
+    standardised targets; with ``y_range`` (already an affine map of a
+    sigmoid) the last bias is set so the initial output is the mean.
     """
 
     def __init__(
@@ -39,6 +46,7 @@ class TabularModel(nn.Module):
         y_range: tuple[float, float] | None = None,
         use_bn: bool = True,
         bn_cont: bool = True,
+        target_stats: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         if not emb_szs and n_cont == 0:
@@ -64,9 +72,14 @@ class TabularModel(nn.Module):
                 blocks += lin_bn_drop(n_in, n_out, p=p, act=True, lin_first=True)
             else:
                 blocks += [nn.Linear(n_in, n_out), nn.ReLU(inplace=True)] + ([nn.Dropout(p)] if p else [])
-        blocks.append(nn.Linear(sizes[-1], out_sz))
+        last = nn.Linear(sizes[-1], out_sz)
+        blocks.append(last)
         if y_range is not None:
             blocks.append(SigmoidRange(*y_range))
+            if target_stats is not None:
+                _start_at_mean(last, y_range, target_stats[0])
+        elif target_stats is not None:
+            blocks.append(TargetScale(list(target_stats[0]), list(target_stats[1])))
         self.layers = nn.Sequential(*blocks)
 
     def forward(self, x_cat: torch.Tensor, x_cont: torch.Tensor) -> torch.Tensor:
@@ -78,3 +91,12 @@ class TabularModel(nn.Module):
             parts.append(self.bn_cont(x_cont) if self.bn_cont is not None else x_cont)
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return self.layers(x)
+
+
+def _start_at_mean(last: nn.Linear, y_range: tuple[float, float], means: Sequence[float]) -> None:
+    """Bias the last Linear so that ``SigmoidRange`` first answers the training mean, not the range's middle."""
+    low, high = y_range
+    with torch.no_grad():
+        for j, mean in enumerate(means):
+            share = min(max((mean - low) / (high - low), 1e-3), 1 - 1e-3)
+            last.bias[j] = math.log(share / (1 - share))
