@@ -71,7 +71,7 @@ def build_resnet_bundle(repo: Path) -> Path:
     images = rng.integers(0, 256, (16, 128, 128, 3), dtype=np.uint8)
     labels = [str(i % 2) for i in range(16)]
     dls = ImageDataLoaders.from_arrays(images, labels, valid_pct=0.25, size=128, method="crop", bs=8)
-    learn = vision_learner(dls, arch="resnet18", device="cpu")
+    learn = vision_learner(dls, arch="resnet18", pretrained=False, device="cpu")
     return export_learner(learn, repo, "resnet18")
 
 

@@ -56,7 +56,7 @@ def test_vision_model_is_normalize_then_body_then_fastai_head() -> None:
 
 
 def test_resnet_body_keeps_everything_but_the_pool_and_classifier() -> None:
-    model = create_vision_model("resnet18", 5, MEAN, STD).eval()
+    model = create_vision_model("resnet18", 5, MEAN, STD, pretrained=False).eval()
     body = model[1]
     assert not any(isinstance(m, (nn.AdaptiveAvgPool2d, nn.Linear)) for m in body.modules())
     assert model[2][4].in_features == 2 * 512

@@ -9,7 +9,7 @@ from training.data.core import DataLoaders
 from training.learner import Learner, StandardizedMSELoss
 from training.metrics import accuracy_multi, error_rate, rmse, rmse_exp, rmse_log
 from training.models.tabular import TabularModel
-from training.models.vision import create_vision_model, splitter_for
+from training.models.vision import create_vision_model, resolve_pretrained, splitter_for
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,16 +25,21 @@ def default_metrics(task: str, log_target: bool = False) -> list[Any]:
 def vision_learner(
     dls: DataLoaders,
     arch: str = "resnet34",
-    pretrained: str | Path | None = None,
+    pretrained: bool | str | Path | None = True,
     metrics: Sequence[Any] | None = None,
     y_range: tuple[float, float] | None = None,
     **learner_kwargs: Any,
 ) -> Learner:
     """A torchvision body with fastai's head; ImageNet statistics when starting from pretrained weights.
 
-    Starting from pretrained weights the body is frozen, as in fastai, so that
-    ``fine_tune`` first trains the head alone.
+    ``pretrained=True`` (fastai's default) loads torchvision's ImageNet
+    weights through its weights API (the torch cache, else one download); a
+    path loads a local state dict; False trains from scratch (use
+    ``arch="small_resnet"`` for that; the from-scratch archs read True as False). Starting from pretrained weights the
+    body is frozen, as in fastai, so that ``fine_tune`` first trains the head
+    alone.
     """
+    pretrained = resolve_pretrained(arch, pretrained)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if pretrained else dls.stats()
     if dls.task == "regression":
         dls.y_range = y_range

