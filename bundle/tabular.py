@@ -21,6 +21,7 @@ the one-row requests the service transforms.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -119,14 +120,23 @@ def date_parts(values: pd.Series, prefix: str, time: bool = False) -> dict[str, 
 
 
 def date_part_arrays(
-    values: pd.Series | np.ndarray, time: bool = False
+    values: pd.Series | np.ndarray,
+    time: bool = False,
+    format: str | None = None,
+    strict: bool = False,
+    column: str | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
     """Date parts in numpy: (numeric parts as float64 with NaN, ``Is_*`` flags as bool, missing mask).
 
-    Computed from datetime64 arithmetic rather than pandas' ``.dt`` accessors,
-    which cost milliseconds per call on the one-row requests of the service.
+    Text is parsed with ``format`` (a ``strftime`` pattern, or ``"ISO8601"``);
+    without one any format pandas recognises is accepted. An unparseable
+    value is missing, or with ``strict`` a :class:`TabularInputError` naming
+    ``column`` and the row. Computed from datetime64 arithmetic rather than
+    pandas' ``.dt`` accessors, which cost milliseconds per call on the
+    one-row requests of the service.
     """
-    dates = _to_datetime(values if isinstance(values, pd.Series) else pd.Series(values)).to_numpy()
+    series = values if isinstance(values, pd.Series) else pd.Series(values)
+    dates = _to_datetime(series, format, strict, column).to_numpy()
     missing = np.isnat(dates)
     safe = np.where(missing, np.datetime64(0, "s"), dates)
     day = safe.astype("datetime64[D]")
@@ -190,20 +200,39 @@ def add_datepart(
     return out.drop(columns=[field_name]) if drop else out
 
 
-def rows_to_frame(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
+class UnknownColumnsError(TabularInputError):
+    """Rows name columns the model does not know (a misspelling would otherwise read as a missing value)."""
+
+    def __init__(self, unknown: Sequence[str], known: Sequence[str], where: str = "rows have") -> None:
+        super().__init__(unknown_columns_message(unknown, known, where))
+        self.unknown = list(unknown)
+
+
+def unknown_columns_message(unknown: Sequence[str], known: Sequence[str], where: str = "rows have") -> str:
+    shown = ", ".join(map(repr, list(unknown)[:10])) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+    return f"{where} unknown column(s) {shown}; the model's columns are: {', '.join(known)}"
+
+
+def rows_to_frame(rows: Sequence[Any], columns: Sequence[str], unknown: str = "error") -> pd.DataFrame:
     """JSON rows (dicts) -> a frame with exactly ``columns``; missing keys and ``None`` are missing values.
 
-    Keys not in ``columns`` are ignored. A row that is not a dict, or a value
-    that is not a scalar (list, dict, ...), raises :class:`TabularInputError`.
+    Keys not in ``columns`` raise :class:`UnknownColumnsError` naming them, or
+    are dropped with ``unknown="ignore"``. A row that is not a dict, or a
+    value that is not a scalar (list, dict, ...), raises :class:`TabularInputError`.
     """
+    if unknown not in ("error", "ignore"):
+        raise ValueError(f"unknown must be 'error' or 'ignore', got {unknown!r}")
     if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Sequence):
         raise TabularInputError(f"rows must be a list of objects, got {type(rows).__name__}")
     data = {name: np.full(len(rows), None, dtype=object) for name in columns}
+    extra: dict[str, None] = {}  # ordered set
     for position, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise TabularInputError(
                 f"row {position}: expected an object of column values, got {type(row).__name__}", row=position
             )
+        if unknown == "error" and len(row) and any(key not in data for key in row):
+            extra.update(dict.fromkeys(str(key) for key in row if key not in data))
         for name, column in data.items():
             value = row.get(name)
             if value is not None and not ptypes.is_scalar(value):
@@ -213,6 +242,8 @@ def rows_to_frame(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
                     row=position,
                 )
             column[position] = value
+    if extra:
+        raise UnknownColumnsError(list(extra), list(columns))
     return pd.DataFrame(data, columns=list(columns), copy=False)
 
 
@@ -323,7 +354,9 @@ def _columns_of(df: pd.DataFrame, names: Sequence[str]) -> dict[str, np.ndarray]
     return {name: column_values(df[name]) if name in df.columns else absent for name in names}
 
 
-def _to_datetime(values: pd.Series) -> pd.Series:
+def _to_datetime(
+    values: pd.Series, format: str | None = None, strict: bool = False, column: str | None = None
+) -> pd.Series:
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         return values.dt.tz_convert("UTC").dt.tz_localize(None)
     if ptypes.is_datetime64_dtype(values.dtype):
@@ -331,8 +364,32 @@ def _to_datetime(values: pd.Series) -> pd.Series:
     if values.isna().all():
         return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
     # utc=True accepts mixed offsets; naive values are taken as UTC.
-    parsed = pd.to_datetime(values, errors="coerce", format="mixed", utc=True)
+    parsed = pd.to_datetime(values, errors="coerce", format=format or "mixed", utc=True)
+    if strict:
+        blank = values.isna().to_numpy() | values.astype(str).str.strip().isin(["", "nan", "NaN", "NaT"]).to_numpy()
+        bad = np.flatnonzero(parsed.isna().to_numpy() & ~blank)
+        if bad.size:
+            position = int(bad[0])
+            expected = "ISO 8601, e.g. 2014-03-05 or 2014-03-05T17:30:00Z" if format in (None, "ISO8601") else format
+            raise TabularInputError(
+                f"column {column!r}, row {position}: {_show(values.iloc[position])} is not a date ({expected})",
+                column=column,
+                row=position,
+            )
     return parsed.dt.tz_localize(None)
+
+
+def _warn_unparseable_dates(values: pd.Series, field: str, format: str) -> None:
+    try:
+        _to_datetime(values, format, strict=True, column=field)
+    except TabularInputError as exc:
+        parsed = pd.to_datetime(values, errors="coerce", format=format, utc=True) if values.dtype == object else None
+        count = int((parsed.isna() & values.notna()).sum()) if parsed is not None else 1
+        warnings.warn(
+            f"{count} value(s) of date field {field!r} are not dates in {format} and are read as missing "
+            f"(first: {exc}); give the field's format (date_formats / --date-format) if they are dates",
+            stacklevel=3,
+        )
 
 
 def _show(value: Any) -> str:
@@ -550,10 +607,16 @@ class TabularProcessor:
         cont_names: Sequence[str],
         date_fields: Sequence[str] = (),
         procs: Sequence[str] = PROCS,
+        date_formats: Mapping[str, str] | None = None,
     ) -> None:
         self.raw_cat_names = list(cat_names)
         self.raw_cont_names = list(cont_names)
         self.date_fields = list(date_fields)
+        # how each date field's text is read: a strftime pattern; ISO 8601 when not given
+        self.date_formats = {str(k): str(v) for k, v in (date_formats or {}).items()}
+        unknown_fields = sorted(set(self.date_formats) - set(self.date_fields))
+        if unknown_fields:
+            raise ValueError(f"date formats given for {unknown_fields}, which are not date fields")
         self.procs = list(procs)
         unknown = [p for p in self.procs if p not in PROCS]
         if unknown:
@@ -608,6 +671,10 @@ class TabularProcessor:
         ]
 
     def fit(self, df: pd.DataFrame) -> TabularProcessor:
+        """Learn from training rows (an unparseable date is a missing value here, as in fastai, with a warning)."""
+        for field in self.date_fields:
+            if field in df.columns:
+                _warn_unparseable_dates(df[field], field, self.date_formats.get(field, "ISO8601"))
         work = self._expand(df)
         conts = self.cont_names
         self.categorify = self.fill_missing = self.normalize = None
@@ -623,11 +690,15 @@ class TabularProcessor:
         self.fitted = True
         return self
 
-    def transform(self, df: pd.DataFrame) -> ProcessedTable:
-        """Raw rows -> model inputs; absent columns are all missing, extra columns are ignored."""
+    def transform(self, df: pd.DataFrame, strict: bool = False) -> ProcessedTable:
+        """Raw rows -> model inputs; absent columns are all missing, extra columns are ignored.
+
+        With ``strict`` (rows arriving to be predicted) an unparseable date
+        raises :class:`TabularInputError` rather than reading as missing.
+        """
         if not self.fitted:
             raise ValueError("TabularProcessor is not fitted: call fit(train_df) first")
-        columns = self._expand(df)
+        columns = self._expand(df, strict)
         if self.fill_missing is not None:
             columns = self.fill_missing.transform(columns)
         if self.normalize is not None:
@@ -649,6 +720,7 @@ class TabularProcessor:
             "raw_cat_names": list(self.raw_cat_names),
             "raw_cont_names": list(self.raw_cont_names),
             "date_fields": list(self.date_fields),
+            "date_formats": dict(self.date_formats),
             "procs": list(self.procs),
             "fitted": self.fitted,
             "categorify": self.categorify.to_dict() if self.categorify is not None else None,
@@ -666,6 +738,7 @@ class TabularProcessor:
             _state(d, "raw_cont_names", "TabularProcessor"),
             _state(d, "date_fields", "TabularProcessor"),
             _state(d, "procs", "TabularProcessor"),
+            d.get("date_formats") or None,  # bundles written before formats were recorded read ISO 8601
         )
         if d.get("categorify") is not None:
             proc.categorify = Categorify.from_dict(d["categorify"])
@@ -681,7 +754,7 @@ class TabularProcessor:
             date_prefix(field) + part for field in self.date_fields for part in DATE_CAT_PARTS
         ]
 
-    def _expand(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+    def _expand(self, df: pd.DataFrame, strict: bool = False) -> dict[str, np.ndarray]:
         """Only the columns the processors read: categoricals raw, continuous as float64, date parts."""
         columns = _columns_of(df, self.raw_cat_names + self.raw_cont_names)
         for name in self.raw_cont_names:
@@ -689,7 +762,8 @@ class TabularProcessor:
         for field in self.date_fields:
             prefix = date_prefix(field)
             dates = df[field] if field in df.columns else pd.Series([None] * len(df), dtype=object)
-            numbers, flags, missing = date_part_arrays(dates)
+            fmt = self.date_formats.get(field, "ISO8601")
+            numbers, flags, missing = date_part_arrays(dates, format=fmt, strict=strict, column=field)
             for part in DATE_CAT_PARTS:
                 if part in flags:  # text levels "False"/"True", None where the date is missing
                     columns[prefix + part] = np.where(missing, None, np.where(flags[part], "True", "False"))

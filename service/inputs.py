@@ -22,7 +22,7 @@ import pandas as pd
 
 from bundle.images import ImageError, ImageTooLarge, ResizeSpec, preprocess
 from bundle.manifest import Manifest
-from bundle.tabular import TabularInputError, TabularProcessor, rows_to_frame
+from bundle.tabular import TabularInputError, TabularProcessor, rows_to_frame, unknown_columns_message
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.multipart import parse_multipart
 
@@ -65,10 +65,12 @@ def check_media_type(decoder: InputDecoder, media_type: str) -> None:
         raise UnsupportedMediaType(f"{shown} is not accepted by this model; send one of: {accepted}")
 
 
-def decoder_for(manifest: Manifest, max_items: int, max_pixels: int, inline_max_pixels: int = 0) -> InputDecoder:
+def decoder_for(
+    manifest: Manifest, max_items: int, max_pixels: int, inline_max_pixels: int = 0, ignore_unknown: bool = False
+) -> InputDecoder:
     if manifest.input_kind == "image":
         return ImageInputs(manifest, max_items, max_pixels, inline_max_pixels)
-    return TabularInputs(manifest, max_items)
+    return TabularInputs(manifest, max_items, ignore_unknown)
 
 
 # -- JSON ------------------------------------------------------------------------------------
@@ -219,7 +221,7 @@ class TabularInputs:
 
     media_types = (JSON, CSV)
 
-    def __init__(self, manifest: Manifest, max_items: int) -> None:
+    def __init__(self, manifest: Manifest, max_items: int, ignore_unknown: bool = False) -> None:
         if manifest.tabular is None:
             raise ValueError(f"{manifest.name} v{manifest.version}: tabular model without a tabular section")
         self.tabular = manifest.tabular
@@ -230,6 +232,7 @@ class TabularInputs:
         if unknown:
             raise ValueError(f"tabular ONNX inputs must be x_cat and/or x_cont, the manifest lists {unknown}")
         self.max_items = max_items
+        self.unknown = "ignore" if ignore_unknown else "error"
 
     def decode_in_place(self, media_type: str, content_type: str, body: bytes) -> list[np.ndarray] | None:
         return None  # even one row costs pandas more than a thread hand-off
@@ -242,7 +245,7 @@ class TabularInputs:
         else:
             rows = _json_list(body, "rows", self.max_items, "row")
             try:
-                frame = rows_to_frame(rows, self.raw_columns)
+                frame = rows_to_frame(rows, self.raw_columns, unknown=self.unknown)
             except TabularInputError as exc:
                 raise InvalidInput(_locate(exc, "rows[{row}].{column}", 0)) from exc
             where = "rows[{row}].{column}"
@@ -252,7 +255,7 @@ class TabularInputs:
     def process(self, frame: pd.DataFrame, where: str, row_base: int = 0) -> list[np.ndarray]:
         """Raw columns -> the ONNX inputs; ``where`` (with ``{row}`` and ``{column}``) locates a bad cell."""
         try:
-            table = self.processor.transform(frame)
+            table = self.processor.transform(frame, strict=True)
         except TabularInputError as exc:
             raise InvalidInput(_locate(exc, where, row_base)) from exc
         arrays = {"x_cat": table.x_cat, "x_cont": table.x_cont}
@@ -268,6 +271,9 @@ class TabularInputs:
             raise InvalidInput(
                 f"CSV header has none of the model's columns; expected some of: {', '.join(self.raw_columns)}"
             )
+        unknown = [str(name) for name in frame.columns if name not in self.raw_columns]
+        if unknown and self.unknown == "error":
+            raise InvalidInput(unknown_columns_message(unknown, self.raw_columns, "CSV header has"))
         if len(frame) == 0:
             raise InvalidInput("CSV has a header but no rows")
         if len(frame) > self.max_items:

@@ -153,7 +153,11 @@ def load_bundle(path: Path, key: VersionKey, settings: ServiceSettings, intra_op
         raise BundleRefused("checksum", f"{path}: {'; '.join(problems)}")
     try:
         inputs = decoder_for(
-            manifest, settings.max_items_per_request, settings.max_image_pixels, settings.inline_decode_max_pixels
+            manifest,
+            settings.max_items_per_request,
+            settings.max_image_pixels,
+            settings.inline_decode_max_pixels,
+            settings.ignore_unknown_columns,
         )
         encoder = PredictionEncoder(manifest)
     except (ValueError, KeyError, TypeError) as exc:

@@ -83,6 +83,11 @@ class ServiceSettings(BaseSettings):
         "than a thread hand-off; larger ones (and every JSON, multipart or CSV body) go to the preprocessing pool. "
         "0 sends everything to the pool.",
     )
+    ignore_unknown_columns: bool = Field(
+        False,
+        description="Tabular models: ignore row keys and CSV columns the model does not know, instead of answering "
+        "422 naming them (a misspelled column would otherwise be read as missing).",
+    )
     preprocess_threads: int | None = Field(
         None, ge=1, description="Threads decoding images and tables; default: the container's CPU quota."
     )

@@ -334,8 +334,8 @@ def test_a_list_inside_a_continuous_column_is_an_input_error(train_df: pd.DataFr
 # --- rows_to_frame -------------------------------------------------------------------
 
 
-def test_rows_to_frame_treats_missing_keys_and_null_as_missing_and_drops_unknown_keys() -> None:
-    frame = rows_to_frame([{"a": 1, "b": "x", "zzz": 5}, {"a": None}], ["a", "b"])
+def test_rows_to_frame_treats_missing_keys_and_null_as_missing_and_drops_unknown_keys_when_asked() -> None:
+    frame = rows_to_frame([{"a": 1, "b": "x", "zzz": 5}, {"a": None}], ["a", "b"], unknown="ignore")
     assert list(frame.columns) == ["a", "b"]
     assert frame["a"].isna().tolist() == [False, True]
     assert frame["b"].isna().tolist() == [False, True]

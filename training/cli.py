@@ -36,6 +36,8 @@ def _tabular_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cat", nargs="*", default=None, help="categorical columns (default: cont_cat_split)")
     p.add_argument("--cont", nargs="*", default=None, help="continuous columns (default: cont_cat_split)")
     p.add_argument("--date", nargs="*", default=(), help="date columns expanded with add_datepart")
+    p.add_argument("--date-format", help="strftime pattern of the --date columns, e.g. %%d.%%m.%%Y "
+                   "(default ISO 8601; recorded in the bundle, so the service reads them the same way)")  # fmt: skip
     p.add_argument("--task", choices=["auto", "classification", "regression"], default="auto")
     p.add_argument("--log-target", action="store_true", help="regress log(target), serve exp()")
     p.add_argument("--y-range", default="auto", help="'auto' (regression: target range +-5%%), 'none' or LOW,HIGH")
@@ -46,9 +48,21 @@ def _tabular_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", default="200,100", help="hidden layer sizes (default 200,100)")
 
 
-def _fit_args(p: argparse.ArgumentParser, epochs: int, lr: float | None) -> None:
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--lr", type=float, default=lr, help="maximum learning rate (default: lr_find's valley)")
+def _arch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", default="resnet34", help="resnet18, resnet34, resnet50 (ImageNet weights), "
+                   "small_resnet (made to train from scratch) or simple_cnn")  # fmt: skip
+    p.add_argument("--pretrained", default="imagenet", help="'imagenet' (default: torchvision's weights, from the "
+                   "torch cache or downloaded once; ignored by the from-scratch archs), 'none' (train from scratch) "
+                   "or a .pth state dict file")  # fmt: skip
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_const", const="none",
+                   help="train from scratch (same as --pretrained none)")  # fmt: skip
+
+
+def _fit_args(p: argparse.ArgumentParser, epochs: int, lr: float | None, sweep: bool = False) -> None:
+    if not sweep:
+        p.add_argument("--epochs", type=int, default=epochs)
+        p.add_argument("--lr", type=float, default=lr, help="maximum learning rate (default: lr_find's valley, "
+                       "a search of up to 100 training steps)")  # fmt: skip
     p.add_argument("--bs", type=int, default=64, help="batch size")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -67,13 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("image", help="train an image model and export it")
     _image_data_args(p)
-    p.add_argument("--arch", default="resnet34", help="resnet18, resnet34, resnet50 (ImageNet weights), "
-                   "small_resnet (made to train from scratch) or simple_cnn")  # fmt: skip
-    p.add_argument("--pretrained", default="imagenet", help="'imagenet' (default: torchvision's weights, from the "
-                   "torch cache or downloaded once; ignored by the from-scratch archs), 'none' (train from scratch) "
-                   "or a .pth state dict file")  # fmt: skip
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_const", const="none",
-                   help="train from scratch (same as --pretrained none)")  # fmt: skip
+    _arch_args(p)
     _fit_args(p, epochs=4, lr=None)
     _export_args(p)
 
@@ -83,14 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     _export_args(p)
 
     p = sub.add_parser("lr-find", help="run the learning-rate finder and save its plot")
-    p.add_argument("kind", choices=["image", "tabular"])
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="the same data arguments as 'image' or 'tabular'")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    for kind, data_args in (("image", _image_data_args), ("tabular", _tabular_data_args)):
+        k = kinds.add_parser(kind, help=f"the same data arguments as '{kind}'")
+        data_args(k)
+        if kind == "image":
+            _arch_args(k)
+        _fit_args(k, epochs=0, lr=None, sweep=True)
+        k.add_argument("--out", type=Path, help="the plot's path (default reports/lr_find/<data>-<time>.png)")
 
     p = sub.add_parser("finetune", help="continue training an exported model on new data, into a new version")
     p.add_argument("--from", dest="source", type=Path, required=True, help="bundle folder models/<name>/<version>")
     p.add_argument("data", type=Path, help="image folder or CSV with the same labels/columns as the model")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=1e-4, help="maximum learning rate (default 1e-4: small, to keep what was learned)")
+    p.add_argument("--lr", type=float, default=2e-3, help="fine_tune's base_lr (default 2e-3, as fastai): the head "
+                   "trains at it, the body at a hundredth of it after --freeze-epochs")  # fmt: skip
+    p.add_argument("--freeze-epochs", type=int, default=1, help="epochs training the head alone first (default 1)")
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--valid-pct", type=float, default=0.2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from training.examples import EXAMPLES, build_example
 from training.export import export_learner, load_learner
 from training.interpret import ClassificationInterpretation
 from training.learner import Learner, set_seed
+from training.lr_find import SuggestedLRs
 from training.models.vision import resolve_pretrained
 
 FIT_NOTE = "lr_find's valley"
@@ -59,6 +61,7 @@ def tabular_dls(args: argparse.Namespace) -> TabularDataLoaders:
         cat_names=args.cat,
         cont_names=args.cont,
         date_fields=tuple(args.date or ()),
+        date_formats={field: args.date_format for field in args.date or ()} if args.date_format else None,
         y_block=y_block,
         log_target=args.log_target,
         valid_pct=args.valid_pct,
@@ -97,9 +100,10 @@ def make_image_learner(args: argparse.Namespace) -> Learner:
     set_seed(args.seed)
     dls = image_dls(args)
     pretrained = pretrained_of(args)
+    learn = vision_learner(dls, arch=getattr(args, "arch", "resnet34"), pretrained=pretrained, **_learner_kwargs(args))
     if pretrained is True:
         print(f"starting from torchvision's ImageNet weights for {args.arch} (--no-pretrained: from scratch)")
-    return vision_learner(dls, arch=getattr(args, "arch", "resnet34"), pretrained=pretrained, **_learner_kwargs(args))
+    return learn
 
 
 def make_tabular_learner(args: argparse.Namespace) -> Learner:
@@ -109,11 +113,19 @@ def make_tabular_learner(args: argparse.Namespace) -> Learner:
     return tabular_learner(dls, layers=layers, y_range=_y_range(args, dls), **_learner_kwargs(args))
 
 
+def _find_lr(learn: Learner, save_path: Path | None = None) -> SuggestedLRs:
+    """lr_find's suggestions, saying that the search runs and what it cost."""
+    print(f"searching for a learning rate: up to 100 training steps of {learn.dls.bs} items (--lr skips this)")
+    suggestion = learn.lr_find(save_path=save_path)
+    print(f"learning rate {suggestion.valley:.2e} ({FIT_NOTE}; {learn.recorder.sweep.describe()})")
+    return suggestion
+
+
 def _fit(learn: Learner, args: argparse.Namespace, pretrained: bool) -> float:
     lr = args.lr
     if lr is None:
-        lr = float(learn.lr_find(show_plot=False).valley)
-        print(f"learning rate {lr:.2e} ({FIT_NOTE})")
+        lr = float(_find_lr(learn).valley)
+        args.lr_find = _sweep_info(learn)
     if pretrained:
         learn.fine_tune(args.epochs, base_lr=lr)
     else:
@@ -123,12 +135,24 @@ def _fit(learn: Learner, args: argparse.Namespace, pretrained: bool) -> float:
 
 def _export(learn: Learner, args: argparse.Namespace, lr: float) -> dict[str, Any]:
     info = {"arch": getattr(learn, "arch", None), "epochs": args.epochs, "lr": lr, "bs": args.bs, "seed": args.seed}
+    if getattr(args, "lr_find", None):
+        info["lr_find"] = args.lr_find
     bundle = export_learner(learn, args.out, args.name, training_info=info)
     manifest = read_manifest(bundle)
+    print(parity_line(manifest))
+    reports = REPORTS_DIR / args.name / str(manifest.version)
     result: dict[str, Any] = {"bundle": str(bundle), "metrics": manifest.metrics, "parity": manifest.parity}
+    if learn.recorder.losses:
+        result["loss_plot"] = str(learn.recorder.plot_loss(reports / "loss.png"))
     if args.interpret and learn.dls.task == "classification":
-        result["reports"] = write_interpretation(learn, REPORTS_DIR / args.name / str(manifest.version))
+        result["reports"] = write_interpretation(learn, reports)
     return result
+
+
+def parity_line(manifest: Any) -> str:
+    p = manifest.parity
+    return (f"parity: ONNX Runtime vs PyTorch max |diff| {p.max_abs_diff:.2g}, max relative {p.max_rel_diff or 0:.2g} "
+            f"(allowed rtol {p.rtol:g} + atol {p.tolerance:g}; batch sizes {p.batch_sizes})")  # fmt: skip
 
 
 def train_image(args: argparse.Namespace) -> dict[str, Any]:
@@ -143,17 +167,19 @@ def train_tabular(args: argparse.Namespace) -> dict[str, Any]:
     return _export(learn, args, lr)
 
 
-def lr_find(args: argparse.Namespace) -> dict[str, Any]:
-    from training.cli import build_parser
+def _sweep_info(learn: Learner) -> dict[str, Any]:
+    report = learn.recorder.sweep
+    return {"steps": report.steps, "planned": report.planned, "seconds": round(report.seconds, 2),
+            "diverged": report.diverged}  # fmt: skip
 
-    # reuse the training sub-command's data arguments; --name is not needed for a sweep
-    rest = list(args.rest) + ["--name", "lr-find"]
-    sub = build_parser().parse_args([args.kind, *rest])
-    learn = make_image_learner(sub) if args.kind == "image" else make_tabular_learner(sub)
-    out = REPORTS_DIR / "lr_find.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    suggestion = learn.lr_find(save_path=out)
-    return {"valley": float(suggestion.valley), "steep": float(suggestion.steep), "plot": str(out)}
+
+def lr_find(args: argparse.Namespace) -> dict[str, Any]:
+    learn = make_image_learner(args) if args.kind == "image" else make_tabular_learner(args)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or REPORTS_DIR / "lr_find" / f"{Path(args.data).stem or 'data'}-{stamp}.png"
+    suggestion = _find_lr(learn, save_path=out)
+    return {"valley": float(suggestion.valley), "steep": float(suggestion.steep), "plot": str(out),
+            "cost": _sweep_info(learn)}  # fmt: skip
 
 
 def write_interpretation(learn: Learner, out: Path, dl: DataLoader | None = None, k: int = 9) -> dict[str, Any]:
@@ -243,11 +269,21 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
     dls.thresholds = old.thresholds
     learn.dls = dls
     learn.to_device(args.device)
-    learn.fit_one_cycle(args.epochs, args.lr)
+    # the same validation rows before and after: the old version's own figures came from other rows
+    before = {k: float(v) for k, v in learn.validate().items()}
+    learn.fine_tune(args.epochs, base_lr=args.lr, freeze_epochs=args.freeze_epochs)
     info = dict(manifest.training, finetuned_from=manifest.version, epochs=args.epochs, lr=args.lr)
     bundle = export_learner(learn, args.out or args.source.parent.parent, manifest.name, training_info=info)
     new = read_manifest(bundle)
-    return {"bundle": str(bundle), "from_version": manifest.version, "metrics": new.metrics}
+    print(parity_line(new))
+    return {
+        "bundle": str(bundle),
+        "from_version": manifest.version,
+        "metrics": new.metrics,
+        "on_the_new_validation_rows": {"before": before, "after": new.metrics},
+        "old_version_metrics_on_its_own_validation_rows": manifest.metrics,
+        "parity": new.parity,
+    }
 
 
 def drift(args: argparse.Namespace) -> dict[str, Any]:

@@ -110,6 +110,7 @@ class Recorder:
         self.moms: list[float | None] = []
         self.losses: list[float] = []
         self.rows: list[dict[str, Any]] = []
+        self.sweep: Any = None  # lr_find's SweepReport: what the last learning-rate search cost
 
     def log_batch(self, lr: float, mom: float | None, loss: float) -> None:
         self.lrs.append(lr)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
@@ -17,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
+from training.progress import progress_bar
 from training.schedule import exponential_sweep
 
 if TYPE_CHECKING:
@@ -27,6 +30,20 @@ class SuggestedLRs(NamedTuple):
     valley: float  # fastai's default: the middle of the longest descending stretch
     steep: float  # where the loss falls fastest
     minimum: float  # a tenth of the learning rate with the lowest loss
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What the last sweep cost: steps run of those planned, seconds, and whether the loss diverged."""
+
+    steps: int
+    planned: int
+    seconds: float
+    diverged: bool
+
+    def describe(self) -> str:
+        end = ", stopped early: the loss diverged" if self.diverged else ""
+        return f"{self.steps} of {self.planned} steps in {self.seconds:.1f} s{end}"
 
 
 def lr_find(
@@ -40,7 +57,8 @@ def lr_find(
 ) -> SuggestedLRs:
     """Sweep the learning rate, restore the weights and optimiser state, and suggest learning rates.
 
-    The curve lands in ``learn.recorder.lrs``/``losses``. With ``save_path``
+    The curve lands in ``learn.recorder.lrs``/``losses`` and its cost in
+    ``learn.recorder.sweep`` (a :class:`SweepReport`). With ``save_path``
     the plot is written there; ``show_plot`` without a path writes it to
     ``learn.path / "lr_find.png"`` (training runs headless, so "showing" means a file).
     """
@@ -50,26 +68,30 @@ def lr_find(
     model_state = copy.deepcopy(learn.model.state_dict())
     opt_state = copy.deepcopy(learn.opt.state_dict())
     was_training = learn.model.training
+    started = time.perf_counter()
     try:
-        lrs, losses = sweep(learn, exponential_sweep(start_lr, end_lr, num_it), stop_div)
+        lrs, losses, diverged = sweep(learn, exponential_sweep(start_lr, end_lr, num_it), stop_div)
     finally:
         learn.model.load_state_dict(model_state)
         learn.opt.load_state_dict(opt_state)
         learn.model.train(was_training)
     learn.recorder.reset()
     learn.recorder.lrs, learn.recorder.losses = lrs, losses
+    learn.recorder.sweep = SweepReport(len(lrs), num_it, time.perf_counter() - started, diverged)
     suggestion = suggest_lrs(lrs, losses)
     if save_path is not None or show_plot:
         plot_lr_find(lrs, losses, suggestion, Path(save_path) if save_path else Path(learn.path) / "lr_find.png")
     return suggestion
 
 
-def sweep(learn: Learner, lrs: Sequence[float], stop_div: bool = True, beta: float = 0.98) -> tuple[list, list]:
-    """Train one batch at each learning rate; return the rates tried and the smoothed losses.
+def sweep(
+    learn: Learner, lrs: Sequence[float], stop_div: bool = True, beta: float = 0.98
+) -> tuple[list[float], list[float], bool]:
+    """Train one batch at each learning rate; return the rates tried, the smoothed losses, and whether it diverged.
 
     The loss is an exponential moving average with bias correction (fastai's
     ``SmoothenValue``); with ``stop_div`` the sweep stops once it is more than
-    4x the best seen, or NaN.
+    4x the best seen, or not finite. A progress bar shows on a terminal.
     """
     n_groups = len(learn.layer_groups())
     tried: list[float] = []
@@ -77,17 +99,17 @@ def sweep(learn: Learner, lrs: Sequence[float], stop_div: bool = True, beta: flo
     average, best = 0.0, math.inf
     learn.model.train()
     batches = _forever(learn.dls.train)
-    for i, lr in enumerate(lrs):
+    for i, lr in enumerate(progress_bar(lrs, len(lrs), "lr_find", learn.progress)):
         learn.set_hypers([lr] * n_groups)
         loss = learn.train_step(next(batches))
         average = beta * average + (1 - beta) * loss
         smoothed = average / (1 - beta ** (i + 1))
         tried.append(float(lr))
         losses.append(smoothed)
-        if stop_div and (smoothed > 4 * best or math.isnan(smoothed)):
-            break
+        if stop_div and (smoothed > 4 * best or not math.isfinite(smoothed)):
+            return tried, losses, True
         best = min(best, smoothed)
-    return tried, losses
+    return tried, losses, False
 
 
 def suggest_lrs(lrs: Sequence[float], losses: Sequence[float]) -> SuggestedLRs:

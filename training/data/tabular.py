@@ -83,6 +83,7 @@ class TabularDataLoaders(DataLoaders):
         cat_names: Sequence[str] | None = None,
         cont_names: Sequence[str] | None = None,
         date_fields: Sequence[str] = (),
+        date_formats: Mapping[str, str] | None = None,
         y_block: str | None = None,
         log_target: bool = False,
         valid_pct: float = 0.2,
@@ -133,7 +134,7 @@ class TabularDataLoaders(DataLoaders):
             excluded = [*target_names, *date_fields, *(c for c in (valid_col, split_by) if c is not None)]
             cats, conts = _feature_names(df, cat_names, cont_names, excluded, max_card)
             _require_columns(df, [*cats, *conts, *date_fields], "feature")
-            processor = TabularProcessor(cats, conts, date_fields=date_fields, procs=procs)
+            processor = TabularProcessor(cats, conts, date_fields=date_fields, procs=procs, date_formats=date_formats)
             refit = True
         else:
             _require_columns(df, processor.raw_columns, "feature")
@@ -192,12 +193,16 @@ class TabularDataLoaders(DataLoaders):
                 frame = pd.concat(rows, ignore_index=True)
             else:
                 frame = self._rows_frame(rows)
-        table = self.processor.transform(frame)
+        try:
+            table = self.processor.transform(frame, strict=True)
+        except TabularInputError as exc:
+            raise DataError(f"cannot encode the rows: {exc}") from exc
         return torch.from_numpy(table.x_cat), torch.from_numpy(table.x_cont)
 
     def _rows_frame(self, rows: list[Any]) -> pd.DataFrame:
         rows = [row.to_dict() if isinstance(row, pd.Series) else row for row in rows]
-        return rows_to_frame(rows, self.processor.raw_columns)
+        # a training row (a Series of the whole table) carries the target and other columns: skip them
+        return rows_to_frame(rows, self.processor.raw_columns, unknown="ignore")
 
     def emb_szs(self) -> list[tuple[int, int]]:
         """(cardinality, embedding size) per categorical column, fastai's rule min(600, round(1.6 n^0.56))."""
