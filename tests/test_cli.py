@@ -70,13 +70,17 @@ def test_tabular_command_then_finetune_interpret_and_drift(penguins_csv: Path, t
     assert run_cli("drift", out / "penguins" / "2", tmp_path / "recent.csv") == 0
     drift = json.loads(capsys.readouterr().out)
     assert drift["psi"]["body_mass_g"] > 0.25 and drift["psi"]["island"] < 0.1
-    assert "body_mass_g" in drift["shifted (psi > 0.25)"]
+    assert drift["shifted"] == ["body_mass_g"] and drift["verdict"]["island"] == "stable"
 
 
-def test_lr_find_command_saves_a_plot(penguins_csv: Path, capsys) -> None:
+def test_lr_find_command_saves_a_plot_and_reports_its_cost(penguins_csv: Path, capsys) -> None:
     assert run_cli("lr-find", "tabular", penguins_csv, "--target", "species", "--bs", "32") == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
     assert 1e-7 < result["valley"] < 10 and Path(result["plot"]).is_file()
+    assert Path(result["plot"]).parent == Path("reports") / "lr_find"  # one file per run, not one shared file
+    assert 3 <= result["cost"]["steps"] <= result["cost"]["planned"] == 100
+    assert "searching for a learning rate" in captured.err and "steps in" in captured.err
 
 
 def bad_input_cases(tmp_path: Path, digits: Path) -> dict[str, tuple[list, str]]:

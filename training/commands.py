@@ -286,27 +286,54 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+MIN_DRIFT_ROWS = 100  # below this a PSI is mostly sampling noise: say so
+
+
 def drift(args: argparse.Namespace) -> dict[str, Any]:
-    """PSI of each feature of new data against the bundle's training-time reference."""
+    """PSI of each feature of new data against the bundle's training-time reference, with a sample-aware verdict.
+
+    Each PSI is compared with what samples of the same size drawn from the
+    reference itself score by chance (their 99th percentile): a feature is
+    shifted only above both 0.25 and that noise level.
+    """
     manifest = read_manifest(args.bundle)
     reference = read_reference(args.bundle, manifest)
     if not reference:
         raise DataError(f"{args.bundle}: this bundle has no reference statistics")
     features = reference["features"]
+    absent: list[str] = []
     if manifest.input_kind == "image":
         files, _ = _labelled_image_files(args.data)
         summaries = [image_summary(decode_image(f.read_bytes())) for f in files]
         columns = {name: np.array([s[name.split(".", 1)[1]] for s in summaries]) for name in features}
+        n_rows = len(files)
     else:
         df = read_csv(args.data)
-        columns = {name: df[name].to_numpy() if name in df.columns else np.full(len(df), np.nan) for name in features}
+        absent = [name for name in features if name not in df.columns]
+        if len(absent) == len(features):
+            raise DataError(
+                f"{args.data} shares no columns with {manifest.name} v{manifest.version}: it has "
+                f"{', '.join(map(str, df.columns[:20]))}; the model's columns are {', '.join(features)}"
+            )
+        columns = {name: df[name].to_numpy() for name in features if name in df.columns}
+        n_rows = len(df)
     scores = {name: round(ref.psi(features[name], values), 4) for name, values in columns.items()}
+    noise = {name: round(ref.psi_noise(features[name], n_rows), 4) for name in scores}
+    verdicts = {name: ref.drift_verdict(scores[name], noise[name]) for name in scores}
+    warnings_: list[str] = []
+    if n_rows < MIN_DRIFT_ROWS:
+        warnings_.append(f"only {n_rows} rows: below {MIN_DRIFT_ROWS} PSI is noisy, so verdicts need a large shift")
+    if absent:
+        warnings_.append(f"columns absent from the data, not scored: {', '.join(absent)}")
+    for line in warnings_:
+        print(f"warning: {line}", file=sys.stderr)
     out = args.out or REPORTS_DIR / manifest.name / str(manifest.version)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "drift.json").write_text(json.dumps(scores, indent=2))
-    _plot_drift(scores, out / "drift.png", f"{manifest.name} v{manifest.version}: PSI against training")
-    shifted = sorted((n for n, s in scores.items() if s > 0.25), key=lambda n: -scores[n])
-    return {"psi": scores, "shifted (psi > 0.25)": shifted, "report": str(out / "drift.png")}
+    report = {"rows": n_rows, "psi": scores, "noise_p99": noise, "verdict": verdicts, "warnings": warnings_}
+    (out / "drift.json").write_text(json.dumps(report, indent=2))
+    _plot_drift(scores, out / "drift.png", f"{manifest.name} v{manifest.version}: PSI against training ({n_rows} rows)")
+    shifted = sorted((n for n, v in verdicts.items() if v == "shifted"), key=lambda n: -scores[n])
+    return {**report, "shifted": shifted, "report": str(out / "drift.png")}
 
 
 def _plot_drift(scores: dict[str, float], path: Path, title: str) -> None:
