@@ -1,6 +1,6 @@
 """Quick start for a fresh clone: needs only Python 3.11.
 
-    python3.11 dev.py serve    # set up, build the example models if absent, serve them on :8000
+    python3.11 dev.py serve    # set up, build the example models if absent, serve them on :8080
     python3.11 dev.py test     # set up, run the test suite
 
 Setup is a virtualenv in .venv with this project installed (editable) and its

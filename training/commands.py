@@ -121,7 +121,8 @@ def _find_lr(learn: Learner, save_path: Path | None = None) -> SuggestedLRs:
     return suggestion
 
 
-def _fit(learn: Learner, args: argparse.Namespace, pretrained: bool) -> float:
+def fit_learner(learn: Learner, args: argparse.Namespace, pretrained: bool) -> float:
+    """Train as the CLI does: lr_find's valley unless --lr, fine_tune from pretrained weights, else one cycle."""
     lr = args.lr
     if lr is None:
         lr = float(_find_lr(learn).valley)
@@ -157,13 +158,13 @@ def parity_line(manifest: Any) -> str:
 
 def train_image(args: argparse.Namespace) -> dict[str, Any]:
     learn = make_image_learner(args)
-    lr = _fit(learn, args, pretrained=bool(pretrained_of(args)))
+    lr = fit_learner(learn, args, pretrained=bool(pretrained_of(args)))
     return _export(learn, args, lr)
 
 
 def train_tabular(args: argparse.Namespace) -> dict[str, Any]:
     learn = make_tabular_learner(args)
-    lr = _fit(learn, args, pretrained=False)
+    lr = fit_learner(learn, args, pretrained=False)
     return _export(learn, args, lr)
 
 

@@ -101,7 +101,7 @@ class ClassificationInterpretation:
         return _save(fig, path)
 
     def plot_top_losses(self, k: int, path: str | Path) -> Path:
-        """The ``k`` worst predictions as a PNG grid titled prediction/actual/loss/probability of actual.
+        """The ``k`` worst predictions as a PNG grid titled prediction / actual, loss / probability of the actual class.
 
         Images are drawn; table rows are written out as text.
         """
@@ -118,7 +118,7 @@ class ClassificationInterpretation:
             actual = int(self.targets[index])
             predicted = int(self.preds[index].argmax())
             probability = float(self.preds[index, actual])
-            title = f"{self.vocab[predicted]}/{self.vocab[actual]}\n{loss:.2f} / {probability:.2f}"
+            title = f"{self.vocab[predicted]} / {self.vocab[actual]}\n{loss:.2f} / p({self.vocab[actual]})={probability:.2f}"
             ax.set_title(title, fontsize=9)
             item = inputs[index]
             if is_image(item):
@@ -126,7 +126,7 @@ class ClassificationInterpretation:
             else:
                 ax.text(0, 1, describe_row(item, self.processor), va="top", family="monospace", fontsize=7,
                         transform=ax.transAxes)  # fmt: skip
-        fig.suptitle("prediction/actual/loss/probability")
+        fig.suptitle("prediction / actual, loss / probability of the actual class")
         return _save(fig, path)
 
 
