@@ -95,7 +95,8 @@ class Parity(_Model):
     max_abs_diff: float
     batch_sizes: list[int]
     tolerance: float  # the absolute tolerance (atol), kept under its first name
-    max_rel_diff: float | None = None  # |onnx - torch| / |torch|; None in bundles written before it was recorded
+    # |onnx - torch| / max(|torch|, atol); None in bundles written before it was recorded
+    max_rel_diff: float | None = None
     rtol: float = 0.0
     atol: float | None = None
 

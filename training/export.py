@@ -147,9 +147,10 @@ def export_learner(
         if not isinstance(exc, Exception):
             raise  # Ctrl-C: stop now
         saved = _rescue_learner(learn, name)
-        where = f"the trained learner was saved to {saved} (load it with load_learner)" if saved else (
-            "the trained learner could not be saved either"
-        )
+        if saved is not None:
+            where = f"the trained learner was saved to {saved} (load it with load_learner)"
+        else:
+            where = "the trained learner could not be saved either"
         raise ExportError(f"{exc}; the bundle was not written; {where}") from exc
     return final
 
@@ -285,14 +286,17 @@ def _check_parity(
         got = session.run(None, {s.name: x.numpy() for s, x in zip(specs, batch)})[0].astype(np.float64)
         diff = np.abs(got - expected)
         worst_abs = max(worst_abs, float(diff.max()))
-        worst_rel = max(worst_rel, float((diff / np.maximum(np.abs(expected), np.finfo(np.float32).tiny)).max()))
+        # relative to values at least atol in size: a probability of 1e-30 has no meaningful relative error
+        worst_rel = max(worst_rel, float((diff / np.maximum(np.abs(expected), max(atol, 1e-12))).max()))
         close = close and bool(np.all(diff <= atol + rtol * np.abs(expected)))
     if not close:
         raise ExportError(
             f"ONNX Runtime and PyTorch disagree beyond rtol={rtol:g}, atol={atol:g}: largest absolute "
             f"difference {worst_abs:.3g}, largest relative {worst_rel:.3g} (batch sizes {sizes})"
         )
-    return Parity(max_abs_diff=worst_abs, max_rel_diff=worst_rel, batch_sizes=sizes, tolerance=atol, rtol=rtol, atol=atol)
+    return Parity(
+        max_abs_diff=worst_abs, max_rel_diff=worst_rel, batch_sizes=sizes, tolerance=atol, rtol=rtol, atol=atol
+    )
 
 
 def _write_reference(learn: Learner, path: Path) -> None:
