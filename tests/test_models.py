@@ -101,7 +101,7 @@ def test_missing_pretrained_file_raises_value_error(tmp_path: Path) -> None:
 
 
 def test_unknown_arch_raises_listing_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="resnet18, resnet34, resnet50, simple_cnn"):
+    with pytest.raises(ValueError, match="resnet18, resnet34, resnet50, small_resnet, simple_cnn"):
         create_vision_model("vgg16", 2, MEAN, STD)
     with pytest.raises(ValueError, match="unknown arch"):
         splitter_for("vgg16")
