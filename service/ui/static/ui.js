@@ -98,13 +98,17 @@
     fill("updated", `Updated ${new Date().toLocaleTimeString("en-GB")}.`);
   }
 
-  // Refresh while the tab is visible; never two refreshes at once.
+  // Refresh while the tab is visible; never two refreshes at once (one asked for meanwhile runs right after).
   function every(seconds, refresh) {
-    let running = false;
-    const run = async () => {
-      if (running || document.hidden) return;
-      running = true;
-      try { await refresh(); } finally { running = false; }
+    let running = null;
+    let again = false;
+    const run = () => {
+      if (document.hidden) return Promise.resolve();
+      if (running) { again = true; return running; }
+      running = (async () => {
+        try { do { again = false; await refresh(); } while (again); } finally { running = null; }
+      })();
+      return running;
     };
     run();
     setInterval(run, seconds * 1000);
@@ -423,7 +427,10 @@
   }
 
   // -- rollout ---------------------------------------------------------------------------------
-  // What issue 7 describes; every field is optional here, so the page shows what the API gives.
+  // GET /v1/rollouts -> {enabled, detail, policy_error, models: {name: state}}; a state has stage, stable,
+  // candidate, step {index, phase, started_at, next_at, of}, shares {region: 0..1}, problems, guardrails
+  // {status, message, readings {stable, candidate, min_requests, window_s}, limits}, last_decisions, timeline.
+  // Every field is optional here: the page shows what the API gives.
 
   function rolloutOf(doc, name) {
     if (!doc) return undefined;
@@ -431,140 +438,149 @@
     for (const key of ["models", "rollouts"]) {
       const inner = doc[key];
       if (Array.isArray(inner)) return inner.find((r) => r && (r.model === name || r.name === name));
-      if (inner && typeof inner === "object") return inner[name];
+      if (inner && typeof inner === "object") return inner[name] || undefined;
     }
     return doc[name];
   }
 
-  // A share as a fraction 0..1: the metric's gauge is a fraction, the policy file writes percents.
-  function asFraction(value) {
+  // A share as a fraction 0..1: the API and the metric give fractions, the policy file writes percents.
+  function asFraction(value, percent) {
     const n = Number(value);
     if (!Number.isFinite(n)) return NaN;
-    return n > 1 ? n / 100 : n;
+    return percent || n > 1 ? n / 100 : n;
+  }
+
+  function byTimeNewestFirst(list) {
+    const at = (e) => new Date(pick(e, "at", "time", "when", "created_at") || 0).getTime() || 0;
+    return list.slice().sort((a, b) => at(b) - at(a));
   }
 
   function stepsOf(state) {
-    const policy = pick(state, "policy") || {};
-    const plan = pick(state, "plan", "steps") || pick(policy, "plan", "steps") || [];
-    return Array.isArray(plan) ? plan : Array.isArray(plan.steps) ? plan.steps : [];
+    const timeline = pick(state, "timeline");
+    if (Array.isArray(timeline) && timeline.length) return timeline;
+    const steps = pick(pick(state, "policy"), "steps") || pick(state, "steps", "plan") || [];
+    return Array.isArray(steps) ? steps : [];
   }
 
-  function currentStepOf(state) {
-    const step = pick(state, "current_step", "step", "step_index");
-    if (typeof step === "number") return step;
-    if (step && typeof step === "object") return pick(step, "index", "number");
-    return undefined;
+  function stepOf(state) {
+    const step = pick(state, "step", "current_step");
+    if (typeof step === "number") return {index: step};
+    return step && typeof step === "object" ? step : {};
   }
 
-  function sharesOf(state) {
-    let shares = pick(state, "shares", "candidate_share", "candidate_shares", "regions");
-    if (!shares) {
-      const step = pick(state, "current_step", "step");
-      shares = step && typeof step === "object" ? pick(step, "regions", "shares") : undefined;
-    }
-    return shares && typeof shares === "object" ? shares : {};
-  }
-
-  function regionsText(regions) {
+  function regionsText(regions, percent) {
     if (!regions || typeof regions !== "object") return "—";
-    return Object.entries(regions).map(([region, share]) => `${region === "*" ? "every region" : region} ${pct(asFraction(share))}`).join(", ");
+    return Object.entries(regions).map(([region, share]) => `${region === "*" ? "every region" : region} ${pct(asFraction(share, percent))}`).join(", ");
   }
+
+  const PHASES = {not_started: "the plan has not started", ended: "the plan has ended", no_plan: "no plan",
+    last_step: "on the last step, until someone promotes", step: "walking the plan"};
 
   function renderState(state) {
     const stage = pick(state, "stage") || "off";
-    const rows = [["Stage", badge(stage, "stage-" + stage)], ["Stable", fmt(pick(state, "stable", "stable_version"))],
-      ["Candidate", fmt(pick(state, "candidate", "candidate_version"))]];
-    const step = currentStepOf(state);
-    if (step !== undefined) rows.push(["Current step", `${step + 1} of ${stepsOf(state).length || "?"}`]);
-    const next = pick(state, "next_step_at", "next_step_starts_at", "next_at");
-    if (next) rows.push(["Next step starts", when(next)]);
-    const start = pick(state, "start", "starts_at") || pick(pick(state, "policy"), "start");
-    if (start) rows.push(["Plan starts", when(start)]);
-    const status = pick(state, "status", "message", "reason");
-    if (status) rows.push(["Status", fmt(status)]);
+    const step = stepOf(state);
+    const total = pick(step, "of") || stepsOf(state).length;
+    const rows = [["Stage", badge(stage, "stage-" + stage)], ["Stable", fmt(pick(state, "stable"))],
+      ["Candidate", fmt(pick(state, "candidate"))]];
+    if (Number.isInteger(step.index)) rows.push(["Current step", `${step.index + 1} of ${total || "?"}`]);
+    if (step.phase) rows.push(["Plan", PHASES[step.phase] || step.phase]);
+    if (step.started_at) rows.push(["Step started", when(step.started_at)]);
+    if (step.next_at) rows.push(["Next change", when(step.next_at)]);
+    if (pick(state, "shadow_percent")) rows.push(["Shadow", `${fmt(state.shadow_percent)}% of requests also run on the candidate`]);
+    if (pick(state, "sticky_key")) rows.push(["Sticky key", h("code", {}, state.sticky_key)]);
+    const decided = pick(state, "decided");
+    if (decided) rows.push(["Last change", `${when(decided.at)} by ${fmt(decided.by)}${decided.reason ? ` (${decided.reason})` : ""}`]);
     const parts = [h("dl", {class: "facts", "data-testid": "rollout-state"}, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]))];
-    const error = pick(state, "error", "policy_error", "problem");
-    if (error) parts.push(h("p", {class: "error", role: "alert"}, "Policy problem: " + fmt(error)));
+    const problems = pick(state, "problems");
+    for (const problem of Array.isArray(problems) ? problems : problems ? [problems] : []) parts.push(h("p", {class: "error", role: "alert"}, fmt(problem)));
     return parts;
   }
 
   function renderPlan(state) {
     const steps = stepsOf(state);
     if (!steps.length) return notice("This policy has no steps.");
-    const current = currentStepOf(state);
+    const current = stepOf(state).index;
     return h("ol", {class: "timeline", "data-testid": "timeline"}, steps.map((step, i) => {
       const starts = pick(step, "starts_at", "start", "at");
       const hold = pick(step, "hold");
-      const attrs = {class: current !== undefined && i < current ? "done" : ""};
+      const attrs = {class: Number.isInteger(current) && i < current ? "done" : ""};
       if (i === current) attrs["aria-current"] = "step";
-      return h("li", attrs, `Step ${i + 1}: `, regionsText(pick(step, "regions", "shares")),
+      // The timeline and the policy write shares in percent, as the policy file does.
+      return h("li", attrs, `Step ${i + 1}: `, regionsText(pick(step, "regions", "shares"), true),
         hold ? ` · hold ${hold}` : (i === steps.length - 1 ? " · until promoted" : ""),
         starts ? ` · starts ${when(starts)}` : "", i === current ? " (current)" : "");
     }));
   }
 
   function renderShares(state) {
-    const shares = Object.entries(sharesOf(state));
+    const shares = Object.entries(pick(state, "shares", "candidate_share") || {});
     if (!shares.length) return notice("The candidate gets no traffic in any region.");
-    return bars(shares.map(([region, share]) => [region === "*" ? "every region" : region, asFraction(share)]),
+    return bars(shares.map(([region, share]) => [region === "*" ? "every other region" : region, asFraction(share)]),
       {label: "Candidate share per region"});
   }
 
-  // Guardrail readings, per metric: {metric: {stable, candidate, threshold, status}}, or per arm: {stable: {...}, candidate: {...}}.
+  // Guardrail metric -> [limit name, "max" or "min"], in the order they are shown.
+  const GUARDRAILS = [["requests", "min_requests", "min"], ["error_rate", "max_error_rate", "max"], ["p99_ms", "max_p99_ms", "max"],
+    ["disagreement", "max_disagreement", "max"], ["mean_abs_difference", "max_mean_abs_difference", "max"],
+    ["drift", "max_drift", "max"], ["live_accuracy", "min_live_accuracy", "min"]];
+
   function guardrailRows(state) {
     const guard = pick(state, "guardrails") || {};
-    const thresholds = Object.assign({}, pick(guard, "thresholds") || {}, pick(pick(state, "policy"), "guardrails") || {});
-    for (const [k, v] of Object.entries(guard)) if (typeof v === "number") thresholds[k] = v;
-    let readings = pick(state, "readings", "guardrail_readings") || pick(guard, "readings") || {};
-    if (readings.stable || readings.candidate) {
-      const byMetric = {};
-      for (const arm of ["stable", "candidate"]) {
-        for (const [metric, value] of Object.entries(readings[arm] || {})) {
-          byMetric[metric] = byMetric[metric] || {};
-          byMetric[metric][arm] = value;
-        }
-      }
-      readings = byMetric;
+    const limits = Object.assign({}, pick(pick(state, "policy"), "guardrails") || {}, pick(guard, "limits", "thresholds") || {});
+    const readings = pick(guard, "readings") || pick(state, "readings") || {};
+    const stable = readings.stable || {};
+    const candidate = readings.candidate || {};
+    const rows = [];
+    for (const [metric, limitName, kind] of GUARDRAILS) {
+      const limit = limits[limitName];
+      const present = metric in stable || metric in candidate;
+      if (!present && (limit === undefined || limit === null)) continue;
+      const count = (arm) => (metric === "disagreement" ? arm.compared : arm.requests);
+      rows.push({metric, kind, limit, stable: {value: stable[metric], count: metric === "requests" ? undefined : count(stable)},
+        candidate: {value: candidate[metric], count: metric === "requests" ? undefined : count(candidate)}});
     }
-    const minRequests = pick(thresholds, "min_requests");
-    return Object.entries(readings).filter(([, r]) => r && typeof r === "object").map(([metric, r]) => {
-      const arm = (a) => {
-        const v = r[a];
-        if (v && typeof v === "object") return {value: pick(v, "value", "reading"), count: pick(v, "count", "requests", "n")};
-        return {value: v, count: undefined};
-      };
-      const threshold = pick(r, "threshold", "max", "limit") ?? thresholds["max_" + metric] ?? thresholds[metric];
-      return {metric, stable: arm("stable"), candidate: arm("candidate"), threshold, status: pick(r, "status", "verdict", "state"), minRequests};
-    });
+    return rows;
+  }
+
+  function judge(row) {
+    const value = Number(row.candidate.value);
+    if (row.candidate.value === null || row.candidate.value === undefined || !Number.isFinite(value)) return ["waiting for data", "verdict-waiting"];
+    if (row.limit === null || row.limit === undefined) return ["no limit", ""];
+    const bad = row.kind === "max" ? value > Number(row.limit) : value < Number(row.limit);
+    if (row.metric === "requests") return bad ? ["waiting for data", "verdict-waiting"] : ["enough", "verdict-ok"];
+    return bad ? [row.kind === "max" ? "over" : "under", "verdict-breach"] : ["within", "verdict-ok"];
   }
 
   function renderGuardrails(state) {
-    const rows = guardrailRows(state);
-    const waiting = pick(state, "waiting_for_data", "waiting");
+    const guard = pick(state, "guardrails") || {};
     const parts = [];
-    if (waiting) parts.push(notice("Waiting for data: " + (typeof waiting === "string" ? waiting : "not enough requests in both arms yet.")));
+    const status = pick(guard, "status");
+    if (status) {
+      const kind = status === "ok" ? "verdict-ok" : status === "breach" ? "verdict-breach" : "verdict-waiting";
+      parts.push(h("p", {"data-testid": "guardrail-status"}, badge(status.replace(/_/g, " "), kind), " ", fmt(pick(guard, "message") || "")));
+    }
+    const window = pick(pick(guard, "readings") || {}, "window_s");
+    if (window) parts.push(h("p", {class: "meta"}, `Both arms over the last ${fmt(window)} s.`));
+    const rows = guardrailRows(state);
     if (!rows.length) { parts.push(notice("No guardrail readings yet.")); return parts; }
-    const cell = (a) => h("td", {class: "num"}, fmt(a.value), a.count !== undefined ? h("span", {class: "hint"}, ` (n=${fmt(a.count)})`) : null);
+    const cell = (a) => h("td", {class: "num"}, fmt(a.value), a.count !== undefined && a.count !== null ? h("span", {class: "hint"}, ` (n=${fmt(a.count)})`) : null);
     parts.push(h("div", {class: "table-scroll"}, h("table", {"data-testid": "guardrails"},
-      h("thead", {}, h("tr", {}, ["Guardrail", "Stable", "Candidate", "Threshold", "Verdict"].map((t, i) => h("th", {scope: "col", class: i && i < 4 ? "num" : ""}, t)))),
+      h("thead", {}, h("tr", {}, ["Guardrail", "Stable", "Candidate", "Limit", "Candidate is"].map((t, i) => h("th", {scope: "col", class: i && i < 4 ? "num" : ""}, t)))),
       h("tbody", {}, rows.map((r) => {
-        let status = r.status;
-        if (!status && Number.isFinite(Number(r.candidate.value)) && Number.isFinite(Number(r.threshold))) {
-          status = Number(r.candidate.value) > Number(r.threshold) ? "breach" : "pass";
-        }
-        const kind = status === "pass" || status === "ok" ? "verdict-ok" : status === "breach" || status === "fail" ? "verdict-breach" : "verdict-waiting";
+        const [verdictText, kind] = judge(r);
+        const limit = r.limit === undefined || r.limit === null ? "—" : `${r.kind === "max" ? "≤" : "≥"} ${fmt(r.limit)}`;
         return h("tr", {}, h("th", {scope: "row"}, r.metric.replace(/_/g, " ")), cell(r.stable), cell(r.candidate),
-          h("td", {class: "num"}, fmt(r.threshold)), h("td", {}, badge(status || "waiting for data", kind)));
+          h("td", {class: "num"}, limit), h("td", {}, badge(verdictText, kind)));
       })))));
     return parts;
   }
 
   function renderDecisions(state) {
-    const decisions = pick(state, "decisions", "last_decisions", "recent_decisions") || [];
+    const decisions = pick(state, "last_decisions", "decisions", "recent_decisions") || [];
     if (!Array.isArray(decisions) || !decisions.length) return notice("No decisions yet.");
-    return h("ul", {}, decisions.slice(-10).reverse().map((d) => typeof d === "string" ? h("li", {}, d) :
-      h("li", {}, when(pick(d, "at", "time", "when")), ": ", fmt(pick(d, "decision", "action", "kind", "stage")),
-        pick(d, "reason") ? ` (${fmt(d.reason)})` : "")));
+    return h("ul", {"data-testid": "decisions"}, byTimeNewestFirst(decisions).slice(0, 10).map((d) => typeof d === "string" ? h("li", {}, d) :
+      h("li", {}, when(pick(d, "at", "time", "when")), ": ", fmt(pick(d, "action", "decision", "kind", "stage")),
+        pick(d, "actor", "by") ? ` by ${fmt(pick(d, "actor", "by"))}` : "", pick(d, "reason") ? ` (${fmt(d.reason)})` : "")));
   }
 
   function historyOf(doc) {
@@ -575,14 +591,14 @@
 
   function renderHistory(result) {
     if (!result.ok) return isAbsent(result) ? unavailable("The audit history", result) : h("p", {class: "error"}, result.message);
-    const entries = historyOf(result.data);
+    const entries = byTimeNewestFirst(historyOf(result.data));
     if (!entries.length) return notice("No changes recorded yet.");
     const detail = (value) => value === undefined || value === null ? "—" :
       h("details", {}, h("summary", {}, "show"), h("pre", {}, JSON.stringify(value, null, 2)));
     return h("div", {class: "table-scroll"}, h("table", {"data-testid": "history"},
       h("thead", {}, h("tr", {}, ["When", "Who", "Change", "Reason", "Before", "After"].map((t) => h("th", {scope: "col"}, t)))),
-      h("tbody", {}, entries.slice().reverse().map((e) => h("tr", {},
-        h("td", {}, when(pick(e, "at", "time", "when", "created_at"))), h("td", {}, fmt(pick(e, "who", "actor", "by", "source"))),
+      h("tbody", {}, entries.map((e) => h("tr", {},
+        h("td", {}, when(pick(e, "at", "time", "when", "created_at"))), h("td", {}, fmt(pick(e, "actor", "who", "by", "source"))),
         h("td", {}, fmt(pick(e, "action", "change", "kind", "event"))), h("td", {}, fmt(pick(e, "reason"))),
         h("td", {}, detail(pick(e, "before"))), h("td", {}, detail(pick(e, "after"))))))));
   }
@@ -603,15 +619,18 @@
         return;
       }
       const state = rolloutOf(list.data, name);
+      const fileError = pick(list.data, "policy_error");
+      const fileProblem = fileError ? h("p", {class: "error", role: "alert"}, "The policy file has a problem (the last good policy is kept): " + fmt(fileError)) : null;
       if (!state) {
-        fill("rollout-status", notice(`No rollout policy is configured for ${name}: the highest loaded version serves every request.`));
+        const why = list.data && list.data.enabled === false && list.data.detail ? ` (${list.data.detail})` : "";
+        fill("rollout-status", fileProblem, notice(`No rollout policy is configured for ${name}: the highest loaded version serves every request${why}.`));
         body.hidden = !historyOf(history.data).length;
         fill("rollout-history", renderHistory(history));
         for (const id of sections) fill(id, notice("No policy."));
         for (const b of buttons) b.disabled = true;
         return;
       }
-      fill("rollout-status");
+      fill("rollout-status", fileProblem);
       body.hidden = false;
       fill("rollout-history", renderHistory(history));
       for (const b of buttons) b.disabled = false;
@@ -646,20 +665,22 @@
   }
 
   // -- monitoring ------------------------------------------------------------------------------
-  // What issue 8 describes for GET /v1/models/{name}/drift, read tolerantly.
+  // GET /v1/models/{name}/drift -> {model, region, thresholds {warn, drift}, versions: [{version, window {size,
+  // capacity}, reference_size, drift_score, verdict, features: [{feature, psi, verdict, unseen}], predictions: [...],
+  // ood {items, flagged, flagged_share}, performance {estimated_accuracy, live_accuracy, feedback}}]}, read tolerantly.
 
   function driftReports(doc) {
-    if (!doc) return [];
+    if (!doc || typeof doc !== "object") return [];
     let list = Array.isArray(doc) ? doc : pick(doc, "versions", "reports");
     if (list && !Array.isArray(list) && typeof list === "object") {
       list = Object.entries(list).map(([version, report]) => Object.assign({version}, report));
     }
     if (!Array.isArray(list)) list = [doc];
-    return list.filter((r) => r && typeof r === "object").map((r) => Object.assign({}, doc.thresholds ? {thresholds: doc.thresholds} : {}, r));
+    return list.filter((r) => r && typeof r === "object").map((r) => Object.assign({thresholds: doc.thresholds, region: doc.region}, r));
   }
 
-  function featuresOf(report, thresholds) {
-    let features = pick(report, "features", "table", "psi") || [];
+  function featuresOf(list, thresholds) {
+    let features = list || [];
     if (!Array.isArray(features)) {
       features = Object.entries(features).map(([feature, v]) => (typeof v === "number" ? {feature, score: v} : Object.assign({feature}, v)));
     }
@@ -667,8 +688,20 @@
       const score = Number(pick(f, "psi", "score", "value", "drift"));
       let verdict = pick(f, "verdict", "status");
       if (!verdict && Number.isFinite(score)) verdict = score >= thresholds.drift ? "drift" : score >= thresholds.warn ? "warn" : "ok";
-      return {name: String(pick(f, "feature", "name", "column") || "?"), score, verdict: verdict || "unknown", unseen: pick(f, "unseen", "unseen_count", "unseen_levels")};
+      return {name: String(pick(f, "feature", "name", "column") || "?"), score, verdict: verdict || "unknown",
+        unseen: pick(f, "unseen", "unseen_count", "unseen_levels")};
     });
+  }
+
+  function sizeOf(value) {
+    return value && typeof value === "object" ? pick(value, "size", "n", "count") : value;
+  }
+
+  function driftBars(features, t, label) {
+    const max = Math.max(t.drift * 1.5, ...features.map((f) => (Number.isFinite(f.score) ? f.score : 0)));
+    return [bars(features.map((f) => [f.name, f.score, {kind: "verdict-" + f.verdict, mark: t.drift, note: f.verdict}]),
+      {max, label, format: (v) => fmt(v)}),
+    h("p", {class: "meta"}, features.map((f) => `${f.name}: ${f.verdict.replace(/_/g, " ")}` + (f.unseen ? ` (${fmt(f.unseen)} unseen)` : "")).join(" · "))];
   }
 
   function renderDrift(result) {
@@ -677,51 +710,60 @@
     if (!reports.length) return notice("No drift report yet.");
     return reports.map((report) => {
       const t = Object.assign({warn: 0.1, drift: 0.25}, pick(report, "thresholds") || {});
-      const features = featuresOf(report, t);
+      const features = featuresOf(pick(report, "features", "table", "psi"), t);
+      const predictions = featuresOf(pick(report, "predictions"), t);
       const title = [report.version !== undefined ? `Version ${report.version}` : "Served versions",
-        report.region ? `region ${report.region}` : null].filter(Boolean).join(", ");
-      const window = pick(report, "window_size", "window", "n", "count");
-      const reference = pick(report, "reference_size", "reference", "reference_n");
-      const max = Math.max(t.drift * 1.5, ...features.map((f) => (Number.isFinite(f.score) ? f.score : 0)));
-      return h("article", {class: "card"}, h("h3", {}, title),
-        h("p", {class: "meta"}, `Window ${fmt(typeof window === "object" ? pick(window, "size", "n") : window)} items, reference ${fmt(typeof reference === "object" ? pick(reference, "size", "n") : reference)}; PSI warn at ${t.warn}, drift at ${t.drift}.`),
-        features.length ? bars(features.map((f) => [f.name, f.score, {kind: "verdict-" + f.verdict, mark: t.drift, note: f.verdict}]),
-          {max, label: "PSI per feature", format: (v) => fmt(v)}) : notice("No features in this report yet."),
-        features.length ? h("p", {class: "meta"}, features.map((f) => `${f.name}: ${f.verdict}` + (f.unseen ? ` (${fmt(f.unseen)} unseen)` : "")).join(" · ")) : null);
+        report.region && report.region !== "*" ? `region ${report.region}` : "every region"].join(", ");
+      const verdict = pick(report, "verdict");
+      return h("article", {class: "card", "data-testid": "drift-report"},
+        h("h3", {}, title, verdict ? [" ", badge(String(verdict).replace(/_/g, " "), "verdict-" + verdict)] : null),
+        h("p", {class: "meta"}, `Window ${fmt(sizeOf(pick(report, "window_size", "window")))} items, reference ${fmt(sizeOf(pick(report, "reference_size", "reference")))}; PSI warn at ${t.warn}, drift at ${t.drift} (the mark on each bar).`),
+        features.length ? driftBars(features, t, "PSI per input feature") : notice("No input features in this report yet."),
+        predictions.length ? [h("h4", {}, "Predictions"), driftBars(predictions, t, "PSI of the predicted classes and confidences")] : null);
     });
   }
 
   function renderQuality(drift, samples, name) {
-    // Per version x region: OOD rate, live accuracy (feedback), estimated accuracy.
+    // Per version and region: OOD rate, live accuracy (from feedback), estimated accuracy (from confidences).
     const rows = {};
     const row = (version, region) => {
       const key = `${version}|${region}`;
       return (rows[key] = rows[key] || {version, region});
     };
     for (const report of drift.ok ? driftReports(drift.data) : []) {
-      const r = row(report.version !== undefined ? String(report.version) : "all", report.region || "all");
-      for (const [field, keys] of Object.entries({ood: ["ood_rate"], live: ["live_accuracy", "accuracy"], estimated: ["estimated_accuracy"], feedback: ["feedback", "feedback_count", "labelled"]})) {
-        const value = pick(report, ...keys);
-        if (value !== undefined) r[field] = typeof value === "object" ? pick(value, "value", "rate") : value;
+      const r = row(report.version !== undefined ? String(report.version) : "all", !report.region || report.region === "*" ? "all" : report.region);
+      const ood = pick(report, "ood") || {};
+      const perf = pick(report, "performance") || report;
+      const value = (v) => (v && typeof v === "object" ? pick(v, "value", "rate") : v);
+      r.ood = value(pick(report, "ood_rate") ?? pick(ood, "flagged_share", "rate"));
+      r.oodItems = pick(ood, "items");
+      r.live = value(pick(perf, "live_accuracy"));
+      r.estimated = value(pick(perf, "estimated_accuracy"));
+      r.validation = value(pick(perf, "validation_accuracy"));
+      r.feedback = value(pick(perf, "feedback", "feedback_count"));
+    }
+    if (!drift.ok) {
+      for (const s of samples) {
+        if (s.labels.model !== name) continue;
+        const r = () => row(s.labels.version || "all", s.labels.region || "all");
+        if (s.name === "serving_live_accuracy") r().live = s.value;
+        else if (s.name === "serving_estimated_accuracy") r().estimated = s.value;
+        else if (s.name === "serving_feedback_total") r().feedback = (r().feedback || 0) + s.value;
       }
     }
-    for (const s of samples) {
-      if (s.labels.model !== name) continue;
-      const version = s.labels.version || "all";
-      const region = s.labels.region || "all";
-      if (s.name === "serving_live_accuracy") row(version, region).live = s.value;
-      else if (s.name === "serving_estimated_accuracy") row(version, region).estimated = s.value;
-      else if (s.name === "serving_feedback_total") { const r = row(version, region); r.feedback = (r.feedback || 0) + s.value; }
-    }
-    const list = Object.values(rows).filter((r) => r.ood !== undefined || r.live !== undefined || r.estimated !== undefined || r.feedback !== undefined);
+    const known = (v) => v !== undefined && v !== null;
+    const list = Object.values(rows).filter((r) => known(r.ood) || known(r.live) || known(r.estimated) || known(r.feedback));
     if (!list.length) {
       return notice("Out-of-domain rate and accuracy are not available yet: no drift report carries them and /metrics has no serving_live_accuracy for this model.", "unavailable");
     }
+    const headings = ["Version", "Region", "OOD rate", "Live accuracy", "Estimated accuracy", "Validation accuracy", "Feedback"];
     return h("div", {class: "table-scroll"}, h("table", {"data-testid": "quality"},
-      h("thead", {}, h("tr", {}, ["Version", "Region", "OOD rate", "Live accuracy", "Estimated accuracy", "Feedback"].map((t, i) => h("th", {scope: "col", class: i > 1 ? "num" : ""}, t)))),
+      h("thead", {}, h("tr", {}, headings.map((t, i) => h("th", {scope: "col", class: i > 1 ? "num" : ""}, t)))),
       h("tbody", {}, list.map((r) => h("tr", {}, h("td", {}, r.version), h("td", {}, r.region),
-        h("td", {class: "num"}, pct(Number(r.ood))), h("td", {class: "num", "data-testid": "live-accuracy"}, pct(Number(r.live))),
-        h("td", {class: "num"}, pct(Number(r.estimated))), h("td", {class: "num"}, fmt(r.feedback)))))));
+        h("td", {class: "num"}, pct(Number(r.ood)), known(r.oodItems) ? h("span", {class: "hint"}, ` of ${fmt(r.oodItems)}`) : null),
+        h("td", {class: "num", "data-testid": "live-accuracy"}, known(r.live) ? pct(Number(r.live)) : "no feedback yet"),
+        h("td", {class: "num"}, pct(Number(r.estimated))), h("td", {class: "num"}, pct(Number(r.validation))),
+        h("td", {class: "num"}, fmt(r.feedback)))))));
   }
 
   function renderTraffic(samples, name) {
@@ -763,29 +805,37 @@
   }
 
   // -- review queue ----------------------------------------------------------------------------
-  // Items from the prediction log, read tolerantly: {request_id, time, model, version, region, reasons,
-  // inputs (row, or image summaries and an optional thumbnail), outputs/prediction}.
+  // Items from the prediction log, read tolerantly: {request_id, item, created_at, model, version, region, arm,
+  // reasons, inputs, outputs, ood}, where inputs/outputs/ood may be the whole request's lists (one entry per item):
+  // a row as an object, or an image as {sha256, bytes, brightness, ..., b64 when images are kept}.
+
+  const IMAGE_KEYS = ["b64", "thumbnail", "image", "image_b64"];
+
+  function nth(value, index) {
+    return Array.isArray(value) ? value[index] || value[0] || {} : value || {};
+  }
 
   function queueOf(doc) {
     const list = Array.isArray(doc) ? doc : pick(doc, "predictions", "items", "queue", "records") || [];
     return list.filter((x) => x && typeof x === "object").map((x) => {
-      let out = pick(x, "prediction", "output", "outputs") || {};
-      if (Array.isArray(out)) out = out[0] || {};
-      if (Array.isArray(out.predictions)) out = out.predictions[0] || {};
-      let inputs = pick(x, "inputs", "input") || {};
-      if (Array.isArray(inputs)) inputs = inputs[0] || {};
-      let reasons = pick(x, "reasons", "flags") || (x.reason ? [x.reason] : null) || pick(pick(x, "ood") || out.ood, "reasons") || [];
+      const item = Number.isInteger(x.item) ? x.item : 0;
+      let out = nth(pick(x, "prediction", "output", "outputs"), item);
+      if (Array.isArray(out.predictions)) out = out.predictions[item] || {};
+      const ood = pick(x, "ood") !== undefined ? nth(x.ood, item) : out.ood;
+      const input = nth(pick(x, "input", "inputs"), item);
+      const picture = pick(x, ...IMAGE_KEYS) || pick(input, ...IMAGE_KEYS);
+      const isImage = Boolean(picture) || "sha256" in input;
+      const summaries = isImage ? Object.fromEntries(Object.entries(input).filter(([k, v]) => !IMAGE_KEYS.includes(k) && k !== "sha256" && typeof v === "number")) : null;
+      let reasons = pick(x, "reasons", "flags") || (x.reason ? [x.reason] : null) || pick(ood, "reasons") || [];
       if (!Array.isArray(reasons)) reasons = [String(reasons)];
-      const image = pick(x, "thumbnail", "image", "image_b64") || pick(inputs, "thumbnail", "image", "b64", "image_b64");
-      const row = pick(inputs, "row") || (Array.isArray(inputs.rows) ? inputs.rows[0] : null) ||
-        (!image && !pick(inputs, "summaries", "sha256") && Object.keys(inputs).length ? inputs : null);
       return {
-        id: pick(x, "request_id", "id"), time: pick(x, "time", "at", "created_at", "logged_at", "timestamp"),
+        id: pick(x, "request_id", "id"), item, time: pick(x, "created_at", "time", "at", "logged_at", "timestamp"),
         model: pick(x, "model"), version: pick(x, "version"), region: pick(x, "region"), arm: pick(x, "arm", "rollout_arm"),
-        reasons, prediction: out, image: typeof image === "string" ? (image.startsWith("data:") ? image : "data:image/png;base64," + image) : null,
-        row, summaries: pick(inputs, "summaries", "summary"),
+        reasons, prediction: Object.assign({}, out, ood && typeof ood === "object" && Object.keys(ood).length ? {ood} : {}),
+        image: typeof picture === "string" ? (picture.startsWith("data:") ? picture : "data:image/png;base64," + picture) : null,
+        row: isImage ? null : (pick(input, "row") || (Object.keys(input).length ? input : null)), summaries,
       };
-    }).sort((a, b) => new Date(b.time || 0) - new Date(a.time || 0));
+    }).sort((a, b) => (new Date(typeof b.time === "number" ? b.time * 1000 : b.time || 0) - new Date(typeof a.time === "number" ? a.time * 1000 : a.time || 0)));
   }
 
   function hotkeys(classes) {
@@ -823,7 +873,7 @@
     }
 
     async function review(li, item, answer) {
-      const body = Object.assign({request_id: item.id}, answer);
+      const body = Object.assign({request_id: item.id}, item.item ? {item: item.item} : {}, answer);
       const result = await api("POST", "/v1/feedback", {auth: true, headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
       const error = li.querySelector(".item-error");
       if (!result.ok) {
@@ -847,7 +897,8 @@
       li._review = {item, keys, task};
       const input = item.image ? h("img", {class: "thumb", src: item.image, alt: "The image the model was sent"}) :
         item.row ? h("table", {}, h("tbody", {}, Object.entries(item.row).map(([k, v]) => h("tr", {}, h("th", {scope: "row"}, k), h("td", {}, fmt(v)))))) :
-        h("p", {class: "muted"}, item.summaries ? "Image not kept; summaries: " + fmt(item.summaries) : "Input not kept.");
+        item.summaries ? h("div", {}, h("p", {class: "muted"}, "Image not kept; its summaries:"), h("dl", {class: "facts"},
+          Object.entries(item.summaries).map(([k, v]) => [h("dt", {}, k), h("dd", {}, fmt(v))]))) : h("p", {class: "muted"}, "Input not kept.");
       const predicted = item.prediction.label !== undefined ? item.prediction.label : item.prediction.labels;
       const actions = h("div", {class: "actions", role: "group", "aria-label": "Confirm or correct"});
       if (task === "regression") {
