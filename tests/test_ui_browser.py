@@ -396,11 +396,11 @@ models:
     stage: canary
     sticky_key: X-Request-Key
     steps:
-      - {regions: {campsite-1: 100}, hold: 1d}
-      - {regions: {campsite-1: 100, campsite-2: 100}, hold: 7d}
-      - {regions: {"*": 100}}
-    start: 2020-01-01T00:00:00Z
-    guardrails: {min_requests: 200, max_error_rate: 0.02, max_p99_ms: 250}
+      - {{regions: {{campsite-1: 100}}, hold: 1d}}
+      - {{regions: {{campsite-1: 100, campsite-2: 100}}, hold: 7d}}
+      - {{regions: {{"*": 100}}}}
+    start: {start}
+    guardrails: {{min_requests: 200, max_error_rate: 0.02, max_p99_ms: 250}}
 """
 
 
@@ -408,8 +408,11 @@ def test_with_a_canary_policy_the_rollout_page_shows_the_step_and_shares_and_rol
     browser, make_repo, live_server, tmp_path
 ):
     if not admin_token_setting():
-        pytest.skip("needs the rollout issue's admin token setting (SERVING_ADMIN_TOKEN) and rollout API")
-    policy = write(tmp_path, "rollout.yaml", CANARY_POLICY)
+        pytest.skip("needs the admin token setting (SERVING_ADMIN_TOKEN) and the rollout API")
+    from datetime import datetime, timedelta, timezone
+
+    started = (datetime.now(timezone.utc) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")  # one hour into step 1
+    policy = write(tmp_path, "rollout.yaml", CANARY_POLICY.format(start=started))
     server = live_server(make_repo(("digits", 1), ("digits", 2)), rollout=policy, admin_token=ADMIN_TOKEN,
                          regions=["campsite-1", "campsite-2"])  # fmt: skip
     if status_of(server, "/v1/rollouts") in ABSENT:
@@ -424,7 +427,6 @@ def test_with_a_canary_policy_the_rollout_page_shows_the_step_and_shares_and_rol
     assert "campsite-1" in tab.text("#rollout-shares") and "100.0%" in tab.text("#rollout-shares")
     tab.shot("rollout-digits-canary")
 
-    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Roll back").click()  # no token yet: the page asks for it
     assert page.locator("#token-error").is_visible()
     page.get_by_label("Admin token").fill(ADMIN_TOKEN)

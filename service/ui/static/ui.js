@@ -28,7 +28,7 @@
       else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
       else el.setAttribute(key, value === true ? "" : String(value));
     }
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       el.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
@@ -37,7 +37,7 @@
 
   function fill(target, ...children) {
     const el = typeof target === "string" ? document.getElementById(target) : target;
-    if (el) el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+    if (el) el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
     return el;
   }
 
@@ -203,7 +203,7 @@
   function ensureToken() {
     const input = document.getElementById("token");
     if (input && input.value) { token.set(input.value); input.value = ""; fill("token-state", "A token is kept for this tab."); }
-    if (token.get()) return true;
+    if (token.get()) { showError("token-error", ""); return true; }
     showError("token-error", "Enter the token first.");
     if (input) input.focus();
     return false;
@@ -533,8 +533,9 @@
     const rows = [];
     for (const [metric, limitName, kind] of GUARDRAILS) {
       const limit = limits[limitName];
-      const present = metric in stable || metric in candidate;
-      if (!present && (limit === undefined || limit === null)) continue;
+      const noLimit = limit === undefined || limit === null;
+      const known = (arm) => arm[metric] !== undefined && arm[metric] !== null;
+      if (noLimit && !known(stable) && !known(candidate)) continue; // neither limited nor measured: nothing to show
       const count = (arm) => (metric === "disagreement" ? arm.compared : arm.requests);
       rows.push({metric, kind, limit, stable: {value: stable[metric], count: metric === "requests" ? undefined : count(stable)},
         candidate: {value: candidate[metric], count: metric === "requests" ? undefined : count(candidate)}});
