@@ -35,6 +35,7 @@ from service.rollout_state import RolloutManager
 from service.runtime import cpu_quota
 from service.shadow import ShadowRunner
 from service.settings import ServiceSettings
+from service.ui import WebPages
 
 log = logging.getLogger("service.app")
 
@@ -83,10 +84,17 @@ class ServingAPI:
     # -- models --------------------------------------------------------------------------
 
     async def list_models(self, request: Request) -> Response:
-        return JSONResponse({"models": [self._summary(name) for name in self.registry.model_names()]})
+        return JSONResponse({"models": self.model_list()})
 
     async def get_model(self, request: Request) -> Response:
-        name = request.path_params["name"]
+        return JSONResponse(self.model_document(request.path_params["name"]))
+
+    def model_list(self) -> list[dict[str, Any]]:
+        """The body of ``GET /v1/models`` (the web pages render the same data)."""
+        return [self._summary(name) for name in self.registry.model_names()]
+
+    def model_document(self, name: str) -> dict[str, Any]:
+        """The body of ``GET /v1/models/{name}``; NotFound for a model that is not served."""
         if not self.registry.is_known(name):
             raise NotFound(f"model {name!r} is not served; served models: {self.registry.model_names()}")
         described = self._summary(name)
@@ -102,7 +110,7 @@ class ServingAPI:
             for number, r in self.registry.refusals(name).items()
         ]
         described["rollout"] = self.rollout.describe_model(name) if self.rollout is not None else None
-        return JSONResponse(described)
+        return described
 
     def _summary(self, name: str) -> dict[str, Any]:
         versions = self.registry.versions(name)
@@ -153,6 +161,7 @@ class ServingAPI:
             Route("/v1/models/{name}", self.get_model, methods=["GET"]),
             *self.rollout_api.routes(),
             *self.oip.routes(),
+            *WebPages(self).routes(),
         ]
 
 

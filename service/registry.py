@@ -266,6 +266,8 @@ class ModelVersion:
             "sha256": self.sha256,
             "created_at": m.created_at,
             "metrics": m.metrics,
+            "parity": m.parity.model_dump() if m.parity is not None else None,
+            "training": m.training,
             "queue_depth": self.batcher.queue_depth,
         }
 

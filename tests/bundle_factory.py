@@ -437,7 +437,8 @@ def _export_as(learn: Any, repo: Path, name: str, version: int) -> Path:
     from training.export import export_learner
 
     with tempfile.TemporaryDirectory() as staging:
-        exported = export_learner(learn, staging, name)
+        info = {"arch": getattr(learn, "arch", None), "epochs": 1}  # what the CLI records; every test run is one epoch
+        exported = export_learner(learn, staging, name, training_info=info)
         manifest = read_manifest(exported)
         manifest.version = version
         write_manifest(exported, manifest)  # manifest.json itself is not among the hashed files

@@ -134,7 +134,8 @@ def export_learner(
         torch.save(_exportable(learn), tmp / LEARNER_FILE)
         _write_reference(learn, tmp / REFERENCE_FILE)
         version = next_version(model_dir)
-        manifest = _manifest(learn, name, version, input_specs, metrics, parity, training_info or {})
+        info = {**(training_info or {}), **_data_sizes(dls)}
+        manifest = _manifest(learn, name, version, input_specs, metrics, parity, info)
         manifest.files = {f: sha256_file(tmp / f) for f in (ONNX_FILE, LEARNER_FILE, REFERENCE_FILE)}
         write_manifest(tmp, manifest)
         make_readable(tmp)
@@ -389,6 +390,16 @@ def _manifest(
 def _target_stat(dls: Any, which: int) -> list[float] | None:
     stats = getattr(dls, "target_stats", None)  # learners pickled before it existed have none
     return list(stats[which]) if dls.task == "regression" and stats is not None else None
+
+
+def _data_sizes(dls: Any) -> dict[str, int]:
+    """How many training and validation items the learner was fitted and validated on (for the model card)."""
+    sizes = {}
+    for key, loader in (("n_train", dls.train), ("n_valid", dls.valid)):
+        dataset = getattr(loader, "dataset", None)
+        if dataset is not None:
+            sizes[key] = len(dataset)
+    return sizes
 
 
 def _as_list(x: Any) -> list[float]:
