@@ -17,7 +17,7 @@ KUBERNETES_VERSION = "1.30"  # the oldest release the manifests target
 # PrometheusRule's rules are checked by promtool (test_deploy_alerts.py), the ServiceMonitor below.
 CUSTOM_RESOURCES = {"ServiceMonitor", "PrometheusRule"}
 # Settings of the contract that the rollout work adds to ServiceSettings; the manifests set them already.
-NOT_YET_SETTINGS = {"SERVING_STATE_URL", "SERVING_ADMIN_TOKEN"}
+NOT_YET_SETTINGS = {"SERVING_ADMIN_TOKEN"}
 
 every_overlay = pytest.mark.parametrize("overlay", ["base", *OVERLAYS])
 
@@ -115,6 +115,7 @@ def test_every_path_the_service_writes_is_a_volume(overlay):
 
     assert not mounts["/tmp"].get("readOnly", False)
     assert not mounts["/var/lib/fastprod"].get("readOnly", False)
+    assert env_values(serving_container(docs))["SERVING_STATE_PATH"].startswith("/var/lib/fastprod/")
     assert mounts["/etc/fastprod/rollout"]["readOnly"] is True
     assert "subPath" not in mounts["/etc/fastprod/rollout"], "a subPath mount never sees ConfigMap edits"
 
@@ -232,8 +233,13 @@ def test_rollout_file_in_the_configmap_passes_the_services_validator(overlay):
     rollout = pytest.importorskip(
         "service.rollout", reason="the service's rollout policy validator (service/rollout.py) is not built yet"
     )
-    plan = rollout_file(rendered(overlay))
-    rollout.RolloutFile.model_validate(plan)
+    docs = rendered(overlay)
+    rollout_file(docs)  # mounted where SERVING_ROLLOUT points
+    text = one(docs, "ConfigMap")["data"]["rollout.yaml"]
+
+    policies = rollout.parse_policy_text(text, f"{overlay} rollout.yaml")  # raises PolicyError naming the field
+
+    assert set(policies.models) == set(yaml.safe_load(text)["models"])
 
 
 def test_gpu_overlay_requests_a_gpu_with_the_gpu_image_and_padded_batches():
