@@ -1,4 +1,4 @@
-"""deploy/grafana: the dashboard is valid Grafana JSON whose queries parse as PromQL and cover the contract's metrics."""
+"""deploy/grafana: the dashboard is valid Grafana JSON; its queries parse as PromQL and cover the contract's metrics."""
 
 from __future__ import annotations
 

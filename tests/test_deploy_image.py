@@ -77,7 +77,8 @@ def test_image_is_multi_stage_and_runs_the_service_as_a_numeric_non_root_user():
     assert user == ["10001:10001"]
     assert entrypoint == '["python", "-m", "service"]'
     assert "/healthz" in in_stage("runtime", "HEALTHCHECK")[0]
-    assert in_stage("build", "COPY") and all("--from=build /opt/venv" in c or "models" in c for c in in_stage("runtime", "COPY"))
+    runtime_copies = in_stage("runtime", "COPY")
+    assert in_stage("build", "COPY") and all("--from=build /opt/venv" in c or "models" in c for c in runtime_copies)
 
 
 def test_gpu_variant_installs_onnxruntime_gpu_on_a_cuda_base():
@@ -95,7 +96,8 @@ def test_build_context_holds_only_what_the_image_needs():
     for source in copied:
         assert any(path == source or path.startswith(source + "/") for path in context), f"COPY {source} is ignored"
     assert {"pyproject.toml", "README.md", "service/app.py", "bundle/__init__.py"} <= context
-    assert not any(path.split("/")[0] in {"tests", "training", "loadtests", "deploy", "data", "docs"} for path in context)
+    left_out = {"tests", "training", "loadtests", "deploy", "data", "docs"}
+    assert not any(path.split("/")[0] in left_out for path in context)
     assert not any(path.endswith(("learner.pkl", ".pyc")) for path in context)
 
 

@@ -88,7 +88,8 @@ def test_termination_grace_outlasts_prestop_and_the_drain_window(overlay):
     container = serving_container(docs)
     prestop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert prestop[0] == "sleep"
-    drain_s = ServiceSettings(graceful_shutdown_s=env_values(container)["SERVING_GRACEFUL_SHUTDOWN_S"]).graceful_shutdown_s
+    drain = env_values(container)["SERVING_GRACEFUL_SHUTDOWN_S"]
+    drain_s = ServiceSettings(graceful_shutdown_s=drain).graceful_shutdown_s
 
     assert pod["terminationGracePeriodSeconds"] > float(prestop[1]) + drain_s
 
