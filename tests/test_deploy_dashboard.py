@@ -7,8 +7,8 @@ from pathlib import Path
 import yaml
 
 from tests.deploy_tools import (
-    contract_metric_names,
     concrete,
+    contract_metric_names,
     dashboard,
     dashboard_expressions,
     dashboard_panels,

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import LiveServer, free_port, gradient_image, install_bundle, penguin, service_settings
+from tests.conftest import LiveServer, free_port, gradient_image, install_bundle, penguin
 from tests.deploy_tools import (
     NOT_YET_EXPORTED_CONTRACT_METRICS,
     RULES,
@@ -44,7 +44,6 @@ def service(bundle_library: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     with (corrupted / "model.onnx").open("ab") as onnx:
         onnx.write(b"\0")  # its sha256 no longer matches the manifest: refused at load
     server = LiveServer(repo, request_timeout_s=TIMEOUT_S, max_batch_size=4, regions=["us-west"]).start()
-    assert service_settings(repo).models == repo
     yield server
     server.stop()
 
