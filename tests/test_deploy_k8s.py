@@ -262,3 +262,14 @@ def test_cpu_overlays_request_no_gpu_and_use_the_cpu_image():
         assert "nvidia.com/gpu" not in container["resources"]["limits"]
         assert not container["image"].endswith("-gpu")
         assert env_values(container)["SERVING_PROVIDER"] == "cpu"
+
+
+def test_the_autoscalers_queue_metric_is_what_the_adapter_rules_expose():
+    adapter = yaml.safe_load((K8S.parent / "prometheus" / "adapter-rules.yaml").read_text())
+    exposed = {rule["name"]["as"] for rule in adapter["rules"]["custom"]}
+    hpa = one(rendered("base"), "HorizontalPodAutoscaler")["spec"]
+    wanted = {m["pods"]["metric"]["name"] for m in hpa["metrics"] if m["type"] == "Pods"}
+
+    assert wanted <= exposed
+    for rule in adapter["rules"]["custom"]:
+        assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}  # the labels a ServiceMonitor adds
