@@ -86,7 +86,7 @@ class PredictEndpoint:
         rollout = self.rollout
         wanted = rollout.header_names if rollout is not None else self._headers
         headers = {key: value.decode("latin-1") for key, value in scope["headers"] if key in wanted}
-        client_region = headers.get(self._region_header)
+        client_region = headers.get(self._region_header) or self.settings.default_region or None
         region = self.settings.region_label(client_region)
         key = headers.get(self.sticky_header(name)) or request_id
         version = self.choose_version(name, pinned, key, client_region)

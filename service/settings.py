@@ -48,6 +48,11 @@ class ServiceSettings(BaseSettings):
         default_factory=list,
         description="Known X-Region values (comma-separated); any other region is labelled 'other' in metrics.",
     )
+    default_region: str = Field(
+        "",
+        description="Region of requests that carry no X-Region header (a per-region deployment knows where it "
+        "runs); always a known region. Empty: such requests are labelled 'other'.",
+    )
     region_header: str = Field("X-Region", min_length=1, description="Request header naming the client's region.")
     rollout_poll_s: float = Field(
         2.0, gt=0, description="Seconds between reads of the state store; a decision on any replica is obeyed "
@@ -135,6 +140,12 @@ class ServiceSettings(BaseSettings):
             raise ValueError(
                 f"max_queue_size ({self.max_queue_size}) must be at least max_batch_size ({self.max_batch_size})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _default_region_is_known(self) -> "ServiceSettings":
+        if self.default_region and self.default_region not in self.regions:
+            self.regions.append(self.default_region)
         return self
 
     def sqlite_state_path(self) -> Path:

@@ -155,7 +155,7 @@ class OpenInferenceAPI:
             pinned = str(_version_number(name, pinned))
         request_id = assign_request_id(request.scope)
         headers = request.headers
-        client_region = headers.get(self.settings.region_header)
+        client_region = headers.get(self.settings.region_header) or self.settings.default_region or None
         region = self.settings.region_label(client_region)
         key = headers.get(self.predict.sticky_header(name).decode("latin-1")) or request_id
         version = self.predict.choose_version(name, pinned, key, client_region)
