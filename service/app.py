@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service.errors import NotFound, ServiceError, error_body, error_response
+from service.errors import NotFound, ServiceError, error_body, error_response, public_message
 from service.metrics import ServingMetrics
 from service.openapi import openapi_document
 from service.predict import PREDICT_PATH, PredictEndpoint
@@ -81,7 +81,7 @@ class ServingAPI:
             described["input"] = current.inputs.schema()
         described["versions"] = [v.describe() for v in versions]
         described["refused"] = [
-            {"version": number, "reason": r.reason, "message": r.message}
+            {"version": number, "reason": r.reason, "message": public_message(r.message)}
             for number, r in self.registry.refusals(name).items()
         ]
         described["rollout"] = None  # filled in by the rollout policy when one is configured

@@ -24,10 +24,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from service.batcher import Admission
 from service.errors import (
     BadRequest,
     DeadlineExceeded,
     InferenceFailed,
+    NotFound,
     PayloadTooLarge,
     ServiceError,
     error_response,
@@ -35,7 +37,9 @@ from service.errors import (
 )
 from service.inputs import check_media_type, media_type_of
 from service.metrics import UNKNOWN_MODEL, ServingMetrics
+from service.preprocess import PreprocessQueue
 from service.registry import ModelRegistry, ModelVersion
+from service.runtime import cpu_quota
 from service.request_id import assign_request_id, id_header, send_with_header
 from service.responses import send_json
 from service.settings import ServiceSettings
@@ -45,6 +49,7 @@ log = logging.getLogger("service.predict")
 _HEADERS = (b"content-type", b"content-length", b"x-region", b"x-request-key")
 # /v1/models/{name}/predict and /v1/models/{name}/versions/{version}/predict, as Starlette would match them.
 PREDICT_PATH = re.compile(r"/v1/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]+))?/predict")
+MAX_VERSION_DIGITS = 18  # a longer version number is no folder we could have loaded (and int() of 4,300+ digits fails)
 
 
 class PredictEndpoint:
@@ -55,6 +60,9 @@ class PredictEndpoint:
         self.registry = registry
         self.metrics = metrics
         self.preprocess_pool: Executor | None = None  # set by the app's lifespan
+        self.preprocessing = PreprocessQueue(
+            settings.preprocess_threads or cpu_quota(), settings.max_preprocess_backlog, settings.retry_after_s
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, match: re.Match[str]) -> None:
         """Serve one request whose path ``PREDICT_PATH`` matched; every outcome is a response, never an exception."""
@@ -79,6 +87,8 @@ class PredictEndpoint:
         region = self.settings.region_label(headers.get(b"x-region"))
         try:
             if pinned is not None:
+                if len(pinned) > MAX_VERSION_DIGITS:
+                    raise NotFound(f"model {name!r} has no version {pinned[:MAX_VERSION_DIGITS]}...")
                 version = self.registry.get(name, int(pinned))
             else:
                 version = self.registry.route(name, headers.get(b"x-request-key") or request_id, region)
@@ -92,7 +102,7 @@ class PredictEndpoint:
         except Exception as exc:
             if not isinstance(exc, ServiceError):
                 log.exception("prediction failed for %s v%d (request %s)", name, version.version, request_id)
-                exc = InferenceFailed(f"prediction failed: {type(exc).__name__}")
+                exc = InferenceFailed("prediction failed; the service log has the details")
             version.metrics.request(region, outcome_of(exc), time.perf_counter() - started)
             raise exc from None
         finally:
@@ -108,29 +118,52 @@ class PredictEndpoint:
         media_type = media_type_of(content_type)
         decoder = version.inputs
         check_media_type(decoder, media_type)
-        body = await read_body(receive, headers.get(b"content-length"), self.settings.max_body_bytes)
-        # A thumbnail decodes faster than a thread hand-off takes; everything else (a big JPEG, a CSV)
-        # is parsed and decoded in the pool so it cannot stall other requests.
+        deadline = started + self.settings.request_timeout_s
+        with self.admit(version, headers, deadline) as admission:
+            body = await read_body(receive, headers.get(b"content-length"), self.settings.max_body_bytes)
+            arrays = await self.preprocess(version, media_type, content_type, body, deadline)
+            output = await admission.submit(arrays, remaining_s(deadline, "preprocessing"))
+        return version.encoder.encode(output)
+
+    def admit(self, version: ModelVersion, headers: dict[bytes, str], deadline: float) -> Admission:
+        """Refuse at once (413, 503) what cannot be served, before a byte of the body is read or decoded."""
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            check_declared_size(declared, self.settings.max_body_bytes)
+        return version.batcher.admit(remaining_s(deadline, "admission"))
+
+    async def preprocess(
+        self, version: ModelVersion, media_type: str, content_type: str, body: bytes, deadline: float
+    ) -> list[Any]:
+        """Decode the body: a small raw image on the loop (cheaper than a thread hand-off), the rest in the pool."""
+        decoder = version.inputs
         arrays = decoder.decode_in_place(media_type, content_type, body)
         if arrays is None:
-            loop = asyncio.get_running_loop()
-            arrays = await loop.run_in_executor(self.preprocess_pool, decoder.decode, media_type, content_type, body)
-        remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
-        if remaining <= 0:
-            raise DeadlineExceeded(f"the {self.settings.request_timeout_s:g} s deadline passed during preprocessing")
-        output = await version.batcher.submit(arrays, remaining)
-        return version.encoder.encode(output)
+            arrays = await self.preprocessing.run(
+                self.preprocess_pool, deadline, decoder.decode, media_type, content_type, body
+            )
+        return arrays
+
+
+def remaining_s(deadline: float, during: str) -> float:
+    remaining = deadline - time.perf_counter()
+    if remaining <= 0:
+        raise DeadlineExceeded(f"the request deadline passed during {during}")
+    return remaining
+
+
+def check_declared_size(declared: str, limit: int) -> None:
+    if len(declared) > 20 or not declared.isdigit():
+        raise BadRequest(f"Content-Length {declared[:20]!r} is not a number")
+    size = int(declared)
+    if size > limit:
+        raise PayloadTooLarge(f"the body is {size} bytes, the limit is {limit}")
 
 
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
     """The whole body, refusing more than ``limit`` bytes by Content-Length and by counting."""
     if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise BadRequest(f"Content-Length {declared!r} is not a number") from None
-        if size > limit:
-            raise PayloadTooLarge(f"the body is {size} bytes, the limit is {limit}")
+        check_declared_size(declared, limit)
     chunks: list[bytes] = []
     received = 0
     while True:

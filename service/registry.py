@@ -24,7 +24,7 @@ from typing import Any
 from bundle.manifest import LEARNER_FILE, ONNX_FILE, Manifest, ManifestError, read_manifest, verify_files
 from service.batcher import DynamicBatcher, padded_sizes
 from service.errors import NotFound, Unavailable
-from service.inputs import InputDecoder, decoder_for
+from service.inputs import InputDecoder, decoder_for, input_limits
 from service.metrics import ServingMetrics, VersionMetrics
 from service.outputs import PredictionEncoder
 from service.runtime import OnnxRuntime, RuntimeLoadError, cpu_quota
@@ -117,7 +117,8 @@ def load_bundle(path: Path, key: VersionKey, settings: ServiceSettings, intra_op
         raise BundleRefused("checksum", f"{path}: {'; '.join(problems)}")
     try:
         inputs = decoder_for(
-            manifest, settings.max_items_per_request, settings.max_image_pixels, settings.inline_decode_max_pixels
+            manifest, settings.max_items_per_request, settings.max_image_pixels, settings.inline_decode_max_pixels,
+            **input_limits(settings),
         )
         encoder = PredictionEncoder(manifest)
     except (ValueError, KeyError, TypeError) as exc:
