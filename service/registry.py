@@ -317,6 +317,10 @@ class ModelRegistry:
         try:
             loaded = await asyncio.to_thread(load_bundle, path, key, self.settings, self.intra_op_threads)
         except BundleRefused as exc:
+            if await asyncio.to_thread(fingerprint, path) != fp:  # still being copied in: not a failure, retried
+                log.info("%s v%d changed while loading (still being copied?); retrying once it settles", name, number)
+                self._last_scan.pop(key, None)
+                return
             log.error("refused bundle %s v%d (%s): %s", name, number, exc.reason, exc)
             self.metrics.load_failed(name, exc.reason)
             self._refused[key] = Refusal(fp, exc.reason, str(exc))
