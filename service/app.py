@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.errors import NotFound, ServiceError, error_body, error_response, public_message
 from service.metrics import ServingMetrics
-from service.openapi import openapi_document
+from service.openapi import ModelContract, openapi_document
 from service.predict import PREDICT_PATH, PredictEndpoint
 from service.registry import ModelRegistry
 from service.request_id import RequestIdMiddleware
@@ -120,7 +120,19 @@ class ServingAPI:
         return Response(body, media_type=content_type)
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document())
+        return JSONResponse(openapi_document(models=self.model_contracts()))
+
+    def model_contracts(self) -> list[ModelContract]:
+        """What the OpenAPI document states per served model (its newest version's inputs)."""
+        contracts = []
+        for name in self.registry.model_names():
+            versions = self.registry.versions(name)
+            if versions:
+                contracts.append(ModelContract(
+                    name, [v.version for v in versions], versions[-1].inputs.schema(),
+                    self.settings.max_items_per_request, self.settings.max_columns,
+                ))  # fmt: skip
+        return contracts
 
     def routes(self) -> list[Route]:
         # The predict paths never reach these routes: ServingApp sends them to the predict endpoint first.

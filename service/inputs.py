@@ -50,6 +50,7 @@ DEFAULT_INLINE_MAX_BYTES = 32_768
 DEFAULT_MAX_REQUEST_PIXELS = 50_000_000
 DEFAULT_MAX_COLUMNS = 512
 DEFAULT_MAX_CELLS = 32_768
+MAX_CONTINUOUS = 1e15  # |value| of a continuous column in JSON; far beyond any feature, far from float32 overflow
 MAX_INT_DIGITS = 310  # a longer integer is beyond any float, and past 4,300 digits Python refuses to convert it
 
 RAW_IMAGE_TYPES = (
@@ -298,7 +299,7 @@ class ImageInputs:
         images = []
         for part in parts:
             if part.name != "file":
-                continue
+                raise InvalidInput(f"multipart part {part.name[:40]!r}: unexpected; send each image as a part named 'file'")
             label = f"file[{len(images)}]" + (f" ({part.filename})" if part.filename else "")
             images.append((label, bytes(part.data)))
         if not images:
@@ -389,12 +390,22 @@ class TabularInputs:
         return [arrays[name] for name in self.input_names]
 
     def _check_json_budget(self, rows: list[Any]) -> None:
+        """Columns and cells within budget; continuous values are JSON numbers (or null) within ``MAX_CONTINUOUS``."""
         cells = 0
+        continuous = self.processor.raw_cont_names
         for i, row in enumerate(rows):
             if isinstance(row, dict):
                 if len(row) > self.max_columns:
                     raise PayloadTooLarge(f"rows[{i}]: {len(row)} columns, the limit is {self.max_columns} (max_columns)")
                 cells += len(row)
+                for name in continuous:
+                    value = row.get(name)
+                    if value is None:
+                        continue
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise InvalidInput(f"rows[{i}].{name}: expected a number, got {json.dumps(value)[:40]}")
+                    if abs(value) > MAX_CONTINUOUS:
+                        raise InvalidInput(f"rows[{i}].{name}: {value:g} is out of range (at most {MAX_CONTINUOUS:g})")
         if cells > self.max_cells:
             raise PayloadTooLarge(f"rows: {cells} cells in one request, the limit is {self.max_cells} (max_cells)")
 
@@ -439,7 +450,7 @@ class TabularInputs:
         for name in processor.raw_cat_names:
             columns.append({"name": name, "kind": "categorical", "vocab": vocab.get(name, [])})
         for name in processor.raw_cont_names:
-            columns.append({"name": name, "kind": "continuous"})
+            columns.append({"name": name, "kind": "continuous", "minimum": -MAX_CONTINUOUS, "maximum": MAX_CONTINUOUS})
         for name in processor.date_fields:
             columns.append({"name": name, "kind": "date"})
         return {"kind": "tabular", "columns": columns, "media_types": list(self.media_types)}

@@ -305,6 +305,6 @@ def test_openapi_document_describes_every_route(client):
     document = client.get("/openapi.json").json()
 
     assert document["openapi"].startswith("3.")
-    assert {"/healthz", "/readyz", "/metrics", "/v1/models", "/v1/models/{name}", "/v1/models/{name}/predict",
-            "/v1/models/{name}/versions/{version}/predict"} <= set(document["paths"])  # fmt: skip
-    assert "multipart/form-data" in document["paths"]["/v1/models/{name}/predict"]["post"]["requestBody"]["content"]
+    assert {"/healthz", "/readyz", "/metrics", "/v1/models", "/v1/models/{name}", "/v1/models/digits/predict",
+            "/v1/models/digits/versions/{version}/predict", "/v1/models/penguins/predict"} <= set(document["paths"])  # fmt: skip
+    assert "multipart/form-data" in document["paths"]["/v1/models/digits/predict"]["post"]["requestBody"]["content"]
