@@ -69,7 +69,9 @@ def decode_image(
     return load_image(open_image(data, max_pixels, formats), target)
 
 
-def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, formats: tuple[str, ...] | None = None) -> Image.Image:
+def open_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, formats: tuple[str, ...] | None = None
+) -> Image.Image:
     """Read only the header: format (against ``formats``), structure bounds and size; no pixel is decoded."""
     fmt = sniff_format(data)
     if formats is not None:

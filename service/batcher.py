@@ -270,7 +270,8 @@ class DynamicBatcher:
             return
         self.observer.batch(items, run_seconds)
         per_item = run_seconds / items
-        self._seconds_per_item = per_item if not self._seconds_per_item else 0.8 * self._seconds_per_item + 0.2 * per_item
+        previous = self._seconds_per_item
+        self._seconds_per_item = per_item if not previous else 0.8 * previous + 0.2 * per_item
         position = 0
         for chunk in chunks:
             _deliver(chunk, output[position : position + chunk.size])

@@ -97,8 +97,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if len(self.connections) > self.limits.max_connections:
             log.warning("refused a connection: %d open, the limit is %d", len(self.connections) - 1,
                         self.limits.max_connections)  # fmt: skip
-            self._answer_and_close(503, "too_many_connections", "the server holds as many connections as it may; "
-                                   "retry later", ((b"retry-after", str(self.limits.retry_after_s).encode()),))  # fmt: skip
+            self._answer_and_close(
+                503, "too_many_connections", "the server holds as many connections as it may; retry later",
+                ((b"retry-after", str(self.limits.retry_after_s).encode()),),
+            )
             return
         self._arm(self.limits.header_timeout_s, self._headers_timed_out)
 
@@ -112,7 +114,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._header_bytes += len(data)
             if self._header_bytes > self.limits.max_header_bytes:
                 self._answer_and_close(
-                    431, "headers_too_large", f"the request line and headers are over {self.limits.max_header_bytes} bytes"
+                    431, "headers_too_large",
+                    f"the request line and headers are over {self.limits.max_header_bytes} bytes",
                 )
 
     # -- parser callbacks ------------------------------------------------------------------
@@ -169,8 +172,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._header_bytes == 0 and (self.cycle is None or self.cycle.response_complete):
             self.transport.close()  # idle: nothing to answer
             return
-        self._answer_and_close(408, "request_timeout",
-                               f"the request headers did not arrive within {self.limits.header_timeout_s:g} s")  # fmt: skip
+        timeout = self.limits.header_timeout_s
+        self._answer_and_close(408, "request_timeout", f"the request headers did not arrive within {timeout:g} s")
 
     def _body_timed_out(self) -> None:
         self._timer = None
@@ -180,8 +183,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if cycle.response_started:  # the app answered without reading it all: just stop waiting
             self.transport.close()
             return
-        self._answer_and_close(408, "request_timeout",
-                               f"the request body did not arrive within {self.limits.body_timeout_s:g} s")  # fmt: skip
+        timeout = self.limits.body_timeout_s
+        self._answer_and_close(408, "request_timeout", f"the request body did not arrive within {timeout:g} s")
 
     def _answer_and_close(
         self, status: int, code: str, message: str, extra: tuple[tuple[bytes, bytes], ...] = ()

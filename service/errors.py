@@ -109,8 +109,8 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": public_message(message)}}
 
 
-def error_response(request: Request, exc: Exception) -> Response:
-    """The single mapping from any exception to a JSON error response."""
+def describe_error(exc: Exception) -> tuple[int, dict[str, str], dict[str, dict[str, str]]]:
+    """Status, headers and JSON body for any exception: the mapping itself."""
     headers: dict[str, str] = {}
     if isinstance(exc, ServiceError):
         status, code, message = exc.status, exc.code, exc.message
@@ -123,7 +123,13 @@ def error_response(request: Request, exc: Exception) -> Response:
         headers.update(exc.headers or {})
     else:
         status, code, message = 500, "internal", "internal error; the service log has the details"
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+    return status, headers, error_body(code, message)
+
+
+def error_response(request: Request, exc: Exception) -> Response:
+    """The single mapping from any exception to a JSON error response."""
+    status, headers, body = describe_error(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def outcome_of(exc: Exception) -> str:

@@ -299,7 +299,8 @@ class ImageInputs:
         images = []
         for part in parts:
             if part.name != "file":
-                raise InvalidInput(f"multipart part {part.name[:40]!r}: unexpected; send each image as a part named 'file'")
+                shown = part.name[:40]
+                raise InvalidInput(f"multipart part {shown!r}: unexpected; send each image as a part named 'file'")
             label = f"file[{len(images)}]" + (f" ({part.filename})" if part.filename else "")
             images.append((label, bytes(part.data)))
         if not images:
@@ -396,7 +397,9 @@ class TabularInputs:
         for i, row in enumerate(rows):
             if isinstance(row, dict):
                 if len(row) > self.max_columns:
-                    raise PayloadTooLarge(f"rows[{i}]: {len(row)} columns, the limit is {self.max_columns} (max_columns)")
+                    raise PayloadTooLarge(
+                        f"rows[{i}]: {len(row)} columns, the limit is {self.max_columns} (max_columns)"
+                    )
                 cells += len(row)
                 for name in continuous:
                     value = row.get(name)
@@ -417,12 +420,14 @@ class TabularInputs:
             for number, record in enumerate(reader):
                 if len(record) > self.max_columns:
                     what = "the CSV header" if number == 0 else f"csv row {number}"
-                    raise PayloadTooLarge(f"{what} has {len(record)} columns, the limit is {self.max_columns} (max_columns)")
+                    raise PayloadTooLarge(
+                        f"{what} has {len(record)} columns, the limit is {self.max_columns} (max_columns)"
+                    )
                 if number > self.max_items + 1 and record:
                     raise PayloadTooLarge(f"CSV has more than {self.max_items} rows, the limit is {self.max_items}")
                 cells += len(record) if number else 0
                 if cells > self.max_cells:
-                    raise PayloadTooLarge(f"CSV has more than {self.max_cells} cells, the limit is {self.max_cells} (max_cells)")
+                    raise PayloadTooLarge(f"CSV has more than {self.max_cells} cells (max_cells)")
         except (UnicodeDecodeError, csv.Error) as exc:
             raise InvalidInput(f"invalid CSV: {exc}") from exc
 

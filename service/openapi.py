@@ -239,8 +239,12 @@ def _request_body(model: ModelContract) -> dict[str, Any]:
         )
     else:
         columns = {c["name"]: _column_schema(c) for c in spec.get("columns", [])}
-        row = {"type": "object", "properties": columns, "maxProperties": model.max_columns,
-               "description": "Missing keys and nulls are missing values; keys that are no column are ignored."}  # fmt: skip
+        row = {
+            "type": "object",
+            "properties": columns,
+            "maxProperties": model.max_columns,
+            "description": "Missing keys and nulls are missing values; keys that are no column are ignored.",
+        }
         content["application/json"] = {
             "schema": {
                 "type": "object",

@@ -7,7 +7,7 @@ middleware) and its per-request objects (``Request``, its header mapping,
 few headers it needs straight from the ASGI scope, the body from ``receive``,
 and sends the JSON it renders; it does itself what those layers would do:
 answer a wrong method with 405, put the request id on the response, and turn
-every exception into a JSON error through ``service.errors.error_response``,
+every exception into a JSON error through ``service.errors.describe_error``,
 the same mapping the other routes use.
 """
 
@@ -21,7 +21,6 @@ from concurrent.futures import Executor
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from service.batcher import Admission
@@ -32,7 +31,7 @@ from service.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceError,
-    error_response,
+    describe_error,
     outcome_of,
 )
 from service.inputs import check_media_type, media_type_of
@@ -40,7 +39,7 @@ from service.metrics import UNKNOWN_MODEL, ServingMetrics
 from service.preprocess import PreprocessQueue
 from service.registry import ModelRegistry, ModelVersion
 from service.runtime import cpu_quota
-from service.request_id import assign_request_id, id_header, send_with_header
+from service.request_id import assign_request_id, id_header
 from service.responses import send_json
 from service.settings import ServiceSettings
 
@@ -75,8 +74,10 @@ class PredictEndpoint:
         except Exception as exc:
             if not isinstance(exc, (ServiceError, HTTPException)):
                 log.exception("predict failed before reaching a model (request %s)", request_id)
-            response = error_response(Request(scope, receive), exc)
-            await response(scope, receive, send_with_header(send, request_id_header))
+            # Straight through ASGI like an answer: under overload most responses are refusals, so they must be cheap.
+            status, headers, body = describe_error(exc)
+            raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+            await send_json(send, body, [*raw, request_id_header], status)
 
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, name: str, pinned: str | None, request_id: str,

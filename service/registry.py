@@ -241,6 +241,7 @@ class ModelRegistry:
         self.intra_op_threads = settings.intra_op_threads or cpu_quota()
         self._served: dict[str, dict[int, ModelVersion]] = {}
         self._refused: dict[VersionKey, Refusal] = {}
+        self._failed_once: dict[VersionKey, Fingerprint] = {}  # loads that failed once (perhaps mid-copy)
         self._last_scan: dict[VersionKey, tuple[Path, Fingerprint]] = {}
         self._expected: set[str] = set()  # model names readiness waits for
         self._started = False
@@ -317,9 +318,9 @@ class ModelRegistry:
         try:
             loaded = await asyncio.to_thread(load_bundle, path, key, self.settings, self.intra_op_threads)
         except BundleRefused as exc:
-            if await asyncio.to_thread(fingerprint, path) != fp:  # still being copied in: not a failure, retried
-                log.info("%s v%d changed while loading (still being copied?); retrying once it settles", name, number)
-                self._last_scan.pop(key, None)
+            if self._maybe_still_copying(key, fp, exc):
+                log.info("%s v%d failed to load (%s) and may still be being copied in; retrying at the next scan",
+                         name, number, exc.reason)  # fmt: skip
                 return
             log.error("refused bundle %s v%d (%s): %s", name, number, exc.reason, exc)
             self.metrics.load_failed(name, exc.reason)
@@ -340,6 +341,20 @@ class ModelRegistry:
             name, number, loaded.manifest.task, loaded.manifest.input_kind, version.runtime.provider,
             loaded.load_seconds,
         )  # fmt: skip
+
+    def _maybe_still_copying(self, key: VersionKey, fp: Fingerprint, exc: BundleRefused) -> bool:
+        """Whether a failed load should wait for one more scan before it counts as a failure.
+
+        A copy that pauses can look settled to two scans and still be half
+        written; a bundle that fails twice with the same files is refused.
+        Without watching there is no next scan, so it is refused at once.
+        """
+        if self.settings.watch_interval_s <= 0 or exc.reason not in ("manifest", "checksum"):
+            return False
+        if self._failed_once.pop(key, None) == fp:
+            return False
+        self._failed_once[key] = fp
+        return True
 
     def _retire(self, version: ModelVersion) -> None:
         task = asyncio.create_task(version.drain())

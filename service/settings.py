@@ -108,10 +108,12 @@ class ServiceSettings(BaseSettings):
         50_000_000, ge=1, description="Most decoded pixels of all the images of one request together (413)."
     )
     max_columns: int = Field(512, ge=1, description="Most columns in one row of JSON or CSV (413).")
-    max_cells_per_request: int = Field(32_768, ge=1, description="Most cells (row x column values) in one request (413).")
+    max_cells_per_request: int = Field(
+        32_768, ge=1, description="Most cells (row x column values) in one request (413)."
+    )
     image_formats: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(SERVED_FORMATS),
-        description="Image formats decoded, checked against the bytes (comma-separated; TIFF is allowed only if listed).",
+        description="Image formats decoded, checked against the bytes (comma-separated; TIFF only if listed).",
     )
 
     # -- connections (see service.connections) -------------------------------------------------

@@ -64,7 +64,8 @@ def test_images_over_the_request_pixel_budget_are_413_before_decoding(make_repo,
         response = httpx.post(f"{server.url}/v1/models/digits/predict", files=files)
     client.assert_served()
     assert response.status_code == 413, response.text
-    assert "file[1]" in response.json()["error"]["message"] and "max_request_pixels" in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    assert "file[1]" in message and "max_request_pixels" in message
 
 
 def test_queued_preprocessing_past_its_deadline_is_skipped_not_run():
@@ -100,7 +101,9 @@ def test_the_preprocessing_backlog_is_bounded():
         queue = PreprocessQueue(threads=1, max_backlog=2)
         with ThreadPoolExecutor(1) as pool:
             deadline = time.perf_counter() + 10
-            waiting = [asyncio.ensure_future(queue.run(pool, deadline, lambda deadline: release.wait(5))) for _ in range(3)]
+            waiting = [
+                asyncio.ensure_future(queue.run(pool, deadline, lambda deadline: release.wait(5))) for _ in range(3)
+            ]
             await asyncio.sleep(0.05)
             with pytest.raises(QueueFull):
                 await queue.run(pool, deadline, lambda deadline: None)

@@ -251,7 +251,8 @@ def test_tabular_model_description_lists_raw_columns_with_kinds_and_vocabularies
 
     assert columns["island"]["kind"] == "categorical"
     assert columns["island"]["vocab"][0] == "#na#"
-    assert columns["bill_length_mm"] == {"name": "bill_length_mm", "kind": "continuous"}
+    assert columns["bill_length_mm"] == {"name": "bill_length_mm", "kind": "continuous", "minimum": -1e15,
+                                         "maximum": 1e15}  # fmt: skip
 
 
 def test_unknown_model_description_is_404(client):
