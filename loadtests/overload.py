@@ -1,6 +1,6 @@
 """Overload benchmark: goodput and tail latency of successful requests, from below saturation to 4x beyond it.
 
-    python -m loadtests.overload [--seconds 5] [--levels 16,32,64,128,256]
+    python -m loadtests.overload [--seconds 5] [--levels 16,32,64,128,256] [--models REPO]
 
 Serves the digits example with default settings (``python -m service``),
 drives it with the closed-loop load generator at each client count, finds
@@ -42,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per client count")
     parser.add_argument("--levels", default="16,32,64,128,256", help="client counts to find the peak")
+    parser.add_argument("--models", type=Path, help="a repository holding digits (default: build the example)")
     parser.add_argument("--deadline-s", type=float, default=30.0, help="SERVING_REQUEST_TIMEOUT_S of the service")
     args = parser.parse_args()
     levels = [int(n) for n in args.levels.split(",")]
@@ -49,7 +50,7 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))  # 4x clients need as many sockets
 
     with tempfile.TemporaryDirectory() as tmp:
-        repo = digits_bundle_repo(Path(tmp))
+        repo = args.models or digits_bundle_repo(Path(tmp))
         body = _digits_png()
         env = {"SERVING_REQUEST_TIMEOUT_S": str(args.deadline_s)}
         with service_server(repo, env) as port:
