@@ -1,4 +1,4 @@
-"""``python -m service --models models/ [--host H] [--port P] [--rollout FILE]``.
+"""``python -m service --models models/ [--host H] [--port P] [--rollout FILE]``; ``python -m service rollout ...``.
 
 Command-line flags override ``SERVING_*`` environment variables, which
 override the defaults; ``--help`` lists every setting.
@@ -43,6 +43,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["rollout"]:  # python -m service rollout check|plan|at FILE
+        from service.rollout_cli import main as rollout_main
+
+        return rollout_main(argv[1:])
     args = parse_args(argv)
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     try:

@@ -11,24 +11,29 @@ import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+import time
+from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from service.errors import NotFound, ServiceError, error_body, error_response, public_message
 from service.metrics import ServingMetrics
+from service.oip import OpenInferenceAPI
 from service.openapi import ModelContract, openapi_document
 from service.predict import PREDICT_PATH, PredictEndpoint
 from service.registry import ModelRegistry
 from service.request_id import RequestIdMiddleware
 from service.responses import JSONResponse
+from service.rollout_api import RolloutAPI
+from service.rollout_state import RolloutManager
 from service.runtime import cpu_quota
+from service.shadow import ShadowRunner
 from service.settings import ServiceSettings
 
 log = logging.getLogger("service.app")
@@ -37,12 +42,18 @@ log = logging.getLogger("service.app")
 class ServingAPI:
     """The endpoints, holding the registry, metrics and thread pool they share."""
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, clock: Callable[[], float] | None = None) -> None:
         self.settings = settings
         self.metrics = ServingMetrics()
         self.registry = ModelRegistry(settings, self.metrics)
         self.predict = PredictEndpoint(settings, self.registry, self.metrics)
+        self.oip = OpenInferenceAPI(settings, self.registry, self.predict)
         self.preprocess_pool: ThreadPoolExecutor | None = None
+        self.rollout = rollout_manager(settings, self.metrics, clock)
+        self.shadow = ShadowRunner(settings, self.registry, self.rollout) if self.rollout else None
+        self.registry.rollout = self.predict.rollout = self.rollout
+        self.predict.shadow = self.shadow
+        self.rollout_api = RolloutAPI(settings, self.rollout)
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -50,6 +61,9 @@ class ServingAPI:
         self.preprocess_pool = ThreadPoolExecutor(threads, thread_name_prefix="preprocess")
         self.predict.preprocess_pool = self.preprocess_pool
         await self.registry.start()
+        if self.rollout is not None:
+            self.shadow.preprocess_pool = self.preprocess_pool  # type: ignore[union-attr]
+            await self.rollout.start(lambda name: [v.version for v in self.registry.versions(name)])
         # What startup loaded (libraries, sessions, manifests) lives as long as the process: keep it out of
         # the collector's full passes, which otherwise stall the event loop for tens of milliseconds.
         gc.freeze()
@@ -60,6 +74,9 @@ class ServingAPI:
             yield
         finally:
             log.info("shutting down: draining every batcher")
+            if self.rollout is not None:
+                await self.shadow.drain()  # type: ignore[union-attr]
+                await self.rollout.stop()
             await self.registry.stop()
             self.preprocess_pool.shutdown(wait=True)
 
@@ -84,7 +101,7 @@ class ServingAPI:
             {"version": number, "reason": r.reason, "message": public_message(r.message)}
             for number, r in self.registry.refusals(name).items()
         ]
-        described["rollout"] = None  # filled in by the rollout policy when one is configured
+        described["rollout"] = self.rollout.describe_model(name) if self.rollout is not None else None
         return JSONResponse(described)
 
     def _summary(self, name: str) -> dict[str, Any]:
@@ -113,7 +130,10 @@ class ServingAPI:
         if problems:
             return JSONResponse(error_body("not_ready", "; ".join(problems)), status_code=503)
         loaded = {v.name: v.version for v in self.registry.all_versions()}
-        return JSONResponse({"status": "ready", "models": loaded})
+        ready: dict[str, Any] = {"status": "ready", "models": loaded}
+        if self.rollout is not None:  # an unreachable store never stops predictions; it is only reported
+            ready["state_store"] = self.rollout.store_status()
+        return JSONResponse(ready)
 
     async def metrics_text(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
@@ -134,7 +154,7 @@ class ServingAPI:
                 ))  # fmt: skip
         return contracts
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[BaseRoute]:
         # The predict paths never reach these routes: ServingApp sends them to the predict endpoint first.
         return [
             Route("/healthz", self.healthz, methods=["GET"]),
@@ -143,6 +163,8 @@ class ServingAPI:
             Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/v1/models", self.list_models, methods=["GET"]),
             Route("/v1/models/{name}", self.get_model, methods=["GET"]),
+            *self.rollout_api.routes(),
+            *self.oip.routes(),
         ]
 
 
@@ -169,6 +191,15 @@ class ServingApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: ServiceSettings | None = None) -> ServingApp:
-    """A ready-to-run ASGI app serving ``settings.models``."""
-    return ServingApp(ServingAPI(settings or ServiceSettings()))
+def rollout_manager(
+    settings: ServiceSettings, metrics: ServingMetrics, clock: Callable[[], float] | None
+) -> RolloutManager | None:
+    """Rollouts run when a policy file or a state store is configured."""
+    if settings.rollout is None and not settings.state_url and settings.state_path is None:
+        return None
+    return RolloutManager(settings, metrics.registry, clock or time.time)
+
+
+def create_app(settings: ServiceSettings | None = None, clock: Callable[[], float] | None = None) -> ServingApp:
+    """A ready-to-run ASGI app serving ``settings.models``; ``clock`` (epoch seconds) drives the rollout plan."""
+    return ServingApp(ServingAPI(settings or ServiceSettings(), clock))

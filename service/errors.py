@@ -52,6 +52,18 @@ class UnsupportedMediaType(ServiceError):
     status, code, outcome = 415, "unsupported_media_type", "client_error"
 
 
+class Unauthorized(ServiceError):
+    """A missing or wrong admin token."""
+
+    status, code, outcome = 401, "unauthorized", "client_error"
+
+
+class Forbidden(ServiceError):
+    """The action is switched off here (no admin token configured)."""
+
+    status, code, outcome = 403, "forbidden", "client_error"
+
+
 class NotFound(ServiceError):
     status, code, outcome = 404, "not_found", "client_error"
 
@@ -109,8 +121,14 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": public_message(message)}}
 
 
-def describe_error(exc: Exception) -> tuple[int, dict[str, str], dict[str, dict[str, str]]]:
-    """Status, headers and JSON body for any exception: the mapping itself."""
+def error_response(request: Request, exc: Exception) -> Response:
+    """The single mapping from any exception to a JSON error response."""
+    status, code, message, headers = error_parts(exc)
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+def error_parts(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
+    """Status, code, message and headers for any exception (also behind the Open Inference Protocol's errors)."""
     headers: dict[str, str] = {}
     if isinstance(exc, ServiceError):
         status, code, message = exc.status, exc.code, exc.message
@@ -123,13 +141,13 @@ def describe_error(exc: Exception) -> tuple[int, dict[str, str], dict[str, dict[
         headers.update(exc.headers or {})
     else:
         status, code, message = 500, "internal", "internal error; the service log has the details"
+    return status, code, message, headers
+
+
+def describe_error(exc: Exception) -> tuple[int, dict[str, str], dict[str, dict[str, str]]]:
+    """Status, headers and JSON body for any exception (the predict endpoint sends them straight through ASGI)."""
+    status, code, message, headers = error_parts(exc)
     return status, headers, error_body(code, message)
-
-
-def error_response(request: Request, exc: Exception) -> Response:
-    """The single mapping from any exception to a JSON error response."""
-    status, headers, body = describe_error(exc)
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def outcome_of(exc: Exception) -> str:

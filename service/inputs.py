@@ -244,12 +244,19 @@ class ImageInputs:
             images = self._instances(body)
         else:
             images = [("body", body)]
-        opened = self._open_all(images)  # every header, and the request's pixel budget, before any decoding
+        return [self.decode_images(images, deadline)]
+
+    def decode_images(self, images: list[tuple[str, bytes]], deadline: float | None = None) -> np.ndarray:
+        """Encoded images, each named by where it came from (for errors) -> uint8 [N, 3, H, W].
+
+        Every header, and the request's pixel budget, is checked before any image is decoded.
+        """
+        opened = self._open_all(images)
         pixels = np.empty((len(images), 3, self.spec.height, self.spec.width), dtype=np.uint8)
         for i, ((where, data), img) in enumerate(zip(images, opened)):
             check_deadline(deadline)
             pixels[i] = self._pixels(where, data, img)
-        return [pixels]
+        return pixels
 
     def _open_all(self, images: list[tuple[str, bytes]]) -> list[Image.Image | np.ndarray]:
         opened: list[Image.Image | np.ndarray] = []
@@ -383,6 +390,10 @@ class TabularInputs:
             where = "rows[{row}].{column}"
             row_base = 0
         check_deadline(deadline)
+        return self.process(frame, where, row_base)
+
+    def process(self, frame: pd.DataFrame, where: str, row_base: int = 0) -> list[np.ndarray]:
+        """Raw columns -> the ONNX inputs; ``where`` (with ``{row}`` and ``{column}``) locates a bad cell."""
         try:
             table = self.processor.transform(frame)
         except TabularInputError as exc:

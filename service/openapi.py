@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from service.oip.openapi import oip_paths
+
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -329,6 +331,7 @@ def _base_document(version: str) -> dict[str, Any]:
             },
             "/v1/models/{name}/predict": _predict_operation("Predict with the version routing chooses.", False),
             "/v1/models/{name}/versions/{version}/predict": _predict_operation("Predict with a pinned version.", True),
+            **oip_paths(),
         },
         "components": {
             "schemas": {"Error": _ERROR, "Prediction": _PREDICTION, "PredictResponse": _PREDICT_RESPONSE}

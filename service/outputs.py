@@ -47,8 +47,18 @@ class PredictionEncoder:
             for index, row in zip(indices, output.tolist())
         ]
 
+    def chosen(self, output: np.ndarray) -> np.ndarray:
+        """Multilabel: which classes each row predicts (its probability reaches the class threshold)."""
+        return output >= self.thresholds
+
+    def values(self, output: np.ndarray) -> np.ndarray:
+        """Regression: the served values as float64 [N, targets], ``exp`` undone for a log target."""
+        with np.errstate(over="ignore"):
+            values = np.exp(output.astype(np.float64)) if self.log_target else output.astype(np.float64)
+        return values[:, None] if values.ndim == 1 else values
+
     def _multilabel(self, output: np.ndarray) -> list[dict[str, Any]]:
-        chosen = output >= self.thresholds
+        chosen = self.chosen(output)
         classes = self.classes
         return [
             {
@@ -59,10 +69,7 @@ class PredictionEncoder:
         ]
 
     def _regression(self, output: np.ndarray) -> list[dict[str, Any]]:
-        with np.errstate(over="ignore"):
-            values = np.exp(output.astype(np.float64)) if self.log_target else output.astype(np.float64)
-        if values.ndim == 1:
-            values = values[:, None]
+        values = self.values(output)
         # JSON has no NaN or Infinity: a value the model cannot express is sent as null.
         rows = np.where(np.isfinite(values), values, np.nan).tolist()
         rows = [[v if v == v else None for v in row] for row in rows]

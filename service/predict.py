@@ -18,8 +18,9 @@ import logging
 import re
 import time
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, Awaitable, TypeVar
 
+import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -41,14 +42,17 @@ from service.registry import ModelRegistry, ModelVersion
 from service.runtime import cpu_quota
 from service.request_id import assign_request_id, id_header
 from service.responses import send_json
+from service.rollout_state import RolloutManager
 from service.settings import ServiceSettings
+from service.shadow import ShadowRunner
 
 log = logging.getLogger("service.predict")
 
-_HEADERS = (b"content-type", b"content-length", b"x-region", b"x-request-key")
+_ARM_ERRORS = ("server_error", "timeout", "rejected")  # outcomes that count against a rollout arm
 # /v1/models/{name}/predict and /v1/models/{name}/versions/{version}/predict, as Starlette would match them.
 PREDICT_PATH = re.compile(r"/v1/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]+))?/predict")
 MAX_VERSION_DIGITS = 18  # a longer version number is no folder we could have loaded (and int() of 4,300+ digits fails)
+T = TypeVar("T")
 
 
 class PredictEndpoint:
@@ -62,6 +66,10 @@ class PredictEndpoint:
         self.preprocessing = PreprocessQueue(
             settings.preprocess_threads or cpu_quota(), settings.max_preprocess_backlog, settings.retry_after_s
         )
+        self.rollout: RolloutManager | None = None  # set by the app when rollouts are configured
+        self.shadow: ShadowRunner | None = None
+        self._region_header = settings.region_header.lower().encode("latin-1")
+        self._headers = frozenset((b"content-type", b"content-length", self._region_header, b"x-request-key"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, match: re.Match[str]) -> None:
         """Serve one request whose path ``PREDICT_PATH`` matched; every outcome is a response, never an exception."""
@@ -84,37 +92,26 @@ class PredictEndpoint:
         request_id_header: tuple[bytes, bytes],
     ) -> None:  # fmt: skip
         started = time.perf_counter()
-        headers = {key: value.decode("latin-1") for key, value in scope["headers"] if key in _HEADERS}
-        region = self.settings.region_label(headers.get(b"x-region"))
-        try:
-            if pinned is not None:
-                if len(pinned) > MAX_VERSION_DIGITS:
-                    raise NotFound(f"model {name!r} has no version {pinned[:MAX_VERSION_DIGITS]}...")
-                version = self.registry.get(name, int(pinned))
-            else:
-                version = self.registry.route(name, headers.get(b"x-request-key") or request_id, region)
-        except ServiceError as exc:
-            # Only names the registry knows become label values; anything else counts as "unknown".
-            self.metrics.count_unrouted(name if self.registry.is_known(name) else UNKNOWN_MODEL, region, exc.outcome)
-            raise
-        version.acquire()
-        try:
-            predictions = await self._predict(version, headers, receive, started)
-        except Exception as exc:
-            if not isinstance(exc, ServiceError):
-                log.exception("prediction failed for %s v%d (request %s)", name, version.version, request_id)
-                exc = InferenceFailed("prediction failed; the service log has the details")
-            version.metrics.request(region, outcome_of(exc), time.perf_counter() - started)
-            raise exc from None
-        finally:
-            version.release()
-        version.metrics.request(region, "ok", time.perf_counter() - started)
-        body = {"model": name, "version": version.version, "request_id": request_id, "predictions": predictions}
-        await send_json(send, body, [*version.response_headers, request_id_header])
+        rollout = self.rollout
+        wanted = rollout.header_names if rollout is not None else self._headers
+        headers = {key: value.decode("latin-1") for key, value in scope["headers"] if key in wanted}
+        client_region = headers.get(self._region_header)
+        region = self.settings.region_label(client_region)
+        key = headers.get(self.sticky_header(name)) or request_id
+        version = self.choose_version(name, pinned, key, client_region)
+        predictions, body = await self.serve_on(
+            version, region, started, request_id, self._predict(version, headers, receive, started),
+            routed=pinned is None,
+        )  # fmt: skip
+        response = {"model": name, "version": version.version, "request_id": request_id, "predictions": predictions}
+        await send_json(send, response, [*version.response_headers, request_id_header])
+        if self.shadow is not None and pinned is None:  # after the answer is sent: it never delays or changes it
+            self.shadow.mirror(name, key, version, headers.get(b"content-type", ""), body, predictions)
 
     async def _predict(
         self, version: ModelVersion, headers: dict[bytes, str], receive: Receive, started: float
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], bytes]:
+        """The encoded predictions, and the body they came from (for a shadow copy)."""
         content_type = headers.get(b"content-type", "")
         media_type = media_type_of(content_type)
         decoder = version.inputs
@@ -124,7 +121,7 @@ class PredictEndpoint:
             body = await read_body(receive, headers.get(b"content-length"), self.settings.max_body_bytes)
             arrays = await self.preprocess(version, media_type, content_type, body, deadline)
             output = await admission.submit(arrays, remaining_s(deadline, "preprocessing"))
-        return version.encoder.encode(output)
+        return version.encoder.encode(output), body
 
     def admit(self, version: ModelVersion, headers: dict[bytes, str], deadline: float) -> Admission:
         """Refuse at once (413, 503) what cannot be served, before a byte of the body is read or decoded."""
@@ -144,6 +141,59 @@ class PredictEndpoint:
                 self.preprocess_pool, deadline, decoder.decode, media_type, content_type, body
             )
         return arrays
+
+    # The steps every prediction takes, whichever protocol it came in by (service.oip uses them too).
+
+    def sticky_header(self, name: str) -> bytes:
+        """The header whose value is a model's sticky rollout key (lower-case, as ASGI scopes carry it)."""
+        return self.rollout.sticky_header(name) if self.rollout is not None else b"x-request-key"
+
+    def choose_version(self, name: str, pinned: str | None, request_key: str, region: str | None) -> ModelVersion:
+        """The pinned version, else the one routing chooses for the client's ``region``; unrouted requests are counted."""
+        try:
+            if pinned is not None:
+                if len(pinned) > MAX_VERSION_DIGITS:
+                    raise NotFound(f"model {name!r} has no version {pinned[:MAX_VERSION_DIGITS]}...")
+                return self.registry.get(name, int(pinned))
+            return self.registry.route(name, request_key, region)
+        except ServiceError as exc:
+            # Only names the registry knows become label values; anything else counts as "unknown".
+            known = name if self.registry.is_known(name) else UNKNOWN_MODEL
+            self.metrics.count_unrouted(known, self.settings.region_label(region), exc.outcome)
+            raise
+
+    async def serve_on(
+        self, version: ModelVersion, region: str, started: float, request_id: str, work: Awaitable[T],
+        routed: bool = True,
+    ) -> T:  # fmt: skip
+        """Await ``work`` holding ``version``; count its outcome (and, when ``routed``, observe it for the
+        rollout's guardrails); an unexpected error becomes ``InferenceFailed``."""
+        version.acquire()
+        try:
+            result = await work
+        except Exception as exc:
+            if not isinstance(exc, ServiceError):
+                log.exception("prediction failed for %s v%d (request %s)", version.name, version.version, request_id)
+                exc = InferenceFailed("prediction failed; the service log has the details")
+            outcome, seconds = outcome_of(exc), time.perf_counter() - started
+            version.metrics.request(region, outcome, seconds)
+            if routed and self.rollout is not None and outcome != "client_error":
+                self.rollout.observe(version.name, version.version, outcome not in _ARM_ERRORS, seconds)
+            raise exc from None
+        finally:
+            version.release()
+        seconds = time.perf_counter() - started
+        version.metrics.request(region, "ok", seconds)
+        if routed and self.rollout is not None:
+            self.rollout.observe(version.name, version.version, True, seconds)
+        return result
+
+    async def infer(self, version: ModelVersion, arrays: list[np.ndarray], started: float) -> np.ndarray:
+        """The model's output rows for ``arrays``, through the version's batcher, within the request deadline."""
+        remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
+        if remaining <= 0:
+            raise DeadlineExceeded(f"the {self.settings.request_timeout_s:g} s deadline passed during preprocessing")
+        return await version.batcher.submit(arrays, remaining)
 
 
 def remaining_s(deadline: float, during: str) -> float:

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Protocol
 
 from bundle.manifest import LEARNER_FILE, ONNX_FILE, Manifest, ManifestError, read_manifest, verify_files
 from service.batcher import DynamicBatcher, padded_sizes
@@ -33,6 +33,13 @@ from service.settings import ServiceSettings
 log = logging.getLogger("service.registry")
 
 VersionKey = tuple[str, int]
+
+
+class RolloutRouter(Protocol):
+    """What routing asks of the rollout (``service.rollout_state.RolloutManager``)."""
+
+    def choose(self, name: str, key: str | None, region: str | None, loaded: Collection[int]) -> int | None: ...
+
 Fingerprint = tuple[tuple[str, int, int], ...]  # (file name, size, mtime_ns) of every file in the folder
 
 
@@ -248,6 +255,7 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self.rollout: RolloutRouter | None = None  # set by the app when a rollout policy or state store is configured
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -364,11 +372,15 @@ class ModelRegistry:
     # -- routing -------------------------------------------------------------------------
 
     def route(self, name: str, request_key: str | None = None, region: str | None = None) -> ModelVersion:
-        """The version that answers an unpinned request: today the highest loaded version.
+        """The version that answers an unpinned request: the rollout's choice, else the highest loaded version.
 
-        ``request_key`` and ``region`` are the inputs a rollout policy routes on.
+        ``request_key`` and ``region`` are the inputs a rollout policy routes on (see ``service.rollout``).
         """
         versions = self._versions_of(name)
+        if self.rollout is not None:
+            chosen = self.rollout.choose(name, request_key, region, versions)
+            if chosen is not None:
+                return versions[chosen]
         return versions[max(versions)]
 
     def get(self, name: str, version: int) -> ModelVersion:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bundle.images import DEFAULT_MAX_PIXELS, SERVED_FORMATS
@@ -47,6 +47,21 @@ class ServiceSettings(BaseSettings):
     regions: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Known X-Region values (comma-separated); any other region is labelled 'other' in metrics.",
+    )
+    region_header: str = Field("X-Region", min_length=1, description="Request header naming the client's region.")
+    rollout_poll_s: float = Field(
+        2.0, gt=0, description="Seconds between reads of the state store; a decision on any replica is obeyed "
+        "by every replica within this interval."
+    )
+    rollout_tick_s: float = Field(
+        0.5, gt=0, description="Seconds between rollout checks: rollout file changes, guardrails, gauges."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for the rollout admin endpoints (PUT/promote/rollback); unset refuses them."
+    )
+    shadow_max_in_flight: int = Field(
+        32, ge=0, description="Most shadow runs in progress at once; beyond it (or with stable's queue half full) "
+        "shadow copies are shed."
     )
 
     # -- ONNX Runtime ------------------------------------------------------------------------

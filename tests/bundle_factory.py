@@ -79,6 +79,19 @@ class _SlowBranch(nn.Module):
         return m.mean() * 1e-12
 
 
+class _FailsOnRealInput(nn.Module):
+    """Looks up a table at an index that is in range for all-zero pixels (warm-up) and out of range otherwise,
+    so ONNX Runtime loads and warms the graph but fails every real request: a candidate that errors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("table", torch.zeros(4))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        index = (pixels.float().amax() > 0).long() * 1000
+        return self.table[index]
+
+
 class _Activation(nn.Module):
     def __init__(self, task: str, y_range: tuple[float, float] | None) -> None:
         super().__init__()
@@ -97,8 +110,11 @@ class _Activation(nn.Module):
 
 
 class _TinyVision(nn.Module):
-    def __init__(self, n_out: int, task: str, y_range: tuple[float, float] | None, slow_steps: int) -> None:
+    def __init__(
+        self, n_out: int, task: str, y_range: tuple[float, float] | None, slow_steps: int, fails: bool = False
+    ) -> None:
         super().__init__()
+        self.fails = _FailsOnRealInput() if fails else None
         self.normalize = _ImageNormalize(IMAGENET_MEAN, IMAGENET_STD)
         self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
         self.head = nn.Linear(8 * 4, n_out)
@@ -110,6 +126,8 @@ class _TinyVision(nn.Module):
         out = self.head(self.body(x).flatten(1)) * 3.0
         if self.slow is not None:
             out = out + self.slow(x)
+        if self.fails is not None:
+            out = out + self.fails(pixels)
         return self.activation(out)
 
 
@@ -188,21 +206,25 @@ def _handmade_image_bundle(
     target_names: Sequence[str] = (),
     slow_steps: int = 0,
     seed: int | None = None,
+    fails_on_real_input: bool = False,
 ) -> Path:
     """``repo/name/version/`` holding a tiny image model for ``task``; returns the folder.
 
     ``slow_steps`` adds a chain of 192x192 matrix products to every run (about
-    a millisecond each), for tests that need a slow model.
+    a millisecond each), for tests that need a slow model; ``fails_on_real_input``
+    makes a graph that warms up but fails on every real image.
     """
     torch.manual_seed(version if seed is None else seed)
     if task != "regression" and classes is None:
         classes = [str(i) for i in range(10)] if task == "classification" else ["red", "green", "blue", "round"]
     outputs, n_out = _outputs(task, classes, n_targets, thresholds, y_range, log_target, target_names)
     height, width = size
-    model = _TinyVision(n_out, task, y_range, slow_steps)
+    model = _TinyVision(n_out, task, y_range, slow_steps, fails_on_real_input)
     folder = Path(repo) / name / str(version)
     folder.mkdir(parents=True, exist_ok=False)
     example = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8)
+    if fails_on_real_input:
+        example = torch.zeros_like(example)  # tracing runs the graph: keep the lookup in range
     _export(model, (example,), ["pixels"], OUTPUT_NAME[task], folder / ONNX_FILE)
     manifest = Manifest(
         name=name,

@@ -1,0 +1,115 @@
+"""What a rollout costs the digits example: a canary split, and shadowing every request.
+
+    python -m loadtests.rollout_bench [--seconds 8] [--clients 32] [--work DIR]
+
+Builds the digits example once (``python -m training examples digits``) and
+serves it twice over (v1 stable, v2 candidate: the same model copied, so
+only the rollout machinery differs), then measures, alternating the servers
+in slices so background load hits each alike:
+
+1. throughput at 32 clients with a canary policy (``--share`` of keys on the
+   candidate, guardrails judging) against no policy (target >= 0.95); at 100 %
+   one version serves, so this is the routing's own cost; at 50 % it also pays
+   for splitting batches over two versions;
+2. the stable answer's p50 with shadow at 100 % against stage ``off``, at
+   1 client and at 32 clients (target: at most 10 % more).
+
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from loadtests.benchmark import HOST, ROOT, _digits_png, alternating_loads, describe, service_server
+from loadtests.loadgen import build_request
+
+PATH = "/v1/models/digits/predict"
+POLICY = """
+models:
+  digits:
+    stable: {stable}
+    candidate: {candidate}
+    stage: {stage}
+    shadow: {{percent: 100}}
+    steps:
+      - {{regions: {{"*": {share}}}}}
+    start: 2020-01-01T00:00:00Z
+    guardrails: {{min_requests: 200, max_error_rate: 0.5, max_p99_ms: 10000}}
+"""
+
+
+def two_version_repo(work: Path) -> tuple[Path, int, int]:
+    """The digits example as version n, and a copy of it as version n + 1."""
+    repo = work / "models"
+    if not any((repo / "digits").glob("*/manifest.json")):
+        subprocess.run([sys.executable, "-m", "training", "examples", "digits", "--out", str(repo), "--data-dir",
+                        str(work / "data")], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    versions = sorted(int(p.name) for p in (repo / "digits").iterdir() if p.name.isdigit())
+    stable = versions[0]
+    candidate = stable + 1
+    target = repo / "digits" / str(candidate)
+    if not target.exists():
+        shutil.copytree(repo / "digits" / str(stable), target)
+        manifest = json.loads((target / "manifest.json").read_text())
+        manifest["version"] = candidate
+        (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return repo, stable, candidate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per server and load")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--share", type=float, default=50.0, help="canary share of keys, percent (100: routing "
+                        "cost alone, one version serving; 50: also the cost of splitting batches over two versions)")
+    parser.add_argument("--skip-shadow", action="store_true")
+    parser.add_argument("--work", type=Path, help="reuse this folder for the built example (default: a temp dir)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="rollout-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    repo, stable, candidate = two_version_repo(work)
+    png = _digits_png()
+
+    def policy(name: str, stage: str) -> dict[str, str]:
+        path = work / f"{name}.yaml"
+        path.write_text(POLICY.format(stable=stable, candidate=candidate, stage=stage, share=args.share))
+        return {"SERVING_ROLLOUT": str(path), "SERVING_STATE_PATH": str(work / f"{name}.sqlite")}
+
+    with service_server(repo, {}) as plain, service_server(repo, policy("canary", "canary")) as canary:
+        request = lambda port: (port, build_request(HOST, port, PATH, png, "image/png"))  # noqa: E731
+        print(f"digits, PNG input, {args.clients} clients: no policy vs canary ({args.share:g} % of keys on v{candidate})")
+        results = alternating_loads({"none": request(plain), "canary": request(canary)}, args.clients, args.seconds)
+        print(describe("no policy", results["none"]))
+        print(describe("canary policy", results["canary"]))
+        print(f"  canary / none throughput: {results['canary'].rate / results['none'].rate:.3f} (target >= 0.95)")
+
+    if args.skip_shadow:
+        return
+    with service_server(repo, policy("off", "off")) as off, service_server(repo, policy("shadow", "shadow")) as shadow:
+        request = lambda port: (port, build_request(HOST, port, PATH, png, "image/png"))  # noqa: E731
+        for clients in (1, args.clients):
+            print(f"\ndigits, stable's answer with shadow 100 % vs stage off, {clients} client(s)")
+            results = alternating_loads({"off": request(off), "shadow": request(shadow)}, clients, args.seconds)
+            print(describe("stage off", results["off"]))
+            print(describe("shadow 100 %", results["shadow"]))
+            ratio = results["shadow"].median_ms / results["off"].median_ms
+            print(f"  shadow / off p50: {ratio:.3f} (target <= 1.10)")
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{HOST}:{shadow}/metrics") as response:
+            text = response.read().decode()
+        shed = sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("serving_shadow_shed_total"))
+        compared = sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("serving_shadow_comparisons_total"))  # fmt: skip
+        print(f"  shadow runs compared {compared:.0f}, shed {shed:.0f}")
+
+
+if __name__ == "__main__":
+    main()

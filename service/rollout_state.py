@@ -1,0 +1,522 @@
+"""The live rollout: the policy file, the state store's decisions over it, guardrails, and the poller.
+
+The policy file says what the plan is; the state store says what people and
+guardrails decided since (a rollback, a promotion, an admin edit). A stored
+decision applies while the file's entry for that model is the one it was
+made on (same fingerprint): a restart with the same file keeps a rollback,
+while editing the model's entry (a new candidate, a new start) begins a new
+plan. Every replica polls the store (``rollout_poll_s``), so a decision made
+on any replica is obeyed by all within one interval. When the store cannot
+be reached the replica keeps routing on its last known state, says so in
+``/readyz`` and metrics, and writes its own pending decisions (automatic
+rollbacks) once the store answers again.
+
+Guardrail readings are this replica's own observations (see
+``service.guardrails``): each replica judges what it serves, and a breach
+anywhere rolls the candidate back everywhere through the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Collection
+
+from prometheus_client import CollectorRegistry
+
+from service.guardrails import ArmObservations, ReadingSource, Verdict
+from service.rollout import (
+    ModelPolicy,
+    PolicyError,
+    RolloutFile,
+    candidate_share,
+    choose_version,
+    iso,
+    load_policy_file,
+    plan_regions,
+    shadowed,
+    step_at,
+    timeline,
+)
+from service.rollout_metrics import RolloutMetrics
+from service.settings import ServiceSettings
+from service.store import MIGRATIONS, Migration, Store, StoreUnavailable, open_store
+
+log = logging.getLogger("service.rollout")
+
+Clock = Callable[[], float]
+NO_FILE_ENTRY = "none"  # the fingerprint a decision records when the file has no entry for the model
+_DECISIONS_SHOWN = 5
+
+MIGRATIONS.append(
+    Migration(
+        "rollout-1-state-and-audit",
+        """
+        CREATE TABLE IF NOT EXISTS rollout_state (
+            model TEXT PRIMARY KEY, policy TEXT NOT NULL, file_fingerprint TEXT NOT NULL,
+            revision BIGINT NOT NULL, updated_at DOUBLE PRECISION NOT NULL, updated_by TEXT NOT NULL, reason TEXT);
+        CREATE TABLE IF NOT EXISTS rollout_audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
+            actor TEXT NOT NULL, action TEXT NOT NULL, before TEXT, after TEXT, reason TEXT, readings TEXT);
+        CREATE INDEX IF NOT EXISTS rollout_audit_model ON rollout_audit (model, id)
+        """,
+        postgres="""
+        CREATE TABLE IF NOT EXISTS rollout_state (
+            model TEXT PRIMARY KEY, policy TEXT NOT NULL, file_fingerprint TEXT NOT NULL,
+            revision BIGINT NOT NULL, updated_at DOUBLE PRECISION NOT NULL, updated_by TEXT NOT NULL, reason TEXT);
+        CREATE TABLE IF NOT EXISTS rollout_audit (
+            id BIGSERIAL PRIMARY KEY, model TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
+            actor TEXT NOT NULL, action TEXT NOT NULL, before TEXT, after TEXT, reason TEXT, readings TEXT);
+        CREATE INDEX IF NOT EXISTS rollout_audit_model ON rollout_audit (model, id)
+        """,
+    )
+)
+
+_UPSERT = (
+    "INSERT INTO rollout_state (model, policy, file_fingerprint, revision, updated_at, updated_by, reason) "
+    "VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (model) DO UPDATE SET policy = excluded.policy, "
+    "file_fingerprint = excluded.file_fingerprint, revision = rollout_state.revision + 1, "
+    "updated_at = excluded.updated_at, updated_by = excluded.updated_by, reason = excluded.reason"
+)
+_AUDIT = (
+    "INSERT INTO rollout_audit (model, at, actor, action, before, after, reason, readings) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A stored decision over the file's plan for one model."""
+
+    policy: ModelPolicy
+    file_fingerprint: str
+    revision: int
+    updated_at: float
+    updated_by: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One audit entry (and, with ``decision``, the state row it writes)."""
+
+    model: str
+    at: float
+    actor: str
+    action: str
+    before: ModelPolicy | None
+    after: ModelPolicy | None
+    reason: str | None
+    readings: dict[str, Any] | None
+    file_fingerprint: str
+    decision: bool = True
+
+
+class RolloutManager:
+    """Routes on the effective policy of every model; keeps it current from the file and the store."""
+
+    def __init__(
+        self, settings: ServiceSettings, registry: CollectorRegistry, clock: Clock = time.time,
+        store: Store | None = None,
+    ) -> None:  # fmt: skip
+        self.settings = settings
+        self.clock = clock
+        self.metrics = RolloutMetrics(registry)
+        self.store = store if store is not None else open_store(settings.state_url, settings.sqlite_state_path())
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
+        self.reading_sources: dict[str, ReadingSource] = {}
+        self.file = RolloutFile()
+        self.file_error: str | None = None
+        self.file_loaded_at: float | None = None
+        self._file_stamp: tuple[int, int] | None = None
+        self.decisions: dict[str, Decision] = {}
+        self.policies: dict[str, ModelPolicy] = {}  # the effective policy of every model with one
+        self.sources: dict[str, str] = {}
+        self.observations: dict[str, ArmObservations] = {}
+        self.verdicts: dict[str, Verdict] = {}
+        self.recent: dict[str, list[dict[str, Any]]] = {}
+        region_header = settings.region_header.lower().encode("latin-1")
+        self.header_names = frozenset({b"content-type", b"content-length", region_header, b"x-request-key"})
+        self._sticky: dict[str, bytes] = {}
+        self._pending: list[Change] = []
+        self._loaded: Callable[[str], Collection[int]] = lambda name: ()
+        self._task: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self._last_poll = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, loaded_versions: Callable[[str], Collection[int]]) -> None:
+        self._loaded = loaded_versions
+        await asyncio.to_thread(self._load_file, False)
+        if self.file_error is not None:  # no last good policy to keep: serving the wrong versions is worse than not starting
+            raise PolicyError(self.file_error)
+        try:
+            await asyncio.to_thread(self.store.migrate)
+            await self.poll_store()
+        except StoreUnavailable as exc:
+            log.warning("rollout state store unreachable at startup (%s); routing on the rollout file alone", exc)
+        self._apply()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await asyncio.to_thread(self.store.close)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.rollout_tick_s)
+            try:
+                await self.tick()
+            except Exception:  # the loop must outlive any one failure
+                log.exception("rollout tick failed")
+
+    async def tick(self) -> None:
+        """Reload a changed file, read the store when due, judge the guardrails, refresh the gauges."""
+        if await asyncio.to_thread(self._load_file, True):
+            self._apply()
+        if time.monotonic() - self._last_poll >= self.settings.rollout_poll_s:
+            try:
+                await self.poll_store()
+            except StoreUnavailable:
+                pass  # keep the last known state; health is in the store and in /readyz
+        await self.check_guardrails()
+        self._refresh_gauges()
+
+    # -- the policy file -----------------------------------------------------------------
+
+    def _load_file(self, only_if_changed: bool) -> bool:
+        path = self.settings.rollout
+        if path is None:
+            return False
+        try:
+            stat = Path(path).stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = None
+        if only_if_changed and stamp == self._file_stamp:
+            return False
+        self._file_stamp = stamp
+        try:
+            loaded = load_policy_file(Path(path))
+        except PolicyError as exc:
+            self.file_error = str(exc)
+            self.metrics.policy_errors.inc()
+            log.error("rollout file refused, keeping the last good policy: %s", exc)
+            return False
+        previous, self.file = self.file, loaded
+        self.file_error = None
+        self.file_loaded_at = self.clock()
+        if only_if_changed:
+            for name in sorted(set(previous.models) | set(loaded.models)):
+                before, after = previous.models.get(name), loaded.models.get(name)
+                if before != after:
+                    log.info("rollout file changed the policy of %s", name)
+                    self._pending.append(Change(name, self.clock(), f"file {path} ({self.replica})", "file",
+                                                before, after, None, None, self._file_fingerprint(name), False))  # fmt: skip
+        return True
+
+    def _file_fingerprint(self, name: str) -> str:
+        policy = self.file.models.get(name)
+        return policy.fingerprint() if policy is not None else NO_FILE_ENTRY
+
+    # -- the store -----------------------------------------------------------------------
+
+    async def poll_store(self) -> None:
+        """Write pending changes, then read every decision (raises StoreUnavailable)."""
+        async with self._write_lock:  # a change made meanwhile must not be overwritten by an older read
+            await self._poll_store()
+
+    async def _poll_store(self) -> None:
+        self._last_poll = time.monotonic()
+        try:
+            await self._flush()
+            rows = await asyncio.to_thread(self.store.query, "SELECT * FROM rollout_state")
+        finally:
+            self._refresh_store_gauges()
+        decisions = {}
+        for row in rows:
+            try:
+                policy = ModelPolicy.model_validate_json(row["policy"])
+            except ValueError as exc:
+                log.error("ignoring the stored rollout state of %s: %s", row["model"], exc)
+                continue
+            decisions[row["model"]] = Decision(policy, row["file_fingerprint"], int(row["revision"]),
+                                               float(row["updated_at"]), row["updated_by"], row["reason"])  # fmt: skip
+        changed = [name for name in set(decisions) | set(self.decisions)
+                   if decisions.get(name) != self.decisions.get(name)]  # fmt: skip
+        self.decisions = decisions
+        for name in changed:
+            self.recent[name] = await asyncio.to_thread(self._history, name, _DECISIONS_SHOWN)
+        if changed:
+            self._apply()
+
+    async def _flush(self) -> None:
+        while self._pending:
+            change = self._pending[0]
+            await asyncio.to_thread(self._write, change)
+            self._pending.pop(0)
+
+    def _write(self, change: Change) -> None:
+        dump = lambda p: p.model_dump_json() if p is not None else None  # noqa: E731
+        if change.decision and change.after is not None:
+            self.store.execute(_UPSERT, (change.model, change.after.model_dump_json(), change.file_fingerprint,
+                                         change.at, change.actor, change.reason))  # fmt: skip
+        readings = json.dumps(change.readings) if change.readings is not None else None
+        self.store.execute(_AUDIT, (change.model, change.at, change.actor, change.action, dump(change.before),
+                                    dump(change.after), change.reason, readings))  # fmt: skip
+
+    def _history(self, name: str, limit: int) -> list[dict[str, Any]]:
+        rows = self.store.query(
+            "SELECT id, at, actor, action, before, after, reason, readings FROM rollout_audit "
+            "WHERE model = ? ORDER BY id DESC LIMIT ?",
+            (name, limit),
+        )
+        entries = []
+        for row in rows:
+            entry = {"id": row["id"], "at": iso(row["at"]), "actor": row["actor"], "action": row["action"],
+                     "reason": row["reason"]}  # fmt: skip
+            for key in ("before", "after", "readings"):
+                entry[key] = json.loads(row[key]) if row[key] else None
+            entries.append(entry)
+        return entries
+
+    async def history(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The audit trail of one model, newest first (raises StoreUnavailable)."""
+        return await asyncio.to_thread(self._history, name, limit)
+
+    # -- changes -------------------------------------------------------------------------
+
+    async def change(self, name: str, action: str, after: ModelPolicy, actor: str, reason: str | None,
+                     readings: dict[str, Any] | None = None, must_persist: bool = True) -> ModelPolicy:  # fmt: skip
+        """Record a decision: in the store at once (or, for automatic ones, as soon as it answers) and locally."""
+        async with self._write_lock:
+            before = self.policies.get(name)
+            fingerprint = self._file_fingerprint(name)
+            change = Change(name, self.clock(), actor, action, before, after, reason, readings, fingerprint)
+            if must_persist:
+                await self._flush()
+                await asyncio.to_thread(self._write, change)  # raises StoreUnavailable: the caller answers 503
+            else:
+                self._pending.append(change)
+            revision = self.decisions[name].revision + 1 if name in self.decisions else 1
+            self.decisions[name] = Decision(after, fingerprint, revision, change.at, actor, reason)
+            self._apply()
+            if must_persist:
+                self._last_poll = 0.0  # read back soon, with the audit entry
+            else:
+                try:
+                    await self._flush()
+                except StoreUnavailable:
+                    log.warning("state store unreachable: %s of %s is applied here and will be written later",
+                                action, name)  # fmt: skip
+            self.recent.setdefault(name, []).insert(0, {"at": iso(change.at), "actor": actor, "action": action,
+                                                        "reason": reason, "readings": readings})  # fmt: skip
+            del self.recent[name][_DECISIONS_SHOWN:]
+            return after
+
+    async def rollback(self, name: str, actor: str, reason: str | None, readings: dict[str, Any] | None = None,
+                       must_persist: bool = True) -> ModelPolicy:  # fmt: skip
+        policy = self._require(name)
+        if policy.candidate is None:
+            raise PolicyError(f"{name}: there is no candidate to roll back")
+        return await self.change(name, "rollback", policy.model_copy(update={"stage": "rolled_back"}), actor,
+                                 reason, readings, must_persist)  # fmt: skip
+
+    async def promote(self, name: str, actor: str, reason: str | None) -> ModelPolicy:
+        policy = self._require(name)
+        if policy.candidate is None:
+            raise PolicyError(f"{name}: there is no candidate to promote")
+        if policy.candidate not in self.served_versions(name):
+            raise PolicyError(f"{name}: candidate v{policy.candidate} is not loaded; it cannot take all traffic")
+        return await self.change(name, "promote", policy.model_copy(update={"stage": "promoted"}), actor, reason)
+
+    async def replace(self, name: str, policy: ModelPolicy, actor: str, reason: str | None) -> ModelPolicy:
+        return await self.change(name, "replace", policy, actor, reason)
+
+    def _require(self, name: str) -> ModelPolicy:
+        policy = self.policies.get(name)
+        if policy is None:
+            raise LookupError(f"model {name!r} has no rollout policy")
+        return policy
+
+    # -- the effective policies ----------------------------------------------------------
+
+    def _apply(self) -> None:
+        policies, sources = {}, {}
+        for name in sorted(set(self.file.models) | set(self.decisions)):
+            decision = self.decisions.get(name)
+            if decision is not None and decision.file_fingerprint == self._file_fingerprint(name):
+                policies[name], sources[name] = decision.policy, "store"
+            elif name in self.file.models:
+                policies[name], sources[name] = self.file.models[name], "file"
+        for name, policy in policies.items():
+            self.observations.setdefault(name, ArmObservations(name, self.reading_sources)).reset_for(
+                policy.stable, policy.candidate
+            )
+        self.policies, self.sources = policies, sources
+        self._sticky = {name: p.sticky_key.lower().encode("latin-1") for name, p in policies.items()}
+        region_header = self.settings.region_header.lower().encode("latin-1")
+        self.header_names = frozenset({b"content-type", b"content-length", region_header, *self._sticky.values()})
+        self._refresh_gauges()
+
+    # -- the request path (cheap: no I/O, no awaits) ---------------------------------------
+
+    def choose(self, name: str, key: str | None, region: str | None, loaded: Collection[int]) -> int | None:
+        """The loaded version for this request, or None to let the registry pick (no policy, nothing loaded)."""
+        policy = self.policies.get(name)
+        if policy is None:
+            return None
+        number = choose_version(name, policy, key, region, self.clock())
+        if number in loaded:
+            return number
+        return policy.stable if policy.stable in loaded else None  # a missing version: stable keeps serving
+
+    def served_versions(self, name: str) -> Collection[int]:
+        return self._loaded(name)
+
+    def sticky_header(self, name: str) -> bytes:
+        return self._sticky.get(name, b"x-request-key")
+
+    def shadow_target(self, name: str, key: str, served: int) -> int | None:
+        """The candidate to mirror this request to, when it is shadowed and stable answered it."""
+        policy = self.policies.get(name)
+        if policy is None or served != policy.stable or not shadowed(name, policy, key):
+            return None
+        return policy.candidate
+
+    def observe(self, name: str, version: int, ok: bool, seconds: float) -> None:
+        """One answered request of an arm (a request or a shadow run)."""
+        policy = self.policies.get(name)
+        if policy is None or policy.candidate is None or policy.stage not in ("shadow", "canary"):
+            return
+        arms = self.observations[name]
+        if version == policy.candidate:
+            arms.candidate.request(self.clock(), ok, seconds)
+        elif version == policy.stable:
+            arms.stable.request(self.clock(), ok, seconds)
+
+    def compared(self, name: str, candidate: int, compared: int, disagreed: int, abs_diff: float = 0.0,
+                 rel_diff: float = 0.0, differences: int = 0) -> None:  # fmt: skip
+        policy = self.policies.get(name)
+        if policy is None or policy.candidate != candidate:
+            return
+        self.observations[name].candidate.comparison(self.clock(), compared, disagreed, abs_diff, rel_diff,
+                                                     differences)  # fmt: skip
+
+    # -- guardrails ----------------------------------------------------------------------
+
+    async def check_guardrails(self) -> None:
+        for name, policy in list(self.policies.items()):
+            if policy.candidate is None or policy.stage not in ("shadow", "canary"):
+                self.verdicts[name] = Verdict("off", None, f"not judged in stage {policy.stage!r}", {})
+                continue
+            verdict = self.observations[name].evaluate(policy.guardrails, policy.stable, policy.candidate,
+                                                       self.clock())  # fmt: skip
+            self.verdicts[name] = verdict
+            if verdict.status == "breach" and verdict.reason is not None:
+                log.error("guardrail breach for %s v%d: %s; rolling back", name, policy.candidate, verdict.message)
+                self.metrics.rollbacks.labels(name, verdict.reason).inc()
+                await self.rollback(name, f"guardrails ({self.replica})", f"{verdict.reason}: {verdict.message}",
+                                    _json_safe(verdict.readings), must_persist=False)  # fmt: skip
+
+    def add_reading_source(self, name: str, source: ReadingSource) -> None:
+        """Plug in a reading (``drift``, ``live_accuracy``) from another component, judged by the guardrails."""
+        self.reading_sources[name] = source
+
+    # -- what is shown -------------------------------------------------------------------
+
+    def _refresh_gauges(self) -> None:
+        now = self.clock()
+        for name, policy in self.policies.items():
+            self.metrics.set_stage(name, policy.stage)
+            for region in plan_regions(policy) or ["*"]:
+                self.metrics.share.labels(name, region).set(candidate_share(policy, region, now) / 100)
+            verdict = self.verdicts.get(name)
+            if verdict is not None:
+                self.metrics.set_guardrail_state(name, verdict.status)
+                if policy.candidate is not None and "candidate" in verdict.readings:
+                    c = verdict.readings["candidate"]
+                    if c.get("disagreement") is not None:
+                        self.metrics.shadow_disagreement.labels(name, str(policy.candidate)).set(c["disagreement"])
+                    if c.get("mean_abs_difference") is not None:
+                        self.metrics.shadow_abs_difference.labels(name, str(policy.candidate)).set(
+                            c["mean_abs_difference"]
+                        )
+        self._refresh_store_gauges()
+
+    def _refresh_store_gauges(self) -> None:
+        self.metrics.store_up.set(1 if self.store.healthy else 0)
+        if self.store.last_ok_at is not None:
+            self.metrics.store_age.set(max(0.0, time.time() - self.store.last_ok_at))
+
+    def store_status(self) -> dict[str, Any]:
+        described = self.store.describe()
+        described["pending_writes"] = len(self._pending)
+        described["last_ok_at"] = iso(described["last_ok_at"])
+        if not self.store.healthy:
+            described["detail"] = "state store unreachable: routing on the last known rollout state"
+        return described
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "policy_file": str(self.settings.rollout) if self.settings.rollout else None,
+            "policy_error": self.file_error,
+            "policy_loaded_at": iso(self.file_loaded_at),
+            "state_store": self.store_status(),
+            "now": iso(self.clock()),
+            "models": {name: self.describe_model(name) for name in sorted(self.policies)},
+        }
+
+    def describe_model(self, name: str) -> dict[str, Any] | None:
+        policy = self.policies.get(name)
+        if policy is None:
+            return None
+        now = self.clock()
+        state = step_at(policy, now)
+        loaded = set(self.served_versions(name))
+        problems = [f"{role} version {number} is not loaded" for role, number in
+                    (("stable", policy.stable), ("candidate", policy.candidate)) if number is not None and number not in loaded]  # fmt: skip
+        if policy.stable not in loaded:
+            problems.append("the highest loaded version serves instead of stable")
+        decision = self.decisions.get(name) if self.sources.get(name) == "store" else None
+        verdict = self.verdicts.get(name)
+        regions = plan_regions(policy) or ["*"]
+        return {
+            "model": name,
+            "source": self.sources.get(name),
+            "stable": policy.stable,
+            "candidate": policy.candidate,
+            "stage": policy.stage,
+            "sticky_key": policy.sticky_key,
+            "shadow_percent": policy.shadow.percent,
+            "step": {"index": state.index, "phase": state.phase, "started_at": iso(state.started_at),
+                     "next_at": iso(state.next_at), "of": len(policy.steps)},  # fmt: skip
+            "shares": {region: candidate_share(policy, region, now) / 100 for region in regions},
+            "problems": problems,
+            "guardrails": {
+                "status": verdict.status if verdict else "waiting_for_data",
+                "message": verdict.message if verdict else "waiting for data: not judged yet",
+                "breach": verdict.reason if verdict else None,
+                "readings": verdict.readings if verdict else {},
+                "limits": policy.guardrails.model_dump(),
+            },
+            "decided": {"revision": decision.revision, "at": iso(decision.updated_at), "by": decision.updated_by,
+                        "reason": decision.reason} if decision else None,  # fmt: skip
+            "last_decisions": self.recent.get(name, []),
+            "timeline": timeline(policy),
+            "policy": policy.model_dump(mode="json"),
+        }
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

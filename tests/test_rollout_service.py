@@ -1,0 +1,411 @@
+"""Rollouts in the running service: routing, the clock, shadow, guardrails, admin, reloads, restarts."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from service.rollout import choose_version, parse_policy_text
+from tests.bundle_factory import _handmade_image_bundle
+from tests.conftest import gradient_image, install_bundle, metric_value, post_bytes, service_settings
+
+TOKEN = "s3cret-admin-token"
+FAST = dict(rollout_tick_s=0.05, rollout_poll_s=0.2, admin_token=TOKEN)
+PAST = "2020-01-01T00:00:00Z"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def arms_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits v1 (stable); v2 answers exactly like v1; v3 disagrees (labels reversed); v4 is slow; v5 fails on every real image."""
+    import torch
+
+    torch.set_num_threads(1)
+    lib = tmp_path_factory.mktemp("arms")
+    _handmade_image_bundle(lib, "digits", 1, seed=1)
+    _handmade_image_bundle(lib, "digits", 2, seed=1)
+    # the same network exported with its class list reversed: every label differs (an export gone wrong)
+    _handmade_image_bundle(lib, "digits", 3, seed=1, classes=[str(9 - i) for i in range(10)])
+    _handmade_image_bundle(lib, "digits", 4, seed=1, slow_steps=400)
+    _handmade_image_bundle(lib, "digits", 5, seed=1, fails_on_real_input=True)
+    return lib
+
+
+@pytest.fixture
+def arms_repo(arms_library: Path, tmp_path: Path) -> Callable[..., Path]:
+    def make(*versions: int) -> Path:
+        repo = tmp_path / "models"
+        for v in versions:
+            install_bundle(arms_library, repo, "digits", v)
+        return repo
+
+    return make
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextmanager
+def serve(models: Path, clock: Callable[[], float] | None = None, **overrides: Any) -> Iterator[Any]:
+    from starlette.testclient import TestClient
+
+    from service.app import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client = TestClient(create_app(service_settings(models, **{**FAST, **overrides}), clock=clock))
+    with client:
+        yield client
+
+
+def write_policy(path: Path, text: str) -> Path:
+    """Write the file and move its mtime on, so a reload notices even within one clock tick."""
+    existed = path.exists()
+    path.write_text(text)
+    if existed:
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    return path
+
+
+def canary(candidate: int, regions: str = '{"*": 50}', guardrails: str = "{}", stage: str = "canary") -> str:
+    return f"""
+models:
+  digits:
+    stable: 1
+    candidate: {candidate}
+    stage: {stage}
+    shadow: {{percent: 100}}
+    steps:
+      - {{regions: {regions}}}
+    start: {PAST}
+    guardrails: {guardrails}
+"""
+
+
+def predict(client: Any, key: str, region: str | None = None, seed: int = 0, **headers: str) -> Any:
+    extra = {"x_request_key": key, **({"x_region": region} if region else {}), **headers}
+    return post_bytes(client, "/v1/models/digits/predict", gradient_image(seed), **extra)
+
+
+def rollout_of(client: Any) -> dict[str, Any]:
+    return client.get("/v1/rollouts").json()["models"]["digits"]
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+# -- routing ------------------------------------------------------------------------------------
+
+
+def test_two_app_instances_route_20000_keys_identically(make_repo: Callable[..., Path], tmp_path: Path) -> None:
+    repo = make_repo(("digits", 1), ("digits", 2))
+    policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"eu": 30, "us": 70, "*": 5}'))
+    text_policy = parse_policy_text(policy_file.read_text()).models["digits"]
+    with serve(repo, rollout=policy_file, state_path=tmp_path / "a.sqlite") as a, serve(
+        repo, rollout=policy_file, state_path=tmp_path / "b.sqlite"
+    ) as b:
+        regions = ["eu", "us", "asia", None]
+        routed_a = [a.app.state.api.registry.route("digits", f"k{i}", regions[i % 4]).version for i in range(20_000)]
+        routed_b = [b.app.state.api.registry.route("digits", f"k{i}", regions[i % 4]).version for i in range(20_000)]
+        assert routed_a == routed_b
+        now = time.time()
+        assert routed_a == [choose_version("digits", text_policy, f"k{i}", regions[i % 4], now) for i in range(20_000)]
+        for region, share in (("eu", 30), ("us", 70), ("asia", 5)):
+            picked = [v for i, v in enumerate(routed_a) if regions[i % 4] == region]
+            assert abs(sum(v == 2 for v in picked) / len(picked) * 100 - share) <= 2, region
+        # over HTTP too: the same key gets the same version from either instance, in X-Model-Version
+        for i in range(40):
+            ra, rb = predict(a, f"user-{i}", "eu"), predict(b, f"user-{i}", "eu")
+            assert ra.status_code == rb.status_code == 200
+            assert ra.headers["X-Model-Version"] == rb.headers["X-Model-Version"] == str(ra.json()["version"])
+            assert int(ra.headers["X-Model-Version"]) == choose_version("digits", text_policy, f"user-{i}", "eu", now)
+
+
+def test_pinned_versions_bypass_routing(make_repo: Callable[..., Path], tmp_path: Path) -> None:
+    repo = make_repo(("digits", 1), ("digits", 2))
+    policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"*": 100}'))
+    with serve(repo, rollout=policy_file) as client:
+        assert predict(client, "k").headers["X-Model-Version"] == "2"
+        pinned = post_bytes(client, "/v1/models/digits/versions/1/predict", gradient_image(0))
+        assert pinned.headers["X-Model-Version"] == "1"
+
+
+def test_the_plan_walks_by_an_injected_clock(make_repo: Callable[..., Path], tmp_path: Path) -> None:
+    repo = make_repo(("digits", 1), ("digits", 2))
+    text = """
+models:
+  digits:
+    stable: 1
+    candidate: 2
+    stage: canary
+    steps:
+      - {regions: {campsite-1: 100}, hold: 1d}
+      - {regions: {campsite-1: 100, campsite-2: 100}, hold: 7d}
+      - {regions: {"*": 100}}
+    start: 2026-12-01T08:00:00Z
+    end: 2027-06-01T00:00:00Z
+"""
+    policy_file = write_policy(tmp_path / "rollout.yaml", text)
+    start = parse_policy_text(text).models["digits"].start.timestamp()  # type: ignore[union-attr]
+    clock = Clock(start - 60)
+    with serve(repo, clock, rollout=policy_file, regions=["campsite-1", "campsite-2"]) as client:
+        version = lambda region: predict(client, "cam-1", region).headers["X-Model-Version"]  # noqa: E731
+        assert (version("campsite-1"), rollout_of(client)["step"]["phase"]) == ("1", "not_started")
+        clock.now = start + 3600
+        state = rollout_of(client)
+        assert (state["step"]["index"], state["step"]["next_at"]) == (0, "2026-12-02T08:00:00Z")
+        assert state["shares"] == {"campsite-1": 1.0, "campsite-2": 0.0, "*": 0.0}
+        assert (version("campsite-1"), version("campsite-2")) == ("2", "1")
+        clock.now = start + 2 * 86_400
+        assert (version("campsite-2"), version("marin")) == ("2", "1")
+        clock.now = start + 30 * 86_400
+        assert version("marin") == "2" and rollout_of(client)["step"]["phase"] == "last_step"
+        clock.now = start + 400 * 86_400  # after the end
+        assert version("campsite-1") == "1" and rollout_of(client)["step"]["phase"] == "ended"
+        model = client.get("/v1/models/digits").json()
+        assert model["rollout"]["stage"] == "canary" and model["rollout"]["candidate"] == 2
+        metrics = client.get("/metrics").text
+        wait_for(lambda: metric_value(client.get("/metrics").text, "serving_rollout_candidate_share",
+                                      model="digits", region="campsite-1") == 0.0)  # fmt: skip
+        assert metric_value(metrics, "serving_rollout_stage", model="digits", stage="canary") == 1
+
+
+def test_a_policy_naming_a_version_not_loaded_is_reported_and_stable_serves(
+    make_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    repo = make_repo(("digits", 1), ("digits", 2))
+    policy_file = write_policy(tmp_path / "rollout.yaml", canary(9, '{"*": 100}'))
+    with serve(repo, rollout=policy_file) as client:
+        assert {predict(client, f"k{i}").headers["X-Model-Version"] for i in range(10)} == {"1"}
+        assert rollout_of(client)["problems"] == ["candidate version 9 is not loaded"]
+
+
+# -- shadow -------------------------------------------------------------------------------------
+
+
+def test_shadow_leaves_the_response_byte_identical_to_stable_only(
+    arms_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    repo = arms_repo(1, 3)
+    shadow_file = write_policy(tmp_path / "shadow.yaml", canary(3, stage="shadow"))
+    off_file = write_policy(tmp_path / "off.yaml", canary(3, stage="off"))
+    with serve(repo, rollout=shadow_file, state_path=tmp_path / "s.sqlite") as shadowing, serve(
+        repo, rollout=off_file, state_path=tmp_path / "o.sqlite"
+    ) as stable_only:
+        for i in range(20):
+            headers = {"x_request_id": f"req-{i}"}
+            a, b = predict(shadowing, f"u{i}", seed=i, **headers), predict(stable_only, f"u{i}", seed=i, **headers)
+            assert a.status_code == b.status_code == 200
+            assert a.content == b.content
+            assert a.headers["X-Model-Version"] == b.headers["X-Model-Version"] == "1"
+        compared = wait_for(lambda: metric_value(shadowing.get("/metrics").text, "serving_shadow_comparisons_total",
+                                                 model="digits", version="3") >= 20)  # fmt: skip
+        assert compared
+        readings = wait_for(lambda: (r := rollout_of(shadowing)["guardrails"]["readings"])["candidate"]["compared"] == 20
+                            and r)  # fmt: skip
+        assert readings["stable"]["requests"] == 20 and readings["candidate"]["requests"] == 20
+
+
+def test_shadow_is_shed_first_when_the_cap_is_reached(arms_repo: Callable[..., Path], tmp_path: Path) -> None:
+    repo = arms_repo(1, 3)
+    shadow_file = write_policy(tmp_path / "shadow.yaml", canary(3, stage="shadow"))
+    with serve(repo, rollout=shadow_file, shadow_max_in_flight=0) as client:
+        assert all(predict(client, f"u{i}").status_code == 200 for i in range(5))
+        metrics = client.get("/metrics").text
+        assert metric_value(metrics, "serving_shadow_shed_total", model="digits") == 5
+        assert metric_value(metrics, "serving_shadow_comparisons_total") == 0
+
+
+# -- guardrails ---------------------------------------------------------------------------------
+
+
+def drive_until_rolled_back(client: Any, min_requests: int, limit: int = 400) -> int:
+    """Send requests until the candidate is rolled back; checks it is still on before both arms have enough."""
+    for i in range(limit):
+        response = predict(client, f"user-{i}", seed=i)
+        assert response.status_code in (200, 500)
+        state = rollout_of(client)
+        if state["stage"] == "rolled_back":  # the readings it was judged on are in the audit trail
+            return i + 1
+        readings = state["guardrails"]["readings"]
+        arms = (readings.get("stable", {}).get("requests", 0), readings.get("candidate", {}).get("requests", 0))
+        if min(arms) < min_requests:
+            assert state["guardrails"]["status"] == "waiting_for_data", state["guardrails"]
+            assert state["guardrails"]["message"].startswith("waiting for data")
+    raise AssertionError(f"never rolled back in {limit} requests: {rollout_of(client)['guardrails']}")
+
+
+def assert_rolled_back(client: Any, reason: str) -> None:
+    state = rollout_of(client)
+    assert state["stage"] == "rolled_back" and state["source"] == "store"
+    assert state["last_decisions"][0]["action"] == "rollback"
+    assert state["last_decisions"][0]["reason"].startswith(reason)
+    metrics = client.get("/metrics").text
+    assert metric_value(metrics, "serving_rollbacks_total", model="digits", reason=reason) == 1
+    assert metric_value(metrics, "serving_rollout_stage", model="digits", stage="rolled_back") == 1
+    history = client.get("/v1/rollouts/digits/history").json()["history"]
+    assert history[0]["action"] == "rollback" and history[0]["actor"].startswith("guardrails")
+    assert history[0]["readings"]["candidate"]["requests"] >= history[0]["readings"]["min_requests"]
+    assert history[0]["before"]["stage"] != "rolled_back" and history[0]["after"]["stage"] == "rolled_back"
+    # and from now on stable answers everyone
+    assert {predict(client, f"after-{i}").headers["X-Model-Version"] for i in range(10)} == {"1"}
+
+
+def test_a_candidate_that_errors_is_rolled_back(arms_repo: Callable[..., Path], tmp_path: Path) -> None:
+    repo = arms_repo(1, 5)
+    policy_file = write_policy(
+        tmp_path / "rollout.yaml", canary(5, '{"*": 50}', "{min_requests: 15, max_error_rate: 0.05}")
+    )
+    with serve(repo, rollout=policy_file) as client:
+        drive_until_rolled_back(client, 15)
+        assert_rolled_back(client, "error_rate")
+
+
+def test_a_candidate_that_is_slow_is_rolled_back(arms_repo: Callable[..., Path], tmp_path: Path) -> None:
+    repo = arms_repo(1, 4)
+    policy_file = write_policy(tmp_path / "rollout.yaml", canary(4, '{"*": 50}', "{min_requests: 8, max_p99_ms: 40}"))
+    with serve(repo, rollout=policy_file) as client:
+        drive_until_rolled_back(client, 8)
+        assert_rolled_back(client, "p99_latency")
+
+
+def test_a_candidate_that_disagrees_in_shadow_is_rolled_back(arms_repo: Callable[..., Path], tmp_path: Path) -> None:
+    repo = arms_repo(1, 3)
+    policy_file = write_policy(
+        tmp_path / "rollout.yaml", canary(3, guardrails="{min_requests: 15, max_disagreement: 0.2}", stage="shadow")
+    )
+    with serve(repo, rollout=policy_file) as client:
+        drive_until_rolled_back(client, 15)
+        assert_rolled_back(client, "disagreement")
+
+
+def test_a_candidate_that_agrees_keeps_its_stage(arms_repo: Callable[..., Path], tmp_path: Path) -> None:
+    repo = arms_repo(1, 2)
+    policy_file = write_policy(
+        tmp_path / "rollout.yaml",
+        canary(2, guardrails="{min_requests: 10, max_disagreement: 0.2, max_error_rate: 0.05}", stage="shadow"),
+    )
+    with serve(repo, rollout=policy_file) as client:
+        for i in range(15):
+            assert predict(client, f"user-{i}", seed=i).status_code == 200
+        state = wait_for(lambda: (s := rollout_of(client))["guardrails"]["status"] == "ok" and s)
+        assert state["stage"] == "shadow"
+        assert state["guardrails"]["readings"]["candidate"]["disagreement"] == 0.0
+
+
+# -- admin ---------------------------------------------------------------------------------------
+
+
+def test_admin_endpoints_need_the_token(make_repo: Callable[..., Path], tmp_path: Path) -> None:
+    repo = make_repo(("digits", 1), ("digits", 2))
+    policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"*": 100}'))
+    with serve(repo, rollout=policy_file, admin_token=None, state_path=tmp_path / "none.sqlite") as client:
+        refused = client.post("/v1/rollouts/digits/rollback", headers=ADMIN)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    with serve(repo, rollout=policy_file) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            wrong = client.post("/v1/rollouts/digits/rollback", headers=headers)
+            assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
+        assert rollout_of(client)["stage"] == "canary"
+        done = client.post("/v1/rollouts/digits/rollback", headers=ADMIN, json={"reason": "bears look odd"})
+        assert done.status_code == 200 and done.json()["stage"] == "rolled_back"
+        assert predict(client, "k").headers["X-Model-Version"] == "1"
+        promoted = client.post("/v1/rollouts/digits/promote", headers=ADMIN, json={"reason": "all good"})
+        assert promoted.status_code == 200 and promoted.json()["stage"] == "promoted"
+        assert predict(client, "k", "anywhere").headers["X-Model-Version"] == "2"
+        history = client.get("/v1/rollouts/digits/history").json()["history"]
+        assert [(h["action"], h["reason"]) for h in history[:2]] == [("promote", "all good"),
+                                                                      ("rollback", "bears look odd")]  # fmt: skip
+        assert history[0]["actor"].startswith("admin")
+        metrics = client.get("/metrics").text
+        assert metric_value(metrics, "serving_rollbacks_total", model="digits", reason="manual") == 1
+
+
+def test_put_replaces_the_policy_and_names_bad_fields(make_repo: Callable[..., Path], tmp_path: Path) -> None:
+    repo = make_repo(("digits", 1), ("digits", 2))
+    policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"*": 0}'))
+    with serve(repo, rollout=policy_file) as client:
+        bad = client.put("/v1/rollouts/digits", headers=ADMIN, json={"stable": 1, "candidate": 2, "stage": "canary",
+                         "start": PAST, "steps": [{"regions": {"eu": 100}, "hold": "soon"}, {"regions": {"*": 1}}]})  # fmt: skip
+        assert bad.status_code == 422
+        assert bad.json()["error"]["message"].startswith("models.digits.steps[0].hold: a duration")
+        new = {"stable": 1, "candidate": 2, "stage": "canary", "start": PAST, "steps": [{"regions": {"eu": 100}}],
+               "reason": "open eu"}  # fmt: skip
+        done = client.put("/v1/rollouts/digits", headers=ADMIN, json=new)
+        assert done.status_code == 200 and done.json()["shares"] == {"eu": 1.0}
+        assert predict(client, "k", "eu").headers["X-Model-Version"] == "2"
+        assert client.get("/v1/rollouts/digits/history").json()["history"][0]["action"] == "replace"
+
+
+# -- the policy file and the state --------------------------------------------------------------
+
+
+def test_a_bad_policy_edit_keeps_the_previous_policy(make_repo: Callable[..., Path], tmp_path: Path) -> None:
+    repo = make_repo(("digits", 1), ("digits", 2))
+    policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"eu": 100}'))
+    with serve(repo, rollout=policy_file) as client:
+        assert predict(client, "k", "eu").headers["X-Model-Version"] == "2"
+        write_policy(policy_file, canary(2, '{"eu": 100}').replace("start: ", "start: yesterday-ish ") + "\n")
+        listing = wait_for(lambda: (r := client.get("/v1/rollouts").json())["policy_error"] and r)
+        assert "models.digits.start" in listing["policy_error"]
+        assert listing["models"]["digits"]["shares"] == {"eu": 1.0}
+        assert predict(client, "k", "eu").headers["X-Model-Version"] == "2"
+        assert metric_value(client.get("/metrics").text, "serving_rollout_policy_errors_total") == 1
+        write_policy(policy_file, canary(2, '{"eu": 0}'))  # a good edit applies
+        wait_for(lambda: client.get("/v1/rollouts").json()["policy_error"] is None)
+        assert predict(client, "k", "eu").headers["X-Model-Version"] == "1"
+
+
+def test_a_rollback_survives_a_restart(make_repo: Callable[..., Path], tmp_path: Path) -> None:
+    repo = make_repo(("digits", 1), ("digits", 2))
+    policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"*": 100}'))
+    with serve(repo, rollout=policy_file) as client:
+        assert client.post("/v1/rollouts/digits/rollback", headers=ADMIN).status_code == 200
+    assert (tmp_path / "rollout.yaml.state.sqlite").exists()
+    with serve(repo, rollout=policy_file) as client:
+        assert rollout_of(client)["stage"] == "rolled_back"
+        assert predict(client, "k").headers["X-Model-Version"] == "1"
+    # editing the model's entry in the file starts a new plan
+    write_policy(policy_file, canary(2, '{"*": 100}').replace("stable: 1", "stable: 1\n    sticky_key: X-User"))
+    with serve(repo, rollout=policy_file) as client:
+        assert rollout_of(client)["stage"] == "canary" and rollout_of(client)["source"] == "file"
+
+
+def test_open_inference_protocol_requests_obey_the_rollout_and_pinned_ones_bypass_it(
+    make_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    repo = make_repo(("digits", 1), ("digits", 2))
+    policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"campsite-1": 100}'))
+    pixels = np.zeros((1, 3, 16, 16), dtype=np.uint8)
+    body = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape),
+                        "data": pixels.ravel().tolist()}]}  # fmt: skip
+    with serve(repo, rollout=policy_file, state_path=tmp_path / "state.sqlite") as client:
+        at_campsite = client.post("/v2/models/digits/infer", json=body, headers={"X-Region": "campsite-1"})
+        elsewhere = client.post("/v2/models/digits/infer", json=body, headers={"X-Region": "marin"})
+        pinned = client.post("/v2/models/digits/versions/1/infer", json=body, headers={"X-Region": "campsite-1"})
+        assert at_campsite.status_code == elsewhere.status_code == pinned.status_code == 200, at_campsite.text
+        assert at_campsite.headers["X-Model-Version"] == "2"
+        assert elsewhere.headers["X-Model-Version"] == "1"
+        assert pinned.headers["X-Model-Version"] == "1"
