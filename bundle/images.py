@@ -17,6 +17,14 @@ import pyspng
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
+# The formats the service decodes by default (checked against the bytes, never the Content-Type). Pillow reads many
+# more, some through external programs (EPS starts Ghostscript): none of those is reachable from a request.
+SERVED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+# Bounds on the header structures Pillow parses in Python, one step per segment or chunk: far above any real image,
+# far below a flood of tiny segments (an 8x8 JPEG padded with a million comments).
+MAX_JPEG_SEGMENTS = 1024  # segments before the first scan
+MAX_PNG_CHUNKS = 65_536  # chunks in all (a large PNG has thousands of IDAT chunks)
+MAX_PNG_ANCILLARY_CHUNKS = 1024  # chunks other than IDAT
 _ORIENTATION = 0x0112  # the EXIF tag
 _TURNED = frozenset(range(2, 9))  # orientations exif_transpose undoes; 1 (and junk) mean upright
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -31,6 +39,10 @@ class ImageTooLarge(ValueError):
     """The image has more pixels than allowed (decompression bomb guard)."""
 
 
+class ImageFormatRefused(ImageError):
+    """The bytes are an image format outside the allow-list (or none that is recognised)."""
+
+
 @dataclass(frozen=True)
 class ResizeSpec:
     height: int
@@ -43,17 +55,40 @@ def decode_image(
     data: bytes,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     target: ResizeSpec | None = None,
+    formats: tuple[str, ...] | None = None,
 ) -> Image.Image:
     """Decode bytes into an upright RGB image.
 
     Takes the first frame of animations, applies EXIF orientation, converts
-    grayscale/RGBA/palette to RGB. When ``target`` is given, JPEGs are decoded
-    with draft mode at the smallest scale that still covers the target.
+    grayscale/RGBA/palette to RGB (16-bit grayscale scaled, not clipped). When
+    ``target`` is given, JPEGs are decoded with draft mode at the smallest
+    scale that still covers the target. ``formats``: the allow-list checked
+    against the bytes (the service's); None lets Pillow read any format
+    (training data is trusted).
     """
-    img = _open(data)
+    return load_image(open_image(data, max_pixels, formats), target)
+
+
+def open_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, formats: tuple[str, ...] | None = None
+) -> Image.Image:
+    """Read only the header: format (against ``formats``), structure bounds and size; no pixel is decoded."""
+    fmt = sniff_format(data)
+    if formats is not None:
+        if fmt is None:
+            raise ImageError(f"not a recognised image format; send one of: {', '.join(formats)}")
+        if fmt not in formats:
+            raise ImageFormatRefused(f"{fmt} images are not accepted; send one of: {', '.join(formats)}")
+    check_structure(data, fmt)
+    img = _open(data, fmt, fallback=formats is None)
     width, height = img.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, limit is {max_pixels}")
+    return img
+
+
+def load_image(img: Image.Image, target: ResizeSpec | None = None) -> Image.Image:
+    """Decode the pixels of an image ``open_image`` returned, upright and RGB."""
     if target is not None and img.format == "JPEG":
         img.draft("RGB", _draft_size(img.size, target, _exif_swaps_axes(img)))
     try:
@@ -69,16 +104,19 @@ def decode_image(
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
 
 
-def _open(data: bytes) -> Image.Image:
-    """``Image.open``, told the format when the magic bytes name it (skips trying every plugin in turn)."""
-    hint = _format_hint(data)
+def _open(data: bytes, fmt: str | None, fallback: bool = True) -> Image.Image:
+    """``Image.open``, told the format the magic bytes name (skips trying every plugin in turn).
+
+    With ``fallback`` an image whose magic bytes misled us (or named nothing)
+    gets every format Pillow has; without it, only the one named.
+    """
     try:
         try:
-            return Image.open(io.BytesIO(data), formats=hint)
+            return Image.open(io.BytesIO(data), formats=(fmt,) if fmt else None)
         except UnidentifiedImageError:
-            if hint is None:
+            if fmt is None or not fallback:
                 raise
-            return Image.open(io.BytesIO(data))  # the magic bytes misled us: let Pillow try every format
+            return Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise ImageError("not a recognised image format") from exc
     except Image.DecompressionBombError as exc:  # Pillow's own limit, far above ours: still too large
@@ -87,17 +125,72 @@ def _open(data: bytes) -> Image.Image:
         raise ImageError(f"cannot read image: {exc}") from exc
 
 
-def _format_hint(data: bytes) -> tuple[str, ...] | None:
-    """The one format whose signature starts ``data``, or None to let Pillow sniff."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return ("PNG",)
+def sniff_format(data: bytes) -> str | None:
+    """The Pillow format name whose signature starts ``data``, or None."""
+    if data.startswith(_PNG_SIGNATURE):
+        return "PNG"
     if data.startswith(b"\xff\xd8\xff"):
-        return ("JPEG",)
+        return "JPEG"
     if data.startswith((b"GIF87a", b"GIF89a")):
-        return ("GIF",)
+        return "GIF"
     if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
-        return ("WEBP",)
+        return "WEBP"
+    if data.startswith(b"BM") and len(data) >= 26:
+        return "BMP"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "TIFF"
     return None
+
+
+def check_structure(data: bytes, fmt: str | None) -> None:
+    """Refuse a JPEG or PNG whose header structures would take Pillow an unbounded number of steps to parse.
+
+    The walk itself is bounded by the same limits; truncation and other damage
+    are left for the decoder to report.
+    """
+    if fmt == "JPEG":
+        _check_jpeg_segments(data)
+    elif fmt == "PNG":
+        _check_png_chunks(data)
+
+
+def _check_jpeg_segments(data: bytes) -> None:
+    pos, end, segments = 2, len(data), 0
+    while pos < end:
+        if data[pos] != 0xFF:
+            return  # damaged: the decoder says so
+        while pos < end and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= end:
+            return
+        marker = data[pos]
+        pos += 1
+        if marker in (0xDA, 0xD9):  # start of scan (libjpeg, in C, takes it from here) or end of image
+            return
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            continue
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise ImageError(f"JPEG has more than {MAX_JPEG_SEGMENTS} segments before its image data")
+        if pos + 2 > end:
+            return
+        pos += (data[pos] << 8) | data[pos + 1]
+
+
+def _check_png_chunks(data: bytes) -> None:
+    pos, end, chunks, ancillary = 8, len(data), 0, 0
+    while pos + 8 <= end:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"IEND":
+            return
+        chunks += 1
+        if kind != b"IDAT":
+            ancillary += 1
+        if chunks > MAX_PNG_CHUNKS or ancillary > MAX_PNG_ANCILLARY_CHUNKS:
+            raise ImageError(
+                f"PNG has more than {MAX_PNG_CHUNKS} chunks or {MAX_PNG_ANCILLARY_CHUNKS} chunks besides image data"
+            )
+        pos += 12 + length
 
 
 def _draft_size(size: tuple[int, int], target: ResizeSpec, swap: bool = False) -> tuple[int, int]:
@@ -128,12 +221,25 @@ def _exif_swaps_axes(img: Image.Image) -> bool:
 def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _to_8bit_gray(img)
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return img.convert("RGB")
+
+
+def _to_8bit_gray(img: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer / float) grayscale image scaled to 8 bits: 0..65535 -> 0..255, as PNG means it.
+
+    Pillow's own conversion clips instead of scaling, which turns nearly every
+    16-bit pixel white.
+    """
+    values = np.asarray(img).astype(np.float64)
+    scaled = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, "L")
 
 
 def resize(img: Image.Image, spec: ResizeSpec) -> Image.Image:
@@ -202,17 +308,23 @@ def plain_png_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
         return None
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, limit is {max_pixels}")
+    _check_png_chunks(data)
     try:
         return pyspng.load(data)
     except Exception:  # libspng refuses it: let Pillow decide, and explain
         return None
 
 
-def preprocess(data: bytes, spec: ResizeSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def preprocess(
+    data: bytes, spec: ResizeSpec, max_pixels: int = DEFAULT_MAX_PIXELS, formats: tuple[str, ...] | None = None
+) -> np.ndarray:
     """Encoded bytes -> uint8 (3, H, W) pixels, exactly as the model was validated."""
-    pixels = plain_png_pixels(data, max_pixels)
+    if formats is not None and "PNG" not in formats:
+        pixels = None
+    else:
+        pixels = plain_png_pixels(data, max_pixels)
     if pixels is None:
-        img = decode_image(data, max_pixels, target=spec)
+        img = decode_image(data, max_pixels, target=spec, formats=formats)
     else:
         # A grayscale image is resized as it is and replicated to RGB afterwards: the same pixels, a third of the work.
         height, width = pixels.shape[:2]

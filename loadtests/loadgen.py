@@ -22,6 +22,7 @@ class LoadResult:
     seconds: float
     latencies_ms: list[float] = field(repr=False)
     statuses: dict[int, int] = field(default_factory=dict)
+    ok_latencies_ms: list[float] = field(default_factory=list, repr=False)  # of the 200 answers only
 
     @property
     def rate(self) -> float:
@@ -39,6 +40,7 @@ class LoadResult:
         self.errors += other.errors
         self.seconds += other.seconds
         self.latencies_ms += other.latencies_ms
+        self.ok_latencies_ms += other.ok_latencies_ms
         for status, count in other.statuses.items():
             self.statuses[status] = self.statuses.get(status, 0) + count
 
@@ -93,7 +95,10 @@ async def _client(host: str, port: int, request: bytes, stop_at: float, budget: 
             started = time.perf_counter()
             writer.write(request)
             status = await _read_response(reader)
-            result.latencies_ms.append((time.perf_counter() - started) * 1000)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            result.latencies_ms.append(elapsed_ms)
+            if status == 200:
+                result.ok_latencies_ms.append(elapsed_ms)
             result.statuses[status] = result.statuses.get(status, 0) + 1
             result.requests += 1
             if status != 200:

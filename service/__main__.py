@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from typing import Sequence
 
@@ -16,6 +15,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
+from service.connections import server_config
 from service.settings import ServiceSettings
 
 
@@ -58,15 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,  # metrics count requests; a log line per request costs throughput
-        timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),
-        lifespan="on",
-    )
+    # The connection limits (header size, header/body/keep-alive timeouts, connection and request caps) live
+    # in service.connections, with the protocol that enforces them.
+    uvicorn.Server(server_config(create_app(settings), settings)).run()
     return 0
 
 

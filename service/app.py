@@ -22,10 +22,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from service.errors import NotFound, ServiceError, error_body, error_response
+from service.errors import NotFound, ServiceError, error_body, error_response, public_message
 from service.metrics import ServingMetrics
 from service.oip import OpenInferenceAPI
-from service.openapi import openapi_document
+from service.openapi import ModelContract, openapi_document
 from service.predict import PREDICT_PATH, PredictEndpoint
 from service.registry import ModelRegistry
 from service.request_id import RequestIdMiddleware
@@ -106,7 +106,7 @@ class ServingAPI:
             described["input"] = current.inputs.schema()
         described["versions"] = [v.describe() for v in versions]
         described["refused"] = [
-            {"version": number, "reason": r.reason, "message": r.message}
+            {"version": number, "reason": r.reason, "message": public_message(r.message)}
             for number, r in self.registry.refusals(name).items()
         ]
         described["rollout"] = self.rollout.describe_model(name) if self.rollout is not None else None
@@ -148,7 +148,19 @@ class ServingAPI:
         return Response(body, media_type=content_type)
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document())
+        return JSONResponse(openapi_document(models=self.model_contracts()))
+
+    def model_contracts(self) -> list[ModelContract]:
+        """What the OpenAPI document states per served model (its newest version's inputs)."""
+        contracts = []
+        for name in self.registry.model_names():
+            versions = self.registry.versions(name)
+            if versions:
+                contracts.append(ModelContract(
+                    name, [v.version for v in versions], versions[-1].inputs.schema(),
+                    self.settings.max_items_per_request, self.settings.max_columns,
+                ))  # fmt: skip
+        return contracts
 
     def routes(self) -> list[BaseRoute]:
         # The predict paths never reach these routes: ServingApp sends them to the predict endpoint first.

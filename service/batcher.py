@@ -12,8 +12,10 @@ while the previous batch runs.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
+from types import TracebackType
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
@@ -21,6 +23,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from service.errors import DeadlineExceeded, InferenceFailed, QueueFull, Unavailable
+
+log = logging.getLogger("service.batcher")
 
 RunBatch = Callable[[Sequence[np.ndarray]], np.ndarray]
 
@@ -115,6 +119,8 @@ class DynamicBatcher:
         self._batch_full = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False
+        self._admitted = 0  # requests admitted (reading or decoding their body) and not yet queued
+        self._seconds_per_item = 0.0  # moving average of run time per item, for the backlog estimate
 
     @property
     def queue_depth(self) -> int:
@@ -124,17 +130,52 @@ class DynamicBatcher:
         """Every batch size a run can have: what warm-up must cover."""
         return list(self.pad_sizes) if self.pad_sizes else list(range(1, self.max_batch_size + 1))
 
+    @property
+    def admitted(self) -> int:
+        return self._admitted
+
+    def backlog_seconds(self, items: int) -> float:
+        """About how long ``items`` queued items take to run, from the recent run times."""
+        return items * self._seconds_per_item / self.batches_in_flight
+
+    def admit(self, timeout_s: float) -> "Admission":
+        """Take a request in, or refuse it at once: before its body is read or decoded, so a refusal is cheap.
+
+        Refused when the queue (items queued plus requests already admitted)
+        is full, or when its backlog would take longer than the deadline.
+        """
+        if self._closing:
+            raise Unavailable("this model version is being unloaded; retry to reach the current version")
+        ahead = self._queued_items + self._admitted
+        if ahead >= self.max_queue_size:
+            raise QueueFull(
+                f"the queue holds {ahead} items and requests (limit {self.max_queue_size}); retry later",
+                self.retry_after_s,
+            )
+        if self.backlog_seconds(ahead) >= timeout_s:
+            raise QueueFull(
+                f"the queue's backlog ({ahead} items, about {self.backlog_seconds(ahead):.2g} s) would miss "
+                f"the {timeout_s:.3g} s deadline; retry later",
+                self.retry_after_s,
+            )
+        self._admitted += 1
+        return Admission(self)
+
     def start(self) -> None:
         """Start the workers (needs the running event loop)."""
         if not self._workers:
             self._workers = [asyncio.create_task(self._work()) for _ in range(self.batches_in_flight)]
 
     async def submit(self, inputs: Sequence[np.ndarray], timeout_s: float) -> np.ndarray:
-        """Queue ``n`` items (rows of each input); return the model output rows in the same order."""
+        """Queue ``n`` items (rows of each input); return the model output rows in the same order.
+
+        A request is queued whenever the queue has room, whatever its size, so
+        a large request is not starved by a stream of small ones.
+        """
         if self._closing:
             raise Unavailable("this model version is being unloaded; retry to reach the current version")
         size = int(inputs[0].shape[0])
-        if self._queued_items and self._queued_items + size > self.max_queue_size:
+        if self._queued_items >= self.max_queue_size:
             raise QueueFull(
                 f"the queue holds {self._queued_items} items (limit {self.max_queue_size}); retry later",
                 self.retry_after_s,
@@ -222,15 +263,44 @@ class DynamicBatcher:
             if len(output) < items:
                 raise ValueError(f"the model returned {len(output)} rows for {items} items")
         except Exception as exc:  # the runtime failed: every request in this batch fails, the service goes on
+            log.exception("a batch of %d items failed", items)
             for chunk in chunks:
                 if not chunk.request.future.done():
                     chunk.request.future.set_exception(InferenceFailed(f"inference failed: {exc}"))
             return
         self.observer.batch(items, run_seconds)
+        per_item = run_seconds / items
+        previous = self._seconds_per_item
+        self._seconds_per_item = per_item if not previous else 0.8 * previous + 0.2 * per_item
         position = 0
         for chunk in chunks:
             _deliver(chunk, output[position : position + chunk.size])
             position += chunk.size
+
+
+class Admission:
+    """One admitted request: its place is held from ``admit`` until it is queued (``submit``) or given up."""
+
+    def __init__(self, batcher: DynamicBatcher) -> None:
+        self.batcher = batcher
+        self.holding = True
+
+    async def submit(self, inputs: Sequence[np.ndarray], timeout_s: float) -> np.ndarray:
+        self._release()
+        return await self.batcher.submit(inputs, timeout_s)
+
+    def _release(self) -> None:
+        if self.holding:
+            self.holding = False
+            self.batcher._admitted -= 1
+
+    def __enter__(self) -> "Admission":
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._release()
 
 
 def _timed(run_batch: RunBatch, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:

@@ -7,6 +7,8 @@ Code raises a :class:`ServiceError` subclass where a problem is found; only
 
 from __future__ import annotations
 
+import re
+
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -80,6 +82,12 @@ class DeadlineExceeded(ServiceError):
     status, code, outcome = 504, "deadline_exceeded", "timeout"
 
 
+class RequestTimeout(ServiceError):
+    """The client stopped sending its request (headers or body) for longer than the read timeout."""
+
+    status, code, outcome = 408, "request_timeout", "client_error"
+
+
 class Unavailable(ServiceError):
     """The version is going away (draining) or not loaded yet."""
 
@@ -92,6 +100,7 @@ class InferenceFailed(ServiceError):
 
 _HTTP_CODES = {
     400: "bad_request",
+    408: "request_timeout",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -99,8 +108,17 @@ _HTTP_CODES = {
 }
 
 
+# An absolute path, as a message may quote one from an OSError or a bundle problem: "/srv/models/digits/1/x".
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(?:/[^\s'\"/:;,()]+)+/?")
+
+
+def public_message(message: str) -> str:
+    """``message`` fit for a client: absolute paths cut to their last two components (logs keep them whole)."""
+    return _ABSOLUTE_PATH.sub(lambda m: "/".join(m.group(0).strip("/").split("/")[-2:]), message)
+
+
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
+    return {"error": {"code": code, "message": public_message(message)}}
 
 
 def error_response(request: Request, exc: Exception) -> Response:
@@ -122,8 +140,14 @@ def error_parts(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
         message = str(exc.detail)
         headers.update(exc.headers or {})
     else:
-        status, code, message = 500, "internal", f"internal error: {type(exc).__name__}"
+        status, code, message = 500, "internal", "internal error; the service log has the details"
     return status, code, message, headers
+
+
+def describe_error(exc: Exception) -> tuple[int, dict[str, str], dict[str, dict[str, str]]]:
+    """Status, headers and JSON body for any exception (the predict endpoint sends them straight through ASGI)."""
+    status, code, message, headers = error_parts(exc)
+    return status, headers, error_body(code, message)
 
 
 def outcome_of(exc: Exception) -> str:

@@ -11,24 +11,48 @@ from __future__ import annotations
 
 import base64
 import binascii
+import csv
 import io
 import json
 import math
 import re
+import time
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from bundle.images import ImageError, ImageTooLarge, ResizeSpec, preprocess
+from PIL import Image
+
+from bundle.images import (
+    SERVED_FORMATS,
+    ImageError,
+    ImageFormatRefused,
+    ImageTooLarge,
+    ResizeSpec,
+    load_image,
+    open_image,
+    plain_png_pixels,
+    preprocess,
+    resize,
+    to_chw,
+)
 from bundle.manifest import Manifest
 from bundle.tabular import TabularInputError, TabularProcessor, rows_to_frame, unknown_columns_message
-from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.multipart import parse_multipart
 
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
 CSV = "text/csv"
+# Request budgets a decoder enforces beyond the item count, with their defaults (settings override them).
+DEFAULT_INLINE_MAX_BYTES = 32_768
+DEFAULT_MAX_REQUEST_PIXELS = 50_000_000
+DEFAULT_MAX_COLUMNS = 512
+DEFAULT_MAX_CELLS = 32_768
+MAX_CONTINUOUS = 1e15  # |value| of a continuous column in JSON; far beyond any feature, far from float32 overflow
+MAX_INT_DIGITS = 310  # a longer integer is beyond any float, and past 4,300 digits Python refuses to convert it
+
 RAW_IMAGE_TYPES = (
     "image/jpeg",
     "image/png",
@@ -38,13 +62,27 @@ RAW_IMAGE_TYPES = (
     "image/gif",
     "application/octet-stream",
 )
+# The raw-body media types each image format may be sent as (application/octet-stream goes with any).
+FORMAT_MEDIA_TYPES = {
+    "JPEG": ("image/jpeg",),
+    "PNG": ("image/png",),
+    "WEBP": ("image/webp",),
+    "BMP": ("image/bmp", "image/x-ms-bmp"),
+    "GIF": ("image/gif",),
+    "TIFF": ("image/tiff",),
+}
 
 
 class InputDecoder(Protocol):
     media_types: tuple[str, ...]
 
-    def decode(self, media_type: str, content_type: str, body: bytes) -> list[np.ndarray]:
-        """One array per ONNX input, all with the same number of rows (items)."""
+    def decode(
+        self, media_type: str, content_type: str, body: bytes, deadline: float | None = None
+    ) -> list[np.ndarray]:
+        """One array per ONNX input, all with the same number of rows (items).
+
+        ``deadline`` (``time.perf_counter()`` seconds): past it, remaining work is skipped (504).
+        """
         ...
 
     def decode_in_place(self, media_type: str, content_type: str, body: bytes) -> list[np.ndarray] | None:
@@ -66,11 +104,30 @@ def check_media_type(decoder: InputDecoder, media_type: str) -> None:
 
 
 def decoder_for(
-    manifest: Manifest, max_items: int, max_pixels: int, inline_max_pixels: int = 0, ignore_unknown: bool = False
+    manifest: Manifest, max_items: int, max_pixels: int, inline_max_pixels: int = 0, **limits: Any
 ) -> InputDecoder:
+    """The decoder for a manifest's input kind; ``limits`` are the keyword budgets of that decoder."""
     if manifest.input_kind == "image":
-        return ImageInputs(manifest, max_items, max_pixels, inline_max_pixels)
-    return TabularInputs(manifest, max_items, ignore_unknown)
+        image_limits = {k: v for k, v in limits.items() if k in ImageInputs.LIMITS}
+        return ImageInputs(manifest, max_items, max_pixels, inline_max_pixels, **image_limits)
+    return TabularInputs(manifest, max_items, **{k: v for k, v in limits.items() if k in TabularInputs.LIMITS})
+
+
+def input_limits(settings: Any) -> dict[str, Any]:
+    """The decoder budgets of ``ServiceSettings``, as ``decoder_for`` keywords."""
+    return {
+        "inline_max_bytes": settings.inline_decode_max_bytes,
+        "max_request_pixels": settings.max_request_pixels,
+        "formats": tuple(settings.image_formats),
+        "max_columns": settings.max_columns,
+        "max_cells": settings.max_cells_per_request,
+        "ignore_unknown": settings.ignore_unknown_columns,
+    }
+
+
+def check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.perf_counter() >= deadline:
+        raise DeadlineExceeded("the request deadline passed before its preprocessing finished")
 
 
 # -- JSON ------------------------------------------------------------------------------------
@@ -87,14 +144,22 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _bounded_int(text: str) -> int | float:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise InvalidInput(f"invalid JSON: an integer of {len(text.lstrip('-'))} digits is out of range")
+    return int(text)
+
+
 def parse_json(body: bytes) -> Any:
     """Strict JSON: NaN, Infinity and overflowing numbers are refused, not turned into floats."""
     try:
-        return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+        return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"invalid JSON: {exc}") from exc
     except RecursionError as exc:
         raise InvalidInput("invalid JSON: nested too deeply") from exc
+    except ValueError as exc:  # anything else the parser refuses; never a 500
+        raise InvalidInput(f"invalid JSON: {exc}") from exc
 
 
 def _json_list(body: bytes, key: str, max_items: int, what: str) -> list[Any]:
@@ -115,11 +180,27 @@ def _json_list(body: bytes, key: str, max_items: int, what: str) -> list[Any]:
 
 
 class ImageInputs:
-    """Multipart ``file`` parts, a raw image body, or JSON base64 instances -> uint8 [N, 3, H, W]."""
+    """Multipart ``file`` parts, a raw image body, or JSON base64 instances -> uint8 [N, 3, H, W].
+
+    Budgets: ``max_items`` images, ``max_pixels`` per image and
+    ``max_request_pixels`` in all, all read from the image headers before any
+    pixel is decoded; only ``formats`` (checked against the bytes) are decoded.
+    """
 
     media_types = (MULTIPART, JSON, *RAW_IMAGE_TYPES)
+    LIMITS = ("inline_max_bytes", "max_request_pixels", "formats")
 
-    def __init__(self, manifest: Manifest, max_items: int, max_pixels: int, inline_max_pixels: int = 0) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        max_items: int,
+        max_pixels: int,
+        inline_max_pixels: int = 0,
+        *,
+        inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES,
+        max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+        formats: tuple[str, ...] = SERVED_FORMATS,
+    ) -> None:
         if manifest.image is None:
             raise ValueError(f"{manifest.name} v{manifest.version}: image model without an image section")
         image = manifest.image
@@ -128,44 +209,93 @@ class ImageInputs:
         self.max_items = max_items
         self.max_pixels = max_pixels
         self.inline_max_pixels = inline_max_pixels
+        self.inline_max_bytes = inline_max_bytes
+        self.max_request_pixels = max_request_pixels
+        self.formats = tuple(formats)
+        raw = [t for fmt in self.formats for t in FORMAT_MEDIA_TYPES.get(fmt, ())]
+        self.media_types = (MULTIPART, JSON, *raw, "application/octet-stream")
 
     def decode_in_place(self, media_type: str, content_type: str, body: bytes) -> list[np.ndarray] | None:
-        """A raw thumbnail: decoded at once; anything over ``inline_max_pixels`` is left for the pool.
+        """A raw thumbnail: decoded at once; anything else is left for the pool.
 
-        The pixel limit is checked from the header before any pixel is
-        decoded, so a large image costs only that header read here.
+        Only a small body qualifies (``inline_max_bytes``), so the event loop
+        never parses more than that many bytes of headers or chunks; the pixel
+        limit is checked from the header before any pixel is decoded.
         """
-        if not self.inline_max_pixels or media_type not in RAW_IMAGE_TYPES or not body:
+        if not self.inline_max_pixels or media_type in (MULTIPART, JSON) or not body:
+            return None
+        if len(body) > self.inline_max_bytes:
             return None
         try:
-            pixels = preprocess(body, self.spec, min(self.inline_max_pixels, self.max_pixels))
+            pixels = preprocess(body, self.spec, min(self.inline_max_pixels, self.max_pixels), self.formats)
         except ImageTooLarge:
             return None  # not a thumbnail: the pool decodes it under the real limit
+        except ImageFormatRefused as exc:
+            raise UnsupportedMediaType(f"body: {exc}") from exc
         except ImageError as exc:
             raise InvalidInput(f"body: {exc}") from exc
         return [pixels[None]]
 
-    def decode(self, media_type: str, content_type: str, body: bytes) -> list[np.ndarray]:
+    def decode(
+        self, media_type: str, content_type: str, body: bytes, deadline: float | None = None
+    ) -> list[np.ndarray]:
         if media_type == MULTIPART:
             images = self._multipart(content_type, body)
         elif media_type == JSON:
             images = self._instances(body)
         else:
             images = [("body", body)]
-        return [self.decode_images(images)]
+        return [self.decode_images(images, deadline)]
 
-    def decode_images(self, images: list[tuple[str, bytes]]) -> np.ndarray:
-        """Encoded images, each named by where it came from (for errors) -> uint8 [N, 3, H, W]."""
+    def decode_images(self, images: list[tuple[str, bytes]], deadline: float | None = None) -> np.ndarray:
+        """Encoded images, each named by where it came from (for errors) -> uint8 [N, 3, H, W].
+
+        Every header, and the request's pixel budget, is checked before any image is decoded.
+        """
+        opened = self._open_all(images)
         pixels = np.empty((len(images), 3, self.spec.height, self.spec.width), dtype=np.uint8)
-        for i, (where, data) in enumerate(images):
-            pixels[i] = self._pixels(where, data)
+        for i, ((where, data), img) in enumerate(zip(images, opened)):
+            check_deadline(deadline)
+            pixels[i] = self._pixels(where, data, img)
         return pixels
 
-    def _pixels(self, where: str, data: bytes) -> np.ndarray:
-        if not data:
-            raise InvalidInput(f"{where}: empty image")
+    def _open_all(self, images: list[tuple[str, bytes]]) -> list[Image.Image | np.ndarray]:
+        opened: list[Image.Image | np.ndarray] = []
+        total = 0
+        for where, data in images:
+            if not data:
+                raise InvalidInput(f"{where}: empty image")
+            try:
+                img: Image.Image | np.ndarray | None = None
+                if "PNG" in self.formats:
+                    img = plain_png_pixels(data, self.max_pixels)
+                if img is None:
+                    img = open_image(data, self.max_pixels, self.formats)
+            except ImageTooLarge as exc:
+                raise PayloadTooLarge(f"{where}: {exc}") from exc
+            except ImageFormatRefused as exc:
+                raise UnsupportedMediaType(f"{where}: {exc}") from exc
+            except ImageError as exc:
+                raise InvalidInput(f"{where}: {exc}") from exc
+            if isinstance(img, np.ndarray):
+                total += img.shape[0] * img.shape[1]
+            else:
+                total += img.size[0] * img.size[1]
+            if total > self.max_request_pixels:
+                raise PayloadTooLarge(
+                    f"{where}: the images of this request have more than {self.max_request_pixels} pixels in all "
+                    "(max_request_pixels)"
+                )
+            opened.append(img)
+        return opened
+
+    def _pixels(self, where: str, data: bytes, img: Image.Image | np.ndarray) -> np.ndarray:
         try:
-            return preprocess(data, self.spec, self.max_pixels)
+            if isinstance(img, np.ndarray):  # a plain PNG libspng already decoded
+                height, width = img.shape[:2]
+                mode = "L" if img.ndim == 2 else "RGB"
+                return to_chw(resize(Image.frombuffer(mode, (width, height), img, "raw", mode, 0, 1), self.spec))
+            return to_chw(resize(load_image(img, self.spec), self.spec))
         except ImageTooLarge as exc:
             raise PayloadTooLarge(f"{where}: {exc}") from exc
         except ImageError as exc:
@@ -177,7 +307,8 @@ class ImageInputs:
         images = []
         for part in parts:
             if part.name != "file":
-                continue
+                shown = part.name[:40]
+                raise InvalidInput(f"multipart part {shown!r}: unexpected; send each image as a part named 'file'")
             label = f"file[{len(images)}]" + (f" ({part.filename})" if part.filename else "")
             images.append((label, bytes(part.data)))
         if not images:
@@ -206,6 +337,7 @@ class ImageInputs:
             "pad_mode": self.image.pad_mode,
             "channel_order": self.image.channel_order,
             "media_types": list(self.media_types),
+            "image_formats": list(self.formats),
         }
 
 
@@ -220,8 +352,12 @@ class TabularInputs:
     """JSON ``{"rows": [...]}`` or CSV with a header -> the processed ``x_cat``/``x_cont`` the graph takes."""
 
     media_types = (JSON, CSV)
+    LIMITS = ("max_columns", "max_cells", "ignore_unknown")
 
-    def __init__(self, manifest: Manifest, max_items: int, ignore_unknown: bool = False) -> None:
+    def __init__(
+        self, manifest: Manifest, max_items: int, *, max_columns: int = DEFAULT_MAX_COLUMNS,
+        max_cells: int = DEFAULT_MAX_CELLS, ignore_unknown: bool = False,
+    ) -> None:  # fmt: skip
         if manifest.tabular is None:
             raise ValueError(f"{manifest.name} v{manifest.version}: tabular model without a tabular section")
         self.tabular = manifest.tabular
@@ -233,23 +369,29 @@ class TabularInputs:
             raise ValueError(f"tabular ONNX inputs must be x_cat and/or x_cont, the manifest lists {unknown}")
         self.max_items = max_items
         self.unknown = "ignore" if ignore_unknown else "error"
+        self.max_columns = max_columns
+        self.max_cells = max_cells
 
     def decode_in_place(self, media_type: str, content_type: str, body: bytes) -> list[np.ndarray] | None:
         return None  # even one row costs pandas more than a thread hand-off
 
-    def decode(self, media_type: str, content_type: str, body: bytes) -> list[np.ndarray]:
+    def decode(
+        self, media_type: str, content_type: str, body: bytes, deadline: float | None = None
+    ) -> list[np.ndarray]:
         if media_type == CSV:
             frame = self._csv(body)
             where = "csv row {row}, column {column!r}"
             row_base = 1
         else:
             rows = _json_list(body, "rows", self.max_items, "row")
+            self._check_json_budget(rows)
             try:
                 frame = rows_to_frame(rows, self.raw_columns, unknown=self.unknown)
             except TabularInputError as exc:
                 raise InvalidInput(_locate(exc, "rows[{row}].{column}", 0)) from exc
             where = "rows[{row}].{column}"
             row_base = 0
+        check_deadline(deadline)
         return self.process(frame, where, row_base)
 
     def process(self, frame: pd.DataFrame, where: str, row_base: int = 0) -> list[np.ndarray]:
@@ -261,7 +403,49 @@ class TabularInputs:
         arrays = {"x_cat": table.x_cat, "x_cont": table.x_cont}
         return [arrays[name] for name in self.input_names]
 
+    def _check_json_budget(self, rows: list[Any]) -> None:
+        """Columns and cells within budget; continuous values are JSON numbers (or null) within ``MAX_CONTINUOUS``."""
+        cells = 0
+        continuous = self.processor.raw_cont_names
+        for i, row in enumerate(rows):
+            if isinstance(row, dict):
+                if len(row) > self.max_columns:
+                    raise PayloadTooLarge(
+                        f"rows[{i}]: {len(row)} columns, the limit is {self.max_columns} (max_columns)"
+                    )
+                cells += len(row)
+                for name in continuous:
+                    value = row.get(name)
+                    if value is None:
+                        continue
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise InvalidInput(f"rows[{i}].{name}: expected a number, got {json.dumps(value)[:40]}")
+                    if abs(value) > MAX_CONTINUOUS:
+                        raise InvalidInput(f"rows[{i}].{name}: {value:g} is out of range (at most {MAX_CONTINUOUS:g})")
+        if cells > self.max_cells:
+            raise PayloadTooLarge(f"rows: {cells} cells in one request, the limit is {self.max_cells} (max_cells)")
+
+    def _check_csv_budget(self, body: bytes) -> None:
+        """Count rows, columns and cells with the csv module (C, stops at the first excess) before pandas runs."""
+        try:
+            reader = csv.reader(io.StringIO(body.decode("utf-8")), skipinitialspace=True)
+            cells = 0
+            for number, record in enumerate(reader):
+                if len(record) > self.max_columns:
+                    what = "the CSV header" if number == 0 else f"csv row {number}"
+                    raise PayloadTooLarge(
+                        f"{what} has {len(record)} columns, the limit is {self.max_columns} (max_columns)"
+                    )
+                if number > self.max_items + 1 and record:
+                    raise PayloadTooLarge(f"CSV has more than {self.max_items} rows, the limit is {self.max_items}")
+                cells += len(record) if number else 0
+                if cells > self.max_cells:
+                    raise PayloadTooLarge(f"CSV has more than {self.max_cells} cells (max_cells)")
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise InvalidInput(f"invalid CSV: {exc}") from exc
+
     def _csv(self, body: bytes) -> pd.DataFrame:
+        self._check_csv_budget(body)
         try:
             # Read every cell as text: the processors parse numbers themselves, exactly as for JSON strings.
             frame = pd.read_csv(io.BytesIO(body), dtype=str, skipinitialspace=True)
@@ -287,7 +471,7 @@ class TabularInputs:
         for name in processor.raw_cat_names:
             columns.append({"name": name, "kind": "categorical", "vocab": vocab.get(name, [])})
         for name in processor.raw_cont_names:
-            columns.append({"name": name, "kind": "continuous"})
+            columns.append({"name": name, "kind": "continuous", "minimum": -MAX_CONTINUOUS, "maximum": MAX_CONTINUOUS})
         for name in processor.date_fields:
             columns.append({"name": name, "kind": "date"})
         return {"kind": "tabular", "columns": columns, "media_types": list(self.media_types)}

@@ -80,6 +80,7 @@ def parse_multipart(content_type: str, body: bytes, max_parts: int) -> list[Part
     boundary = params.get(b"boundary")
     if not boundary:
         raise InvalidInput("multipart/form-data without a boundary parameter in Content-Type")
+    body = _without_preamble(body, boundary)
     collector = _Collector(max_parts)
     callbacks = {
         "on_part_begin": collector.on_part_begin,
@@ -100,3 +101,14 @@ def parse_multipart(content_type: str, body: bytes, max_parts: int) -> list[Part
     if not collector.ended:
         raise InvalidInput("malformed multipart body: it ends before the closing boundary")
     return collector.parts
+
+
+def _without_preamble(body: bytes, boundary: bytes) -> bytes:
+    """The body from its first delimiter on: RFC 2046 lets a preamble (ignored) come before it."""
+    delimiter = b"--" + boundary
+    if body.startswith(delimiter):
+        return body
+    start = body.find(b"\r\n" + delimiter)
+    if start < 0:
+        raise InvalidInput("malformed multipart body: no delimiter line for the Content-Type's boundary")
+    return body[start + 2 :]

@@ -1,12 +1,16 @@
-"""The OpenAPI 3 document of the service, written by hand from the HTTP contract.
+"""The OpenAPI 3 document of the service: the fixed routes by hand, the predict routes generated per served model.
 
-Hand-written because the predict bodies (multipart, raw images, JSON, CSV)
-are easier to state plainly than to generate.
+Each served model gets its own predict paths, whose request body is what
+that model's decoder accepts (its media types, required fields, item and
+column limits, the columns of a tabular model), so a client generator or a
+schema fuzzer sees the real contract. Routes added by other parts of the
+service (``extra_paths``) are merged in as they are.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 from service.oip.openapi import oip_paths
 
@@ -110,7 +114,7 @@ def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
 
 _HEADERS = [
     {"name": "X-Request-Id", "in": "header", "required": False, "schema": {"type": "string"},
-     "description": "Echoed back; generated when absent."},
+     "description": "Echoed back when it is 1-128 letters, digits, '.', '_' or '-'; a new id replaces any other."},
     {"name": "X-Region", "in": "header", "required": False, "schema": {"type": "string"},
      "description": "Client region (rollout routing, metric label)."},
     {"name": "X-Request-Key", "in": "header", "required": False, "schema": {"type": "string"},
@@ -143,7 +147,158 @@ def _predict_operation(summary: str, pinned: bool) -> dict[str, Any]:
     }
 
 
-def openapi_document(version: str = "1") -> dict[str, Any]:
+@dataclass(frozen=True)
+class ModelContract:
+    """What the document states about one served model: its versions and its decoder's ``schema()``."""
+
+    name: str
+    versions: Sequence[int]
+    input: Mapping[str, Any]
+    max_items: int
+    max_columns: int = 512
+
+
+_RESPONSE_HEADERS = {
+    "X-Request-Id": {"description": "The request's id (the client's, or a new one).", "schema": {"type": "string"}},
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    described = {
+        400: "The HTTP request is malformed (Content-Length, body cut short).",
+        404: "Unknown model or version.",
+        405: "Wrong method.",
+        408: "The request headers or body did not arrive within the read timeouts.",
+        413: "Body, image, pixel, row, column or cell count over a limit; the message names it.",
+        415: "Content-Type, or the image format the bytes are, not accepted by this model.",
+        422: "Invalid input; the message names the field or part.",
+        431: "Request headers over the size limit.",
+        500: "Internal error (the service log has the details).",
+        503: "Queue, preprocessing backlog or connection limit full (retry after Retry-After), "
+        "the model is unavailable, or the server is shutting down.",
+        504: "The request deadline passed before it ran.",
+    }
+    responses: dict[str, Any] = {}
+    for status in statuses:
+        response = _error(described[status])
+        response["headers"] = {**_RESPONSE_HEADERS, **(_RETRY_AFTER if status == 503 else {})}
+        responses[str(status)] = response
+    return responses
+
+
+def _column_schema(column: Mapping[str, Any]) -> dict[str, Any]:
+    if column["kind"] == "continuous":
+        bounds = {key: column[key] for key in ("minimum", "maximum") if key in column}
+        return {"type": ["number", "null"], **bounds}
+    if column["kind"] == "date":
+        return {"type": ["string", "null"], "format": "date"}
+    vocab = [v for v in column.get("vocab", []) if v != "#na#"]
+    values: dict[str, Any] = {"type": ["string", "number", "boolean", "null"]}
+    if vocab:  # an unseen category is served as #na#, so any string is valid; the vocabulary is documented
+        values["examples"] = vocab[:20]
+    return values
+
+
+def _request_body(model: ModelContract) -> dict[str, Any]:
+    spec = model.input
+    media_types = list(spec.get("media_types", []))
+    content: dict[str, Any] = {}
+    if spec.get("kind") == "image":
+        image = {"type": "string", "format": "binary", "contentMediaType": "image/*"}
+        for media_type in media_types:
+            if media_type == "multipart/form-data":
+                content[media_type] = {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "additionalProperties": False,
+                        "properties": {"file": {"type": "array", "minItems": 1, "maxItems": model.max_items,
+                                                "items": image}},
+                    },
+                    "encoding": {"file": {"contentType": ", ".join(t for t in media_types if t.startswith("image/"))}},
+                }  # fmt: skip
+            elif media_type == "application/json":
+                content[media_type] = {
+                    "schema": {
+                        "type": "object",
+                        "required": ["instances"],
+                        "properties": {
+                            "instances": {
+                                "type": "array", "minItems": 1, "maxItems": model.max_items,
+                                "items": {"type": "object", "required": ["b64"],
+                                          "properties": {"b64": {"type": "string", "format": "byte",
+                                                                 "contentMediaType": "image/*"}}},
+                            }
+                        },
+                    }
+                }  # fmt: skip
+            else:
+                content[media_type] = {"schema": dict(image, contentMediaType=media_type)}
+        description = (
+            f"Images ({', '.join(spec.get('image_formats', []))}, judged by their bytes), resized to "
+            f"{spec.get('height')}x{spec.get('width')} ({spec.get('resize_method')}); at most {model.max_items}."
+        )
+    else:
+        columns = {c["name"]: _column_schema(c) for c in spec.get("columns", [])}
+        row = {
+            "type": "object",
+            "properties": columns,
+            "maxProperties": model.max_columns,
+            "description": "Missing keys and nulls are missing values; keys that are no column are ignored.",
+        }
+        content["application/json"] = {
+            "schema": {
+                "type": "object",
+                "required": ["rows"],
+                "properties": {"rows": {"type": "array", "minItems": 1, "maxItems": model.max_items, "items": row}},
+            }
+        }
+        content["text/csv"] = {"schema": {"type": "string", "description": "A header row naming columns, then rows."}}
+        description = f"Rows of the columns {', '.join(columns)}; at most {model.max_items}."
+    return {"required": True, "description": description, "content": content}
+
+
+def _model_predict_operation(model: ModelContract, pinned: bool) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = []
+    if pinned:
+        parameters.append({"name": "version", "in": "path", "required": True,
+                           "schema": {"type": "integer", "enum": list(model.versions)}})  # fmt: skip
+    summary = f"Predict with a pinned version of {model.name}." if pinned else f"Predict with {model.name}."
+    return {
+        "post": {
+            "summary": summary,
+            "operationId": f"predict_{model.name}" + ("_pinned" if pinned else ""),
+            "parameters": parameters + _HEADERS,
+            "requestBody": _request_body(model),
+            "responses": {
+                "200": {
+                    **_json("Predictions, one per image or row, in order.", _ref("PredictResponse")),
+                    "headers": {"X-Model-Version": {"schema": {"type": "integer"}}, **_RESPONSE_HEADERS},
+                },
+                **_errors(400, 404, 408, 413, 415, 422, 431, 500, 503, 504),
+            },
+        }
+    }
+
+
+def openapi_document(
+    version: str = "1", models: Sequence[ModelContract] | None = None, extra_paths: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The whole document; with ``models``, one pair of predict paths per served model instead of the templates."""
+    document = _base_document(version)
+    if models is not None:
+        paths = document["paths"]
+        del paths["/v1/models/{name}/predict"], paths["/v1/models/{name}/versions/{version}/predict"]
+        for model in models:
+            paths[f"/v1/models/{model.name}/predict"] = _model_predict_operation(model, False)
+            if model.versions:
+                paths[f"/v1/models/{model.name}/versions/{{version}}/predict"] = _model_predict_operation(model, True)
+    document["paths"].update(extra_paths or {})  # routes other modules add (e.g. the Open Inference Protocol)
+    return document
+
+
+def _base_document(version: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -171,7 +326,7 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
                 "get": {
                     "summary": "One model: versions, classes, input schema, serving state.",
                     "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
-                    "responses": {"200": _json("The model."), "404": _error("Unknown model.")},
+                    "responses": {"200": _json("The model."), **_errors(404)},
                 }
             },
             "/v1/models/{name}/predict": _predict_operation("Predict with the version routing chooses.", False),

@@ -7,7 +7,7 @@ middleware) and its per-request objects (``Request``, its header mapping,
 few headers it needs straight from the ASGI scope, the body from ``receive``,
 and sends the JSON it renders; it does itself what those layers would do:
 answer a wrong method with 405, put the request id on the response, and turn
-every exception into a JSON error through ``service.errors.error_response``,
+every exception into a JSON error through ``service.errors.describe_error``,
 the same mapping the other routes use.
 """
 
@@ -22,22 +22,25 @@ from typing import Any, Awaitable, TypeVar
 
 import numpy as np
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from service.batcher import Admission
 from service.errors import (
     BadRequest,
     DeadlineExceeded,
     InferenceFailed,
+    NotFound,
     PayloadTooLarge,
     ServiceError,
-    error_response,
+    describe_error,
     outcome_of,
 )
 from service.inputs import check_media_type, media_type_of
 from service.metrics import UNKNOWN_MODEL, ServingMetrics
+from service.preprocess import PreprocessQueue
 from service.registry import ModelRegistry, ModelVersion
-from service.request_id import assign_request_id, id_header, send_with_header
+from service.runtime import cpu_quota
+from service.request_id import assign_request_id, id_header
 from service.responses import send_json
 from service.rollout_state import RolloutManager
 from service.settings import ServiceSettings
@@ -48,6 +51,7 @@ log = logging.getLogger("service.predict")
 _ARM_ERRORS = ("server_error", "timeout", "rejected")  # outcomes that count against a rollout arm
 # /v1/models/{name}/predict and /v1/models/{name}/versions/{version}/predict, as Starlette would match them.
 PREDICT_PATH = re.compile(r"/v1/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]+))?/predict")
+MAX_VERSION_DIGITS = 18  # a longer version number is no folder we could have loaded (and int() of 4,300+ digits fails)
 T = TypeVar("T")
 
 
@@ -59,6 +63,9 @@ class PredictEndpoint:
         self.registry = registry
         self.metrics = metrics
         self.preprocess_pool: Executor | None = None  # set by the app's lifespan
+        self.preprocessing = PreprocessQueue(
+            settings.preprocess_threads or cpu_quota(), settings.max_preprocess_backlog, settings.retry_after_s
+        )
         self.rollout: RolloutManager | None = None  # set by the app when rollouts are configured
         self.shadow: ShadowRunner | None = None
         self._region_header = settings.region_header.lower().encode("latin-1")
@@ -75,8 +82,10 @@ class PredictEndpoint:
         except Exception as exc:
             if not isinstance(exc, (ServiceError, HTTPException)):
                 log.exception("predict failed before reaching a model (request %s)", request_id)
-            response = error_response(Request(scope, receive), exc)
-            await response(scope, receive, send_with_header(send, request_id_header))
+            # Straight through ASGI like an answer: under overload most responses are refusals, so they must be cheap.
+            status, headers, body = describe_error(exc)
+            raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+            await send_json(send, body, [*raw, request_id_header], status)
 
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, name: str, pinned: str | None, request_id: str,
@@ -107,15 +116,31 @@ class PredictEndpoint:
         media_type = media_type_of(content_type)
         decoder = version.inputs
         check_media_type(decoder, media_type)
-        body = await read_body(receive, headers.get(b"content-length"), self.settings.max_body_bytes)
-        # A thumbnail decodes faster than a thread hand-off takes; everything else (a big JPEG, a CSV)
-        # is parsed and decoded in the pool so it cannot stall other requests.
+        deadline = started + self.settings.request_timeout_s
+        with self.admit(version, headers, deadline) as admission:
+            body = await read_body(receive, headers.get(b"content-length"), self.settings.max_body_bytes)
+            arrays = await self.preprocess(version, media_type, content_type, body, deadline)
+            output = await admission.submit(arrays, remaining_s(deadline, "preprocessing"))
+        return version.encoder.encode(output), body
+
+    def admit(self, version: ModelVersion, headers: dict[bytes, str], deadline: float) -> Admission:
+        """Refuse at once (413, 503) what cannot be served, before a byte of the body is read or decoded."""
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            check_declared_size(declared, self.settings.max_body_bytes)
+        return version.batcher.admit(remaining_s(deadline, "admission"))
+
+    async def preprocess(
+        self, version: ModelVersion, media_type: str, content_type: str, body: bytes, deadline: float
+    ) -> list[Any]:
+        """Decode the body: a small raw image on the loop (cheaper than a thread hand-off), the rest in the pool."""
+        decoder = version.inputs
         arrays = decoder.decode_in_place(media_type, content_type, body)
         if arrays is None:
-            loop = asyncio.get_running_loop()
-            arrays = await loop.run_in_executor(self.preprocess_pool, decoder.decode, media_type, content_type, body)
-        output = await self.infer(version, arrays, started)
-        return version.encoder.encode(output), body
+            arrays = await self.preprocessing.run(
+                self.preprocess_pool, deadline, decoder.decode, media_type, content_type, body
+            )
+        return arrays
 
     # The steps every prediction takes, whichever protocol it came in by (service.oip uses them too).
 
@@ -127,6 +152,8 @@ class PredictEndpoint:
         """The pinned version, else the one routing chooses for the client's ``region``; unrouted requests are counted."""
         try:
             if pinned is not None:
+                if len(pinned) > MAX_VERSION_DIGITS:
+                    raise NotFound(f"model {name!r} has no version {pinned[:MAX_VERSION_DIGITS]}...")
                 return self.registry.get(name, int(pinned))
             return self.registry.route(name, request_key, region)
         except ServiceError as exc:
@@ -147,7 +174,7 @@ class PredictEndpoint:
         except Exception as exc:
             if not isinstance(exc, ServiceError):
                 log.exception("prediction failed for %s v%d (request %s)", version.name, version.version, request_id)
-                exc = InferenceFailed(f"prediction failed: {type(exc).__name__}")
+                exc = InferenceFailed("prediction failed; the service log has the details")
             outcome, seconds = outcome_of(exc), time.perf_counter() - started
             version.metrics.request(region, outcome, seconds)
             if routed and self.rollout is not None and outcome != "client_error":
@@ -169,15 +196,25 @@ class PredictEndpoint:
         return await version.batcher.submit(arrays, remaining)
 
 
+def remaining_s(deadline: float, during: str) -> float:
+    remaining = deadline - time.perf_counter()
+    if remaining <= 0:
+        raise DeadlineExceeded(f"the request deadline passed during {during}")
+    return remaining
+
+
+def check_declared_size(declared: str, limit: int) -> None:
+    if len(declared) > 20 or not declared.isdigit():
+        raise BadRequest(f"Content-Length {declared[:20]!r} is not a number")
+    size = int(declared)
+    if size > limit:
+        raise PayloadTooLarge(f"the body is {size} bytes, the limit is {limit}")
+
+
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
     """The whole body, refusing more than ``limit`` bytes by Content-Length and by counting."""
     if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise BadRequest(f"Content-Length {declared!r} is not a number") from None
-        if size > limit:
-            raise PayloadTooLarge(f"the body is {size} bytes, the limit is {limit}")
+        check_declared_size(declared, limit)
     chunks: list[bytes] = []
     received = 0
     while True:

@@ -32,7 +32,7 @@ from bundle.manifest import (
 )
 from service.batcher import DynamicBatcher, padded_sizes
 from service.errors import NotFound, Unavailable
-from service.inputs import InputDecoder, decoder_for
+from service.inputs import InputDecoder, decoder_for, input_limits
 from service.metrics import ServingMetrics, VersionMetrics
 from service.outputs import PredictionEncoder
 from service.runtime import OnnxRuntime, RuntimeLoadError, cpu_quota
@@ -153,11 +153,8 @@ def load_bundle(path: Path, key: VersionKey, settings: ServiceSettings, intra_op
         raise BundleRefused("checksum", f"{path}: {'; '.join(problems)}")
     try:
         inputs = decoder_for(
-            manifest,
-            settings.max_items_per_request,
-            settings.max_image_pixels,
-            settings.inline_decode_max_pixels,
-            settings.ignore_unknown_columns,
+            manifest, settings.max_items_per_request, settings.max_image_pixels, settings.inline_decode_max_pixels,
+            **input_limits(settings),
         )
         encoder = PredictionEncoder(manifest)
     except (ValueError, KeyError, TypeError) as exc:
@@ -282,6 +279,7 @@ class ModelRegistry:
         self.intra_op_threads = settings.intra_op_threads or cpu_quota()
         self._served: dict[str, dict[int, ModelVersion]] = {}
         self._refused: dict[VersionKey, Refusal] = {}
+        self._failed_once: dict[VersionKey, Fingerprint] = {}  # loads that failed once (perhaps mid-copy)
         self._last_scan: dict[VersionKey, tuple[Path, Fingerprint]] = {}
         self._unreadable_dirs: set[Path] = set()
         self._expected: set[str] = set()  # model names readiness waits for
@@ -372,6 +370,10 @@ class ModelRegistry:
             loaded = await asyncio.to_thread(load_bundle, path, key, self.settings, self.intra_op_threads)
         except Exception as exc:  # one bad bundle must never stop the others from serving
             refused = exc if isinstance(exc, BundleRefused) else BundleRefused("error", f"{path}: {exc!r}")
+            if self._maybe_still_copying(key, fp, refused):
+                log.info("%s v%d failed to load (%s) and may still be being copied in; retrying at the next scan",
+                         name, number, refused.reason)  # fmt: skip
+                return
             log.error("refused bundle %s v%d (%s): %s", name, number, refused.reason, refused)
             self.metrics.load_failed(name, refused.reason)
             self._refused[key] = Refusal(fp, refused.reason, str(refused))
@@ -391,6 +393,20 @@ class ModelRegistry:
             name, number, loaded.manifest.task, loaded.manifest.input_kind, version.runtime.provider,
             loaded.load_seconds,
         )  # fmt: skip
+
+    def _maybe_still_copying(self, key: VersionKey, fp: Fingerprint, exc: BundleRefused) -> bool:
+        """Whether a failed load should wait for one more scan before it counts as a failure.
+
+        A copy that pauses can look settled to two scans and still be half
+        written; a bundle that fails twice with the same files is refused.
+        Without watching there is no next scan, so it is refused at once.
+        """
+        if self.settings.watch_interval_s <= 0 or exc.reason not in ("manifest", "checksum"):
+            return False
+        if self._failed_once.pop(key, None) == fp:
+            return False
+        self._failed_once[key] = fp
+        return True
 
     def _retire(self, version: ModelVersion) -> None:
         task = asyncio.create_task(version.drain())

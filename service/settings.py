@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bundle.images import DEFAULT_MAX_PIXELS
+from bundle.images import DEFAULT_MAX_PIXELS, SERVED_FORMATS
 
 Provider = Literal["auto", "cpu", "cuda"]
 
@@ -93,8 +93,17 @@ class ServiceSettings(BaseSettings):
         description="Tabular models: ignore row keys and CSV columns the model does not know, instead of answering "
         "422 naming them (a misspelled column would otherwise be read as missing).",
     )
+    inline_decode_max_bytes: int = Field(
+        32_768,
+        ge=0,
+        description="Only raw image bodies up to this many bytes are decoded on the event loop, so the loop never "
+        "parses more than this much of any image's headers or chunks.",
+    )
     preprocess_threads: int | None = Field(
         None, ge=1, description="Threads decoding images and tables; default: the container's CPU quota."
+    )
+    max_preprocess_backlog: int = Field(
+        64, ge=1, description="Most requests waiting for a preprocessing thread; beyond it requests get 503 at once."
     )
 
     # -- dynamic batching --------------------------------------------------------------------
@@ -120,6 +129,33 @@ class ServiceSettings(BaseSettings):
     max_image_pixels: int = Field(
         DEFAULT_MAX_PIXELS, ge=1, description="Largest decoded image in pixels, a decompression-bomb guard (413)."
     )
+    max_request_pixels: int = Field(
+        50_000_000, ge=1, description="Most decoded pixels of all the images of one request together (413)."
+    )
+    max_columns: int = Field(512, ge=1, description="Most columns in one row of JSON or CSV (413).")
+    max_cells_per_request: int = Field(
+        32_768, ge=1, description="Most cells (row x column values) in one request (413)."
+    )
+    image_formats: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(SERVED_FORMATS),
+        description="Image formats decoded, checked against the bytes (comma-separated; TIFF only if listed).",
+    )
+
+    # -- connections (see service.connections) -------------------------------------------------
+    max_header_bytes: int = Field(65_536, ge=1024, description="Largest request line plus headers in bytes (431).")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a connection may take to send a whole request line and headers (408)."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds a request may take to send its whole body after the headers (408)."
+    )
+    keepalive_timeout_s: float = Field(5.0, gt=0, description="Seconds an idle keep-alive connection stays open.")
+    max_connections: int = Field(
+        2048, ge=1, description="Most open client connections; beyond it a new connection gets 503 and is closed."
+    )
+    max_in_flight_requests: int = Field(
+        1024, ge=1, description="Most requests being served at once; beyond it requests get 503 at once."
+    )
 
     # -- process -----------------------------------------------------------------------------
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")
@@ -127,18 +163,33 @@ class ServiceSettings(BaseSettings):
         30.0, gt=0, description="On SIGTERM, how long to let queued and in-flight requests finish."
     )
 
-    @field_validator("model_names", "regions", mode="before")
+    @field_validator("model_names", "regions", "image_formats", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("image_formats")
+    @classmethod
+    def _known_formats(cls, value: list[str]) -> list[str]:
+        known = (*SERVED_FORMATS, "TIFF")
+        formats = [name.upper() for name in value]
+        unknown = [name for name in formats if name not in known]
+        if unknown:
+            raise ValueError(f"unknown image formats {unknown}; choose from {', '.join(known)}")
+        return formats
+
     @model_validator(mode="after")
     def _queue_holds_a_batch(self) -> "ServiceSettings":
         if self.max_queue_size < self.max_batch_size:
             raise ValueError(
                 f"max_queue_size ({self.max_queue_size}) must be at least max_batch_size ({self.max_batch_size})"
+            )
+        if self.max_queue_size < self.max_items_per_request:
+            raise ValueError(
+                f"max_queue_size ({self.max_queue_size}) must be at least max_items_per_request "
+                f"({self.max_items_per_request}), or a full-size request could never be queued"
             )
         return self
 

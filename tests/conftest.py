@@ -141,11 +141,14 @@ class LiveServer:
         import uvicorn
 
         from service.app import create_app
+        from service.connections import server_config
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(service_settings(models, **overrides))
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.settings = service_settings(models, **overrides)
+        self.app = create_app(self.settings)
+        # The configuration `python -m service` runs with: its connection limits included.
+        config = server_config(self.app, self.settings, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -55,7 +55,7 @@ def test_concurrent_requests_form_batches_and_match_one_at_a_time_results(make_r
 
 
 def test_full_queue_answers_503_with_retry_after(make_repo, live_server):
-    server = live_server(make_repo(("slow", 1)), max_batch_size=1, max_queue_size=1, retry_after_s=2)
+    server = live_server(make_repo(("slow", 1)), max_batch_size=1, max_queue_size=1, max_items_per_request=1, retry_after_s=2)
 
     def predict(i: int) -> httpx.Response:
         return post_image(httpx, "slow", gradient_image(i), path=f"{server.url}/v1/models/slow/predict")
