@@ -159,6 +159,7 @@ class ServingAPI:
                 contracts.append(ModelContract(
                     name, [v.version for v in versions], versions[-1].inputs.schema(),
                     self.settings.max_items_per_request, self.settings.max_columns,
+                    self.settings.ignore_unknown_columns,
                 ))  # fmt: skip
         return contracts
 

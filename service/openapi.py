@@ -156,6 +156,7 @@ class ModelContract:
     input: Mapping[str, Any]
     max_items: int
     max_columns: int = 512
+    ignore_unknown_columns: bool = False
 
 
 _RESPONSE_HEADERS = {
@@ -241,12 +242,16 @@ def _request_body(model: ModelContract) -> dict[str, Any]:
         )
     else:
         columns = {c["name"]: _column_schema(c) for c in spec.get("columns", [])}
-        row = {
+        row: dict[str, Any] = {
             "type": "object",
             "properties": columns,
             "maxProperties": model.max_columns,
-            "description": "Missing keys and nulls are missing values; keys that are no column are ignored.",
-        }
+            "description": "Missing keys and nulls are missing values; "
+            + ("keys that are no column are ignored." if model.ignore_unknown_columns
+               else "a key that is no column is refused (422)."),
+        }  # fmt: skip
+        if not model.ignore_unknown_columns:
+            row["additionalProperties"] = False
         content["application/json"] = {
             "schema": {
                 "type": "object",
