@@ -43,8 +43,14 @@ RAW_IMAGE_TYPES = (
 class InputDecoder(Protocol):
     media_types: tuple[str, ...]
 
-    def decode(self, media_type: str, content_type: str, body: bytes) -> list[np.ndarray]:
-        """One array per ONNX input, all with the same number of rows (items)."""
+    def decode(
+        self, media_type: str, content_type: str, body: bytes, seen: dict[str, Any] | None = None
+    ) -> list[np.ndarray]:
+        """One array per ONNX input, all with the same number of rows (items).
+
+        ``seen``, when given, receives what monitoring needs of the raw input: ``images`` (the encoded
+        bytes of each image) or ``frame`` (the raw rows).
+        """
         ...
 
     def decode_in_place(self, media_type: str, content_type: str, body: bytes) -> list[np.ndarray] | None:
@@ -143,13 +149,17 @@ class ImageInputs:
             raise InvalidInput(f"body: {exc}") from exc
         return [pixels[None]]
 
-    def decode(self, media_type: str, content_type: str, body: bytes) -> list[np.ndarray]:
+    def decode(
+        self, media_type: str, content_type: str, body: bytes, seen: dict[str, Any] | None = None
+    ) -> list[np.ndarray]:
         if media_type == MULTIPART:
             images = self._multipart(content_type, body)
         elif media_type == JSON:
             images = self._instances(body)
         else:
             images = [("body", body)]
+        if seen is not None:
+            seen["images"] = [data for _, data in images]
         return [self.decode_images(images)]
 
     def decode_images(self, images: list[tuple[str, bytes]]) -> np.ndarray:
@@ -234,7 +244,9 @@ class TabularInputs:
     def decode_in_place(self, media_type: str, content_type: str, body: bytes) -> list[np.ndarray] | None:
         return None  # even one row costs pandas more than a thread hand-off
 
-    def decode(self, media_type: str, content_type: str, body: bytes) -> list[np.ndarray]:
+    def decode(
+        self, media_type: str, content_type: str, body: bytes, seen: dict[str, Any] | None = None
+    ) -> list[np.ndarray]:
         if media_type == CSV:
             frame = self._csv(body)
             where = "csv row {row}, column {column!r}"
@@ -255,6 +267,8 @@ class TabularInputs:
             table = self.processor.transform(frame)
         except TabularInputError as exc:
             raise InvalidInput(_locate(exc, where, row_base)) from exc
+        if seen is not None:
+            seen["frame"] = frame
         arrays = {"x_cat": table.x_cat, "x_cont": table.x_cont}
         return [arrays[name] for name in self.input_names]
 

@@ -36,6 +36,7 @@ from service.errors import (
 )
 from service.inputs import check_media_type, media_type_of
 from service.metrics import UNKNOWN_MODEL, ServingMetrics
+from service.monitoring import Monitor
 from service.registry import ModelRegistry, ModelVersion
 from service.request_id import assign_request_id, id_header, send_with_header
 from service.responses import send_json
@@ -54,10 +55,13 @@ T = TypeVar("T")
 class PredictEndpoint:
     """``POST /v1/models/{name}/predict`` and ``.../versions/{version}/predict``."""
 
-    def __init__(self, settings: ServiceSettings, registry: ModelRegistry, metrics: ServingMetrics) -> None:
+    def __init__(
+        self, settings: ServiceSettings, registry: ModelRegistry, metrics: ServingMetrics, monitor: Monitor | None = None
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
+        self.monitor = monitor  # out-of-domain flags, drift, prediction log (service.monitoring)
         self.preprocess_pool: Executor | None = None  # set by the app's lifespan
         self.rollout: RolloutManager | None = None  # set by the app when rollouts are configured
         self.shadow: ShadowRunner | None = None
@@ -91,7 +95,8 @@ class PredictEndpoint:
         key = headers.get(self.sticky_header(name)) or request_id
         version = self.choose_version(name, pinned, key, client_region)
         predictions, body = await self.serve_on(
-            version, region, started, request_id, self._predict(version, headers, receive, started),
+            version, region, started, request_id,
+            self._predict(version, headers, receive, started, region, "pinned" if pinned else "stable", request_id),
             routed=pinned is None,
         )  # fmt: skip
         response = {"model": name, "version": version.version, "request_id": request_id, "predictions": predictions}
@@ -100,8 +105,9 @@ class PredictEndpoint:
             self.shadow.mirror(name, key, version, headers.get(b"content-type", ""), body, predictions)
 
     async def _predict(
-        self, version: ModelVersion, headers: dict[bytes, str], receive: Receive, started: float
-    ) -> tuple[list[dict[str, Any]], bytes]:
+        self, version: ModelVersion, headers: dict[bytes, str], receive: Receive, started: float,
+        region: str = "other", arm: str = "stable", request_id: str = "",
+    ) -> tuple[list[dict[str, Any]], bytes]:  # fmt: skip
         """The encoded predictions, and the body they came from (for a shadow copy)."""
         content_type = headers.get(b"content-type", "")
         media_type = media_type_of(content_type)
@@ -110,12 +116,22 @@ class PredictEndpoint:
         body = await read_body(receive, headers.get(b"content-length"), self.settings.max_body_bytes)
         # A thumbnail decodes faster than a thread hand-off takes; everything else (a big JPEG, a CSV)
         # is parsed and decoded in the pool so it cannot stall other requests.
+        seen: dict[str, Any] = {}  # the raw inputs, for monitoring
         arrays = decoder.decode_in_place(media_type, content_type, body)
         if arrays is None:
             loop = asyncio.get_running_loop()
-            arrays = await loop.run_in_executor(self.preprocess_pool, decoder.decode, media_type, content_type, body)
+            arrays = await loop.run_in_executor(
+                self.preprocess_pool, decoder.decode, media_type, content_type, body, seen
+            )
+        else:
+            seen["images"] = [body]
         output = await self.infer(version, arrays, started)
-        return version.encoder.encode(output), body
+        predictions = version.encoder.encode(output)
+        if self.monitor is not None:
+            # "pinned" or "stable": the rollout arm (candidate, shadow) is for the rollout policy to report
+            latency = time.perf_counter() - started
+            self.monitor.observe(version, region, arm, request_id, seen, arrays, output, predictions, latency)
+        return predictions, body
 
     # The steps every prediction takes, whichever protocol it came in by (service.oip uses them too).
 
