@@ -259,7 +259,10 @@ class TabularInputs:
                 raise InvalidInput(_locate(exc, "rows[{row}].{column}", 0)) from exc
             where = "rows[{row}].{column}"
             row_base = 0
-        return self.process(frame, where, row_base)
+        arrays = self.process(frame, where, row_base)
+        if seen is not None:
+            seen["frame"] = frame
+        return arrays
 
     def process(self, frame: pd.DataFrame, where: str, row_base: int = 0) -> list[np.ndarray]:
         """Raw columns -> the ONNX inputs; ``where`` (with ``{row}`` and ``{column}``) locates a bad cell."""
@@ -267,8 +270,6 @@ class TabularInputs:
             table = self.processor.transform(frame)
         except TabularInputError as exc:
             raise InvalidInput(_locate(exc, where, row_base)) from exc
-        if seen is not None:
-            seen["frame"] = frame
         arrays = {"x_cat": table.x_cat, "x_cont": table.x_cont}
         return [arrays[name] for name in self.input_names]
 
