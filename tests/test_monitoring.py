@@ -269,7 +269,7 @@ def test_the_model_score_threshold_gives_about_its_false_alarm_rate_on_held_out_
     with serve(monitoring_repo) as client:
         predictions = post_images(client, [png(x) for x in images], path="/v1/models/digits/versions/2/predict")
     share = np.mean(["model_score" in p["ood"]["reasons"] for p in predictions])
-    assert 0.04 <= share <= 0.16
+    assert 0.04 <= share <= 0.2  # about 0.1: the threshold itself comes from 300 validation items
 
 
 def test_bundles_without_monitoring_data_still_serve_with_empty_flags(make_repo: Any, make_client: Any) -> None:
