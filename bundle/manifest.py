@@ -114,6 +114,26 @@ METRIC_UNITS = {
 }
 
 
+class Monitoring(_Model):
+    """What export calibrated for monitoring (see ``bundle.monitoring``); absent in older bundles.
+
+    ``ood_threshold``: items whose ``1 - max probability`` exceeds it are flagged out-of-domain; it lets
+    ``ood_false_alarm_rate`` of the ``calibration_items`` validation items through.
+    ``calibration_confidence`` -> ``calibration_accuracy`` are the knots of the isotonic map from top
+    probability to the chance of being right, which estimates accuracy on unlabelled traffic.
+    """
+
+    ood_score: Literal["max_softmax"] = "max_softmax"
+    ood_threshold: float | None = None
+    ood_false_alarm_rate: float | None = None
+    calibration_confidence: list[float] = Field(default_factory=list)
+    calibration_accuracy: list[float] = Field(default_factory=list)
+    calibration_items: int = 0
+    validation_accuracy: float | None = None
+    estimated_validation_accuracy: float | None = None
+    reference_sample_size: int = 0
+
+
 class Manifest(_Model):
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -132,6 +152,7 @@ class Manifest(_Model):
     reference_file: str | None = REFERENCE_FILE
     libraries: dict[str, str] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)  # arch, epochs, lr, ...
+    monitoring: Monitoring | None = None  # out-of-domain threshold and confidence calibration
 
 
 class ManifestError(ValueError):

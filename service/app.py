@@ -7,6 +7,7 @@ repository on startup and drains every batcher on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,8 @@ from starlette.types import Receive, Scope, Send
 from service.errors import NotFound, ServiceError, error_body, error_response, public_message
 from service.metrics import ServingMetrics
 from service.oip import OpenInferenceAPI
+from service.monitoring import Monitor
+from service.monitoring.routes import MonitoringRoutes
 from service.openapi import ModelContract, openapi_document
 from service.predict import PREDICT_PATH, PredictEndpoint
 from service.registry import ModelRegistry
@@ -47,7 +50,9 @@ class ServingAPI:
         self.settings = settings
         self.metrics = ServingMetrics()
         self.registry = ModelRegistry(settings, self.metrics)
-        self.predict = PredictEndpoint(settings, self.registry, self.metrics)
+        self.monitor = Monitor(settings, self.metrics) if settings.monitoring else None
+        self.monitoring = MonitoringRoutes(settings, self.registry, self.monitor)
+        self.predict = PredictEndpoint(settings, self.registry, self.metrics, self.monitor)
         self.oip = OpenInferenceAPI(settings, self.registry, self.predict)
         self.preprocess_pool: ThreadPoolExecutor | None = None
         self.rollout = rollout_manager(settings, self.metrics, clock)
@@ -65,6 +70,10 @@ class ServingAPI:
         if self.rollout is not None:
             self.shadow.preprocess_pool = self.preprocess_pool  # type: ignore[union-attr]
             await self.rollout.start(lambda name: [v.version for v in self.registry.versions(name)])
+        if self.monitor is not None:
+            self.monitor.start()
+            for version in self.registry.all_versions():  # read each reference now, not on a first request
+                await asyncio.to_thread(self.monitor.prepare, version)
         # What startup loaded (libraries, sessions, manifests) lives as long as the process: keep it out of
         # the collector's full passes, which otherwise stall the event loop for tens of milliseconds.
         gc.freeze()
@@ -79,6 +88,8 @@ class ServingAPI:
                 await self.shadow.drain()  # type: ignore[union-attr]
                 await self.rollout.stop()
             await self.registry.stop()
+            if self.monitor is not None:
+                await asyncio.to_thread(self.monitor.stop)
             self.preprocess_pool.shutdown(wait=True)
 
     # -- models --------------------------------------------------------------------------
@@ -174,6 +185,8 @@ class ServingAPI:
             Route("/v1/models/{name}", self.get_model, methods=["GET"]),
             *self.rollout_api.routes(),
             *self.oip.routes(),
+            Route("/v1/models/{name}/drift", self.monitoring.drift, methods=["GET"]),
+            Route("/v1/feedback", self.monitoring.feedback, methods=["POST"]),
             *WebPages(self).routes(),
         ]
 

@@ -77,11 +77,14 @@ class InputDecoder(Protocol):
     media_types: tuple[str, ...]
 
     def decode(
-        self, media_type: str, content_type: str, body: bytes, deadline: float | None = None
+        self, media_type: str, content_type: str, body: bytes, deadline: float | None = None,
+        seen: dict[str, Any] | None = None,
     ) -> list[np.ndarray]:
         """One array per ONNX input, all with the same number of rows (items).
 
         ``deadline`` (``time.perf_counter()`` seconds): past it, remaining work is skipped (504).
+        ``seen``, when given, receives what monitoring needs of the raw input: ``images`` (the encoded
+        bytes of each image) or ``frame`` (the raw rows).
         """
         ...
 
@@ -237,7 +240,8 @@ class ImageInputs:
         return [pixels[None]]
 
     def decode(
-        self, media_type: str, content_type: str, body: bytes, deadline: float | None = None
+        self, media_type: str, content_type: str, body: bytes, deadline: float | None = None,
+        seen: dict[str, Any] | None = None,
     ) -> list[np.ndarray]:
         if media_type == MULTIPART:
             images = self._multipart(content_type, body)
@@ -245,6 +249,8 @@ class ImageInputs:
             images = self._instances(body)
         else:
             images = [("body", body)]
+        if seen is not None:
+            seen["images"] = [data for _, data in images]
         return [self.decode_images(images, deadline)]
 
     def decode_images(self, images: list[tuple[str, bytes]], deadline: float | None = None) -> np.ndarray:
@@ -376,7 +382,8 @@ class TabularInputs:
         return None  # even one row costs pandas more than a thread hand-off
 
     def decode(
-        self, media_type: str, content_type: str, body: bytes, deadline: float | None = None
+        self, media_type: str, content_type: str, body: bytes, deadline: float | None = None,
+        seen: dict[str, Any] | None = None,
     ) -> list[np.ndarray]:
         if media_type == CSV:
             frame = self._csv(body)
@@ -392,7 +399,10 @@ class TabularInputs:
             where = "rows[{row}].{column}"
             row_base = 0
         check_deadline(deadline)
-        return self.process(frame, where, row_base)
+        arrays = self.process(frame, where, row_base)
+        if seen is not None:
+            seen["frame"] = frame
+        return arrays
 
     def process(self, frame: pd.DataFrame, where: str, row_base: int = 0) -> list[np.ndarray]:
         """Raw columns -> the ONNX inputs; ``where`` (with ``{row}`` and ``{column}``) locates a bad cell."""

@@ -337,6 +337,27 @@ def _base_document(version: str) -> dict[str, Any]:
             "/v1/models/{name}/predict": _predict_operation("Predict with the version routing chooses.", False),
             "/v1/models/{name}/versions/{version}/predict": _predict_operation("Predict with a pinned version.", True),
             **oip_paths(),
+            # monitoring (docs/monitoring.md)
+            "/v1/models/{name}/drift": {
+                "get": {
+                    "summary": "Drift per feature (PSI and verdict), out-of-domain counts, estimated and live accuracy.",
+                    "parameters": [
+                        {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {"name": "version", "in": "query", "required": False, "schema": {"type": "integer"}},
+                        {"name": "region", "in": "query", "required": False, "schema": {"type": "string"}},
+                    ],
+                    "responses": {"200": _json("The drift report of each served version."),
+                                  "404": _error("Unknown model or version."), "422": _error("Unknown region.")},
+                }
+            },
+            "/v1/feedback": {
+                "post": {
+                    "summary": "Ground truth for a logged prediction: {request_id, label | value[, item]}.",
+                    "responses": {"200": _json("Whether the prediction was right."),
+                                  "404": _error("No logged prediction has this request id."),
+                                  "422": _error("A label the model does not know, or no label.")},
+                }
+            },
         },
         "components": {
             "schemas": {"Error": _ERROR, "Prediction": _PREDICTION, "PredictResponse": _PREDICT_RESPONSE}

@@ -18,6 +18,7 @@ import logging
 import re
 import time
 from concurrent.futures import Executor
+from functools import partial
 from typing import Any, Awaitable, TypeVar
 
 import numpy as np
@@ -38,6 +39,7 @@ from service.errors import (
 from service.inputs import check_media_type, media_type_of
 from service.metrics import UNKNOWN_MODEL, ServingMetrics
 from service.preprocess import PreprocessQueue
+from service.monitoring import Monitor
 from service.registry import ModelRegistry, ModelVersion
 from service.runtime import cpu_quota
 from service.request_id import assign_request_id, id_header
@@ -58,10 +60,13 @@ T = TypeVar("T")
 class PredictEndpoint:
     """``POST /v1/models/{name}/predict`` and ``.../versions/{version}/predict``."""
 
-    def __init__(self, settings: ServiceSettings, registry: ModelRegistry, metrics: ServingMetrics) -> None:
+    def __init__(
+        self, settings: ServiceSettings, registry: ModelRegistry, metrics: ServingMetrics, monitor: Monitor | None = None
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
+        self.monitor = monitor  # out-of-domain flags, drift, prediction log (service.monitoring)
         self.preprocess_pool: Executor | None = None  # set by the app's lifespan
         self.preprocessing = PreprocessQueue(
             settings.preprocess_threads or cpu_quota(), settings.max_preprocess_backlog, settings.retry_after_s
@@ -100,7 +105,8 @@ class PredictEndpoint:
         key = headers.get(self.sticky_header(name)) or request_id
         version = self.choose_version(name, pinned, key, client_region)
         predictions, body = await self.serve_on(
-            version, region, started, request_id, self._predict(version, headers, receive, started),
+            version, region, started, request_id,
+            self._predict(version, headers, receive, started, region, self.arm_of(name, version, pinned), request_id),
             routed=pinned is None,
         )  # fmt: skip
         response = {"model": name, "version": version.version, "request_id": request_id, "predictions": predictions}
@@ -109,8 +115,9 @@ class PredictEndpoint:
             self.shadow.mirror(name, key, version, headers.get(b"content-type", ""), body, predictions)
 
     async def _predict(
-        self, version: ModelVersion, headers: dict[bytes, str], receive: Receive, started: float
-    ) -> tuple[list[dict[str, Any]], bytes]:
+        self, version: ModelVersion, headers: dict[bytes, str], receive: Receive, started: float,
+        region: str = "other", arm: str = "stable", request_id: str = "",
+    ) -> tuple[list[dict[str, Any]], bytes]:  # fmt: skip
         """The encoded predictions, and the body they came from (for a shadow copy)."""
         content_type = headers.get(b"content-type", "")
         media_type = media_type_of(content_type)
@@ -119,9 +126,14 @@ class PredictEndpoint:
         deadline = started + self.settings.request_timeout_s
         with self.admit(version, headers, deadline) as admission:
             body = await read_body(receive, headers.get(b"content-length"), self.settings.max_body_bytes)
-            arrays = await self.preprocess(version, media_type, content_type, body, deadline)
+            seen: dict[str, Any] = {}  # the raw inputs, for monitoring
+            arrays = await self.preprocess(version, media_type, content_type, body, deadline, seen)
             output = await admission.submit(arrays, remaining_s(deadline, "preprocessing"))
-        return version.encoder.encode(output), body
+        predictions = version.encoder.encode(output)
+        if self.monitor is not None:
+            latency = time.perf_counter() - started
+            self.monitor.observe(version, region, arm, request_id, seen, arrays, output, predictions, latency)
+        return predictions, body
 
     def admit(self, version: ModelVersion, headers: dict[bytes, str], deadline: float) -> Admission:
         """Refuse at once (413, 503) what cannot be served, before a byte of the body is read or decoded."""
@@ -131,18 +143,30 @@ class PredictEndpoint:
         return version.batcher.admit(remaining_s(deadline, "admission"))
 
     async def preprocess(
-        self, version: ModelVersion, media_type: str, content_type: str, body: bytes, deadline: float
-    ) -> list[Any]:
-        """Decode the body: a small raw image on the loop (cheaper than a thread hand-off), the rest in the pool."""
+        self, version: ModelVersion, media_type: str, content_type: str, body: bytes, deadline: float,
+        seen: dict[str, Any] | None = None,
+    ) -> list[Any]:  # fmt: skip
+        """Decode the body: a small raw image on the loop (cheaper than a thread hand-off), the rest in the pool.
+
+        ``seen`` receives the raw inputs monitoring looks at (see ``InputDecoder.decode``)."""
         decoder = version.inputs
         arrays = decoder.decode_in_place(media_type, content_type, body)
         if arrays is None:
             arrays = await self.preprocessing.run(
-                self.preprocess_pool, deadline, decoder.decode, media_type, content_type, body
+                self.preprocess_pool, deadline, partial(decoder.decode, seen=seen), media_type, content_type, body
             )
+        elif seen is not None:
+            seen["images"] = [body]
         return arrays
 
     # The steps every prediction takes, whichever protocol it came in by (service.oip uses them too).
+
+    def arm_of(self, name: str, version: ModelVersion, pinned: str | None) -> str:
+        """What the prediction log records: ``pinned``, or the rollout arm that answered (``stable``, ``candidate``)."""
+        if pinned is not None:
+            return "pinned"
+        policy = self.rollout.policies.get(name) if self.rollout is not None else None
+        return "candidate" if policy is not None and policy.candidate == version.version else "stable"
 
     def sticky_header(self, name: str) -> bytes:
         """The header whose value is a model's sticky rollout key (lower-case, as ASGI scopes carry it)."""

@@ -157,6 +157,39 @@ class ServiceSettings(BaseSettings):
         1024, ge=1, description="Most requests being served at once; beyond it requests get 503 at once."
     )
 
+    # -- monitoring (docs/monitoring.md) -----------------------------------------------------
+    monitoring: bool = Field(
+        True, description="Out-of-domain flags on every prediction, drift windows and estimated accuracy."
+    )
+    drift_window: int = Field(1_000, ge=1, description="Items in each drift window (per version and region).")
+    drift_warn: float = Field(0.1, ge=0, description="PSI from which a feature's verdict is 'warn'.")
+    drift_threshold: float = Field(0.25, ge=0, description="PSI from which a feature's verdict is 'drift'.")
+    ood_image_slack: float = Field(
+        0.1,
+        ge=0,
+        description="Images are out-of-domain when a summary lies outside the training range widened by this "
+        "share of the range (or of the value, whichever is larger).",
+    )
+    monitor_queue_size: int = Field(
+        10_000, ge=1, description="Observations waiting for the monitor thread; beyond it they are dropped, counted."
+    )
+    feedback_window: int = Field(1_000, ge=1, description="Answers in each live accuracy window.")
+    prediction_log: bool = Field(
+        True,
+        description="Log predictions: to the shared store when state_url is postgresql://..., else to "
+        "prediction_log_path (needs monitoring).",
+    )
+    prediction_log_path: Path = Field(Path("predictions.sqlite"), description="The SQLite prediction log file.")
+    prediction_log_sample_rate: float = Field(1.0, ge=0, le=1, description="Share of requests logged (0..1).")
+    prediction_log_retention_days: float = Field(30.0, gt=0, description="Logged predictions are kept this long.")
+    prediction_log_images: bool = Field(False, description="Also log the image bytes (base64), up to the size cap.")
+    prediction_log_image_max_bytes: int = Field(
+        262_144, ge=0, description="Largest image whose bytes are logged when prediction_log_images is on."
+    )
+    prediction_log_buffer: int = Field(
+        10_000, ge=1, description="Records waiting for the log writer; beyond it records are dropped and counted."
+    )
+
     # -- process -----------------------------------------------------------------------------
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")
     graceful_shutdown_s: float = Field(

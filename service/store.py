@@ -52,7 +52,46 @@ class Migration:
 
 
 # Every table of every component, in order. Append new steps at the end; never edit an applied one.
-MIGRATIONS: list[Migration] = []
+MIGRATIONS: list[Migration] = [
+    # the prediction log and feedback (service.monitoring)
+    Migration(
+        "monitoring-1-prediction-log",
+        """
+        CREATE TABLE IF NOT EXISTS monitoring_predictions (
+            request_id TEXT PRIMARY KEY,
+            created_at DOUBLE PRECISION NOT NULL,
+            model TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            region TEXT NOT NULL,
+            arm TEXT NOT NULL,
+            inputs TEXT NOT NULL,
+            outputs TEXT NOT NULL,
+            ood TEXT NOT NULL,
+            latency_ms DOUBLE PRECISION
+        );
+        CREATE INDEX IF NOT EXISTS monitoring_predictions_by_model ON monitoring_predictions (model, version, created_at);
+        CREATE INDEX IF NOT EXISTS monitoring_predictions_by_time ON monitoring_predictions (created_at)
+        """,
+    ),
+    Migration(
+        "monitoring-2-feedback",
+        """
+        CREATE TABLE IF NOT EXISTS monitoring_feedback (
+            request_id TEXT NOT NULL,
+            item BIGINT NOT NULL,
+            model TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            region TEXT NOT NULL,
+            label TEXT,
+            value DOUBLE PRECISION,
+            correct BIGINT,
+            error DOUBLE PRECISION,
+            received_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (request_id, item)
+        )
+        """,
+    ),
+]
 
 
 class Store:

@@ -472,3 +472,75 @@ def _colour_patches(classes: Sequence[str], seed: int, n: int = 120) -> tuple[np
             images[i, ..., channel][mask] = 220 if on[channel] else 30
         labels.append(" ".join(c for c, flag in zip(classes, on) if flag))
     return images, labels
+
+
+# -- bundles for the monitoring tests ----------------------------------------------------------
+
+SHAPES_COLORS = ("red", "green", "blue", "yellow")
+
+
+def shapes_rows(n: int, seed: int) -> pd.DataFrame:
+    """Generated rows with two categorical and three continuous columns; ``label`` depends on x1 and color."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "color": np.array(SHAPES_COLORS)[rng.integers(0, 4, n)],
+            "shape": np.array(["circle", "square"])[rng.integers(0, 2, n)],
+            "x1": rng.normal(0.0, 1.0, n).round(3),
+            "x2": rng.uniform(0.0, 10.0, n).round(3),
+            "x3": rng.normal(50.0, 5.0, n).round(2),
+        }
+    )
+    frame["label"] = np.where(frame["x1"] + (frame["color"] == "red") > 0.5, "a", "b")
+    return frame
+
+
+def build_shapes_bundle(repo: Path, name: str = "shapes", version: int = 1, n: int = 3000) -> Path:
+    """A tabular classifier trained for two epochs on :func:`shapes_rows` (large enough for stable PSI)."""
+    from training import TabularDataLoaders, tabular_learner
+
+    dls = TabularDataLoaders.from_df(
+        shapes_rows(n, seed=0), y_names="label", cat_names=["color", "shape"], cont_names=["x1", "x2", "x3"],
+        y_block="category", valid_pct=0.2, seed=0, bs=64,
+    )  # fmt: skip
+    learn = tabular_learner(dls, layers=(32, 16), seed=0, device="cpu")
+    learn.progress = False
+    learn.fit_one_cycle(2, 1e-2)
+    return _export_as(learn, repo, name, version)
+
+
+def digit_images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits ``start:stop`` as uint8 8x8 images and their integer labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return (digits.images[start:stop] * (255 / 16)).round().astype(np.uint8), digits.target[start:stop]
+
+
+def build_calibrated_digits(repo: Path, name: str, false_alarm_rates: Sequence[float], n: int = 1200) -> list[Path]:
+    """One digits CNN (three epochs on the first ``n`` digits), exported once per false-alarm rate as v1, v2, ..."""
+    import tempfile
+
+    from bundle.manifest import read_manifest
+    from training import ImageDataLoaders, vision_learner
+    from training.export import export_learner
+
+    images, targets = digit_images(0, n)
+    dls = ImageDataLoaders.from_arrays(
+        images, [str(t) for t in targets], valid_pct=0.25, seed=0, size=(16, 16), method="squish", bs=32
+    )
+    learn = vision_learner(dls, arch="simple_cnn", seed=0, device="cpu")
+    learn.progress = False
+    learn.fit_one_cycle(3, 1e-2)
+    folders = []
+    for version, rate in enumerate(false_alarm_rates, start=1):
+        with tempfile.TemporaryDirectory() as staging:
+            exported = export_learner(learn, staging, name, ood_false_alarm_rate=rate)
+            manifest = read_manifest(exported)
+            manifest.version = version
+            write_manifest(exported, manifest)
+            target = Path(repo) / name / str(version)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(exported), target)
+        folders.append(target)
+    return folders

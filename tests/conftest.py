@@ -91,7 +91,8 @@ def service_settings(models: Path, **overrides: Any) -> Any:
     from service.settings import ServiceSettings
 
     values: dict[str, Any] = dict(
-        models=models, intra_op_threads=1, preprocess_threads=2, max_batch_size=8, watch_interval_s=0.0
+        models=models, intra_op_threads=1, preprocess_threads=2, max_batch_size=8, watch_interval_s=0.0,
+        prediction_log=False,  # tests that want the log turn it on with a path of their own
     )
     values.update(overrides)
     return ServiceSettings(**values)

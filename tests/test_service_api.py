@@ -103,7 +103,7 @@ def test_classification_prediction_has_label_index_and_probabilities(client):
     body = post_bytes(client, "/v1/models/digits/predict", image_bytes()).json()
 
     (prediction,) = body["predictions"]
-    assert set(prediction) == {"label", "index", "probabilities"}
+    assert set(prediction) == {"label", "index", "probabilities", "ood"}
     assert list(prediction["probabilities"]) == [str(i) for i in range(10)]
     assert prediction["index"] == int(np.argmax(list(prediction["probabilities"].values())))
 
@@ -124,7 +124,7 @@ def test_regression_prediction_is_a_value_within_the_y_range(client):
     body = post_bytes(client, "/v1/models/counts/predict", image_bytes()).json()
 
     (prediction,) = body["predictions"]
-    assert set(prediction) == {"value"}
+    assert set(prediction) == {"value", "ood"}
     assert 0.0 <= prediction["value"] <= 10.0
 
 

@@ -124,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="image folder or CSV of recent inputs")
     p.add_argument("--out", type=Path, help="where to write drift.json and drift.png (default reports/<name>/<version>)")
 
+    p = sub.add_parser(
+        "drift-report", help="classifier drift report: can a random forest tell logged rows from training rows?"
+    )
+    p.add_argument("--model", required=True, type=Path, help="bundle folder models/<name>/<version>")
+    p.add_argument("--log", required=True, help="prediction log: a SQLite file or a postgresql:// URL")
+    p.add_argument("--since", help="only predictions this recent: 30m, 12h, 1d, 2w")
+    p.add_argument("--region", help="only predictions from this region")
+    p.add_argument("--out", type=Path, help="where to write drift-report.html/.json (default reports/<name>/<version>)")
+
     p = sub.add_parser("examples", help="build the example models into the repository")
     p.add_argument("names", nargs="*", default=None, help="digits, diamonds, penguins (default: all)")
     p.add_argument("--out", type=Path, default=Path("models"), help="model repository (default models/)")
@@ -143,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "finetune": commands.finetune,
         "interpret": commands.interpret,
         "drift": commands.drift,
+        "drift-report": commands.drift_report,
         "examples": commands.examples,
     }[args.command]
     started = time.perf_counter()

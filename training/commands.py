@@ -14,7 +14,6 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from bundle import reference as ref
-from bundle.images import decode_image, image_summary
 from bundle.manifest import read_manifest, read_reference
 from training.builders import tabular_learner, vision_learner
 from training.data.augment import aug_transforms
@@ -305,8 +304,8 @@ def drift(args: argparse.Namespace) -> dict[str, Any]:
     absent: list[str] = []
     if manifest.input_kind == "image":
         files, _ = _labelled_image_files(args.data)
-        summaries = [image_summary(decode_image(f.read_bytes())) for f in files]
-        columns = {name: np.array([s[name.split(".", 1)[1]] for s in summaries]) for name in features}
+        summaries = _image_summaries(files, manifest)
+        columns = {name: summaries[name.split(".", 1)[1]] for name in features if name.split(".", 1)[1] in summaries}
         n_rows = len(files)
     else:
         df = read_csv(args.data)
@@ -335,6 +334,27 @@ def drift(args: argparse.Namespace) -> dict[str, Any]:
     _plot_drift(scores, out / "drift.png", f"{manifest.name} v{manifest.version}: PSI against training ({n_rows} rows)")
     shifted = sorted((n for n, v in verdicts.items() if v == "shifted"), key=lambda n: -scores[n])
     return {**report, "shifted": shifted, "report": str(out / "drift.png")}
+
+
+def _image_summaries(files: list[Path], manifest: Any) -> dict[str, np.ndarray]:
+    """The per-image summaries the service measures (``bundle.monitoring.pixel_summaries``)."""
+    from bundle.images import ResizeSpec, preprocess
+    from bundle.monitoring import encoded_size, pixel_summaries
+
+    image = manifest.image
+    spec = ResizeSpec(image.height, image.width, image.resize_method, image.pad_mode)
+    datas = [f.read_bytes() for f in files]
+    if not datas:
+        return {}
+    pixels = np.stack([preprocess(data, spec) for data in datas])
+    return pixel_summaries(pixels, [encoded_size(data) for data in datas])
+
+
+def drift_report(args: argparse.Namespace) -> dict[str, Any]:
+    """The classifier drift report (``training.drift_report``)."""
+    from training.drift_report import drift_report as run
+
+    return run(args)
 
 
 def _plot_drift(scores: dict[str, float], path: Path, title: str) -> None:

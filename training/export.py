@@ -47,6 +47,7 @@ from bundle.manifest import (
     sha256_file,
     write_manifest,
 )
+from training import monitoring as monitoring_fit
 from training.learner import Learner, activation_for
 from training.models.vision import ImageNormalize
 
@@ -106,13 +107,15 @@ def export_learner(
     tolerance: float | None = None,
     rtol: float = PARITY_RTOL,
     atol: float = PARITY_ATOL,
+    ood_false_alarm_rate: float = monitoring_fit.DEFAULT_FALSE_ALARM_RATE,
 ) -> Path:
     """Write ``models_dir/name/<next version>/`` and return its path.
 
     Parity passes when ``numpy.allclose(onnx, torch, rtol, atol)`` holds on
     every checked batch (``tolerance`` is the old name of ``atol``). On any
     failure no bundle is written, and the learner is saved where the
-    :class:`ExportError` message says.
+    :class:`ExportError` message says. ``ood_false_alarm_rate``: the share of
+    in-domain validation items the out-of-domain threshold flags.
     """
     if tolerance is not None:
         atol = tolerance
@@ -132,10 +135,11 @@ def export_learner(
         _export_onnx(graph, inputs, input_specs, tmp / ONNX_FILE, dls.task)
         parity = _check_parity(graph, tmp / ONNX_FILE, learn, input_specs, max_batch, rtol, atol)
         torch.save(_exportable(learn), tmp / LEARNER_FILE)
-        _write_reference(learn, tmp / REFERENCE_FILE)
+        sample_size = _write_reference(learn, tmp / REFERENCE_FILE)
         version = next_version(model_dir)
         info = {**(training_info or {}), **_data_sizes(dls)}
         manifest = _manifest(learn, name, version, input_specs, metrics, parity, info)
+        manifest.monitoring = monitoring_fit.fit_monitoring(learn, ood_false_alarm_rate, sample_size)
         manifest.files = {f: sha256_file(tmp / f) for f in (ONNX_FILE, LEARNER_FILE, REFERENCE_FILE)}
         write_manifest(tmp, manifest)
         make_readable(tmp)
@@ -300,13 +304,15 @@ def _check_parity(
     )
 
 
-def _write_reference(learn: Learner, path: Path) -> None:
+def _write_reference(learn: Learner, path: Path) -> int:
+    """Write reference.json; returns the size of the reference sample it holds."""
     dls = learn.dls
     features: dict[str, Any] = {}
+    summaries = None
     if dls.input_kind == "image":
-        summaries = dls.image_summaries("train")
-        for key in summaries[0] if summaries else ():
-            features[f"image.{key}"] = ref.continuous_reference(np.array([s[key] for s in summaries]))
+        # the summaries the service measures on live images (bundle.monitoring.pixel_summaries)
+        summaries = monitoring_fit.image_summaries_of(dls, "train")
+        features = monitoring_fit.image_feature_references(summaries)
     else:
         processor = dls.processor
         features = ref.tabular_reference(dls.train_df_raw, processor.raw_cat_names, processor.raw_cont_names)
@@ -320,7 +326,10 @@ def _write_reference(learn: Learner, path: Path) -> None:
         predictions["confidence"] = ref.continuous_reference(preds.max(dim=1).values.numpy())
     else:
         predictions["value"] = ref.continuous_reference(preds[:, 0].numpy())
-    path.write_text(json.dumps({"schema_version": 1, "features": features, "predictions": predictions}, indent=1))
+    sample = monitoring_fit.reference_sample(dls, summaries)
+    document = {"schema_version": 1, "features": features, "predictions": predictions, "sample": sample}
+    path.write_text(json.dumps(document, indent=1))
+    return len(sample)
 
 
 def _manifest(

@@ -1,0 +1,129 @@
+"""Monitoring math written once for both halves: image summaries, the out-of-domain score, calibration.
+
+Export *fits* (a threshold on validation scores, a confidence calibration on
+validation predictions) and records plain numbers in the manifest; the service only
+*applies* them to live traffic, in the style of scikit-learn's fit/transform.
+numpy only: the service imports this without torch.
+
+* Image summaries: brightness, contrast and saturation of the pixels the
+  model sees (after the deterministic resize), and the width, height and
+  aspect of the decoded image. Export computes the reference with the same
+  function, so reference-like traffic scores a PSI near zero.
+* Model-based out-of-domain score: ``1 - max softmax probability`` (the
+  maximum-softmax-probability baseline of Hendrycks & Gimpel). It needs only
+  the probabilities the graph already outputs: softmax keeps the order of
+  the logits, so the score equals the one computed from logits. Its threshold
+  is the ``1 - false_alarm_rate`` quantile of the scores of in-domain
+  validation items.
+* Confidence calibration for estimated accuracy: an isotonic map from the
+  top probability to the chance of being right, fitted on validation items.
+  Its mean over recent traffic estimates the current accuracy before any
+  label arrives (confidence-based performance estimation, as NannyML's CBPE).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+SUMMARY_KEYS = ("brightness", "contrast", "saturation", "width", "height", "aspect")
+SUMMARY_GRID = 32  # pixel statistics are taken on at most about this many rows and columns
+_GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255.0  # grey level in [0, 1]
+
+
+def summary_matrix(pixels: np.ndarray, sizes: Sequence[tuple[int, int]]) -> np.ndarray:
+    """float64 [N, 6]: the summaries of ``SUMMARY_KEYS`` of uint8 [N, 3, H, W] model pixels.
+
+    ``sizes`` are the decoded (width, height) of each image. The pixel statistics are taken on a
+    regular grid of at most about 32 x 32 pixels (every k-th row and column), so they cost the same
+    small amount at any input size; export and service both call this function, so the reference
+    and live traffic are measured alike. Written with few numpy calls: it runs on the request path.
+    """
+    n, _, height, width = pixels.shape
+    step = max(1, max(height, width) // SUMMARY_GRID)
+    x = pixels[:, :, ::step, ::step].reshape(n, 3, -1).astype(np.float32)
+    count = x.shape[2]
+    gray = np.matmul(_GRAY_WEIGHTS, x)  # [N, P], grey level in [0, 1]
+    mean = gray.sum(axis=1) / count
+    variance = np.einsum("np,np->n", gray, gray) / count - mean * mean
+    high = x.max(axis=1)
+    # HSV saturation, (max - min) / max; 0 for black pixels (max 0 -> 0 / 1)
+    saturation = ((high - x.min(axis=1)) / np.maximum(high, 1.0)).sum(axis=1) / count
+    out = np.empty((n, 6), dtype=np.float64)
+    out[:, 0] = mean
+    out[:, 1] = np.sqrt(np.maximum(variance, 0.0))
+    out[:, 2] = saturation
+    out[:, 3:5] = np.asarray(sizes, dtype=np.float64).reshape(n, 2)
+    out[:, 5] = out[:, 3] / np.maximum(out[:, 4], 1.0)
+    return out
+
+
+def pixel_summaries(pixels: np.ndarray, sizes: Sequence[tuple[int, int]]) -> dict[str, np.ndarray]:
+    """:func:`summary_matrix` as one array per summary name."""
+    matrix = summary_matrix(pixels, sizes)
+    return {key: matrix[:, i] for i, key in enumerate(SUMMARY_KEYS)}
+
+
+def max_softmax_score(probabilities: np.ndarray) -> np.ndarray:
+    """``1 - max p`` per row: 0 for a certain answer, near ``1 - 1/C`` for a uniform one."""
+    return 1.0 - np.asarray(probabilities, dtype=np.float64).max(axis=1)
+
+
+def fit_ood_threshold(in_domain_scores: np.ndarray, false_alarm_rate: float) -> float:
+    """The score above which only ``false_alarm_rate`` of in-domain items lie."""
+    if not 0.0 < false_alarm_rate < 1.0:
+        raise ValueError(f"false_alarm_rate must be between 0 and 1, got {false_alarm_rate}")
+    scores = np.asarray(in_domain_scores, dtype=np.float64)
+    if scores.size == 0:
+        raise ValueError("no in-domain scores to calibrate the out-of-domain threshold on")
+    return float(np.quantile(scores, 1.0 - false_alarm_rate, method="higher"))
+
+
+def fit_confidence_calibration(confidence: np.ndarray, correct: np.ndarray) -> tuple[list[float], list[float]]:
+    """Isotonic map from confidence to the probability of being right (pool-adjacent-violators).
+
+    Returns the knots ``(confidences, accuracies)`` of a non-decreasing
+    piecewise-linear function; :func:`estimated_correct` applies it. On the
+    items it was fitted on, its mean equals their accuracy.
+    """
+    x = np.asarray(confidence, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+        raise ValueError("fit_confidence_calibration needs two 1-d arrays of the same, non-zero length")
+    order = np.argsort(x, kind="stable")
+    blocks: list[list[float]] = []  # [sum of y, weight, lowest x, highest x]
+    for xi, yi in zip(x[order], y[order]):
+        blocks.append([yi, 1.0, xi, xi])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+            total, weight, _, high = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += weight
+            blocks[-1][3] = high
+    knots_x: list[float] = []
+    knots_y: list[float] = []
+    for total, weight, low, high in blocks:
+        for knot in (low, high) if high > low else (low,):
+            knots_x.append(float(knot))
+            knots_y.append(float(total / weight))
+    return knots_x, knots_y
+
+
+def estimated_correct(confidence: np.ndarray, knots_x: Sequence[float], knots_y: Sequence[float]) -> np.ndarray:
+    """The calibrated probability that each prediction is right (flat beyond the outer knots)."""
+    return np.interp(np.asarray(confidence, dtype=np.float64), knots_x, knots_y)
+
+
+def encoded_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from an encoded image's header, without decoding pixels ((0, 0) when unreadable)."""
+    if len(data) >= 24 and data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:  # the decoder already refused or accepted it; a size is only a statistic
+        return 0, 0

@@ -1,0 +1,191 @@
+"""Online drift: live values binned with the reference bins from the bundle, PSI over a sliding window.
+
+A :class:`FeatureBins` is built once per feature from ``reference.json``
+(the *fit* happened at export) and only *applies* it: a value becomes a bin
+index. Continuous features use the reference's inner edges, plus a bin for
+missing values; categorical features one bin per reference level, one for
+``__other__`` (training levels outside the top ones), one for missing, and
+one for levels training never saw. Unseen levels are counted on their own and
+left out of the PSI, so a new level shows as ``unseen_share`` rather than a
+saturated score.
+
+A :class:`DriftWindow` keeps the bin indices of the last ``capacity`` items
+(count-based) in a ring; counts are taken when someone reads them, which is
+rare next to the writes. PSI uses additive smoothing (half an item per bin on
+both sides), so an empty bin costs a finite, small amount.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bundle.reference import OTHER_LEVEL
+from bundle.tabular import category_levels
+
+SMOOTHING = 0.5  # items added to every bin before shares are taken
+
+
+@dataclass
+class FeatureBins:
+    """How one feature's values become bin indices, and the reference shares of those bins."""
+
+    name: str
+    kind: str  # continuous | categorical
+    edges: np.ndarray  # continuous: inner edges
+    levels: dict[str, int]  # categorical: reference level -> bin
+    vocabulary: frozenset[str] | None  # categorical: every training level (None: unknown, nothing is unseen)
+    expected: np.ndarray  # reference share per PSI bin (the unseen bin excluded)
+    reference_count: int
+    minimum: float | None
+    maximum: float | None
+    reference_missing: float
+
+    @classmethod
+    def from_reference(
+        cls, name: str, reference: Mapping[str, Any], vocabulary: Sequence[str] | None = None
+    ) -> "FeatureBins":
+        missing = float(reference.get("missing") or 0.0)
+        count = int(reference.get("count") or 0)
+        if reference.get("kind") == "continuous":
+            fractions = np.asarray(reference["fractions"], dtype=np.float64)
+            expected = np.append((1.0 - missing) * fractions, missing)
+            return cls(name, "continuous", np.asarray(reference["edges"], dtype=np.float64), {}, None, expected,
+                       count, reference.get("min"), reference.get("max"), missing)  # fmt: skip
+        if reference.get("kind") == "categorical":
+            frequencies = dict(reference["frequencies"])
+            known = [level for level in frequencies if level != OTHER_LEVEL]
+            shares = [frequencies[level] for level in known] + [frequencies.get(OTHER_LEVEL, 0.0)]
+            expected = np.append((1.0 - missing) * np.asarray(shares, dtype=np.float64), missing)
+            vocab = frozenset(v for v in vocabulary if v != "#na#") if vocabulary is not None else None
+            return cls(name, "categorical", np.array([]), {level: i for i, level in enumerate(known)}, vocab,
+                       expected, count, None, None, missing)  # fmt: skip
+        raise ValueError(f"feature {name!r}: unknown reference kind {reference.get('kind')!r}")
+
+    @property
+    def n_bins(self) -> int:
+        """PSI bins, plus one for unseen levels at index ``n_bins - 1``."""
+        return len(self.expected) + 1
+
+    @property
+    def missing_bin(self) -> int:
+        return len(self.expected) - 1
+
+    @property
+    def unseen_bin(self) -> int:
+        return len(self.expected)
+
+    def bins(self, values: Any) -> np.ndarray:
+        """Bin index of every value (never raises on data: anything unreadable is missing)."""
+        if self.kind == "continuous":
+            numbers = _numbers(values)
+            finite = np.isfinite(numbers)
+            index = np.searchsorted(self.edges, np.where(finite, numbers, 0.0), side="left")
+            return np.where(finite, index, self.missing_bin).astype(np.int16)
+        levels = category_levels(values if isinstance(values, (pd.Series, np.ndarray)) else list(values))
+        other = len(self.levels)
+        out = np.empty(len(levels), dtype=np.int16)
+        for i, level in enumerate(levels):
+            if level is None:
+                out[i] = self.missing_bin
+            elif level in self.levels:
+                out[i] = self.levels[level]
+            elif self.vocabulary is not None and level not in self.vocabulary:
+                out[i] = self.unseen_bin
+            else:
+                out[i] = other
+        return out
+
+
+class DriftWindow:
+    """The bin indices of the last ``capacity`` items, one column per feature, plus a float per item."""
+
+    def __init__(self, features: Sequence[FeatureBins], capacity: int) -> None:
+        self.features = list(features)
+        self.capacity = capacity
+        self.bins = np.zeros((capacity, len(self.features)), dtype=np.int16)
+        self.scores = np.zeros(capacity, dtype=np.float32)  # estimated chance of being right, per item
+        self.has_score = np.zeros(capacity, dtype=bool)
+        self.position = 0
+        self.size = 0
+        self.total = 0  # items ever added
+
+    def add(self, bins: np.ndarray, scores: np.ndarray | None) -> None:
+        """Append rows ``bins [n, features]`` (and their estimated-correct scores), oldest falling out."""
+        n = len(bins)
+        if n == 0:
+            return
+        if n > self.capacity:
+            bins = bins[-self.capacity :]
+            scores = scores[-self.capacity :] if scores is not None else None
+            n = self.capacity
+        rows = (self.position + np.arange(n)) % self.capacity
+        self.bins[rows] = bins
+        if scores is not None:
+            self.scores[rows] = scores
+        self.has_score[rows] = scores is not None
+        self.position = int((self.position + n) % self.capacity)
+        self.size = min(self.capacity, self.size + n)
+        self.total += n
+
+    def counts(self, j: int) -> np.ndarray:
+        column = self.bins[: self.size, j] if self.size < self.capacity else self.bins[:, j]
+        return np.bincount(column, minlength=self.features[j].n_bins)
+
+    def estimated_accuracy(self) -> float | None:
+        held = self.has_score[: self.size]
+        if not held.any():
+            return None
+        return float(self.scores[: self.size][held].mean())
+
+    def table(self, warn: float, drift: float) -> list[dict[str, Any]]:
+        """One row per feature: PSI, verdict, shares of missing and unseen values."""
+        rows = []
+        for j, feature in enumerate(self.features):
+            counts = self.counts(j)
+            seen = counts[: feature.unseen_bin]
+            score = psi(feature.expected, feature.reference_count, seen) if self.size else 0.0
+            unseen = int(counts[feature.unseen_bin])
+            rows.append({
+                "feature": feature.name,
+                "kind": feature.kind,
+                "psi": round(score, 6),
+                "verdict": verdict(score, warn, drift) if self.size else "no_data",
+                "missing_share": round(float(counts[feature.missing_bin]) / self.size, 6) if self.size else 0.0,
+                "unseen": unseen,
+                "unseen_share": round(unseen / self.size, 6) if self.size else 0.0,
+            })  # fmt: skip
+        return rows
+
+
+def psi(expected: np.ndarray, reference_count: int, actual_counts: np.ndarray) -> float:
+    """Population stability index with additive smoothing of both distributions."""
+    k = len(expected)
+    n_ref = max(reference_count, 1)
+    e = (expected * n_ref + SMOOTHING) / (n_ref + SMOOTHING * k)
+    total = float(actual_counts.sum())
+    if total == 0:
+        return 0.0
+    a = (actual_counts + SMOOTHING) / (total + SMOOTHING * k)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def verdict(score: float, warn: float, drift: float) -> str:
+    if score >= drift:
+        return "drift"
+    if score >= warn:
+        return "warn"
+    return "ok"
+
+
+def _numbers(values: Any) -> np.ndarray:
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+        return values.astype(np.float64)
+    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
+        return series.to_numpy(dtype=np.float64, na_value=math.nan)
+    return pd.to_numeric(series.astype(object), errors="coerce").to_numpy(dtype=np.float64, na_value=math.nan)

@@ -1,0 +1,130 @@
+"""Out-of-domain flags for every prediction: input checks against the reference, and the model's own score.
+
+Reasons (a bounded metric label):
+
+* ``unseen_category`` -- a categorical value training never saw;
+* ``out_of_range`` -- a continuous value outside the training minimum..maximum;
+* ``unexpected_missing`` -- a missing value in a column that never had one in training;
+* ``image_summary`` -- an image whose brightness, contrast, saturation, width, height or aspect lies
+  outside the training range widened by ``slack`` (a share of the range, or of the value, whichever is
+  larger: a training set of one image size flags every other size);
+* ``model_score`` -- ``1 - max probability`` above the threshold export calibrated on validation data
+  (``manifest.monitoring.ood_threshold``, at ``ood_false_alarm_rate``).
+
+``score`` is the model's score where the bundle has a calibrated one
+(classification), else the share of checked inputs that failed a check.
+Everything here runs on the request path, so it is a few vectorised numpy
+operations per request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bundle import monitoring as mon
+from bundle.manifest import Manifest
+from bundle.tabular import category_levels
+from service.monitoring.drift import _numbers
+
+REASONS = ("unseen_category", "out_of_range", "unexpected_missing", "image_summary", "model_score")
+
+
+class OODDetector:
+    """Applies one version's reference and calibration to a request's inputs and outputs."""
+
+    def __init__(self, manifest: Manifest, features: Mapping[str, Any], image_slack: float) -> None:
+        self.input_kind = manifest.input_kind
+        calibration = manifest.monitoring
+        self.threshold = calibration.ood_threshold if calibration is not None else None
+        if manifest.task != "classification":
+            self.threshold = None
+        # images: [low, high] per summary (in SUMMARY_KEYS order), widened by the slack; unbounded where
+        # the reference has no range
+        self.image_low = np.full(len(mon.SUMMARY_KEYS), -np.inf)
+        self.image_high = np.full(len(mon.SUMMARY_KEYS), np.inf)
+        self.image_checks = 0
+        for i, key in enumerate(mon.SUMMARY_KEYS):
+            ref = features.get(f"image.{key}")
+            if _has_range(ref):
+                margin = image_slack * max(ref["max"] - ref["min"], abs(ref["max"]), 1e-9)
+                self.image_low[i], self.image_high[i] = ref["min"] - margin, ref["max"] + margin
+                self.image_checks += 1
+        # tables
+        self.vocab: dict[str, frozenset[str]] = {}
+        self.ranges: dict[str, tuple[float, float]] = {}
+        self.never_missing: list[str] = []
+        if manifest.tabular is not None:
+            processor = manifest.tabular.processor
+            vocab = (processor.get("categorify") or {}).get("vocab", {})
+            for name, ref in features.items():
+                if ref.get("kind") == "categorical" and name in vocab:
+                    self.vocab[name] = frozenset(v for v in vocab[name] if v != "#na#")
+                elif _has_range(ref):
+                    self.ranges[name] = (float(ref["min"]), float(ref["max"]))
+                if ref.get("missing", 0.0) == 0.0 and ref.get("count"):
+                    self.never_missing.append(name)
+        self.checks = self.image_checks if self.input_kind == "image" else len(features)
+
+    def image_flags(self, summaries: np.ndarray) -> np.ndarray:
+        """How many summaries of each image (rows of ``bundle.monitoring.summary_matrix``) are out of range."""
+        return ((summaries < self.image_low) | (summaries > self.image_high)).sum(axis=1)
+
+    def tabular_flags(self, frame: pd.DataFrame) -> tuple[list[set[str]], np.ndarray]:
+        """The reasons of each row, and how many of its checks failed."""
+        n = len(frame)
+        reasons: list[set[str]] = [set() for _ in range(n)]
+        failed = np.zeros(n)
+        for name, vocab in self.vocab.items():
+            levels = category_levels(frame[name]) if name in frame.columns else np.full(n, None, dtype=object)
+            for i, level in enumerate(levels):
+                if level is not None and level not in vocab:
+                    reasons[i].add("unseen_category")
+                    failed[i] += 1
+        for name, (low, high) in self.ranges.items():
+            numbers = _numbers(frame[name]) if name in frame.columns else np.full(n, np.nan)
+            outside = np.isfinite(numbers) & ((numbers < low) | (numbers > high))
+            for i in np.flatnonzero(outside):
+                reasons[i].add("out_of_range")
+            failed += outside
+        for name in self.never_missing:
+            column = frame[name] if name in frame.columns else pd.Series([None] * n)
+            missing = column.isna().to_numpy()
+            for i in np.flatnonzero(missing):
+                reasons[i].add("unexpected_missing")
+            failed += missing
+        return reasons, failed
+
+    def flags(
+        self, output: np.ndarray, summaries: np.ndarray | None, frame: pd.DataFrame | None
+    ) -> list[dict[str, Any]]:
+        """``{"score", "flagged", "reasons"}`` per item."""
+        n = len(output)
+        reasons: list[set[str]] = [set() for _ in range(n)]
+        failed = np.zeros(n)
+        if summaries is not None:
+            failed = self.image_flags(summaries)
+            for i in np.flatnonzero(failed):
+                reasons[i].add("image_summary")
+        elif frame is not None:
+            reasons, failed = self.tabular_flags(frame)
+        if self.threshold is not None:
+            scores = mon.max_softmax_score(output)
+            for i in np.flatnonzero(scores > self.threshold):
+                reasons[i].add("model_score")
+        else:
+            scores = failed / max(self.checks, 1)
+        return [
+            {"score": round(float(score), 6), "flagged": bool(why), "reasons": sorted(why)}
+            for score, why in zip(scores.tolist(), reasons)
+        ]
+
+
+def _has_range(reference: Any) -> bool:
+    return isinstance(reference, Mapping) and reference.get("min") is not None and reference.get("max") is not None
+
+
+def image_sizes(images: Sequence[bytes]) -> list[tuple[int, int]]:
+    return [mon.encoded_size(data) for data in images]

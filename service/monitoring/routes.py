@@ -1,0 +1,81 @@
+"""``GET /v1/models/{name}/drift`` and ``POST /v1/feedback``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.errors import InvalidInput, NotFound, Unavailable
+from service.inputs import parse_json
+from service.monitoring.monitor import ALL_REGIONS, Monitor
+from service.registry import ModelRegistry
+from service.responses import JSONResponse
+from service.settings import ServiceSettings
+
+
+class MonitoringRoutes:
+    def __init__(self, settings: ServiceSettings, registry: ModelRegistry, monitor: Monitor | None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.monitor = monitor
+
+    def _monitor(self) -> Monitor:
+        if self.monitor is None:
+            raise Unavailable("monitoring is off (SERVING_MONITORING=false)")
+        return self.monitor
+
+    async def drift(self, request: Request) -> Response:
+        monitor = self._monitor()
+        name = request.path_params["name"]
+        if not self.registry.is_known(name):
+            raise NotFound(f"model {name!r} is not served; served models: {self.registry.model_names()}")
+        versions = self.registry.versions(name)
+        wanted = request.query_params.get("version")
+        if wanted is not None:
+            if not wanted.isdigit():
+                raise InvalidInput(f"version: expected a positive integer, got {wanted!r}")
+            versions = [v for v in versions if v.version == int(wanted)]
+            if not versions:
+                raise NotFound(f"model {name!r} has no loaded version {wanted}")
+        region = request.query_params.get("region")
+        known = [*self.settings.regions, "other"]
+        if region is not None and region not in known:
+            raise InvalidInput(f"region: {region!r} is not a configured region; use one of {known}")
+        reports = await asyncio.to_thread(lambda: [monitor.drift_report(v, region) for v in versions])
+        return JSONResponse({
+            "model": name,
+            "region": region or ALL_REGIONS,
+            "thresholds": {"warn": self.settings.drift_warn, "drift": self.settings.drift_threshold},
+            "versions": reports,
+            "monitor": monitor.describe(),
+        })  # fmt: skip
+
+    async def feedback(self, request: Request) -> Response:
+        monitor = self._monitor()
+        document = parse_json(await request.body())
+        if not isinstance(document, dict):
+            raise InvalidInput('body: expected {"request_id": "...", "label": ...} or {"request_id": ..., "value": ...}')
+        request_id = document.get("request_id")
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidInput("request_id: missing; send the request_id of the prediction this answer is for")
+        if "label" not in document and "value" not in document:
+            raise InvalidInput("label: missing; send the true 'label' (classification) or 'value' (regression)")
+        item = document.get("item", 0)
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise InvalidInput(f"item: expected the index of the prediction in its request, got {item!r}")
+        found, judgement = await asyncio.to_thread(
+            monitor.record_feedback, request_id, item, document.get("label"), document.get("value"), self._classes
+        )
+        body: dict[str, Any] = {"request_id": request_id, "item": item, **found}
+        body.update({"label": judgement.label, "value": judgement.value, "correct": judgement.correct,
+                     "error": judgement.error})  # fmt: skip
+        return JSONResponse(body)
+
+    def _classes(self, model: str, version: int) -> list[str] | None:
+        for served in self.registry.versions(model):
+            if served.version == version:
+                return list(served.manifest.outputs.classes or []) or None
+        return None

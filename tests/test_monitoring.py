@@ -1,0 +1,561 @@
+"""Monitoring: online drift, out-of-domain flags, estimated and live accuracy, the prediction log, feedback."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pytest
+
+from tests.bundle_factory import digit_images, shapes_rows
+from tests.conftest import install_bundle, metric_value, post_bytes, serve
+
+REGIONS = ["campsite-1", "marin"]
+HELD_OUT = (1200, 1797)  # digits the calibrated digits model never saw
+V1 = "/v1/models/digits/versions/1/predict"  # the false-alarm rate 0.01 export (v2, at 0.1, serves by default)
+
+
+@pytest.fixture(scope="session")
+def monitoring_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits v1 (false-alarm rate 0.01) and v2 (0.1): one CNN on 1,200 digits; shapes v1: a tabular model."""
+    import torch
+
+    from tests.bundle_factory import build_calibrated_digits, build_shapes_bundle
+
+    torch.set_num_threads(1)
+    lib = tmp_path_factory.mktemp("monitoring-library")
+    build_calibrated_digits(lib, "digits", [0.01, 0.1])
+    build_shapes_bundle(lib, "shapes", 1)
+    return lib
+
+
+@pytest.fixture(scope="session")
+def monitoring_repo(monitoring_library: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("monitoring-models")
+    for name, version in (("digits", 1), ("digits", 2), ("shapes", 1)):
+        install_bundle(monitoring_library, repo, name, version)
+    return repo
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def wait_until(condition: Callable[[], Any], timeout_s: float = 30.0, what: str = "the monitor") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def metrics_when(client: Any, predicate: Callable[[str], bool], what: str) -> str:
+    """The /metrics text, once ``predicate`` holds for it."""
+
+    def check() -> str | None:
+        text = client.get("/metrics").text
+        return text if predicate(text) else None
+
+    return wait_until(check, what=what)
+
+
+def broken_log_status(client: Any) -> dict[str, Any]:
+    """The prediction log's status, once its writer has met an error."""
+
+    def check() -> dict[str, Any] | None:
+        status = drift(client, "shapes")["monitor"]["prediction_log"]
+        return status if status["last_error"] else None
+
+    return wait_until(check, what="the log writer to fail")
+
+
+def drift(client: Any, name: str, **params: Any) -> dict[str, Any]:
+    response = client.get(f"/v1/models/{name}/drift", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def version_report(client: Any, name: str, version: int, region: str | None = None, items: int = 0) -> dict:
+    """The drift report of one version, once the monitor has seen ``items`` items there."""
+    params = {"version": version, **({"region": region} if region else {})}
+
+    def ready() -> dict | None:
+        (report,) = drift(client, name, **params)["versions"]
+        return report if report["window"]["items_seen"] >= items else None
+
+    return wait_until(ready, what=f"{items} items in the {name} v{version} window")
+
+
+def dashed(headers: dict[str, str]) -> dict[str, str]:
+    return {name.replace("_", "-"): value for name, value in headers.items()}
+
+
+def post_rows(client: Any, rows: list[dict[str, Any]], chunk: int = 50, **headers: str) -> list[dict[str, Any]]:
+    predictions = []
+    headers = dashed(headers)
+    for start in range(0, len(rows), chunk):
+        response = client.post("/v1/models/shapes/predict", json={"rows": rows[start : start + chunk]},
+                               headers=headers)  # fmt: skip
+        assert response.status_code == 200, response.text
+        predictions += response.json()["predictions"]
+    return predictions
+
+
+def post_images(client: Any, images: list[bytes], path: str = "/v1/models/digits/predict", chunk: int = 32,
+                **headers: str) -> list[dict[str, Any]]:  # fmt: skip
+    predictions = []
+    headers = dashed(headers)
+    for start in range(0, len(images), chunk):
+        files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(images[start : start + chunk])]
+        response = client.post(path, files=files, headers=headers)
+        assert response.status_code == 200, response.text
+        predictions += response.json()["predictions"]
+    return predictions
+
+
+def shapes_records(n: int, seed: int, **shift: float) -> list[dict[str, Any]]:
+    frame = shapes_rows(n, seed).drop(columns=["label"])
+    for column, delta in shift.items():
+        frame[column] = frame[column] + delta
+    return frame.to_dict(orient="records")
+
+
+def features(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["feature"]: row for row in report["features"]}
+
+
+# -- drift on tabular traffic ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes_client(monitoring_repo: Path) -> Iterator[Any]:
+    """Reference-like rows from campsite-1, rows with x1 shifted from marin, rows with a new colour from elsewhere."""
+    with serve(monitoring_repo, regions=REGIONS, drift_window=1000) as client:
+        post_rows(client, shapes_records(1000, seed=1), x_region="campsite-1")
+        post_rows(client, shapes_records(1000, seed=2, x1=1.5), x_region="marin")
+        unseen = shapes_records(200, seed=3)
+        for row in unseen[:100]:
+            row["color"] = "purple"
+        post_rows(client, unseen, x_region="somewhere-else")
+        version_report(client, "shapes", 1, items=2200)
+        yield client
+
+
+def test_reference_like_traffic_stays_under_the_warn_threshold(shapes_client: Any) -> None:
+    report = version_report(shapes_client, "shapes", 1, "campsite-1", items=1000)
+    assert report["window"]["size"] == 1000
+    assert {name: row["psi"] for name, row in features(report).items() if row["psi"] >= 0.1} == {}
+    assert report["verdict"] == "ok"
+
+
+def test_shifted_traffic_drifts_on_the_shifted_feature_only(shapes_client: Any) -> None:
+    report = version_report(shapes_client, "shapes", 1, "marin", items=1000)
+    table = features(report)
+    assert table["x1"]["psi"] > 0.25 and table["x1"]["verdict"] == "drift"
+    assert {name: row["psi"] for name, row in table.items() if name != "x1" and row["psi"] >= 0.1} == {}
+    assert "x1" in report["drifted_features"]
+
+
+def test_unseen_categories_are_counted_apart_not_crashing_or_saturating(shapes_client: Any) -> None:
+    report = version_report(shapes_client, "shapes", 1, "other", items=200)
+    color = features(report)["color"]
+    assert color["unseen"] == 100 and color["unseen_share"] == 0.5
+    assert color["psi"] < 0.25  # the known colours keep their shares; the new one is reported, not scored
+    assert report["ood"]["reasons"]["unseen_category"] == 100
+
+
+def test_drift_scores_are_exported_per_feature(shapes_client: Any) -> None:
+    version_report(shapes_client, "shapes", 1, items=2200)
+    time.sleep(0.6)  # gauges are refreshed at most twice a second
+    shapes_client.post("/v1/models/shapes/predict", json={"rows": shapes_records(1, seed=9)})
+    text = metrics_when(shapes_client, lambda t: 'feature="x1"' in t, "the drift gauge")
+    assert metric_value(text, "serving_drift_score", model="shapes", version="1", feature="x1") > 0.1
+    assert metric_value(text, "serving_ood_total", model="shapes", version="1", reason="unseen_category") == 100
+
+
+def test_tabular_rows_outside_training_are_flagged_with_their_reasons(shapes_client: Any) -> None:
+    rows = [
+        {"color": "red", "shape": "circle", "x1": 0.1, "x2": 5.0, "x3": 50.0},
+        {"color": "mauve", "shape": "circle", "x1": 0.1, "x2": 5.0, "x3": 50.0},
+        {"color": "red", "shape": "circle", "x1": 0.1, "x2": 55.0, "x3": 50.0},
+        {"color": "red", "shape": "circle", "x1": 0.1, "x2": 5.0, "x3": None},
+    ]
+    flags = [p["ood"] for p in post_rows(shapes_client, rows)]
+    assert [f["reasons"] for f in flags[1:]] == [["unseen_category"], ["out_of_range"], ["unexpected_missing"]]
+    assert [f["flagged"] for f in flags[1:]] == [True, True, True]
+    assert "unseen_category" not in flags[0]["reasons"] and "out_of_range" not in flags[0]["reasons"]
+
+
+def test_the_drift_endpoint_checks_its_parameters(shapes_client: Any) -> None:
+    assert shapes_client.get("/v1/models/nope/drift").status_code == 404
+    assert shapes_client.get("/v1/models/shapes/drift", params={"version": 7}).status_code == 404
+    bad = shapes_client.get("/v1/models/shapes/drift", params={"region": "atlantis"})
+    assert bad.status_code == 422 and "region" in bad.json()["error"]["message"]
+    body = drift(shapes_client, "shapes")
+    assert body["thresholds"] == {"warn": 0.1, "drift": 0.25}
+    assert body["versions"][0]["reference_size"] == 2400
+
+
+# -- out-of-domain images and estimated accuracy -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_traffic(monitoring_repo: Path) -> Iterator[tuple[Any, dict[str, float]]]:
+    """Held-out digits from campsite-1 and blends of two digits from marin, to digits v1; true accuracies."""
+    images, labels = digit_images(*HELD_OUT)
+    with serve(monitoring_repo, regions=REGIONS, max_items_per_request=64) as client:
+        predicted = post_images(client, [png(x) for x in images], path=V1, x_region="campsite-1")
+        accuracy = {"in_domain": float(np.mean([int(p["label"]) == t for p, t in zip(predicted, labels)]))}
+        differ = labels != np.roll(labels, 1)
+        blends = ((images.astype(np.float32) + np.roll(images, 1, axis=0)) / 2).round().astype(np.uint8)[differ]
+        predicted = post_images(client, [png(x) for x in blends], path=V1, x_region="marin")
+        accuracy["blended"] = float(np.mean([int(p["label"]) == t for p, t in zip(predicted, labels[differ])]))
+        version_report(client, "digits", 1, items=len(images) + len(blends))
+        yield client, accuracy
+
+
+def test_estimated_accuracy_tracks_true_accuracy_on_in_domain_traffic(digits_traffic: Any) -> None:
+    client, accuracy = digits_traffic
+    report = version_report(client, "digits", 1, "campsite-1", items=597)
+    assert abs(report["performance"]["estimated_accuracy"] - accuracy["in_domain"]) <= 0.05
+
+
+def test_estimated_accuracy_drops_when_traffic_shifts(digits_traffic: Any) -> None:
+    client, accuracy = digits_traffic
+    in_domain = version_report(client, "digits", 1, "campsite-1")["performance"]["estimated_accuracy"]
+    shifted = version_report(client, "digits", 1, "marin")["performance"]["estimated_accuracy"]
+    assert accuracy["blended"] < accuracy["in_domain"] - 0.2  # the shift really hurts the model
+    assert shifted < in_domain - 0.1
+
+
+def test_reference_like_images_stay_under_the_warn_threshold(digits_traffic: Any) -> None:
+    client, _ = digits_traffic
+    report = version_report(client, "digits", 1, "campsite-1")
+    assert {name: row["psi"] for name, row in features(report).items() if row["psi"] >= 0.1} == {}
+
+
+def test_a_cat_photo_is_out_of_domain_for_digits_while_held_out_digits_are_not(digits_traffic: Any) -> None:
+    from skimage import data
+
+    client, _ = digits_traffic
+    (cat,) = post_images(client, [png(data.chelsea())], path=V1)
+    assert cat["ood"]["flagged"] and "image_summary" in cat["ood"]["reasons"]
+    images, _ = digit_images(HELD_OUT[0], HELD_OUT[0] + 30)
+    flagged = [p["ood"]["flagged"] for p in post_images(client, [png(x) for x in images], path=V1)]
+    assert sum(flagged) <= 3
+
+
+def test_the_model_score_threshold_gives_about_its_false_alarm_rate_on_held_out_digits(
+    monitoring_repo: Path,
+) -> None:
+    manifest = json.loads((monitoring_repo / "digits" / "2" / "manifest.json").read_text())
+    assert manifest["monitoring"]["ood_false_alarm_rate"] == 0.1
+    images, _ = digit_images(*HELD_OUT)
+    with serve(monitoring_repo) as client:
+        predictions = post_images(client, [png(x) for x in images], path="/v1/models/digits/versions/2/predict")
+    share = np.mean(["model_score" in p["ood"]["reasons"] for p in predictions])
+    assert 0.04 <= share <= 0.2  # about 0.1: the threshold itself comes from 300 validation items
+
+
+def test_bundles_without_monitoring_data_still_serve_with_empty_flags(make_repo: Any, make_client: Any) -> None:
+    client = make_client(make_repo(("counts", 1)))  # hand-made: no reference bins, no calibration
+    (prediction,) = post_bytes(client, "/v1/models/counts/predict", png(np.zeros((8, 8), np.uint8))).json()[
+        "predictions"
+    ]
+    assert prediction["ood"] == {"score": 0.0, "flagged": False, "reasons": []}
+    (report,) = drift(client, "counts")["versions"]
+    assert report["features"] == [] and report["performance"]["estimated_accuracy"] is None
+
+
+# -- the prediction log and feedback -----------------------------------------------------------
+
+
+def logged(path: Path) -> list[dict[str, Any]]:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM monitoring_predictions ORDER BY created_at")]
+
+
+def test_the_prediction_log_records_each_request(monitoring_repo: Path, tmp_path: Path) -> None:
+    log = tmp_path / "predictions.sqlite"
+    rows = shapes_records(2, seed=5)
+    with serve(monitoring_repo, prediction_log=True, prediction_log_path=log, regions=REGIONS) as client:
+        response = client.post("/v1/models/shapes/predict", json={"rows": rows}, headers={"X-Region": "marin"})
+        request_id = response.json()["request_id"]
+    (record,) = logged(log)
+    assert (record["request_id"], record["model"], record["version"]) == (request_id, "shapes", 1)
+    assert (record["region"], record["arm"]) == ("marin", "stable")
+    assert json.loads(record["inputs"]) == rows
+    assert [p["label"] for p in json.loads(record["outputs"])] == [p["label"] for p in response.json()["predictions"]]
+    assert json.loads(record["ood"]) == [p["ood"] for p in response.json()["predictions"]]
+    assert record["latency_ms"] > 0
+
+
+def test_logged_images_keep_summaries_and_a_sha256_and_bytes_only_under_the_cap(
+    monitoring_repo: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "predictions.sqlite"
+    small = png(digit_images(*HELD_OUT)[0][0])
+    large = png(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
+    settings = dict(prediction_log=True, prediction_log_path=log, prediction_log_images=True,
+                    prediction_log_image_max_bytes=len(small))  # fmt: skip
+    with serve(monitoring_repo, **settings) as client:
+        post_images(client, [small, large])
+    (record,) = logged(log)
+    first, second = json.loads(record["inputs"])
+    assert first["sha256"] == hashlib.sha256(small).hexdigest() and first["width"] == 8.0
+    assert set(first) >= {"brightness", "contrast", "saturation", "width", "height", "aspect", "b64"}
+    assert "b64" not in second and second["sha256"] == hashlib.sha256(large).hexdigest()
+
+
+def test_feedback_gives_live_accuracy_and_the_latest_answer_wins(monitoring_repo: Path, tmp_path: Path) -> None:
+    log = tmp_path / "predictions.sqlite"
+    with serve(monitoring_repo, prediction_log=True, prediction_log_path=log, regions=REGIONS) as client:
+        answers = []
+        for row in shapes_records(3, seed=6):
+            body = client.post("/v1/models/shapes/predict", json={"rows": [row]},
+                               headers={"X-Region": "marin"}).json()  # fmt: skip
+            answers.append((body["request_id"], body["predictions"][0]["label"]))
+        other = {"a": "b", "b": "a"}
+        for request_id, label in answers[:2]:
+            assert client.post("/v1/feedback", json={"request_id": request_id, "label": label}).json()["correct"]
+        wrong_id, wrong_label = answers[2]
+        reply = client.post("/v1/feedback", json={"request_id": wrong_id, "label": other[wrong_label]})
+        assert reply.status_code == 200 and reply.json()["correct"] is False
+        (report,) = drift(client, "shapes", region="marin")["versions"]
+        assert report["performance"]["live_accuracy"] == pytest.approx(2 / 3)
+        client.post("/v1/feedback", json={"request_id": wrong_id, "label": wrong_label})  # corrected: latest wins
+        (report,) = drift(client, "shapes", region="marin")["versions"]
+        assert report["performance"]["live_accuracy"] == 1.0 and report["performance"]["feedback"] == 3
+        text = client.get("/metrics").text
+        assert metric_value(text, "serving_feedback_total", model="shapes", version="1", region="marin") == 4
+        assert metric_value(text, "serving_live_accuracy", model="shapes", version="1", region="marin") == 1.0
+
+
+def test_feedback_for_an_unknown_request_is_404_and_an_unknown_label_422(
+    monitoring_repo: Path, tmp_path: Path
+) -> None:
+    with serve(monitoring_repo, prediction_log=True, prediction_log_path=tmp_path / "log.sqlite") as client:
+        request_id = client.post("/v1/models/shapes/predict", json={"rows": shapes_records(1, 7)}).json()["request_id"]
+        missing = client.post("/v1/feedback", json={"request_id": "no-such-request", "label": "a"})
+        assert missing.status_code == 404 and "request_id" in missing.json()["error"]["message"]
+        unknown = client.post("/v1/feedback", json={"request_id": request_id, "label": "zebra"})
+        assert unknown.status_code == 422 and "zebra" in unknown.json()["error"]["message"]
+        no_label = client.post("/v1/feedback", json={"request_id": request_id})
+        assert no_label.status_code == 422 and "label" in no_label.json()["error"]["message"]
+
+
+def test_a_broken_log_path_does_not_fail_predictions_and_drops_are_counted(
+    monitoring_repo: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    settings = dict(prediction_log=True, prediction_log_path=blocker / "log.sqlite", prediction_log_buffer=5)
+    with serve(monitoring_repo, **settings) as client:
+        for row in shapes_records(20, seed=8):
+            assert client.post("/v1/models/shapes/predict", json={"rows": [row]}).status_code == 200
+        text = metrics_when(
+            client, lambda t: metric_value(t, "serving_prediction_log_dropped_total", reason="buffer_full") >= 15,
+            "15 dropped log records",
+        )
+        assert metric_value(text, "serving_prediction_log_written_total") == 0
+        assert broken_log_status(client)["healthy"] is False
+
+
+class TcpProxy:
+    """A forwarder to PostgreSQL that a test can stop: the test's own "server going down"."""
+
+    def __init__(self, target_port: int = 5432) -> None:
+        import asyncio
+        import threading
+
+        from tests.conftest import free_port
+
+        self.port = free_port()
+        self.target_port = target_port
+        self.loop = asyncio.new_event_loop()
+        self.server: Any = None
+        self.writers: set[Any] = set()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self._call(self._start())
+
+    def _call(self, coroutine: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
+
+    async def _start(self) -> None:
+        import asyncio
+
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _handle(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pipe(source: Any, sink: Any) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def _stop(self) -> None:
+        self.server.close()
+        for writer in list(self.writers):
+            writer.close()
+        await self.server.wait_closed()
+
+    def stop(self) -> None:
+        """Refuse new connections and cut the open ones, like a stopped server."""
+        self._call(self._stop())
+
+    def close(self) -> None:
+        if self.server is not None and self.server.is_serving():
+            self.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def test_a_stopped_postgresql_does_not_fail_predictions_and_drops_are_counted(
+    monitoring_repo: Path, postgres_url: str
+) -> None:
+    proxy = TcpProxy()
+    try:
+        url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        with serve(monitoring_repo, state_url=url, prediction_log=True, prediction_log_buffer=10) as client:
+            for row in shapes_records(3, seed=10):
+                assert client.post("/v1/models/shapes/predict", json={"rows": [row]}).status_code == 200
+            metrics_when(client, lambda t: metric_value(t, "serving_prediction_log_written_total") == 3, "3 writes")
+            proxy.stop()
+            for row in shapes_records(30, seed=11):
+                started = time.perf_counter()
+                assert client.post("/v1/models/shapes/predict", json={"rows": [row]}).status_code == 200
+                assert time.perf_counter() - started < 1.0  # never waits for the store
+            metrics_when(
+                client, lambda t: metric_value(t, "serving_prediction_log_dropped_total", reason="buffer_full") >= 20,
+                "20 dropped log records",
+            )
+            assert broken_log_status(client)["healthy"] is False
+    finally:
+        proxy.close()
+
+
+def start_service(repo: Path, state_url: str) -> tuple[Any, str]:
+    """``python -m service`` in its own process, sharing ``state_url``; returns the process and its URL."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    env = {**os.environ, "SERVING_STATE_URL": state_url, "SERVING_MODELS": str(repo), "SERVING_PORT": str(port),
+           "SERVING_HOST": "127.0.0.1", "SERVING_REGIONS": ",".join(REGIONS), "SERVING_INTRA_OP_THREADS": "1",
+           "SERVING_WATCH_INTERVAL_S": "0", "SERVING_LOG_LEVEL": "warning"}  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=Path(__file__).parent.parent)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def test_feedback_reaches_a_prediction_logged_by_another_process_on_postgresql(
+    monitoring_repo: Path, postgres_url: str
+) -> None:
+    import httpx
+
+    first, first_url = start_service(monitoring_repo, postgres_url)
+    second, second_url = start_service(monitoring_repo, postgres_url)
+    try:
+        for url in (first_url, second_url):
+            wait_until(lambda: _ready(url), timeout_s=90, what=f"the service at {url}")
+        rows = shapes_records(4, seed=12)
+        served = [
+            httpx.post(f"{first_url}/v1/models/shapes/predict", json={"rows": [row]},
+                       headers={"X-Region": "campsite-1"}).json()  # fmt: skip
+            for row in rows
+        ]
+        other = {"a": "b", "b": "a"}
+        answers = [(body["request_id"], body["predictions"][0]["label"]) for body in served]
+        answers[3] = (answers[3][0], other[answers[3][1]])  # one wrong prediction in four
+
+        def send(request_id: str, label: str) -> Any:
+            reply = httpx.post(f"{second_url}/v1/feedback", json={"request_id": request_id, "label": label})
+            return reply if reply.status_code == 200 else None
+
+        for request_id, label in answers:  # the first replica writes its log in the background: wait for it
+            wait_until(lambda: send(request_id, label), what="the prediction in the shared log")
+        report = httpx.get(f"{second_url}/v1/models/shapes/drift", params={"region": "campsite-1"}).json()
+        assert report["versions"][0]["performance"]["live_accuracy"] == 0.75
+        text = httpx.get(f"{second_url}/metrics").text
+        assert metric_value(text, "serving_feedback_total", model="shapes", version="1", region="campsite-1") == 4
+        assert metric_value(text, "serving_feedback_correct_total", model="shapes", region="campsite-1") == 3
+    finally:
+        for process in (first, second):
+            process.terminate()
+        for process in (first, second):
+            process.wait(30)
+
+
+def _ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# -- the classifier drift report ---------------------------------------------------------------
+
+
+def test_the_classifier_report_tells_shifted_traffic_from_the_reference_but_not_same_traffic(
+    monitoring_repo: Path, tmp_path: Path
+) -> None:
+    from training.cli import main
+
+    log = tmp_path / "predictions.sqlite"
+    with serve(monitoring_repo, prediction_log=True, prediction_log_path=log, regions=REGIONS) as client:
+        post_rows(client, shapes_records(600, seed=13), x_region="campsite-1")
+        post_rows(client, shapes_records(600, seed=14, x1=1.5), x_region="marin")
+    bundle = monitoring_repo / "shapes" / "1"
+    results = {}
+    for region in REGIONS:
+        out = tmp_path / region
+        assert main(["drift-report", "--model", str(bundle), "--log", str(log), "--region", region,
+                     "--since", "1d", "--out", str(out)]) == 0  # fmt: skip
+        results[region] = json.loads((out / "drift-report.json").read_text())
+        page = (out / "drift-report.html").read_text()
+        assert "ROC AUC" in page and "data:image/png;base64," in page
+    same, shifted = results["campsite-1"], results["marin"]
+    assert same["logged_rows"] == 600 and same["reference_rows"] == 1000
+    assert abs(same["roc_auc"] - 0.5) < 0.1
+    assert shifted["roc_auc"] > 0.8
+    assert next(iter(shifted["importances"])) == "x1"

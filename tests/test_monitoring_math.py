@@ -1,0 +1,50 @@
+"""The monitoring math shared by export and service: summaries, the OOD threshold, calibration, binning, PSI."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bundle import monitoring as mon
+from bundle.reference import categorical_reference, continuous_reference
+from service.monitoring.drift import DriftWindow, FeatureBins, psi
+
+
+def test_grey_images_have_no_saturation_and_sizes_come_from_the_decoded_image():
+    pixels = np.full((2, 3, 4, 4), 128, np.uint8)
+    pixels[1, 0] = 255  # a reddish second image
+    summaries = mon.pixel_summaries(pixels, [(8, 4), (10, 10)])
+    assert summaries["saturation"][0] == 0.0 and summaries["saturation"][1] > 0.4
+    assert summaries["aspect"].tolist() == [2.0, 1.0] and summaries["contrast"][0] == 0.0
+
+
+def test_the_threshold_lets_its_false_alarm_rate_of_in_domain_scores_through():
+    scores = np.random.default_rng(0).beta(1, 8, 20_000)
+    threshold = mon.fit_ood_threshold(scores[:10_000], 0.05)
+    assert abs(np.mean(scores[10_000:] > threshold) - 0.05) < 0.01
+
+
+def test_isotonic_calibration_is_monotone_and_keeps_the_validation_accuracy():
+    rng = np.random.default_rng(1)
+    confidence = rng.uniform(0.3, 1.0, 2_000)
+    correct = rng.random(2_000) < confidence**2  # over-confident model
+    knots_x, knots_y = mon.fit_confidence_calibration(confidence, correct)
+    assert np.all(np.diff(knots_y) >= 0) and np.all(np.diff(knots_x) >= 0)
+    estimated = mon.estimated_correct(confidence, knots_x, knots_y)
+    assert abs(estimated.mean() - correct.mean()) < 1e-9
+    assert abs(mon.estimated_correct(np.array([0.5]), knots_x, knots_y)[0] - 0.25) < 0.1
+
+
+def test_unseen_levels_get_their_own_bin_outside_the_psi():
+    feature = FeatureBins.from_reference("color", categorical_reference(["red", "blue"] * 50), ["#na#", "blue", "red"])
+    bins = feature.bins(["red", "blue", "purple", None])
+    assert bins.tolist() == [feature.levels["red"], feature.levels["blue"], feature.unseen_bin, feature.missing_bin]
+
+
+def test_psi_is_finite_and_small_for_the_reference_itself_and_large_for_a_shift():
+    values = np.random.default_rng(2).normal(0, 1, 5_000)
+    feature = FeatureBins.from_reference("x", continuous_reference(values))
+    window = DriftWindow([feature], capacity=2_000)
+    window.add(feature.bins(values[:2_000])[:, None], None)
+    assert window.table(0.1, 0.25)[0]["psi"] < 0.02
+    shifted = np.bincount(feature.bins(values[:2_000] + 1.0), minlength=feature.n_bins)[: feature.unseen_bin]
+    assert 0.25 < psi(feature.expected, feature.reference_count, shifted) < 10

@@ -1,0 +1,221 @@
+"""``python -m training drift-report``: the course's ``is_valid`` trick on live traffic.
+
+Label the reference sample that export stored in ``reference.json`` 0 and
+the rows the prediction log holds 1, and train a random forest to tell them
+apart. If it cannot (cross-validated ROC AUC near 0.5), live traffic looks
+like training data; the higher the AUC, the easier the two are told apart,
+and the forest's feature importances name the features that give the live
+rows away. For image models the rows are the per-image summaries
+(brightness, contrast, saturation, width, height, aspect).
+
+The report is an HTML page with the AUC, the importances (table and plot)
+and the PSI of each feature, written beside a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bundle import reference as ref
+from bundle.manifest import read_manifest, read_reference
+
+REPORTS_DIR = Path("reports")
+MAX_LOGGED_ROWS = 5_000  # the most recent logged rows the forest sees
+_IMAGE_FIELDS_SKIPPED = ("sha256", "bytes", "b64")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+@dataclass
+class ClassifierDrift:
+    auc: float
+    importances: dict[str, float]  # feature -> importance, largest first
+    reference_rows: int
+    logged_rows: int
+
+
+def parse_duration(text: str) -> float:
+    """``30m``, ``12h``, ``1d``, ``2w`` or plain seconds -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"--since: expected a duration like 30m, 12h, 1d or 2w, got {text!r}")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def read_logged_inputs(
+    log: str, model: str, version: int, since_s: float | None = None, region: str | None = None,
+    limit: int = MAX_LOGGED_ROWS,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The input rows of the logged predictions of one version, newest first (one per item)."""
+    from service.store import StoreUnavailable, open_store
+
+    if not log.startswith(("postgresql://", "postgres://", "sqlite:///")) and not Path(log).is_file():
+        raise FileNotFoundError(f"--log: {log} is neither a prediction log file nor a postgresql:// URL")
+    is_url = log.startswith(("postgresql://", "postgres://", "sqlite:///"))
+    store = open_store(log if is_url else "", Path(log))
+    sql = "SELECT inputs FROM monitoring_predictions WHERE model = ? AND version = ?"
+    params: list[Any] = [model, version]
+    if since_s is not None:
+        sql += " AND created_at >= ?"
+        params.append(time.time() - since_s)
+    if region is not None:
+        sql += " AND region = ?"
+        params.append(region)
+    sql += " ORDER BY created_at DESC LIMIT ?"
+    params.append(limit)
+    try:
+        rows = store.query(sql, params)
+    except StoreUnavailable as exc:
+        raise ValueError(f"--log: cannot read the prediction log: {exc}") from exc
+    finally:
+        store.close()
+    items: list[dict[str, Any]] = []
+    for row in rows:
+        for item in json.loads(row["inputs"]):
+            items.append({k: v for k, v in item.items() if k not in _IMAGE_FIELDS_SKIPPED})
+            if len(items) >= limit:
+                return items
+    return items
+
+
+def classifier_drift(
+    reference_rows: Sequence[dict[str, Any]], logged_rows: Sequence[dict[str, Any]], seed: int = 0
+) -> ClassifierDrift:
+    """Cross-validated ROC AUC of a random forest telling logged rows from reference rows, and importances."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    if len(reference_rows) < 5 or len(logged_rows) < 5:
+        raise ValueError(
+            f"need at least 5 reference and 5 logged rows, have {len(reference_rows)} and {len(logged_rows)}"
+        )
+    frame = pd.DataFrame([*reference_rows, *logged_rows])
+    columns = [c for c in pd.DataFrame(list(reference_rows)).columns if c in frame.columns]
+    x = _encode(frame[columns])
+    y = np.r_[np.zeros(len(reference_rows)), np.ones(len(logged_rows))]
+    forest = RandomForestClassifier(n_estimators=200, min_samples_leaf=3, random_state=seed, n_jobs=1)
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    scores = cross_val_predict(forest, x, y, cv=folds, method="predict_proba")[:, 1]
+    forest.fit(x, y)
+    importances = dict(sorted(zip(columns, forest.feature_importances_.tolist()), key=lambda kv: -kv[1]))
+    return ClassifierDrift(float(roc_auc_score(y, scores)), importances, len(reference_rows), len(logged_rows))
+
+
+def _encode(frame: pd.DataFrame) -> np.ndarray:
+    """Numbers as floats (missing as NaN, which the forest handles); anything else as category codes."""
+    columns = []
+    for name in frame.columns:
+        values = frame[name]
+        numbers = pd.to_numeric(values, errors="coerce")
+        if numbers.notna().sum() == values.notna().sum():
+            columns.append(numbers.to_numpy(dtype=np.float64))
+        else:
+            codes, _ = pd.factorize(values.astype(object).where(values.notna(), None), use_na_sentinel=True)
+            columns.append(codes.astype(np.float64))
+    return np.stack(columns, axis=1)
+
+
+def drift_report(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the report for ``args.model`` against ``args.log``; returns the JSON summary."""
+    bundle = Path(args.model)
+    manifest = read_manifest(bundle)
+    reference = read_reference(bundle, manifest) or {}
+    sample = reference.get("sample") or []
+    if not sample:
+        raise ValueError(f"{bundle}: reference.json holds no reference sample (exported before drift reports)")
+    since = parse_duration(args.since) if args.since else None
+    logged = read_logged_inputs(args.log, manifest.name, manifest.version, since, args.region)
+    if not logged:
+        raise ValueError(f"--log: no logged predictions of {manifest.name} v{manifest.version} match")
+    result = classifier_drift(sample, logged)
+    logged_frame = pd.DataFrame(logged)
+    features = reference.get("features") or {}
+    psi = {}
+    for name in result.importances:
+        key = f"image.{name}" if f"image.{name}" in features else name
+        if key in features and name in logged_frame.columns:
+            psi[name] = round(ref.psi(features[key], logged_frame[name]), 4)
+    out = Path(args.out) if args.out else REPORTS_DIR / manifest.name / str(manifest.version)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "model": manifest.name,
+        "version": manifest.version,
+        "roc_auc": round(result.auc, 4),
+        "verdict": verdict(result.auc),
+        "reference_rows": result.reference_rows,
+        "logged_rows": result.logged_rows,
+        "importances": {k: round(v, 4) for k, v in result.importances.items()},
+        "psi": psi,
+        "since": args.since,
+        "region": args.region,
+        "report": str(out / "drift-report.html"),
+    }
+    (out / "drift-report.json").write_text(json.dumps(summary, indent=2))
+    (out / "drift-report.html").write_text(_html(summary, _plot(result)))
+    return summary
+
+
+def verdict(auc: float) -> str:
+    if auc < 0.6:
+        return "indistinguishable: live rows look like the training reference"
+    if auc < 0.8:
+        return "some shift: look at the top features"
+    return "shifted: a classifier tells live rows from training rows; the top features give them away"
+
+
+def _plot(result: ClassifierDrift) -> str:
+    """The importances as a bar chart, a base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result.importances)[::-1]
+    values = [result.importances[n] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.5))
+    ax.barh(names, values, color="tab:blue")
+    ax.set_xlabel("random forest importance (what tells live rows from training rows)")
+    ax.set_title(f"ROC AUC {result.auc:.3f} (0.5: indistinguishable)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _html(summary: dict[str, Any], png_b64: str) -> str:
+    e = html.escape
+    rows = "\n".join(
+        f"<tr><td>{e(name)}</td><td>{value:.4f}</td><td>{summary['psi'].get(name, '')}</td></tr>"
+        for name, value in summary["importances"].items()
+    )
+    scope = ", ".join(f"{k} {summary[k]}" for k in ("since", "region") if summary[k]) or "every logged prediction"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Drift report: {e(summary['model'])} v{summary['version']}</title>
+<style>body{{font-family:sans-serif;max-width:50em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:left}}</style>
+</head><body>
+<h1>Drift report: {e(summary['model'])} v{summary['version']}</h1>
+<p>A random forest was trained to tell {summary['reference_rows']} training reference rows from
+{summary['logged_rows']} logged rows ({e(scope)}).</p>
+<p><strong>ROC AUC {summary['roc_auc']:.3f}</strong>: {e(summary['verdict'])}.
+0.5 means the two cannot be told apart; above 0.8 live traffic has clearly moved away from training data.</p>
+<img alt="feature importances" src="data:image/png;base64,{png_b64}">
+<table><tr><th>feature</th><th>importance</th><th>PSI</th></tr>
+{rows}
+</table>
+<p>PSI below 0.1: stable; 0.1 to 0.25: moderate shift; above 0.25: significant shift.</p>
+</body></html>
+"""
