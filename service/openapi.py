@@ -100,6 +100,22 @@ _PREDICT_BODY = {
 }
 
 
+_FEEDBACK: dict[str, Any] = {
+    "type": "object",
+    "required": ["request_id"],
+    "properties": {
+        "request_id": {"type": "string", "minLength": 1, "maxLength": 200,
+                       "description": "The request id the prediction answered with (X-Request-Id)."},
+        "label": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                  "description": "The true class (classification) or classes (multilabel)."},
+        "value": {"type": "number", "description": "The true value (regression)."},
+        "item": {"type": "integer", "minimum": 0, "maximum": 1000000,
+                 "description": "Which prediction of a many-item request (default 0)."},
+    },
+    "oneOf": [{"required": ["label"]}, {"required": ["value"]}],
+}  # fmt: skip
+
+
 def _error(description: str) -> dict[str, Any]:
     return _json(description, {"$ref": "#/components/schemas/Error"})
 
@@ -353,9 +369,11 @@ def _base_document(version: str) -> dict[str, Any]:
             "/v1/feedback": {
                 "post": {
                     "summary": "Ground truth for a logged prediction: {request_id, label | value[, item]}.",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _FEEDBACK}}},
                     "responses": {"200": _json("Whether the prediction was right."),
                                   "404": _error("No logged prediction has this request id."),
-                                  "422": _error("A label the model does not know, or no label.")},
+                                  "422": _error("A label the model does not know, or no label."),
+                                  "503": _error("Monitoring or the prediction log is off, or the log is unreachable.")},
                 }
             },
         },

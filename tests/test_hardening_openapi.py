@@ -58,10 +58,11 @@ def _register_image_strategies() -> None:
 
 
 @pytest.mark.timeout(600)
-def test_schemathesis_with_every_check_passes_against_a_live_service(make_repo, live_server):
+def test_schemathesis_with_every_check_passes_against_a_live_service(make_repo, live_server, tmp_path):
     from schemathesis import GenerationMode
 
-    server = live_server(make_repo(("digits", 1), ("penguins", 1)), max_items_per_request=4)
+    server = live_server(make_repo(("digits", 1), ("penguins", 1)), max_items_per_request=4, prediction_log=True,
+                         prediction_log_path=tmp_path / "predictions.sqlite")
     _register_image_strategies()
     # The Open Inference Protocol routes (/v2) document the protocol's own error shape; a path their templates
     # match but the router does not (a name with a newline) answers the service's 404: left out here, reported.

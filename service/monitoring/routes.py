@@ -64,6 +64,8 @@ class MonitoringRoutes:
         if "label" not in document and "value" not in document:
             raise InvalidInput("label: missing; send the true 'label' (classification) or 'value' (regression)")
         item = document.get("item", 0)
+        if isinstance(item, float) and item.is_integer():  # 3.0 is an integer to JSON Schema too
+            item = int(item)
         if isinstance(item, bool) or not isinstance(item, int):
             raise InvalidInput(f"item: expected the index of the prediction in its request, got {item!r}")
         found, judgement = await asyncio.to_thread(
