@@ -43,7 +43,16 @@ def service(bundle_library: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     corrupted = install_bundle(bundle_library, repo, "digits", 2)
     with (corrupted / "model.onnx").open("ab") as onnx:
         onnx.write(b"\0")  # its sha256 no longer matches the manifest: refused at load
-    server = LiveServer(repo, request_timeout_s=TIMEOUT_S, max_batch_size=4, regions=["us-west"]).start()
+    # a rollout policy, so the rollout metrics are exported too (its candidate is the refused bundle)
+    policy = repo.parent / "rollout.yaml"
+    policy.write_text(
+        "models:\n  digits:\n    stable: 1\n    candidate: 2\n    stage: canary\n"
+        "    steps:\n      - {regions: {us-west: 10}}\n    start: 2020-01-01T00:00:00Z\n"
+    )
+    server = LiveServer(
+        repo, request_timeout_s=TIMEOUT_S, max_batch_size=4, regions=["us-west"], rollout=policy,
+        state_path=repo.parent / "state.sqlite",
+    ).start()  # fmt: skip
     yield server
     server.stop()
 
