@@ -187,6 +187,7 @@ class ServingAPI:
             *self.oip.routes(),
             Route("/v1/models/{name}/drift", self.monitoring.drift, methods=["GET"]),
             Route("/v1/feedback", self.monitoring.feedback, methods=["POST"]),
+            Route("/v1/predictions", self.monitoring.predictions, methods=["GET"]),
             *WebPages(self).routes(),
         ]
 

@@ -366,6 +366,28 @@ def _base_document(version: str) -> dict[str, Any]:
                                   "404": _error("Unknown model or version."), "422": _error("Unknown region.")},
                 }
             },
+            "/v1/predictions": {
+                "get": {
+                    "summary": "The review queue: logged predictions to look at, newest first (reviewer or admin token).",
+                    "parameters": [
+                        {"name": "model", "in": "query", "schema": {"type": "string"}},
+                        {"name": "version", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                        {"name": "region", "in": "query", "schema": {"type": "string"}},
+                        {"name": "reason", "in": "query",
+                         "schema": {"type": "string", "enum": ["ood", "low_confidence", "sample"]}},
+                        {"name": "flagged", "in": "query", "schema": {"type": "boolean", "default": True}},
+                        {"name": "reviewed", "in": "query", "schema": {"type": "boolean", "default": False}},
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+                    ],
+                    "responses": {"200": _json("{predictions: [{request_id, item, created_at, model, version, region, "
+                                               "arm, reasons, inputs, outputs, ood}]}"),
+                                  "401": _error("A wrong or missing token."),
+                                  "403": _error("No reviewer or admin token is configured."),
+                                  "422": _error("A bad filter value."),
+                                  "503": _error("Monitoring or the prediction log is off, or the log is unreachable.")},
+                }
+            },
             "/v1/feedback": {
                 "post": {
                     "summary": "Ground truth for a logged prediction: {request_id, label | value[, item]}.",

@@ -64,6 +64,9 @@ class ServiceSettings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for the rollout admin endpoints (PUT/promote/rollback); unset refuses them."
     )
+    reviewer_token: SecretStr | None = Field(
+        None, description="Bearer token for the review queue (GET /v1/predictions); the admin token works too."
+    )
     shadow_max_in_flight: int = Field(
         32, ge=0, description="Most shadow runs in progress at once; beyond it (or with stable's queue half full) "
         "shadow copies are shed."

@@ -451,7 +451,10 @@ def test_a_cat_photo_sent_to_digits_is_reviewed_and_live_accuracy_reflects_it(
 ):
     if not admin_token_setting():
         pytest.skip("needs the admin token setting (SERVING_ADMIN_TOKEN) that guards the review queue")
-    server = live_server(make_repo(("digits", 1)), admin_token=ADMIN_TOKEN, state_path=tmp_path / "state.sqlite")
+    server = live_server(
+        make_repo(("digits", 1)), admin_token=ADMIN_TOKEN, state_path=tmp_path / "state.sqlite",
+        prediction_log=True, prediction_log_path=tmp_path / "predictions.sqlite", prediction_log_images=True,
+    )  # fmt: skip
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     if status_of(server, "/v1/predictions", **auth) in ABSENT:
         pytest.skip("needs the prediction log listing for the review queue: GET /v1/predictions is not served")

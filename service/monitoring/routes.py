@@ -11,6 +11,8 @@ from starlette.responses import Response
 from service.errors import InvalidInput, NotFound, Unavailable
 from service.inputs import parse_json
 from service.monitoring.monitor import ALL_REGIONS, Monitor
+from service.monitoring.review import authorize_reviewer, review_queue
+from service.store import StoreUnavailable
 from service.registry import ModelRegistry
 from service.responses import JSONResponse
 from service.settings import ServiceSettings
@@ -53,6 +55,33 @@ class MonitoringRoutes:
             "monitor": monitor.describe(),
         })  # fmt: skip
 
+    async def predictions(self, request: Request) -> Response:
+        """``GET /v1/predictions``: the review queue (reviewer or admin token)."""
+        authorize_reviewer(self.settings, request.headers.get("authorization", ""))
+        monitor = self._monitor()
+        if monitor.log is None:
+            raise Unavailable("the review queue needs the prediction log, and it is off (prediction_log=false)")
+        q = request.query_params
+        filters: dict[str, Any] = {
+            "model": q.get("model") or None,
+            "region": q.get("region") or None,
+            "reason": q.get("reason") or None,
+            "flagged": _flag(q.get("flagged", "true"), "flagged"),
+            "reviewed": _flag(q.get("reviewed", "false"), "reviewed"),
+            "limit": _bounded_int(q.get("limit", "50"), "limit", 1, 500),
+        }
+        if q.get("version"):
+            filters["version"] = _bounded_int(q["version"], "version", 1, 10**9)
+        log = monitor.log
+        try:
+            await asyncio.to_thread(log.ensure_schema)
+            await asyncio.to_thread(monitor.wait_idle)  # what was just answered may still be on its way to the log
+            await asyncio.to_thread(log.flush)
+            queue = await asyncio.to_thread(review_queue, log.store, **filters)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"the prediction log is unavailable: {exc}") from exc
+        return JSONResponse({"predictions": queue})
+
     async def feedback(self, request: Request) -> Response:
         monitor = self._monitor()
         document = parse_json(await request.body())
@@ -81,3 +110,17 @@ class MonitoringRoutes:
             if served.version == version:
                 return list(served.manifest.outputs.classes or []) or None
         return None
+
+
+def _flag(value: str, name: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise InvalidInput(f"{name}: expected true or false, got {value[:40]!r}")
+
+
+def _bounded_int(value: str, name: str, low: int, high: int) -> int:
+    if not value.isdigit() or len(value) > 10 or not low <= int(value) <= high:
+        raise InvalidInput(f"{name}: expected a whole number from {low} to {high}, got {value[:40]!r}")
+    return int(value)
