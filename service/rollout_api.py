@@ -87,28 +87,25 @@ class RolloutAPI:
         return JSONResponse(self._described(name))
 
     async def promote(self, request: Request) -> Response:
-        actor = self._authorize(request)
-        rollout = self._manager()
-        name = request.path_params["name"]
-        reason = await _reason_of(request)
-        self._known(name)
-        try:
-            await _stored(rollout.promote(name, actor, reason))
-        except PolicyError as exc:
-            raise InvalidInput(str(exc)) from None
-        return JSONResponse(self._described(name))
+        return await self._decide(request, "promote")
 
     async def rollback(self, request: Request) -> Response:
+        return await self._decide(request, "rollback")
+
+    async def _decide(self, request: Request, decision: str) -> Response:
+        """A manual promote or rollback: authorised, recorded with its actor and reason, stored fleet-wide."""
         actor = self._authorize(request)
         rollout = self._manager()
         name = request.path_params["name"]
         reason = await _reason_of(request)
         self._known(name)
+        change = rollout.promote if decision == "promote" else rollout.rollback
         try:
-            await _stored(rollout.rollback(name, actor, reason))
+            await _stored(change(name, actor, reason))
         except PolicyError as exc:
             raise InvalidInput(str(exc)) from None
-        rollout.metrics.rollbacks.labels(name, "manual").inc()
+        if decision == "rollback":
+            rollout.metrics.rollbacks.labels(name, "manual").inc()
         return JSONResponse(self._described(name))
 
     # -- helpers -------------------------------------------------------------------------
