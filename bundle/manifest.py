@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Collection, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -25,6 +25,8 @@ Task = Literal["classification", "multilabel", "regression"]
 InputKind = Literal["image", "tabular"]
 ResizeMethod = Literal["crop", "squish", "pad"]
 PadMode = Literal["reflection", "zeros"]
+OodScore = Literal["max_softmax", "energy"]  # bundle.monitoring.OOD_SCORES
+LOGITS_OUTPUT = "logits"  # the second ONNX output of single-label classifiers: the scores before softmax
 
 
 class _Model(BaseModel):
@@ -117,13 +119,16 @@ METRIC_UNITS = {
 class Monitoring(_Model):
     """What export calibrated for monitoring (see ``bundle.monitoring``); absent in older bundles.
 
-    ``ood_threshold``: items whose ``1 - max probability`` exceeds it are flagged out-of-domain; it lets
-    ``ood_false_alarm_rate`` of the ``calibration_items`` validation items through.
+    ``ood_score``: the model-based out-of-domain score (``bundle.monitoring.ood_score``): ``energy``,
+    ``-logsumexp(logits)`` of the graph's ``logits`` output, for bundles that export one; else
+    ``max_softmax``, ``1 - max probability`` (bundles written before the logits output existed).
+    ``ood_threshold``: items whose score exceeds it are flagged out-of-domain; it flags
+    ``ood_false_alarm_rate`` of the ``calibration_items`` validation items.
     ``calibration_confidence`` -> ``calibration_accuracy`` are the knots of the isotonic map from top
     probability to the chance of being right, which estimates accuracy on unlabelled traffic.
     """
 
-    ood_score: Literal["max_softmax"] = "max_softmax"
+    ood_score: OodScore = "max_softmax"  # the default reads manifests written before energy existed
     ood_threshold: float | None = None
     ood_false_alarm_rate: float | None = None
     calibration_confidence: list[float] = Field(default_factory=list)
@@ -153,6 +158,13 @@ class Manifest(_Model):
     libraries: dict[str, str] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)  # arch, epochs, lr, ...
     monitoring: Monitoring | None = None  # out-of-domain threshold and confidence calibration
+
+    @model_validator(mode="after")
+    def _energy_needs_logits(self) -> "Manifest":
+        if self.monitoring is not None and self.monitoring.ood_score == "energy":
+            if LOGITS_OUTPUT not in [spec.name for spec in self.onnx.outputs[1:]]:
+                raise ValueError(f"monitoring.ood_score 'energy' needs a {LOGITS_OUTPUT!r} output after the first")
+        return self
 
 
 class ManifestError(ValueError):

@@ -9,12 +9,17 @@ numpy only: the service imports this without torch.
   model sees (after the deterministic resize), and the width, height and
   aspect of the decoded image. Export computes the reference with the same
   function, so reference-like traffic scores a PSI near zero.
-* Model-based out-of-domain score: ``1 - max softmax probability`` (the
-  maximum-softmax-probability baseline of Hendrycks & Gimpel). It needs only
-  the probabilities the graph already outputs: softmax keeps the order of
-  the logits, so the score equals the one computed from logits. Its threshold
-  is the ``1 - false_alarm_rate`` quantile of the scores of in-domain
-  validation items.
+* Model-based out-of-domain score, higher meaning further out of domain:
+  the *energy* ``-T * logsumexp(logits / T)`` with ``T = 1`` (Liu et al.,
+  "Energy-based out-of-distribution detection", 2020), computed from the
+  logits single-label classifiers export as a second ONNX output. Softmax
+  forgets the logits' overall scale, which is what energy reads: an input
+  none of the classes responds to strongly has small logits, hence a high
+  energy, however peaked their softmax. Bundles exported before the logits
+  output existed keep ``1 - max softmax probability`` (the baseline of
+  Hendrycks & Gimpel), computed from the probabilities. Either way the
+  threshold is the ``1 - false_alarm_rate`` quantile of the scores of
+  in-domain validation items.
 * Confidence calibration for estimated accuracy: an isotonic map from the
   top probability to the chance of being right, fitted on validation items.
   Its mean over recent traffic estimates the current accuracy before any
@@ -65,9 +70,36 @@ def pixel_summaries(pixels: np.ndarray, sizes: Sequence[tuple[int, int]]) -> dic
     return {key: matrix[:, i] for i, key in enumerate(SUMMARY_KEYS)}
 
 
+OOD_SCORES = ("max_softmax", "energy")  # the names ``manifest.monitoring.ood_score`` may take
+ENERGY_TEMPERATURE = 1.0  # T of the energy score; 1 as in Liu et al., whose results need no tuning of it
+
+
 def max_softmax_score(probabilities: np.ndarray) -> np.ndarray:
     """``1 - max p`` per row: 0 for a certain answer, near ``1 - 1/C`` for a uniform one."""
     return 1.0 - np.asarray(probabilities, dtype=np.float64).max(axis=1)
+
+
+def energy_score(logits: np.ndarray, temperature: float = ENERGY_TEMPERATURE) -> np.ndarray:
+    """``-T * logsumexp(logits / T)`` per row: low (very negative) where a class responds strongly.
+
+    Computed stably (the row maximum taken out before ``exp``), in float64.
+    """
+    if temperature <= 0:
+        raise ValueError(f"the energy temperature must be positive, got {temperature}")
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    top = z.max(axis=1)
+    return -temperature * (top + np.log(np.exp(z - top[:, None]).sum(axis=1)))
+
+
+def ood_score(kind: str, probabilities: np.ndarray, logits: np.ndarray | None) -> np.ndarray:
+    """The out-of-domain score ``kind`` (one of ``OOD_SCORES``) of each row; ``energy`` needs the logits."""
+    if kind == "energy":
+        if logits is None:
+            raise ValueError("the energy score needs the model's logits")
+        return energy_score(logits)
+    if kind == "max_softmax":
+        return max_softmax_score(probabilities)
+    raise ValueError(f"unknown out-of-domain score {kind!r}: use one of {', '.join(OOD_SCORES)}")
 
 
 def fit_ood_threshold(in_domain_scores: np.ndarray, false_alarm_rate: float) -> float:

@@ -128,11 +128,14 @@ class PredictEndpoint:
             body = await read_body(receive, headers.get(b"content-length"), self.settings.max_body_bytes)
             seen: dict[str, Any] = {}  # the raw inputs, for monitoring
             arrays = await self.preprocess(version, media_type, content_type, body, deadline, seen)
-            output = await admission.submit(arrays, remaining_s(deadline, "preprocessing"))
+            rows = await admission.submit(arrays, remaining_s(deadline, "preprocessing"))
+        output, logits = version.runtime.split(rows)
         predictions = version.encoder.encode(output)
         if self.monitor is not None:
             latency = time.perf_counter() - started
-            self.monitor.observe(version, region, arm, request_id, seen, arrays, output, predictions, latency)
+            self.monitor.observe(
+                version, region, arm, request_id, seen, arrays, output, predictions, latency, logits=logits
+            )
         return predictions, body
 
     def admit(self, version: ModelVersion, headers: dict[bytes, str], deadline: float) -> Admission:
@@ -213,11 +216,12 @@ class PredictEndpoint:
         return result
 
     async def infer(self, version: ModelVersion, arrays: list[np.ndarray], started: float) -> np.ndarray:
-        """The model's output rows for ``arrays``, through the version's batcher, within the request deadline."""
+        """The model's (first) output rows for ``arrays``, through the version's batcher, within the request deadline."""
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
         if remaining <= 0:
             raise DeadlineExceeded(f"the {self.settings.request_timeout_s:g} s deadline passed during preprocessing")
-        return await version.batcher.submit(arrays, remaining)
+        output, _ = version.runtime.split(await version.batcher.submit(arrays, remaining))
+        return output
 
 
 def remaining_s(deadline: float, during: str) -> float:

@@ -4,6 +4,11 @@ Chooses the execution provider, sizes the thread pools to the container's
 CPU quota (not the host's core count), warms up every batch size the batcher
 will use, and on CUDA runs through I/O bindings whose buffers are allocated
 once per batch size and reused.
+
+A graph with several outputs (a classifier's probabilities, then its logits)
+returns them side by side as one array, one row per item, so the batcher
+slices one array per batch whatever the model; :meth:`OnnxRuntime.split`
+takes a request's rows apart again.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from bundle.manifest import TensorSpec
+from bundle.manifest import LOGITS_OUTPUT, TensorSpec
 
 log = logging.getLogger("service.runtime")
 
@@ -76,7 +81,7 @@ def providers_for(provider: str, device_id: int = 0) -> list[str | tuple[str, di
 
 
 class OnnxRuntime:
-    """A loaded ``model.onnx``: feeds the inputs the manifest lists and returns its single output."""
+    """A loaded ``model.onnx``: feeds the inputs the manifest lists and returns the outputs it lists."""
 
     def __init__(
         self,
@@ -111,9 +116,11 @@ class OnnxRuntime:
         self.on_cuda = CUDA_PROVIDER in self.session.get_providers()
         self.provider = "cuda" if self.on_cuda else "cpu"
         self.inputs = list(inputs)
-        self.output_name = outputs[0].name
+        self.output_names = [spec.name for spec in outputs]
+        self.output_name = self.output_names[0]  # what every prediction is encoded from
         self.input_dtypes = [np.dtype(spec.dtype) for spec in self.inputs]
         self._check_signature()
+        self.output_widths = self._output_widths(outputs)
         use_binding = self.on_cuda if io_binding is None else io_binding
         self._bindings = _BindingPool(self, "cuda" if self.on_cuda else "cpu") if use_binding else None
 
@@ -130,11 +137,37 @@ class OnnxRuntime:
         graph_outputs = {o.name for o in self.session.get_outputs()}
         wanted = [spec.name for spec in self.inputs]
         missing = [name for name in wanted if name not in graph_inputs]
-        if missing or self.output_name not in graph_outputs:
+        if missing or any(name not in graph_outputs for name in self.output_names):
             raise RuntimeLoadError(
                 f"model.onnx does not match the manifest: graph inputs {sorted(graph_inputs)}, "
-                f"outputs {sorted(graph_outputs)}; manifest wants inputs {wanted}, output {self.output_name!r}"
+                f"outputs {sorted(graph_outputs)}; manifest wants inputs {wanted}, outputs {self.output_names}"
             )
+
+    def _output_widths(self, outputs: Sequence[TensorSpec]) -> list[int | None]:
+        """Each output's number of columns; outputs side by side need known widths ([batch, k] each)."""
+        if len(outputs) == 1:
+            return [None]
+        graph = {o.name: o.shape for o in self.session.get_outputs()}
+        widths: list[int | None] = []
+        for spec in outputs:
+            known = [shape[1] for shape in (spec.shape, graph[spec.name]) if len(shape) == 2 and isinstance(shape[1], int)]
+            if not known:
+                raise RuntimeLoadError(f"output {spec.name!r}: with several outputs each must be [batch, k], got {spec.shape}")
+            widths.append(int(known[0]))
+        return widths
+
+    @property
+    def has_logits(self) -> bool:
+        """Whether the graph outputs the logits (single-label classifiers exported with the energy score)."""
+        return LOGITS_OUTPUT in self.output_names[1:]
+
+    def split(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows of :meth:`run`'s array as (the first output, the logits or None without them)."""
+        if len(self.output_names) == 1:
+            return rows, None
+        parts = np.split(rows, np.cumsum(self.output_widths[:-1]), axis=1)
+        logits = parts[self.output_names.index(LOGITS_OUTPUT)] if self.has_logits else None
+        return parts[0], logits
 
     def item_shapes(self) -> list[tuple[int, ...]]:
         """Each input's shape without the batch axis."""
@@ -147,11 +180,11 @@ class OnnxRuntime:
         return shapes
 
     def run(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        """One batch in (one array per manifest input), the model's single output out."""
+        """One batch in (one array per manifest input), the model's outputs out, side by side in one array."""
         if self._bindings is not None:
             return self._bindings.run(inputs)
         feed = {spec.name: array for spec, array in zip(self.inputs, inputs)}
-        return self.session.run([self.output_name], feed)[0]
+        return side_by_side(self.session.run(self.output_names, feed))
 
     def example_inputs(self, batch_size: int) -> list[np.ndarray]:
         """Valid all-zero inputs (index 0 is ``#na#`` for categories) for warm-up."""
@@ -191,7 +224,7 @@ class _BindingPool:
 
 
 class _Binding:
-    """Input buffers on ``device`` and a host output buffer for one batch size, bound once."""
+    """Input buffers on ``device`` and host output buffers for one batch size, bound once."""
 
     def __init__(self, runtime: OnnxRuntime, batch: int, device: str) -> None:
         session = runtime.session
@@ -203,21 +236,35 @@ class _Binding:
             value = ort.OrtValue.ortvalue_from_shape_and_type([batch, *shape], dtype.type, device, device_id)
             self.binding.bind_ortvalue_input(spec.name, value)
             self.device_inputs.append(value)
-        out = next(o for o in session.get_outputs() if o.name == runtime.output_name)
-        out_shape = [batch, *out.shape[1:]]
-        if all(isinstance(d, int) for d in out_shape):
-            self.host_output: ort.OrtValue | None = ort.OrtValue.ortvalue_from_shape_and_type(
-                out_shape, np.float32, "cpu", 0
-            )
-            self.binding.bind_ortvalue_output(runtime.output_name, self.host_output)
-        else:  # unknown output width: let ORT allocate host memory each run
-            self.host_output = None
-            self.binding.bind_output(runtime.output_name, "cpu")
+        self.output_names = runtime.output_names
+        self.host_outputs: list[ort.OrtValue] | None = []
+        for name in self.output_names:
+            out = next(o for o in session.get_outputs() if o.name == name)
+            out_shape = [batch, *out.shape[1:]]
+            if not all(isinstance(d, int) for d in out_shape):
+                self.host_outputs = None
+                break
+            self.host_outputs.append(ort.OrtValue.ortvalue_from_shape_and_type(out_shape, np.float32, "cpu", 0))
+        if self.host_outputs is not None:
+            for name, value in zip(self.output_names, self.host_outputs):
+                self.binding.bind_ortvalue_output(name, value)
+        else:  # an unknown output width: let ORT allocate host memory each run
+            for name in self.output_names:
+                self.binding.bind_output(name, "cpu")
 
     def run(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         for value, array in zip(self.device_inputs, inputs):
             value.update_inplace(np.ascontiguousarray(array))
         self.session.run_with_iobinding(self.binding)
-        if self.host_output is not None:
-            return np.array(self.host_output.numpy(), copy=True)  # the buffer is reused by the next run
-        return self.binding.copy_outputs_to_cpu()[0]
+        if self.host_outputs is not None:
+            arrays = [value.numpy() for value in self.host_outputs]
+            # the buffers are reused by the next run: return a copy (concatenate makes one)
+            return np.array(arrays[0], copy=True) if len(arrays) == 1 else side_by_side(arrays)
+        return side_by_side(self.binding.copy_outputs_to_cpu())
+
+
+def side_by_side(outputs: Sequence[np.ndarray]) -> np.ndarray:
+    """One output as it is; several as one array of their columns, in order (each is [batch, k])."""
+    if len(outputs) == 1:
+        return outputs[0]
+    return np.concatenate(outputs, axis=1)

@@ -99,7 +99,7 @@ class ShadowRunner:
                 loop = asyncio.get_running_loop()
                 arrays = await loop.run_in_executor(self.preprocess_pool, decoder.decode, media_type, content_type,
                                                     body)  # fmt: skip
-            output = await candidate.batcher.submit(arrays, self.settings.request_timeout_s)
+            output, _ = candidate.runtime.split(await candidate.batcher.submit(arrays, self.settings.request_timeout_s))
             predictions = candidate.encoder.encode(output)
         except Exception as exc:
             self.rollout.observe(name, candidate.version, False, time.perf_counter() - started)

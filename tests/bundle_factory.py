@@ -517,8 +517,14 @@ def digit_images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
     return (digits.images[start:stop] * (255 / 16)).round().astype(np.uint8), digits.target[start:stop]
 
 
-def build_calibrated_digits(repo: Path, name: str, false_alarm_rates: Sequence[float], n: int = 1200) -> list[Path]:
-    """One digits CNN (three epochs on the first ``n`` digits), exported once per false-alarm rate as v1, v2, ..."""
+def build_calibrated_digits(
+    repo: Path, name: str, false_alarm_rates: Sequence[float], n: int = 1200, pre_logits_rate: float | None = None
+) -> list[Path]:
+    """One digits CNN (three epochs on the first ``n`` digits), exported once per false-alarm rate as v1, v2, ...
+
+    With ``pre_logits_rate`` one more version follows, written as bundles were before the logits output
+    existed (see :func:`as_pre_logits_bundle`), calibrated on ``1 - max probability`` at that rate.
+    """
     import tempfile
 
     from bundle.manifest import read_manifest
@@ -532,15 +538,43 @@ def build_calibrated_digits(repo: Path, name: str, false_alarm_rates: Sequence[f
     learn = vision_learner(dls, arch="simple_cnn", seed=0, device="cpu")
     learn.progress = False
     learn.fit_one_cycle(3, 1e-2)
+    rates = [*false_alarm_rates, *([pre_logits_rate] if pre_logits_rate is not None else [])]
     folders = []
-    for version, rate in enumerate(false_alarm_rates, start=1):
+    for version, rate in enumerate(rates, start=1):
         with tempfile.TemporaryDirectory() as staging:
             exported = export_learner(learn, staging, name, ood_false_alarm_rate=rate)
             manifest = read_manifest(exported)
             manifest.version = version
             write_manifest(exported, manifest)
+            if version > len(false_alarm_rates):
+                as_pre_logits_bundle(exported, learn, rate)
             target = Path(repo) / name / str(version)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(exported), target)
         folders.append(target)
     return folders
+
+
+def as_pre_logits_bundle(folder: Path, learn: Any, false_alarm_rate: float) -> Path:
+    """Rewrite an exported classifier as export wrote it before the energy score: a graph with the
+    probabilities as its only output, and a manifest calibrated on ``1 - max probability``, without
+    the ``ood_score`` key (its default must read such manifests)."""
+    import onnx
+
+    from bundle.manifest import LOGITS_OUTPUT, read_manifest
+    from training.monitoring import fit_monitoring
+
+    model = onnx.load(str(folder / ONNX_FILE))
+    kept = [output for output in model.graph.output if output.name != LOGITS_OUTPUT]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    onnx.save(model, str(folder / ONNX_FILE))
+    manifest = read_manifest(folder)
+    manifest.onnx.outputs = [spec for spec in manifest.onnx.outputs if spec.name != LOGITS_OUTPUT]
+    sample_size = manifest.monitoring.reference_sample_size if manifest.monitoring else 0
+    manifest.monitoring = fit_monitoring(learn, false_alarm_rate, sample_size, ood_score="max_softmax")
+    manifest.files[ONNX_FILE] = sha256_file(folder / ONNX_FILE)
+    raw = json.loads(manifest.model_dump_json())
+    del raw["monitoring"]["ood_score"]
+    (folder / "manifest.json").write_text(json.dumps(raw, indent=2) + "\n")
+    return folder

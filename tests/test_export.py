@@ -9,7 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from torch import nn
 
+from bundle import monitoring as mon
 from bundle.images import ResizeSpec, preprocess
 from bundle.manifest import read_manifest, verify_files
 from bundle.tabular import TabularProcessor
@@ -17,6 +19,7 @@ from training.builders import tabular_learner, vision_learner
 from training.data.images import ImageDataLoaders
 from training.data.tabular import TabularDataLoaders
 from training.examples import penguins_frame, write_digits_folder
+from training import export as export_module
 from training.export import ExportError, export_learner, load_learner
 
 
@@ -117,6 +120,46 @@ def test_a_failed_parity_check_writes_no_bundle_and_keeps_the_learner(
     assert load_learner(saved).dls.vocab == image_learner.dls.vocab
 
 
+def test_classifiers_export_their_logits_second_and_an_energy_threshold_fitted_on_validation(
+    image_bundle: Path, image_learner
+) -> None:
+    m = read_manifest(image_bundle)
+    assert [(o.name, o.shape) for o in m.onnx.outputs] == [("probabilities", ["batch", 10]), ("logits", ["batch", 10])]
+    pixels, _ = next(iter(image_learner.dls.valid))
+    session = ort.InferenceSession(str(image_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    probabilities, logits = session.run(None, {"pixels": pixels.numpy()})
+    with torch.no_grad():
+        expected = image_learner.model(pixels).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(probabilities, torch.softmax(torch.from_numpy(expected), 1).numpy(), atol=1e-5)
+
+    assert m.monitoring.ood_score == "energy" and m.monitoring.ood_false_alarm_rate == 0.01
+    raw, _ = image_learner.get_preds(activation=False)
+    energy = mon.energy_score(raw.numpy())
+    assert m.monitoring.ood_threshold == mon.fit_ood_threshold(energy, 0.01)
+    assert m.monitoring.calibration_items == len(energy) and np.mean(energy > m.monitoring.ood_threshold) <= 0.01
+
+
+def test_the_parity_check_covers_the_logits_output(
+    image_learner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class ShiftedLogits(nn.Module):  # the same probabilities (softmax ignores a shift), logits off by one
+        def __init__(self, graph: nn.Module) -> None:
+            super().__init__()
+            self.graph = graph
+
+        def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            probabilities, logits = self.graph(*inputs)
+            return probabilities, logits + 1.0
+
+    check = export_module._check_parity
+    monkeypatch.setattr(export_module, "_check_parity", lambda graph, *args: check(ShiftedLogits(graph), *args))
+    monkeypatch.setattr(image_learner, "path", tmp_path / "work")
+    with pytest.raises(ExportError, match="disagree"):
+        export_learner(image_learner, tmp_path / "models", "digits")
+    assert not (tmp_path / "models" / "digits").exists()
+
+
 def test_tabular_bundle_replays_its_processors_without_torch(penguins_learner, tmp_path: Path) -> None:
     bundle = export_learner(penguins_learner, tmp_path, "penguins")
     m = read_manifest(bundle)
@@ -125,9 +168,11 @@ def test_tabular_bundle_replays_its_processors_without_torch(penguins_learner, t
     rows = penguins_frame().head(9)
     table = processor.transform(rows)
     session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    onnx_probs = session.run(None, {"x_cat": table.x_cat, "x_cont": table.x_cont})[0]
+    onnx_probs, onnx_logits = session.run(None, {"x_cat": table.x_cat, "x_cont": table.x_cont})
     learned = [p.numpy() for _, _, p in load_learner(bundle).predict_batch(rows)]
     np.testing.assert_allclose(onnx_probs, np.stack(learned), atol=1e-5)
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(onnx_logits), 1).numpy(), onnx_probs, atol=1e-5)
+    assert m.monitoring.ood_score == "energy"
     reference = json.loads((bundle / "reference.json").read_text())
     assert reference["features"]["island"]["kind"] == "categorical"
     assert reference["features"]["bill_length_mm"]["kind"] == "continuous"
@@ -145,3 +190,4 @@ def test_regression_bundle_records_log_target_and_y_range(tmp_path: Path) -> Non
     m = read_manifest(export_learner(learn, tmp_path, "prices"))
     assert m.task == "regression" and m.outputs.log_target and m.outputs.y_range == (0.5, 4.5)
     assert m.onnx.outputs[0].name == "values" and "rmse" in m.metrics
+    assert len(m.onnx.outputs) == 1  # only single-label classifiers export their logits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bundle import monitoring as mon
 from bundle.reference import categorical_reference, continuous_reference
@@ -21,6 +22,35 @@ def test_the_threshold_lets_its_false_alarm_rate_of_in_domain_scores_through():
     scores = np.random.default_rng(0).beta(1, 8, 20_000)
     threshold = mon.fit_ood_threshold(scores[:10_000], 0.05)
     assert abs(np.mean(scores[10_000:] > threshold) - 0.05) < 0.01
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_the_energy_score_is_minus_logsumexp_of_the_logits_and_stable_for_large_ones():
+    logits = np.array([[2.0, 0.5, -1.0], [1000.0, 999.0, 0.0], [0.1, 0.0, 0.1]])
+    energy = mon.energy_score(logits)
+    np.testing.assert_allclose(energy[0], -np.log(np.exp(logits[0]).sum()))
+    np.testing.assert_allclose(energy[1], -(1000.0 + np.log(1.0 + np.exp(-1.0))))  # no overflow
+    np.testing.assert_allclose(mon.energy_score(logits + 5.0), energy - 5.0)  # unlike softmax, it sees the scale
+    assert energy[2] > energy[0]  # weak responses everywhere: further out of domain
+    # the same softmax, smaller logits: max-softmax cannot tell these apart, energy can
+    peaked, weak = np.array([[4.0, 0.0, 0.0]]), np.array([[4.0, 0.0, 0.0]]) - 3.0
+    np.testing.assert_allclose(mon.max_softmax_score(softmax(peaked)), mon.max_softmax_score(softmax(weak)))
+    assert mon.energy_score(weak)[0] > mon.energy_score(peaked)[0]
+
+
+def test_the_ood_score_is_the_one_the_manifest_names():
+    logits = np.array([[3.0, 1.0], [0.2, 0.1]])
+    probabilities = softmax(logits)
+    np.testing.assert_allclose(mon.ood_score("energy", probabilities, logits), mon.energy_score(logits))
+    np.testing.assert_allclose(mon.ood_score("max_softmax", probabilities, None), 1 - probabilities.max(axis=1))
+    with pytest.raises(ValueError, match="needs the model's logits"):
+        mon.ood_score("energy", probabilities, None)
+    with pytest.raises(ValueError, match="unknown out-of-domain score"):
+        mon.ood_score("entropy", probabilities, logits)
 
 
 def test_isotonic_calibration_is_monotone_and_keeps_the_validation_accuracy():

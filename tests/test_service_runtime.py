@@ -102,13 +102,27 @@ def test_runtime_on_cpu_as_asked_has_no_problem(model_repo):
 # -- running -----------------------------------------------------------------------------------
 
 
-def test_run_returns_what_the_onnx_graph_computes(model_repo):
+def test_run_returns_what_the_onnx_graph_computes_and_split_takes_its_outputs_apart(model_repo):
     runtime = runtime_for(model_repo / "digits" / "1")
     pixels = np.random.default_rng(0).integers(0, 256, (3, *runtime.item_shapes()[0]), dtype=np.uint8)
 
-    expected = ort.InferenceSession(str(model_repo / "digits" / "1" / "model.onnx")).run(None, {"pixels": pixels})[0]
+    session = ort.InferenceSession(str(model_repo / "digits" / "1" / "model.onnx"))
+    probabilities, logits = session.run(["probabilities", "logits"], {"pixels": pixels})
+    rows = runtime.run([pixels])  # one array, one row per item, as the batcher slices it
+    served, served_logits = runtime.split(rows)
 
-    np.testing.assert_allclose(runtime.run([pixels]), expected, rtol=1e-6)
+    assert rows.shape == (3, 20) and runtime.has_logits
+    np.testing.assert_allclose(served, probabilities, rtol=1e-6)
+    np.testing.assert_allclose(served_logits, logits, rtol=1e-6)
+
+
+def test_a_graph_with_one_output_runs_as_before(model_repo):
+    runtime = runtime_for(model_repo / "counts" / "1")  # hand-made, as bundles were before the logits output
+    rows = runtime.run(runtime.example_inputs(2))
+
+    assert not runtime.has_logits and rows.shape == (2, 1)
+    output, logits = runtime.split(rows)
+    assert output is rows and logits is None
 
 
 def test_bound_reused_buffers_give_the_same_results_as_plain_runs(model_repo):
@@ -116,6 +130,7 @@ def test_bound_reused_buffers_give_the_same_results_as_plain_runs(model_repo):
     bound = runtime_for(model_repo / "penguins" / "1", io_binding=True)  # the CUDA code path, on CPU buffers
     rng = np.random.default_rng(0)
 
+    assert bound.has_logits  # both outputs are bound
     for batch in (3, 1, 3, 5, 3):  # sizes repeat, so buffers are reused with new contents
         x_cat = rng.integers(0, 3, (batch, plain.item_shapes()[0][0]))
         x_cont = rng.normal(size=(batch, 3)).astype(np.float32)
@@ -127,7 +142,8 @@ def test_tabular_runtime_feeds_only_the_inputs_the_manifest_lists(model_repo):
     runtime = runtime_for(model_repo / "measures" / "1")
 
     assert [spec.name for spec in runtime.inputs] == ["x_cont"]
-    assert runtime.run(runtime.example_inputs(2)).shape == (2, 3)
+    output, _ = runtime.split(runtime.run(runtime.example_inputs(2)))
+    assert output.shape == (2, 3)
 
 
 def test_example_inputs_have_the_manifest_shapes_and_dtypes(model_repo):

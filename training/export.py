@@ -33,6 +33,7 @@ from torch import nn
 from bundle import reference as ref
 from bundle.manifest import (
     LEARNER_FILE,
+    LOGITS_OUTPUT,
     METRIC_UNITS,
     ONNX_FILE,
     REFERENCE_FILE,
@@ -66,30 +67,41 @@ class ExportError(RuntimeError):
 
 
 class _ImageGraph(nn.Module):
-    """uint8 pixels in, activated outputs out: what the service runs."""
+    """uint8 pixels in, activated outputs out (and, with ``logits``, the raw ones after them): what the service runs."""
 
-    def __init__(self, model: nn.Module, activation: nn.Module) -> None:
+    def __init__(self, model: nn.Module, activation: nn.Module, logits: bool = False) -> None:
         super().__init__()
-        self.model, self.activation = model, activation
+        self.model, self.activation, self.logits = model, activation, logits
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.model(pixels))
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return _outputs(self.model(pixels), self.activation, self.logits)
 
 
 class _TabularGraph(nn.Module):
-    """Processed columns in, activated outputs out; an input of width 0 is left out of the graph."""
+    """Processed columns in, activated outputs out (and the raw ones, with ``logits``); an input of width 0
+    is left out of the graph."""
 
-    def __init__(self, model: nn.Module, activation: nn.Module, n_cat: int, n_cont: int) -> None:
+    def __init__(self, model: nn.Module, activation: nn.Module, n_cat: int, n_cont: int, logits: bool = False) -> None:
         super().__init__()
-        self.model, self.activation = model, activation
+        self.model, self.activation, self.logits = model, activation, logits
         self.n_cat, self.n_cont = n_cat, n_cont
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         batch = inputs[0].shape[0]
         it = iter(inputs)
         x_cat = next(it) if self.n_cat else torch.zeros(batch, 0, dtype=torch.long)
         x_cont = next(it) if self.n_cont else torch.zeros(batch, 0, dtype=torch.float32)
-        return self.activation(self.model(x_cat, x_cont))
+        return _outputs(self.model(x_cat, x_cont), self.activation, self.logits)
+
+
+def _outputs(raw: torch.Tensor, activation: nn.Module, logits: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    # the probabilities stay the first output, so every reader of the first output reads what it always did
+    return (activation(raw), raw) if logits else activation(raw)
+
+
+def exports_logits(task: str) -> bool:
+    """Single-label classifiers export their logits as a second output, for the energy out-of-domain score."""
+    return task == "classification"
 
 
 def next_version(model_dir: Path) -> int:
@@ -139,7 +151,9 @@ def export_learner(
         version = next_version(model_dir)
         info = {**(training_info or {}), **_data_sizes(dls)}
         manifest = _manifest(learn, name, version, input_specs, metrics, parity, info)
-        manifest.monitoring = monitoring_fit.fit_monitoring(learn, ood_false_alarm_rate, sample_size)
+        manifest.monitoring = monitoring_fit.fit_monitoring(
+            learn, ood_false_alarm_rate, sample_size, ood_score="energy" if exports_logits(dls.task) else "max_softmax"
+        )
         manifest.files = {f: sha256_file(tmp / f) for f in (ONNX_FILE, LEARNER_FILE, REFERENCE_FILE)}
         write_manifest(tmp, manifest)
         make_readable(tmp)
@@ -212,18 +226,19 @@ def _deepcopy_cpu(learn: Learner) -> Learner:
 def _graph_and_inputs(learn: Learner) -> tuple[nn.Module, tuple[torch.Tensor, ...], list[TensorSpec]]:
     dls = learn.dls
     activation = activation_for(dls.task)
+    logits = exports_logits(dls.task)
     sample = _valid_inputs(learn, 4)
     if dls.input_kind == "image":
         _, c, h, w = sample[0].shape
         specs = [TensorSpec(name="pixels", dtype="uint8", shape=["batch", c, h, w])]
-        return _ImageGraph(learn.model, activation).eval(), (sample[0],), specs
+        return _ImageGraph(learn.model, activation, logits).eval(), (sample[0],), specs
     x_cat, x_cont = sample
     specs = []
     if x_cat.shape[1]:
         specs.append(TensorSpec(name="x_cat", dtype="int64", shape=["batch", x_cat.shape[1]]))
     if x_cont.shape[1]:
         specs.append(TensorSpec(name="x_cont", dtype="float32", shape=["batch", x_cont.shape[1]]))
-    graph = _TabularGraph(learn.model, activation, x_cat.shape[1], x_cont.shape[1]).eval()
+    graph = _TabularGraph(learn.model, activation, x_cat.shape[1], x_cont.shape[1], logits).eval()
     return graph, _graph_inputs(sample), specs
 
 
@@ -260,7 +275,7 @@ def _export_onnx(graph: nn.Module, inputs: tuple, specs: list[TensorSpec], path:
             inputs,
             str(path),
             input_names=[s.name for s in specs],
-            output_names=[OUTPUT_NAMES[task]],
+            output_names=output_names(task),
             dynamic_shapes=dynamic_shapes,
             opset_version=OPSET,
             dynamo=True,
@@ -270,13 +285,19 @@ def _export_onnx(graph: nn.Module, inputs: tuple, specs: list[TensorSpec], path:
     onnx.checker.check_model(str(path), full_check=True)
 
 
+def output_names(task: str) -> list[str]:
+    """The graph's outputs in order: what the task serves, then the logits where it exports them."""
+    return [OUTPUT_NAMES[task], *([LOGITS_OUTPUT] if exports_logits(task) else [])]
+
+
 def _check_parity(
     graph: nn.Module, path: Path, learn: Learner, specs: list[TensorSpec], max_batch: int, rtol: float, atol: float
 ) -> Parity:
     """ONNX Runtime against PyTorch on validation batches of size 1, an odd size and the maximum.
 
-    Passes as ``numpy.allclose(onnx, torch, rtol, atol)``; records the largest
-    absolute and relative differences.
+    Passes as ``numpy.allclose(onnx, torch, rtol, atol)`` on every output (the
+    logits too, where the graph has them); records the largest absolute and
+    relative differences over all of them.
     """
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inputs = _graph_inputs(_valid_inputs(learn, max_batch))
@@ -287,13 +308,18 @@ def _check_parity(
     for size in sizes:
         batch = tuple(x[:size] for x in inputs)
         with torch.no_grad():
-            expected = graph(*batch).numpy().astype(np.float64)
-        got = session.run(None, {s.name: x.numpy() for s, x in zip(specs, batch)})[0].astype(np.float64)
-        diff = np.abs(got - expected)
-        worst_abs = max(worst_abs, float(diff.max()))
-        # relative to values at least atol in size: a probability of 1e-30 has no meaningful relative error
-        worst_rel = max(worst_rel, float((diff / np.maximum(np.abs(expected), max(atol, 1e-12))).max()))
-        close = close and bool(np.all(diff <= atol + rtol * np.abs(expected)))
+            expected = graph(*batch)
+        expected_all = expected if isinstance(expected, tuple) else (expected,)
+        got_all = session.run(None, {s.name: x.numpy() for s, x in zip(specs, batch)})
+        if len(got_all) != len(expected_all):
+            raise ExportError(f"the ONNX graph has {len(got_all)} outputs, PyTorch gives {len(expected_all)}")
+        for got, want in zip(got_all, expected_all):  # every output, the logits as well as the probabilities
+            got, want = got.astype(np.float64), want.numpy().astype(np.float64)
+            diff = np.abs(got - want)
+            worst_abs = max(worst_abs, float(diff.max()))
+            # relative to values at least atol in size: a probability of 1e-30 has no meaningful relative error
+            worst_rel = max(worst_rel, float((diff / np.maximum(np.abs(want), max(atol, 1e-12))).max()))
+            close = close and bool(np.all(diff <= atol + rtol * np.abs(want)))
     if not close:
         raise ExportError(
             f"ONNX Runtime and PyTorch disagree beyond rtol={rtol:g}, atol={atol:g}: largest absolute "
@@ -376,7 +402,7 @@ def _manifest(
     onnx_spec = OnnxSpec(
         opset=OPSET,
         inputs=input_specs,
-        outputs=[TensorSpec(name=OUTPUT_NAMES[task], dtype="float32", shape=["batch", n_out])],
+        outputs=[TensorSpec(name=out, dtype="float32", shape=["batch", n_out]) for out in output_names(task)],
     )
     return Manifest(
         name=name,

@@ -9,8 +9,9 @@ Called by :func:`training.export.export_learner`:
   of raw training rows, or of training image summaries, stored in
   ``reference.json`` for ``python -m training drift-report``;
 * :func:`fit_monitoring` -- on the validation set: the out-of-domain
-  threshold at a chosen in-domain false-alarm rate, and the isotonic map that
-  calibrates confidences for estimated accuracy (classification only).
+  threshold at a chosen in-domain false-alarm rate (on the energy of the
+  validation logits, or on ``1 - max probability``), and the isotonic map
+  that calibrates confidences for estimated accuracy (classification only).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from PIL import Image
 
 from bundle import monitoring as mon
 from bundle import reference as ref
-from bundle.manifest import Monitoring
-from training.learner import Learner
+from bundle.manifest import Monitoring, OodScore
+from training.learner import Learner, activation_for
 
 REFERENCE_SAMPLE_SIZE = 1_000  # rows kept for the classifier drift report; documented in docs/monitoring.md
 DEFAULT_FALSE_ALARM_RATE = 0.01  # share of in-domain validation items the out-of-domain threshold flags
@@ -68,18 +69,26 @@ def reference_sample(dls: Any, summaries: dict[str, np.ndarray] | None, seed: in
     return [{k: _plain(v) for k, v in row.items()} for row in rows]
 
 
-def fit_monitoring(learn: Learner, false_alarm_rate: float, sample_size: int) -> Monitoring:
-    """Calibrate on the validation set: OOD threshold and confidence calibration (classification), else defaults."""
+def fit_monitoring(
+    learn: Learner, false_alarm_rate: float, sample_size: int, ood_score: OodScore = "energy"
+) -> Monitoring:
+    """Calibrate on the validation set: OOD threshold and confidence calibration (classification), else defaults.
+
+    ``ood_score`` names the score the threshold is fitted on (``bundle.monitoring.ood_score``): the
+    service computes the same score from the same graph, whose logits output the parity check covers.
+    """
     if learn.dls.task != "classification":
         return Monitoring(reference_sample_size=sample_size)
-    preds, targets = learn.get_preds(activation=True)
-    probs = preds.float().numpy()
+    raw, targets = learn.get_preds(activation=False)
+    logits = raw.float().numpy()
+    probs = activation_for(learn.dls.task)(raw.float()).numpy()
     target = targets.long().numpy().reshape(-1)
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == target
     knots_x, knots_y = mon.fit_confidence_calibration(confidence, correct)
     return Monitoring(
-        ood_threshold=mon.fit_ood_threshold(mon.max_softmax_score(probs), false_alarm_rate),
+        ood_score=ood_score,
+        ood_threshold=mon.fit_ood_threshold(mon.ood_score(ood_score, probs, logits), false_alarm_rate),
         ood_false_alarm_rate=false_alarm_rate,
         calibration_confidence=knots_x,
         calibration_accuracy=knots_y,

@@ -247,8 +247,11 @@ class Monitor:
     def observe(
         self, version: Any, region: str, arm: str, request_id: str, seen: Mapping[str, Any],
         arrays: list[np.ndarray], output: np.ndarray, predictions: list[dict[str, Any]], latency_s: float,
+        logits: np.ndarray | None = None,
     ) -> None:  # fmt: skip
-        """Add ``ood`` to each prediction and queue the rest of the work; never raises."""
+        """Add ``ood`` to each prediction and queue the rest of the work; never raises.
+
+        ``logits``: the graph's logits output, where it has one (the energy out-of-domain score)."""
         try:
             state = self.prepare(version)
             summaries = frame = images = None
@@ -259,7 +262,7 @@ class Monitor:
                 summaries = mon.summary_matrix(pixels, sizes)
             else:
                 frame = seen.get("frame")
-            for prediction, flags in zip(predictions, state.detector.flags(output, summaries, frame)):
+            for prediction, flags in zip(predictions, state.detector.flags(output, summaries, frame, logits)):
                 prediction["ood"] = flags
             logged = self.log is not None and random.random() < self.settings.prediction_log_sample_rate
             observation = Observation(

@@ -8,8 +8,9 @@ Reasons (a bounded metric label):
 * ``image_summary`` -- an image whose brightness, contrast, saturation, width, height or aspect lies
   outside the training range widened by ``slack`` (a share of the range, or of the value, whichever is
   larger: a training set of one image size flags every other size);
-* ``model_score`` -- ``1 - max probability`` above the threshold export calibrated on validation data
-  (``manifest.monitoring.ood_threshold``, at ``ood_false_alarm_rate``).
+* ``model_score`` -- the model's own score, ``manifest.monitoring.ood_score``, above the threshold export
+  calibrated on validation data (``ood_threshold``, at ``ood_false_alarm_rate``): the energy
+  ``-logsumexp(logits)`` for bundles whose graph outputs its logits, ``1 - max probability`` for older ones.
 
 ``score`` is the model's score where the bundle has a calibrated one
 (classification), else the share of checked inputs that failed a check.
@@ -39,6 +40,7 @@ class OODDetector:
         self.input_kind = manifest.input_kind
         calibration = manifest.monitoring
         self.threshold = calibration.ood_threshold if calibration is not None else None
+        self.score = calibration.ood_score if calibration is not None else "max_softmax"
         if manifest.task != "classification":
             self.threshold = None
         # images: [low, high] per summary (in SUMMARY_KEYS order), widened by the slack; unbounded where
@@ -98,9 +100,10 @@ class OODDetector:
         return reasons, failed
 
     def flags(
-        self, output: np.ndarray, summaries: np.ndarray | None, frame: pd.DataFrame | None
-    ) -> list[dict[str, Any]]:
-        """``{"score", "flagged", "reasons"}`` per item."""
+        self, output: np.ndarray, summaries: np.ndarray | None, frame: pd.DataFrame | None,
+        logits: np.ndarray | None = None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """``{"score", "flagged", "reasons"}`` per item; ``logits`` where the graph outputs them."""
         n = len(output)
         reasons: list[set[str]] = [set() for _ in range(n)]
         failed = np.zeros(n)
@@ -111,7 +114,7 @@ class OODDetector:
         elif frame is not None:
             reasons, failed = self.tabular_flags(frame)
         if self.threshold is not None:
-            scores = mon.max_softmax_score(output)
+            scores = mon.ood_score(self.score, output, logits)
             for i in np.flatnonzero(scores > self.threshold):
                 reasons[i].add("model_score")
         else:
