@@ -514,7 +514,8 @@ class Monitor:
             "features": inputs,
             "predictions": [row for row in table if row["feature"].startswith("prediction.")],
             "ood": {"items": items, "flagged": flagged, "flagged_share": round(flagged / items, 6) if items else 0.0,
-                    "reasons": reasons, "threshold": state.detector.threshold},  # fmt: skip
+                    "reasons": reasons, "threshold": state.detector.threshold,
+                    "score": state.detector.score if state.detector.threshold is not None else None},  # fmt: skip
             "performance": {
                 "validation_accuracy": state.validation_accuracy,
                 "estimated_accuracy": None if estimate is None else round(estimate, 6),
