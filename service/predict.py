@@ -216,7 +216,7 @@ class PredictEndpoint:
         return result
 
     async def infer(self, version: ModelVersion, arrays: list[np.ndarray], started: float) -> np.ndarray:
-        """The model's (first) output rows for ``arrays``, through the version's batcher, within the request deadline."""
+        """The model's first output's rows for ``arrays``, through the version's batcher, within the deadline."""
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
         if remaining <= 0:
             raise DeadlineExceeded(f"the {self.settings.request_timeout_s:g} s deadline passed during preprocessing")

@@ -150,9 +150,12 @@ class OnnxRuntime:
         graph = {o.name: o.shape for o in self.session.get_outputs()}
         widths: list[int | None] = []
         for spec in outputs:
-            known = [shape[1] for shape in (spec.shape, graph[spec.name]) if len(shape) == 2 and isinstance(shape[1], int)]
+            shapes = (spec.shape, graph[spec.name])
+            known = [shape[1] for shape in shapes if len(shape) == 2 and isinstance(shape[1], int)]
             if not known:
-                raise RuntimeLoadError(f"output {spec.name!r}: with several outputs each must be [batch, k], got {spec.shape}")
+                raise RuntimeLoadError(
+                    f"output {spec.name!r}: with several outputs each must be [batch, k], got {spec.shape}"
+                )
             widths.append(int(known[0]))
         return widths
 

@@ -94,7 +94,9 @@ class _TabularGraph(nn.Module):
         return _outputs(self.model(x_cat, x_cont), self.activation, self.logits)
 
 
-def _outputs(raw: torch.Tensor, activation: nn.Module, logits: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def _outputs(
+    raw: torch.Tensor, activation: nn.Module, logits: bool
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     # the probabilities stay the first output, so every reader of the first output reads what it always did
     return (activation(raw), raw) if logits else activation(raw)
 
