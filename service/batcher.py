@@ -6,7 +6,9 @@ items, runs it in a thread so the event loop stays free, and hands every
 request its own rows back in order. A request larger than a batch is split
 across batches and reassembled. With ``max_queue_delay_ms = 0`` a lone
 request never waits for company; batches form by themselves under load
-while the previous batch runs.
+while the previous batch runs. ``service.batch_policy`` chooses the size
+limit and whether batches run on the event loop or in a thread, from timings
+taken at load.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class DynamicBatcher:
         max_queue_size: int = 256,
         batches_in_flight: int = 1,
         pad_batches: bool = False,
+        inline: bool = False,
         retry_after_s: int = 1,
         observer: BatchObserver | None = None,
     ) -> None:
@@ -111,6 +114,7 @@ class DynamicBatcher:
         self.max_queue_size = max_queue_size
         self.batches_in_flight = batches_in_flight
         self.pad_sizes = padded_sizes(max_batch_size) if pad_batches else None
+        self.inline = inline  # run batches on the event loop (a model too fast to be worth a thread hand-off)
         self.retry_after_s = retry_after_s
         self.observer: BatchObserver = observer or _NoObserver()
         self._queue: deque[_Chunk] = deque()
@@ -259,7 +263,11 @@ class DynamicBatcher:
         if self.pad_sizes:
             arrays = _pad(arrays, next(s for s in self.pad_sizes if s >= items))
         try:
-            output, run_seconds = await loop.run_in_executor(self.executor, _timed, self.run_batch, arrays)
+            if self.inline:
+                output, run_seconds = _timed(self.run_batch, arrays)
+                await asyncio.sleep(0)  # let the other requests' callbacks run between inline batches
+            else:
+                output, run_seconds = await loop.run_in_executor(self.executor, _timed, self.run_batch, arrays)
             if len(output) < items:
                 raise ValueError(f"the model returned {len(output)} rows for {items} items")
         except Exception as exc:  # the runtime failed: every request in this batch fails, the service goes on

@@ -30,6 +30,7 @@ from bundle.manifest import (
     read_manifest,
     verify_files,
 )
+from service.batch_policy import BatchPlan, choose, measure, timed_sizes
 from service.batcher import DynamicBatcher, padded_sizes
 from service.errors import NotFound, Unavailable
 from service.inputs import InputDecoder, decoder_for, input_limits
@@ -76,6 +77,7 @@ class LoadedBundle:
     inputs: InputDecoder
     encoder: PredictionEncoder
     load_seconds: float
+    plan: BatchPlan
 
 
 UNREADABLE: Fingerprint = (("<unreadable>", -1, -1),)  # stable, so an unreadable folder settles and is refused
@@ -174,10 +176,25 @@ def load_bundle(path: Path, key: VersionKey, settings: ServiceSettings, intra_op
     except RuntimeLoadError as exc:
         raise BundleRefused("onnx", f"{path}: {exc}") from exc
     try:
-        runtime.warm_up(warmup_sizes(settings))
+        sizes = warmup_sizes(settings)
+        runtime.warm_up(sizes)
+        plan = batch_plan(runtime, sizes, settings)
     except Exception as exc:  # any failure to run means the bundle cannot serve
         raise BundleRefused("warmup", f"{path}: warm-up run failed: {exc}") from exc
-    return LoadedBundle(path, manifest, runtime, inputs, encoder, time.perf_counter() - started)
+    log.info(
+        "%s v%d: batches of at most %d items, run on the %s (%s)", name, version, plan.max_batch_size,
+        "event loop" if plan.inline else "runtime thread", plan.describe()["ms_per_item"],
+    )  # fmt: skip
+    return LoadedBundle(path, manifest, runtime, inputs, encoder, time.perf_counter() - started, plan)
+
+
+def batch_plan(runtime: OnnxRuntime, sizes: list[int], settings: ServiceSettings) -> BatchPlan:
+    """The batch cap and where batches run (``service.batch_policy``), from timings unless settings fix both."""
+    cap_fixed = "max_batch_size" in settings.model_fields_set
+    if cap_fixed and settings.inline_inference is not None:
+        return choose({}, settings.max_batch_size, cap_fixed=True, inline=settings.inline_inference)
+    timings = measure(runtime, [settings.max_batch_size] if cap_fixed else timed_sizes(sizes))
+    return choose(timings, settings.max_batch_size, cap_fixed=cap_fixed, inline=settings.inline_inference)
 
 
 def _check_input_shapes(manifest: Manifest, runtime: OnnxRuntime) -> None:
@@ -208,6 +225,7 @@ class ModelVersion:
         self.runtime = loaded.runtime
         self.inputs = loaded.inputs
         self.encoder = loaded.encoder
+        self.plan = loaded.plan
         self.fingerprint = fingerprint
         self.metrics = metrics
         self.sha256 = loaded.manifest.files.get(ONNX_FILE, "")
@@ -220,11 +238,12 @@ class ModelVersion:
         self.batcher = DynamicBatcher(
             self.runtime.run,
             self.executor,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=loaded.plan.max_batch_size,
             max_queue_delay_ms=settings.max_queue_delay_ms,
             max_queue_size=settings.max_queue_size,
             batches_in_flight=settings.batches_in_flight,
             pad_batches=settings.pad_batches,
+            inline=loaded.plan.inline,
             retry_after_s=settings.retry_after_s,
             observer=metrics,
         )
@@ -266,6 +285,7 @@ class ModelVersion:
             "parity": m.parity.model_dump() if m.parity is not None else None,
             "training": m.training,
             "queue_depth": self.batcher.queue_depth,
+            "batching": self.plan.describe(),
         }
 
 

@@ -110,7 +110,18 @@ class ServiceSettings(BaseSettings):
     )
 
     # -- dynamic batching --------------------------------------------------------------------
-    max_batch_size: int = Field(32, ge=1, description="Most items in one ONNX Runtime run.")
+    max_batch_size: int = Field(
+        32,
+        ge=1,
+        description="Most items in one ONNX Runtime run. Left unset, each version caps its batches at the "
+        "smallest size that runs about as fast per item as the best, timed at load (docs/batching.md); "
+        "set, it is the cap as it is.",
+    )
+    inline_inference: bool | None = Field(
+        None,
+        description="Run batches on the event loop (true) or in a runtime thread (false); unset: on the loop "
+        "for a model whose largest batch runs in under 1 ms, timed at load.",
+    )
     max_queue_delay_ms: float = Field(
         0.0,
         ge=0,

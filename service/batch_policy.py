@@ -1,0 +1,93 @@
+"""How a version's batches are sized and run when nobody tuned them: chosen from timings taken at load.
+
+After warm-up, the registry times one run at each power-of-two batch size up
+to ``max_batch_size`` on the machine the service runs on, with the
+service's own ONNX Runtime settings (:func:`measure`). Two choices follow
+(:func:`choose`), and both are logged and shown in ``GET /v1/models/{name}``:
+
+* **Batch cap**: the smallest size whose time per item is within
+  ``EFFICIENT_SHARE`` (10 %) of the best time per item measured. Beyond it a
+  bigger batch buys little throughput but holds every item in it for the
+  whole run, and it leaves the runtime idle while one huge batch's clients
+  all decode their next request at once; below it the runtime wastes its
+  fixed cost per run. On a CPU a convolutional net flattens out around 8-16
+  items; on a GPU, or for a tiny model whose run is mostly fixed cost, the
+  time per item keeps falling, so the cap stays at ``max_batch_size``.
+* **Where batches run**: a model whose largest batch runs in under
+  ``INLINE_MAX_RUN_S`` (1 ms) runs on the event loop itself, because handing
+  a batch to a thread and back costs the loop more (a wake-up through the
+  self-pipe, a future, the GIL changing hands twice) than the run; a slower
+  model runs in the version's runtime thread, so the loop keeps reading,
+  decoding and answering other requests meanwhile.
+
+Explicit settings win: ``SERVING_MAX_BATCH_SIZE`` set by hand is used as the
+cap as it is, and ``SERVING_INLINE_INFERENCE`` (true/false) forces where
+batches run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from service.runtime import OnnxRuntime
+
+EFFICIENT_SHARE = 0.10  # a batch size is "efficient" when its time per item is within this share of the best
+INLINE_MAX_RUN_S = 0.001  # models whose largest batch runs faster than this run on the event loop
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What the batcher of one version does: its batch cap and whether it runs batches on the event loop."""
+
+    max_batch_size: int
+    inline: bool
+    seconds_per_run: dict[int, float]  # the timings the plan came from, by batch size (empty when not measured)
+    chosen: str  # "measured" or "settings"
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "max_batch_size": self.max_batch_size,
+            "runs_on": "event loop" if self.inline else "runtime thread",
+            "chosen": self.chosen,
+            "ms_per_item": {str(b): round(s * 1000 / b, 4) for b, s in sorted(self.seconds_per_run.items())},
+        }
+
+
+def timed_sizes(allowed: Sequence[int]) -> list[int]:
+    """The sizes worth timing: powers of two among ``allowed``, and the largest allowed size."""
+    largest = max(allowed)
+    sizes = [size for size in allowed if size & (size - 1) == 0]
+    return sorted({*sizes, largest})
+
+
+def measure(runtime: OnnxRuntime, sizes: Sequence[int], repeats: int = 2) -> dict[int, float]:
+    """Seconds of one run at each batch size (the best of ``repeats``; warm-up has already run each size)."""
+    timings: dict[int, float] = {}
+    for size in sizes:
+        inputs = runtime.example_inputs(size)
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            runtime.run(inputs)
+            best = min(best, time.perf_counter() - started)
+        timings[size] = best
+    return timings
+
+
+def choose(
+    timings: dict[int, float], max_batch_size: int, *, cap_fixed: bool, inline: bool | None
+) -> BatchPlan:
+    """The plan for these ``timings``: see the module docstring. ``cap_fixed``: the cap was set by hand."""
+    if not timings:
+        return BatchPlan(max_batch_size, bool(inline), {}, "settings")
+    per_item = {size: seconds / size for size, seconds in timings.items()}
+    best = min(per_item.values())
+    cap = max_batch_size
+    if not cap_fixed:
+        cap = min(size for size, cost in sorted(per_item.items()) if cost <= best * (1 + EFFICIENT_SHARE))
+    largest_run = timings.get(cap, timings[max(timings)])
+    runs_inline = inline if inline is not None else largest_run < INLINE_MAX_RUN_S
+    chosen = "settings" if cap_fixed and inline is not None else "measured"
+    return BatchPlan(cap, runs_inline, dict(timings), chosen)

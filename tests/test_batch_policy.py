@@ -1,0 +1,50 @@
+"""With default settings each version chooses its batch cap and where batches run from timings taken at load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from service.batch_policy import INLINE_MAX_RUN_S, choose, timed_sizes
+
+
+def test_the_cap_is_the_smallest_batch_about_as_fast_per_item_as_the_best() -> None:
+    # a CPU convolutional net: the time per item flattens out at 8 (6.1 ms against the best 5.7 ms)
+    timings = {1: 0.0083, 2: 0.0147, 4: 0.026, 8: 0.049, 16: 0.0946, 32: 0.1919, 64: 0.3655}
+    plan = choose(timings, 64, cap_fixed=False, inline=None)
+    assert plan.max_batch_size == 8
+    assert plan.inline is False  # a 49 ms run belongs in the runtime thread, not on the event loop
+
+
+def test_a_model_whose_time_per_item_keeps_falling_keeps_the_full_cap() -> None:
+    timings = {size: 0.0001 + size * 0.000001 for size in (1, 2, 4, 8, 16, 32)}  # mostly fixed cost per run
+    plan = choose(timings, 32, cap_fixed=False, inline=None)
+    assert plan.max_batch_size == 32
+    assert plan.inline is True  # its largest batch runs in well under a millisecond
+
+
+def test_explicit_settings_win() -> None:
+    timings = {1: 0.0083, 8: 0.049, 32: 0.1919}
+    assert choose(timings, 32, cap_fixed=True, inline=None).max_batch_size == 32
+    assert choose({1: 1e-5, 32: 1e-4}, 32, cap_fixed=False, inline=False).inline is False
+    assert choose({}, 12, cap_fixed=True, inline=True).describe()["chosen"] == "settings"
+
+
+def test_the_timed_sizes_are_powers_of_two_and_the_largest() -> None:
+    assert timed_sizes(list(range(1, 25))) == [1, 2, 4, 8, 16, 24]
+    assert timed_sizes([1, 2, 4, 8]) == [1, 2, 4, 8]
+
+
+def test_a_served_version_shows_its_plan_and_serves_with_it(make_repo: Callable[..., Path], make_client: Any) -> None:
+    from tests.conftest import gradient_image, post_bytes
+
+    repo = make_repo(("digits", 1), ("slow", 1))
+    client = make_client(repo, max_batch_size=4)  # set by hand: the cap is kept as it is
+    for name in ("digits", "slow"):
+        (version,) = client.get(f"/v1/models/{name}").json()["versions"]
+        batching = version["batching"]
+        assert batching["max_batch_size"] == 4 and batching["ms_per_item"]
+        assert post_bytes(client, f"/v1/models/{name}/predict", gradient_image(1)).status_code == 200
+    slow = client.get("/v1/models/slow").json()["versions"][0]["batching"]
+    assert slow["runs_on"] == "runtime thread"  # its runs are far over INLINE_MAX_RUN_S
+    assert float(slow["ms_per_item"]["4"]) * 4 / 1000 > INLINE_MAX_RUN_S
