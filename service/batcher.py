@@ -28,6 +28,7 @@ from service.errors import DeadlineExceeded, InferenceFailed, QueueFull, Unavail
 
 log = logging.getLogger("service.batcher")
 
+WAIT_WINDOW_S = 0.5  # the window over which admission looks for a queue that never emptied
 RunBatch = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 
@@ -100,7 +101,8 @@ class DynamicBatcher:
         *,
         max_batch_size: int = 32,
         max_queue_delay_ms: float = 0.0,
-        max_queue_size: int = 256,
+        max_queue_size: int = 1024,
+        max_queue_wait_s: float = 1.0,
         batches_in_flight: int = 1,
         pad_batches: bool = False,
         inline: bool = False,
@@ -112,6 +114,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
+        self.max_queue_wait_s = max_queue_wait_s
         self.batches_in_flight = batches_in_flight
         self.pad_sizes = padded_sizes(max_batch_size) if pad_batches else None
         self.inline = inline  # run batches on the event loop (a model too fast to be worth a thread hand-off)
@@ -125,6 +128,11 @@ class DynamicBatcher:
         self._closing = False
         self._admitted = 0  # requests admitted (reading or decoding their body) and not yet queued
         self._seconds_per_item = 0.0  # moving average of run time per item, for the backlog estimate
+        # The least time a request spent from admission to its answer in the last window, and in the one
+        # before (CoDel's standing-queue test): a queue that never emptied in a whole window is overload.
+        self._window_started = 0.0
+        self._window_least = float("inf")
+        self.standing_wait_s = 0.0
 
     @property
     def queue_depth(self) -> int:
@@ -142,11 +150,27 @@ class DynamicBatcher:
         """About how long ``items`` queued items take to run, from the recent run times."""
         return items * self._seconds_per_item / self.batches_in_flight
 
+    def observe_wait(self, seconds: float) -> None:
+        """One admitted request's time from admission to its answer (``Admission`` reports it)."""
+        now = time.perf_counter()
+        if now - self._window_started >= WAIT_WINDOW_S:
+            self.standing_wait_s = self._window_least if self._window_least != float("inf") else 0.0
+            self._window_started, self._window_least = now, seconds
+        elif seconds < self._window_least:
+            self._window_least = seconds
+
     def admit(self, timeout_s: float) -> "Admission":
         """Take a request in, or refuse it at once: before its body is read or decoded, so a refusal is cheap.
 
-        Refused when the queue (items queued plus requests already admitted)
-        is full, or when its backlog would take longer than the deadline.
+        The limit adapts to the latency the queue adds, as CoDel judges a
+        queue: refused while even the quickest request of the last window
+        (``WAIT_WINDOW_S``) took longer than ``max_queue_wait_s`` from
+        admission to answer (a standing queue, not a burst), when the queued
+        items would run past the deadline, and always beyond
+        ``max_queue_size``, the bound on memory. A fixed small queue would
+        refuse clients that could have been served in time, and clients that
+        retry at once then spend the server's time on refusals instead of
+        answers.
         """
         if self._closing:
             raise Unavailable("this model version is being unloaded; retry to reach the current version")
@@ -156,10 +180,17 @@ class DynamicBatcher:
                 f"the queue holds {ahead} items and requests (limit {self.max_queue_size}); retry later",
                 self.retry_after_s,
             )
-        if self.backlog_seconds(ahead) >= timeout_s:
+        backlog = self.backlog_seconds(ahead)
+        if backlog >= timeout_s:
             raise QueueFull(
-                f"the queue's backlog ({ahead} items, about {self.backlog_seconds(ahead):.2g} s) would miss "
+                f"the queue's backlog ({ahead} items, about {backlog:.2g} s) would miss "
                 f"the {timeout_s:.3g} s deadline; retry later",
+                self.retry_after_s,
+            )
+        if self.standing_wait_s >= self.max_queue_wait_s and ahead > 0:
+            raise QueueFull(
+                f"requests have been waiting at least {self.standing_wait_s:.2g} s for an answer, over the "
+                f"{self.max_queue_wait_s:.3g} s the service lets a queue stand; retry later",
                 self.retry_after_s,
             )
         self._admitted += 1
@@ -292,10 +323,13 @@ class Admission:
     def __init__(self, batcher: DynamicBatcher) -> None:
         self.batcher = batcher
         self.holding = True
+        self.admitted_at = time.perf_counter()
 
     async def submit(self, inputs: Sequence[np.ndarray], timeout_s: float) -> np.ndarray:
         self._release()
-        return await self.batcher.submit(inputs, timeout_s)
+        output = await self.batcher.submit(inputs, timeout_s)
+        self.batcher.observe_wait(time.perf_counter() - self.admitted_at)
+        return output
 
     def _release(self) -> None:
         if self.holding:

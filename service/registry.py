@@ -241,6 +241,7 @@ class ModelVersion:
             max_batch_size=loaded.plan.max_batch_size,
             max_queue_delay_ms=settings.max_queue_delay_ms,
             max_queue_size=settings.max_queue_size,
+            max_queue_wait_s=settings.max_queue_wait_s,
             batches_in_flight=settings.batches_in_flight,
             pad_batches=settings.pad_batches,
             inline=loaded.plan.inline,

@@ -127,7 +127,15 @@ class ServiceSettings(BaseSettings):
         ge=0,
         description="How long a free runtime waits for a batch to fill; 0 takes whatever is queued at once.",
     )
-    max_queue_size: int = Field(256, ge=1, description="Most items waiting per version; beyond it requests get 503.")
+    max_queue_size: int = Field(
+        1024, ge=1, description="Most items waiting per version (a bound on memory); beyond it requests get 503."
+    )
+    max_queue_wait_s: float = Field(
+        1.0,
+        gt=0,
+        description="A request is refused (503) when the requests ahead of it would take longer than this to "
+        "clear, judged from the version's recent throughput: the queue's limit adapts to the model and machine.",
+    )
     batches_in_flight: int = Field(1, ge=1, description="ONNX Runtime runs in progress at once per version.")
     pad_batches: bool = Field(
         False, description="Pad batches up to fixed sizes (powers of two, and max_batch_size); useful on GPU."
