@@ -288,3 +288,43 @@ def test_model_returning_too_few_rows_fails_the_batch_instead_of_misassigning_re
             await batcher.submit(rows(1, 2, 3), 5)
 
     run(scenario, truncating_model)
+
+
+def test_a_burst_is_admitted_but_a_standing_queue_is_refused_at_once() -> None:
+    """Admission adapts to the wait the queue adds (CoDel): a queue is refused only once it stands."""
+
+    async def scenario() -> tuple[int, int, str, int]:
+        executor = ThreadPoolExecutor(1)
+        # 20 ms per item, one at a time: 40 requests queue for up to 0.8 s
+        batcher = DynamicBatcher(DoublingModel(0.02), executor, max_batch_size=1, max_queue_size=1024,
+                                 max_queue_wait_s=0.15)  # fmt: skip
+        batcher.start()
+
+        async def one(i: int) -> str:
+            try:
+                with batcher.admit(30.0) as admission:
+                    await admission.submit([np.array([[float(i)]])], 30.0)
+                return "ok"
+            except QueueFull as exc:
+                return str(exc)
+
+        burst = await asyncio.gather(*(one(i) for i in range(40)))  # a burst: everyone admitted, all answered
+        # a standing queue: clients that keep 20 requests waiting, longer than 0.15 s, for over a window
+        outcomes: list[str] = []
+
+        async def client(i: int) -> None:
+            deadline = time.perf_counter() + 1.5
+            while time.perf_counter() < deadline:
+                outcomes.append(await one(i))
+                if outcomes[-1] != "ok":
+                    await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(client(i) for i in range(20)))
+        await batcher.drain()
+        refused = [o for o in outcomes if o != "ok"]
+        return burst.count("ok"), len(refused), refused[0] if refused else "", outcomes.count("ok")
+
+    burst_ok, refused, message, served = asyncio.run(scenario())
+    assert burst_ok == 40
+    assert refused > 0 and "waiting at least" in message
+    assert served > 20  # the queue kept being served while the excess was refused
