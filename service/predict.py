@@ -104,7 +104,7 @@ class PredictEndpoint:
         region = self.settings.region_label(client_region)
         key = headers.get(self.sticky_header(name)) or request_id
         version = self.choose_version(name, pinned, key, client_region)
-        predictions, body = await self.serve_on(
+        predictions, body, arrays = await self.serve_on(
             version, region, started, request_id,
             self._predict(version, headers, receive, started, region, self.arm_of(name, version, pinned), request_id),
             routed=pinned is None,
@@ -112,13 +112,13 @@ class PredictEndpoint:
         response = {"model": name, "version": version.version, "request_id": request_id, "predictions": predictions}
         await send_json(send, response, [*version.response_headers, request_id_header])
         if self.shadow is not None and pinned is None:  # after the answer is sent: it never delays or changes it
-            self.shadow.mirror(name, key, version, headers.get(b"content-type", ""), body, predictions)
+            self.shadow.mirror(name, key, version, headers.get(b"content-type", ""), body, predictions, arrays)
 
     async def _predict(
         self, version: ModelVersion, headers: dict[bytes, str], receive: Receive, started: float,
         region: str = "other", arm: str = "stable", request_id: str = "",
-    ) -> tuple[list[dict[str, Any]], bytes]:  # fmt: skip
-        """The encoded predictions, and the body they came from (for a shadow copy)."""
+    ) -> tuple[list[dict[str, Any]], bytes, list[Any]]:  # fmt: skip
+        """The encoded predictions, and the body and decoded arrays they came from (for a shadow copy)."""
         content_type = headers.get(b"content-type", "")
         media_type = media_type_of(content_type)
         decoder = version.inputs
@@ -136,7 +136,7 @@ class PredictEndpoint:
             self.monitor.observe(
                 version, region, arm, request_id, seen, arrays, output, predictions, latency, logits=logits
             )
-        return predictions, body
+        return predictions, body, arrays
 
     def admit(self, version: ModelVersion, headers: dict[bytes, str], deadline: float) -> Admission:
         """Refuse at once (413, 503) what cannot be served, before a byte of the body is read or decoded."""
