@@ -43,7 +43,9 @@ class CourseModel:
         options.intra_op_num_threads = cpu_quota()
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+        providers = ["CPUExecutionProvider"]
+        if provider == "cuda":
+            providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(bundle / self.manifest.onnx.file), options, providers=providers)
         self.input_names = [spec.name for spec in self.manifest.onnx.inputs]
         self.output_name = self.manifest.onnx.outputs[0].name

@@ -176,7 +176,13 @@ async def _send_on_pool(
 
 
 async def run_open_loop(
-    host: str, port: int, request: bytes, rate: float, seconds: float, connections: int = 64, drain_seconds: float = 10.0
+    host: str,
+    port: int,
+    request: bytes,
+    rate: float,
+    seconds: float,
+    connections: int = 64,
+    drain_seconds: float = 10.0,
 ) -> LoadResult:
     """Open-loop load: request ``i`` is due at ``start + i / rate`` whatever the answers before it did.
 

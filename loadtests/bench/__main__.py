@@ -20,13 +20,14 @@ from loadtests.bench import servers
 from loadtests.bench.bundles import EXAMPLES, build_repo, digits_body, jpeg_body, rows_body
 from loadtests.bench.ceilings import Ceilings
 from loadtests.bench.report import machine, table, targets, write_json, write_plot
+from loadtests.bench.wrk_client import Wrk
 from loadtests.bench.workloads import BARE, COURSE, OFF, ON, Plan, Workload, run_workload
 from bundle.manifest import read_manifest
 
 DEFAULT_WORKLOADS = ("resnet18", "digits", "penguins-1row", "penguins-1000rows")
 CHOICES = (*DEFAULT_WORKLOADS, "diamonds-1row", "diamonds-1000rows")
 MANY_ROWS = 1000
-QUICK_MANY_ROWS = 50  # --quick: batching off runs a row at a time, and a slice waits for every request it sent
+QUICK_MANY_ROWS = 20  # --quick: batching off runs a row at a time, and a slice waits for every request it sent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,9 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--provider", choices=("cpu", "cuda"), help="SERVING_PROVIDER for every session "
                         "(default: the service's own default); cuda measures resnet18 at 224 px")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="where bench.json and bench.png go")
-    parser.add_argument("--seconds", type=float, help="seconds per slice (default 2; --quick 0.1)")
+    parser.add_argument("--seconds", type=float, help="seconds per slice (default 2; --quick 0.05)")
     parser.add_argument("--rounds", type=int, default=3, help="slices per figure (at least 3)")
     parser.add_argument("--clients", help="client counts, comma-separated (default 1,8,32,64; --quick 1,32)")
+    parser.add_argument("--client", choices=("python", "wrk"), default="python",
+                        help="closed-loop client: loadtests.loadgen (default) or wrk, when on PATH")
     parser.add_argument("--workloads", help=f"comma-separated, of: {', '.join(CHOICES)} "
                         f"(default: {', '.join(DEFAULT_WORKLOADS)})")  # fmt: skip
     args = parser.parse_args(argv)
@@ -49,13 +52,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [w for w in args.workloads if w not in CHOICES]
     if unknown:
         parser.error(f"unknown workloads {unknown}; choose from {', '.join(CHOICES)}")
+    if args.provider == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            parser.error("--provider cuda: this ONNX Runtime has no CUDA provider (install the gpu extra)")
+    if args.client == "wrk":
+        from loadtests.bench.wrk_client import available
+
+        if not available():
+            parser.error("--client wrk: wrk is not on PATH (apt-get install wrk)")
     return args
 
 
 def plan_for(args: argparse.Namespace) -> Plan:
-    clients = tuple(int(n) for n in args.clients.split(",")) if args.clients else ((1, 32) if args.quick else (1, 8, 32, 64))
-    seconds = args.seconds or (0.1 if args.quick else 2.0)
-    return Plan(clients=clients, rounds=args.rounds, seconds=seconds, open_loop_connections=max(clients))
+    default = (1, 32) if args.quick else (1, 8, 32, 64)
+    clients = tuple(int(n) for n in args.clients.split(",")) if args.clients else default
+    seconds = args.seconds or (0.05 if args.quick else 2.0)
+    connections = min(max(clients), 16) if args.quick else max(clients)
+    return Plan(clients=clients, rounds=args.rounds, seconds=seconds, open_loop_connections=connections)
 
 
 def latest(repo: Path, name: str) -> Path:
@@ -78,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)
         log = lambda text: print(f"[{time.perf_counter() - started:6.1f} s] {text}", flush=True)  # noqa: E731
+        if args.client == "wrk":
+            plan.wrk = Wrk(work)
         log("building the models ...")
         repo = build_repo(work / "models", examples, resnet_px if "resnet18" in wanted else 0, args.quick,
                           args.out / "cache")  # fmt: skip
@@ -117,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "quick": args.quick,
             "provider_setting": args.provider or "service default",
-            "plan": plan.__dict__,
+            "plan": {k: v for k, v in plan.__dict__.items() if k != "wrk"},
             "server_overrides": {"all": ["SERVING_WATCH_INTERVAL_S=0", "SERVING_LOG_LEVEL=warning"],
                                  "batching off": ["SERVING_MAX_BATCH_SIZE=1"],
                                  "1000-row requests": ["SERVING_MAX_ITEMS_PER_REQUEST", "SERVING_MAX_CELLS_PER_REQUEST",
                                                        "SERVING_MAX_QUEUE_SIZE"]},  # fmt: skip
-            "client": "loadtests.loadgen (Python, asyncio)",
+            "client": "wrk, 1 thread (closed loop); loadtests.loadgen (open loop)" if plan.wrk
+            else "loadtests.loadgen (Python, asyncio)",
         },
         "workloads": results,
     }
@@ -134,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
              f"({m['provider']}); {plan.rounds} slices of {plan.seconds:g} s per figure")  # fmt: skip
     print(f"\nmachine: {title}")
     print(table(results))
-    print("\ntargets (issue 14)" + (" -- quick run: tiny models and slices, figures are not meaningful" if args.quick else ""))
+    caveat = " -- quick run: tiny models and slices, figures are not meaningful" if args.quick else ""
+    print(f"\ntargets (issue 14){caveat}")
     for target in found:
         print("  " + target.line())
     document["run"]["seconds"] = round(time.perf_counter() - started, 1)

@@ -66,7 +66,7 @@ def _build_quick_example(repo: Path, name: str, cache: Path) -> None:
 
     torch.set_num_threads(2)
     if name == "digits":
-        learn = train_digits(cache / "data", epochs=1, limit=200)
+        learn = train_digits(cache / "data", epochs=1, limit=100)
     elif name == "penguins":
         learn = train_penguins(epochs=1)
     else:

@@ -133,7 +133,8 @@ def table(results: dict[str, Any]) -> str:
             sweep = ", ".join(f"b{b} {v:.0f}" for b, v in limit["ort_items_per_s"].items())
             lines.append(f"  ONNX Runtime items/s: {sweep}")
             lines.append(f"  decode + preprocessing {limit['decode_ms_per_item']:.3f} ms/item; inference "
-                         f"{limit['infer_ms_per_item']:.3f} ms/item at best batch {limit['best_batch']:.0f}")  # fmt: skip
+                         f"{limit['infer_ms_per_item']:.3f} ms/item at best batch "
+                         f"{limit['best_batch']:.0f}")  # fmt: skip
             lines.append(f"  pipeline limit {limit['pipeline_limit']:.1f} items/s (serial {limit['serial_limit']:.1f})")
         if "single_item_ms" in ceilings:
             lines.append(f"  pipeline single item {ceilings['single_item_ms']['median']:.3f} ms")
@@ -174,8 +175,9 @@ def write_plot(path: Path, results: dict[str, Any], title: str) -> None:
             clients = list(by_clients)
             colour = f"C{i}"
             top.plot(clients, [by_clients[c]["rate"] for c in clients], "o-", color=colour, label=contender)
-            bottom.plot(clients, [by_clients[c]["p50_ms"] for c in clients], "o-", color=colour, label=f"{contender} p50")
-            bottom.plot(clients, [by_clients[c]["p99_ms"] for c in clients], "x--", color=colour, label=f"{contender} p99")
+            for key, style in (("p50_ms", "o-"), ("p99_ms", "x--")):
+                values = [by_clients[c][key] for c in clients]
+                bottom.plot(clients, values, style, color=colour, label=f"{contender} {key[:3]}")
         ceilings = r["ceilings"]
         items = r["items_per_request"]
         if "limit" in ceilings:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from loadtests.bench.ceilings import Ceilings
+from loadtests.bench.wrk_client import Wrk
 from loadtests.benchmark import HOST
 from loadtests.loadgen import LoadResult, build_request, load, open_loop
 
@@ -51,6 +52,7 @@ class Plan:
     open_loop_shares: tuple[float, ...] = (0.5, 0.8)
     open_loop_connections: int = 64
     limit_clients: int = 32  # the client count the throughput ceilings are interleaved with
+    wrk: Wrk | None = None  # closed-loop slices by wrk instead of loadtests.loadgen
 
 
 def slice_figures(result: LoadResult) -> dict[str, float]:
@@ -100,18 +102,18 @@ def run_workload(workload: Workload, ports: dict[str, int], plan: Plan, log: Cal
     ceiling: dict[str, Any] = {}
     for clients in plan.clients:
         slices: dict[str, list[dict[str, Any]]] = {contender: [] for contender in requests}
-        extra: Callable[[float], Any] | None = None
-        if clients == 1 and not workload.many_rows:
-            extra_name, extra = "single_item_ms", ceilings.single_item_ms
-        elif clients == plan.limit_clients:
-            extra_name = "rows_per_s" if workload.many_rows else "limit"
-            extra = ceilings.rows_per_s if workload.many_rows else ceilings.limit_slice
+        extra_name, extra = _ceiling_for(workload, clients, plan)
         extra_slices: list[Any] = []
         for port, request in requests.values():
             load(HOST, port, request, clients, min(1.0, plan.seconds / 2), warmup_seconds=0)
         for _ in range(plan.rounds):
             for contender, (port, request) in requests.items():
-                slices[contender].append(slice_figures(load(HOST, port, request, clients, plan.seconds, warmup_seconds=0)))
+                if plan.wrk is not None:
+                    url = f"http://{HOST}:{port}{path}"
+                    figures = plan.wrk.slice(url, workload.body, workload.content_type, clients, plan.seconds)
+                else:
+                    figures = slice_figures(load(HOST, port, request, clients, plan.seconds, warmup_seconds=0))
+                slices[contender].append(figures)
             if extra is not None:
                 extra_slices.append(extra(plan.seconds))
         for contender in requests:
@@ -129,6 +131,16 @@ def run_workload(workload: Workload, ports: dict[str, int], plan: Plan, log: Cal
                         "ratios": _ratios(closed, ceiling, plan, ceilings.items_per_request)}  # fmt: skip
     if workload.open_loop:
         workload.results["open_loop"] = run_open_loop(workload, requests[ON], closed[ON], plan, log)
+
+
+def _ceiling_for(workload: Workload, clients: int, plan: Plan) -> tuple[str, Callable[[float], Any] | None]:
+    """The in-process figure a client count is compared with, and the method measuring one slice of it."""
+    ceilings = workload.ceilings
+    if clients == 1 and not workload.many_rows:
+        return "single_item_ms", ceilings.single_item_ms
+    if clients == plan.limit_clients:
+        return ("rows_per_s", ceilings.rows_per_s) if workload.many_rows else ("limit", ceilings.limit_slice)
+    return "", None
 
 
 def _ratios(
