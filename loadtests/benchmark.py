@@ -61,16 +61,16 @@ def sample_jpeg(side: int = 480) -> bytes:
     return buf.getvalue()
 
 
-def build_resnet_bundle(repo: Path) -> Path:
-    """An untrained resnet18 at 128 px, exported through the real training pipeline."""
+def build_resnet_bundle(repo: Path, px: int = 128) -> Path:
+    """An untrained resnet18 at ``px`` pixels (128 by default), exported through the real training pipeline."""
     from training.builders import vision_learner
     from training.data.images import ImageDataLoaders
     from training.export import export_learner
 
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (16, 128, 128, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (16, px, px, 3), dtype=np.uint8)
     labels = [str(i % 2) for i in range(16)]
-    dls = ImageDataLoaders.from_arrays(images, labels, valid_pct=0.25, size=128, method="crop", bs=8)
+    dls = ImageDataLoaders.from_arrays(images, labels, valid_pct=0.25, size=px, method="crop", bs=8)
     learn = vision_learner(dls, arch="resnet18", pretrained=False, device="cpu")
     return export_learner(learn, repo, "resnet18")
 

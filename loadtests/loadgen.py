@@ -1,6 +1,6 @@
 """A lean closed-loop HTTP/1.1 load generator for the benchmark.
 
-Each of ``concurrency`` clients holds one keep-alive connection and sends the
+Closed loop (:func:`load`): each of ``concurrency`` clients holds one keep-alive connection and sends the
 next request as soon as the last answer is in. Requests are pre-encoded bytes
 and answers are read by Content-Length, so the client spends little CPU on
 the two cores it shares with the server. Bounded by both a request count and
@@ -135,3 +135,102 @@ def load(host: str, port: int, request: bytes, concurrency: int, seconds: float,
         return uvloop.run(run_load(host, port, request, concurrency, seconds, **kw))
     except ImportError:
         return asyncio.run(run_load(host, port, request, concurrency, seconds, **kw))
+
+
+# -- open loop -------------------------------------------------------------------------------------
+
+
+async def _send_on_pool(
+    address: tuple[str, int],
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+    request: bytes,
+    intended: float,
+    result: LoadResult,
+) -> None:
+    """One request of the schedule: wait for a free connection, send, and count from ``intended``."""
+    reader, writer = await pool.get()
+    status = 0
+    for attempt in (1, 2):
+        try:
+            writer.write(request)
+            status = await _read_response(reader)
+            break
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            # The server closed an idle keep-alive connection (or it broke): reconnect and send once more.
+            writer.close()
+            if attempt == 2:
+                break
+            try:
+                reader, writer = await asyncio.open_connection(*address)
+            except OSError:
+                break
+    pool.put_nowait((reader, writer))
+    elapsed_ms = (time.perf_counter() - intended) * 1000
+    result.latencies_ms.append(elapsed_ms)
+    if status == 200:
+        result.ok_latencies_ms.append(elapsed_ms)
+    result.statuses[status] = result.statuses.get(status, 0) + 1
+    result.requests += 1
+    if status != 200:
+        result.errors += 1
+
+
+async def run_open_loop(
+    host: str,
+    port: int,
+    request: bytes,
+    rate: float,
+    seconds: float,
+    connections: int = 64,
+    drain_seconds: float = 10.0,
+) -> LoadResult:
+    """Open-loop load: request ``i`` is due at ``start + i / rate`` whatever the answers before it did.
+
+    Each request's latency is counted from its intended send time, not from
+    when a connection was free to carry it, so queueing in the client (all
+    ``connections`` busy) or in the server shows up in the percentiles instead
+    of slowing the schedule down (coordinated omission). ``seconds`` bounds the
+    schedule; requests still out after it get ``drain_seconds`` to finish and
+    are counted in the result; ``result.seconds`` is the schedule's length.
+    """
+    # Last in, first out: at a low rate the same few connections stay warm rather than idling past keep-alive.
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.LifoQueue()
+    opened = [await asyncio.open_connection(host, port) for _ in range(connections)]
+    for pair in opened:
+        pool.put_nowait(pair)
+    result = LoadResult(requests=0, errors=0, seconds=0.0, latencies_ms=[])
+    tasks: set[asyncio.Task[None]] = set()
+    interval = 1.0 / rate
+    total = max(1, int(rate * seconds))
+    started = time.perf_counter()
+    sent = 0
+    while sent < total:
+        now = time.perf_counter()
+        due = min(total, int((now - started) / interval) + 1)
+        while sent < due:  # everything already due goes out now, each keeping its own intended time
+            task = asyncio.create_task(_send_on_pool((host, port), pool, request, started + sent * interval, result))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        if sent < total:
+            await asyncio.sleep(max(0.0, started + sent * interval - time.perf_counter()))
+    result.seconds = total * interval
+    if tasks:
+        done, late = await asyncio.wait(set(tasks), timeout=drain_seconds)
+        for task in late:
+            task.cancel()
+        result.requests += len(late)
+        result.errors += len(late)
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    return result
+
+
+def open_loop(host: str, port: int, request: bytes, rate: float, seconds: float, connections: int = 64) -> LoadResult:
+    """:func:`run_open_loop` on its own event loop (uvloop when installed)."""
+    try:
+        import uvloop
+
+        return uvloop.run(run_open_loop(host, port, request, rate, seconds, connections))
+    except ImportError:
+        return asyncio.run(run_open_loop(host, port, request, rate, seconds, connections))
