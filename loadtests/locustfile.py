@@ -1,6 +1,13 @@
 """Locust load test against a running service (point it at your own deployment or localhost).
 
-    locust -f loadtests/locustfile.py --host http://127.0.0.1:8080 --headless -u 32 -r 8 -t 1m
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:8080 --headless -u 32 -r 8 -t 1m \
+        --csv bench-results/locust --html bench-results/locust.html
+
+The load shape is chosen with ``LOAD_SHAPE``: unset, the command line's
+users and spawn rate; ``step`` adds ``STEP_USERS`` (8) users every
+``STEP_SECONDS`` (30 s) up to ``MAX_USERS`` (64), then stops; ``spike`` holds
+8 users, jumps to ``MAX_USERS`` for 30 s, and falls back (does the service
+refuse cheaply and recover?). Shapes override ``-u``/``-r``/``-t``.
 
 Image users POST digits PNGs; table users POST penguin rows. Regions and
 request keys are spread so rollout routing and metrics see varied traffic.
@@ -12,7 +19,9 @@ import io
 import random
 
 import numpy as np
-from locust import HttpUser, between, task
+import os
+
+from locust import HttpUser, LoadTestShape, between, task
 from PIL import Image
 
 REGIONS = ["campsite-1", "campsite-2", "marin", "elsewhere"]
@@ -60,3 +69,42 @@ class TableUser(HttpUser):
         headers = {"X-Region": random.choice(REGIONS), "X-Request-Key": f"user-{random.randint(1, 1000)}"}
         self.client.post("/v1/models/penguins/predict", json={"rows": random.sample(PENGUIN_ROWS, 2)},
                          headers=headers, name="/v1/models/penguins/predict")
+
+
+def _env(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+class StepLoad(LoadTestShape):
+    """Add ``STEP_USERS`` users every ``STEP_SECONDS`` up to ``MAX_USERS``; one more step at the top, then stop."""
+
+    def tick(self) -> tuple[int, float] | None:
+        step, seconds, top = _env("STEP_USERS", 8), _env("STEP_SECONDS", 30), _env("MAX_USERS", 64)
+        n = int(self.get_run_time() // seconds) + 1
+        if step * (n - 1) > top:
+            return None
+        return min(top, step * n), float(step)
+
+
+class SpikeLoad(LoadTestShape):
+    """8 users for 30 s, ``MAX_USERS`` for 30 s, 8 users for 30 s more, then stop."""
+
+    def tick(self) -> tuple[int, float] | None:
+        t, top = self.get_run_time(), _env("MAX_USERS", 64)
+        if t < 30:
+            return 8, 8.0
+        if t < 60:
+            return top, float(top)
+        if t < 90:
+            return 8, float(top)
+        return None
+
+
+_SHAPES = {"step": StepLoad, "spike": SpikeLoad}
+_chosen = os.environ.get("LOAD_SHAPE", "")
+if _chosen and _chosen not in _SHAPES:
+    raise SystemExit(f"LOAD_SHAPE must be one of {', '.join(_SHAPES)}, got {_chosen!r}")
+# locust uses the one LoadTestShape subclass defined in the file: keep only the chosen one (or none)
+for _name, _shape in _SHAPES.items():
+    if _name != _chosen:
+        del globals()[_shape.__name__]
