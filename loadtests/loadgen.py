@@ -34,6 +34,16 @@ class LoadResult:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
+    def record(self, status: int, elapsed_ms: float) -> None:
+        """One answer: its status and latency."""
+        self.latencies_ms.append(elapsed_ms)
+        if status == 200:
+            self.ok_latencies_ms.append(elapsed_ms)
+        else:
+            self.errors += 1
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.requests += 1
+
     def add(self, other: "LoadResult") -> None:
         """Fold in another slice of the same load (alternating runs are measured in slices)."""
         self.requests += other.requests
@@ -95,14 +105,7 @@ async def _client(host: str, port: int, request: bytes, stop_at: float, budget: 
             started = time.perf_counter()
             writer.write(request)
             status = await _read_response(reader)
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            result.latencies_ms.append(elapsed_ms)
-            if status == 200:
-                result.ok_latencies_ms.append(elapsed_ms)
-            result.statuses[status] = result.statuses.get(status, 0) + 1
-            result.requests += 1
-            if status != 200:
-                result.errors += 1
+            result.record(status, (time.perf_counter() - started) * 1000)
     finally:
         writer.close()
 
@@ -165,14 +168,7 @@ async def _send_on_pool(
             except OSError:
                 break
     pool.put_nowait((reader, writer))
-    elapsed_ms = (time.perf_counter() - intended) * 1000
-    result.latencies_ms.append(elapsed_ms)
-    if status == 200:
-        result.ok_latencies_ms.append(elapsed_ms)
-    result.statuses[status] = result.statuses.get(status, 0) + 1
-    result.requests += 1
-    if status != 200:
-        result.errors += 1
+    result.record(status, (time.perf_counter() - intended) * 1000)
 
 
 async def run_open_loop(
