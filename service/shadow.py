@@ -25,6 +25,8 @@ import time
 from concurrent.futures import Executor
 from typing import Any
 
+import numpy as np
+
 from service.inputs import media_type_of
 from service.registry import ModelRegistry, ModelVersion
 from service.rollout_state import RolloutManager
@@ -138,8 +140,6 @@ class ShadowRunner:
         self, name: str, copies: list[tuple[ModelVersion, list[Any], list[dict[str, Any]]]]
     ) -> None:
         """Stable's decoded arrays of many requests, run on the candidate at once and compared."""
-        import numpy as np
-
         started = time.perf_counter()
         candidate = copies[0][0]
         label = str(candidate.version)
