@@ -27,6 +27,7 @@ from service.errors import NotFound, ServiceError, error_body, error_response, p
 from service.metrics import ServingMetrics
 from service.oip import OpenInferenceAPI
 from service.monitoring import Monitor
+from service.monitoring.batch import BatchColumns
 from service.monitoring.routes import MonitoringRoutes
 from service.openapi import ModelContract, openapi_document
 from service.predict import PREDICT_PATH, PredictEndpoint
@@ -51,6 +52,8 @@ class ServingAPI:
         self.metrics = ServingMetrics()
         self.registry = ModelRegistry(settings, self.metrics)
         self.monitor = Monitor(settings, self.metrics) if settings.monitoring else None
+        if self.monitor is not None:
+            self.registry.batch_columns = BatchColumns.for_version
         self.monitoring = MonitoringRoutes(settings, self.registry, self.monitor)
         self.predict = PredictEndpoint(settings, self.registry, self.metrics, self.monitor)
         self.oip = OpenInferenceAPI(settings, self.registry, self.predict)

@@ -129,12 +129,12 @@ class PredictEndpoint:
             seen: dict[str, Any] = {}  # the raw inputs, for monitoring
             arrays = await self.preprocess(version, media_type, content_type, body, deadline, seen)
             rows = await admission.submit(arrays, remaining_s(deadline, "preprocessing"))
-        output, logits = version.runtime.split(rows)
+        output, logits, columns = version.split(rows)
         predictions = version.encoder.encode(output)
         if self.monitor is not None:
             latency = time.perf_counter() - started
             self.monitor.observe(
-                version, region, arm, request_id, seen, arrays, output, predictions, latency, logits=logits
+                version, region, arm, request_id, seen, arrays, output, predictions, latency, logits, columns
             )
         return predictions, body, arrays
 
@@ -220,7 +220,7 @@ class PredictEndpoint:
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
         if remaining <= 0:
             raise DeadlineExceeded(f"the {self.settings.request_timeout_s:g} s deadline passed during preprocessing")
-        output, _ = version.runtime.split(await version.batcher.submit(arrays, remaining))
+        output, _, _ = version.split(await version.batcher.submit(arrays, remaining))
         return output
 
 

@@ -20,7 +20,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Collection, Protocol
+
+import numpy as np
 
 from bundle.manifest import (
     LEARNER_FILE,
@@ -38,6 +40,9 @@ from service.metrics import ServingMetrics, VersionMetrics
 from service.outputs import PredictionEncoder
 from service.runtime import OnnxRuntime, RuntimeLoadError, cpu_quota
 from service.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from service.monitoring.batch import BatchColumns
 
 log = logging.getLogger("service.registry")
 
@@ -217,7 +222,7 @@ class ModelVersion:
 
     def __init__(
         self, key: VersionKey, loaded: LoadedBundle, fingerprint: Fingerprint, settings: ServiceSettings,
-        metrics: VersionMetrics,
+        metrics: VersionMetrics, columns: BatchColumns | None = None,
     ) -> None:  # fmt: skip
         self.name, self.version = key
         self.path = loaded.path
@@ -226,6 +231,7 @@ class ModelVersion:
         self.inputs = loaded.inputs
         self.encoder = loaded.encoder
         self.plan = loaded.plan
+        self.columns = columns  # monitoring's per-batch columns, appended to each batch's rows
         self.fingerprint = fingerprint
         self.metrics = metrics
         self.sha256 = loaded.manifest.files.get(ONNX_FILE, "")
@@ -236,7 +242,7 @@ class ModelVersion:
             settings.batches_in_flight, thread_name_prefix=f"ort-{self.name}-{self.version}"
         )
         self.batcher = DynamicBatcher(
-            self.runtime.run,
+            columns.wrap(self.runtime.run) if columns is not None else self.runtime.run,
             self.executor,
             max_batch_size=loaded.plan.max_batch_size,
             max_queue_delay_ms=settings.max_queue_delay_ms,
@@ -250,6 +256,14 @@ class ModelVersion:
         )
         self._leases = 0
         self._released: asyncio.Event | None = None
+
+    def split(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """A request's rows from the batcher as (the first output, the logits or None, monitoring's columns or None)."""
+        columns = None
+        if self.columns is not None:
+            rows, columns = self.columns.split(rows)
+        output, logits = self.runtime.split(rows)
+        return output, logits, columns
 
     def acquire(self) -> None:
         """Hold the version while a request uses it, so draining waits for the request."""
@@ -309,6 +323,8 @@ class ModelRegistry:
         self._watcher: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self.rollout: RolloutRouter | None = None  # set by the app when a rollout policy or state store is configured
+        # set by the app when monitoring is on: the columns each version's batches carry (service.monitoring.batch)
+        self.batch_columns: Callable[[Manifest, OnnxRuntime], BatchColumns | None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -399,7 +415,8 @@ class ModelRegistry:
             self.metrics.load_failed(name, refused.reason)
             self._refused[key] = Refusal(fp, refused.reason, str(refused))
             return
-        version = ModelVersion(key, loaded, fp, self.settings, self.metrics.for_version(name, number))
+        columns = self.batch_columns(loaded.manifest, loaded.runtime) if self.batch_columns is not None else None
+        version = ModelVersion(key, loaded, fp, self.settings, self.metrics.for_version(name, number), columns)
         version.batcher.start()
         version.metrics.loaded(loaded.manifest.task, version.runtime.provider, version.sha256)
         replaced = self._served.setdefault(name, {}).get(number)

@@ -121,6 +121,12 @@ class OnnxRuntime:
         self.input_dtypes = [np.dtype(spec.dtype) for spec in self.inputs]
         self._check_signature()
         self.output_widths = self._output_widths(outputs)
+        starts = np.cumsum([0, *(w or 0 for w in self.output_widths)]).tolist()
+        self._first = slice(0, self.output_widths[0])  # a lone output: all of it
+        self._logits = None
+        if self.has_logits:
+            at = self.output_names.index(LOGITS_OUTPUT)
+            self._logits = slice(starts[at], starts[at + 1])
         use_binding = self.on_cuda if io_binding is None else io_binding
         self._bindings = _BindingPool(self, "cuda" if self.on_cuda else "cpu") if use_binding else None
 
@@ -168,9 +174,7 @@ class OnnxRuntime:
         """Rows of :meth:`run`'s array as (the first output, the logits or None without them)."""
         if len(self.output_names) == 1:
             return rows, None
-        parts = np.split(rows, np.cumsum(self.output_widths[:-1]), axis=1)
-        logits = parts[self.output_names.index(LOGITS_OUTPUT)] if self.has_logits else None
-        return parts[0], logits
+        return rows[:, self._first], rows[:, self._logits] if self._logits is not None else None
 
     def item_shapes(self) -> list[tuple[int, ...]]:
         """Each input's shape without the batch axis."""

@@ -146,7 +146,7 @@ class ShadowRunner:
         candidate.acquire()
         try:
             arrays = [np.concatenate([c[1][i] for c in copies]) for i in range(len(copies[0][1]))]
-            output, _ = candidate.runtime.split(await candidate.batcher.submit(arrays, self.settings.request_timeout_s))
+            output, _, _ = candidate.split(await candidate.batcher.submit(arrays, self.settings.request_timeout_s))
             predictions = candidate.encoder.encode(output)
         except Exception as exc:
             seconds = time.perf_counter() - started
@@ -185,7 +185,7 @@ class ShadowRunner:
                 loop = asyncio.get_running_loop()
                 arrays = await loop.run_in_executor(self.preprocess_pool, decoder.decode, media_type, content_type,
                                                     body)  # fmt: skip
-            output, _ = candidate.runtime.split(await candidate.batcher.submit(arrays, self.settings.request_timeout_s))
+            output, _, _ = candidate.split(await candidate.batcher.submit(arrays, self.settings.request_timeout_s))
             predictions = candidate.encoder.encode(output)
         except Exception as exc:
             self.rollout.observe(name, candidate.version, False, time.perf_counter() - started)

@@ -264,6 +264,39 @@ def test_a_cat_photo_is_out_of_domain_for_digits_while_held_out_digits_are_not(d
     assert sum(flagged) <= 3
 
 
+@pytest.mark.parametrize("version", [2, 3])  # the energy of the logits; 1 - max probability (no logits)
+def test_flags_from_the_batch_columns_equal_flags_computed_per_request(monitoring_library: Path, version: int) -> None:
+    from skimage import data
+
+    from bundle import monitoring as mon
+    from bundle.manifest import read_reference
+    from service.inputs import decoder_for
+    from service.monitoring.batch import BatchColumns
+    from service.monitoring.ood import OODDetector
+    from service.runtime import OnnxRuntime
+
+    folder = monitoring_library / "digits" / str(version)
+    manifest = read_manifest(folder)
+    runtime = OnnxRuntime(folder / "model.onnx", manifest.onnx.inputs, manifest.onnx.outputs, intra_op_threads=1)
+    columns = BatchColumns.for_version(manifest, runtime)
+    assert columns is not None and columns.width == 4  # the score, then brightness, contrast, saturation
+    images, _ = digit_images(*HELD_OUT)
+    pixels = [*images[:40], data.chelsea()]
+    decoder = decoder_for(manifest, max_items=1, max_pixels=10_000_000)
+    batch = np.concatenate([decoder.decode("image/png", "image/png", png(x))[0] for x in pixels])
+    sizes = [(x.shape[1], x.shape[0]) for x in pixels]
+    outputs, extra = columns.split(columns.wrap(runtime.run)([batch]))
+    output, logits = runtime.split(outputs)
+    detector = OODDetector(manifest, read_reference(folder, manifest)["features"], image_slack=0.25)
+
+    per_request = detector.flags(output, mon.summary_matrix(batch, sizes).tolist(), None, logits)
+    summaries = [[*row[1:], w, h, w / h] for row, (w, h) in zip(extra.tolist(), sizes)]
+    per_batch = detector.flags(output, summaries, None, logits, scores=extra[:, 0].tolist())
+    assert [f["reasons"] for f in per_batch] == [f["reasons"] for f in per_request]
+    assert np.allclose([f["score"] for f in per_batch], [f["score"] for f in per_request], atol=1e-4)
+    assert per_batch[-1]["flagged"] and sum(f["flagged"] for f in per_batch[:40]) <= 6
+
+
 def test_the_model_score_threshold_gives_about_its_false_alarm_rate_on_held_out_digits(
     monitoring_library: Path, tmp_path: Path
 ) -> None:

@@ -61,7 +61,7 @@ class Observation:
     latency_ms: float
     output: np.ndarray
     predictions: list[dict[str, Any]]
-    summaries: np.ndarray | None  # [items, 6] image summaries (bundle.monitoring.summary_matrix)
+    summaries: list[list[float]] | None  # each image's summaries, in bundle.monitoring.SUMMARY_KEYS order
     frame: pd.DataFrame | None
     images: list[bytes] | None
     logged: bool
@@ -121,7 +121,7 @@ class VersionState:
         columns = []
         if self.input_features:
             if self.input_kind == "image":
-                summaries = np.concatenate([o.summaries for o in observations])
+                summaries = np.array([row for o in observations for row in o.summaries], dtype=np.float64)
                 position = {key: i for i, key in enumerate(mon.SUMMARY_KEYS)}
                 columns += [f.bins(summaries[:, position[f.name.split(".", 1)[1]]]) for f in self.input_features]
             else:
@@ -258,22 +258,30 @@ class Monitor:
     def observe(
         self, version: Any, region: str, arm: str, request_id: str, seen: Mapping[str, Any],
         arrays: list[np.ndarray], output: np.ndarray, predictions: list[dict[str, Any]], latency_s: float,
-        logits: np.ndarray | None = None,
+        logits: np.ndarray | None = None, columns: np.ndarray | None = None,
     ) -> None:  # fmt: skip
         """Add ``ood`` to each prediction and queue the rest of the work; never raises.
 
-        ``logits``: the graph's logits output, where it has one (the energy out-of-domain score)."""
+        ``logits``: the graph's logits output, where it has one (the energy out-of-domain score);
+        ``columns``: what the batch computed for these items (``service.monitoring.batch``), where it did."""
         try:
             state = self.prepare(version)
-            summaries = frame = images = None
+            summaries = frame = images = scores = None
+            computed = version.columns if columns is not None else None
+            rows = columns.tolist() if columns is not None else None
+            if computed is not None and computed.score is not None:
+                scores = [row[0] for row in rows]
             if state.input_kind == "image":
                 images = seen.get("images")
                 pixels = arrays[0]
                 sizes = image_sizes(images) if images else [(pixels.shape[3], pixels.shape[2])] * len(pixels)
-                summaries = mon.summary_matrix(pixels, sizes)
+                if computed is not None and computed.pixels:
+                    summaries = [[*row[-3:], w, h, w / max(h, 1)] for row, (w, h) in zip(rows, sizes)]
+                else:
+                    summaries = mon.summary_matrix(pixels, sizes).tolist()
             else:
                 frame = seen.get("frame")
-            for prediction, flags in zip(predictions, state.detector.flags(output, summaries, frame, logits)):
+            for prediction, flags in zip(predictions, state.detector.flags(output, summaries, frame, logits, scores)):
                 prediction["ood"] = flags
             logged = self.log is not None and random.random() < self.settings.prediction_log_sample_rate
             observation = Observation(
@@ -382,7 +390,7 @@ class Monitor:
             inputs = []
             for i, data in enumerate(o.images or []):
                 item: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-                item.update(zip(mon.SUMMARY_KEYS, o.summaries[i].tolist()))
+                item.update(zip(mon.SUMMARY_KEYS, o.summaries[i]))
                 if self.settings.prediction_log_images and len(data) <= self.settings.prediction_log_image_max_bytes:
                     item["b64"] = base64.b64encode(data).decode("ascii")
                 inputs.append(item)

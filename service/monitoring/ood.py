@@ -14,12 +14,14 @@ Reasons (a bounded metric label):
 
 ``score`` is the model's score where the bundle has a calibrated one
 (classification), else the share of checked inputs that failed a check.
-Everything here runs on the request path, so it is a few vectorised numpy
-operations per request.
+Everything here runs on the request path: the model's score and the images' pixel summaries
+come computed once per batch (``service.monitoring.batch``), and what is left per request is
+plain Python on a few numbers.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -45,8 +47,8 @@ class OODDetector:
             self.threshold = None
         # images: [low, high] per summary (in SUMMARY_KEYS order), widened by the slack; unbounded where
         # the reference has no range
-        self.image_low = np.full(len(mon.SUMMARY_KEYS), -np.inf)
-        self.image_high = np.full(len(mon.SUMMARY_KEYS), np.inf)
+        self.image_low = [-math.inf] * len(mon.SUMMARY_KEYS)
+        self.image_high = [math.inf] * len(mon.SUMMARY_KEYS)
         self.image_checks = 0
         for i, key in enumerate(mon.SUMMARY_KEYS):
             ref = features.get(f"image.{key}")
@@ -70,9 +72,12 @@ class OODDetector:
                     self.never_missing.append(name)
         self.checks = self.image_checks if self.input_kind == "image" else len(features)
 
-    def image_flags(self, summaries: np.ndarray) -> np.ndarray:
-        """How many summaries of each image (rows of ``bundle.monitoring.summary_matrix``) are out of range."""
-        return ((summaries < self.image_low) | (summaries > self.image_high)).sum(axis=1)
+    def image_failures(self, summaries: Sequence[Sequence[float]]) -> list[int]:
+        """How many of each image's summaries (``SUMMARY_KEYS`` order) lie out of range.
+
+        Plain Python: for the few images of a request it is cheaper than numpy's per-call cost."""
+        low, high = self.image_low, self.image_high
+        return [sum(v < lo or v > hi for v, lo, hi in zip(row, low, high)) for row in summaries]
 
     def tabular_flags(self, frame: pd.DataFrame) -> tuple[list[set[str]], np.ndarray]:
         """The reasons of each row, and how many of its checks failed."""
@@ -100,28 +105,38 @@ class OODDetector:
         return reasons, failed
 
     def flags(
-        self, output: np.ndarray, summaries: np.ndarray | None, frame: pd.DataFrame | None,
-        logits: np.ndarray | None = None,
+        self, output: np.ndarray, summaries: Sequence[Sequence[float]] | None, frame: pd.DataFrame | None,
+        logits: np.ndarray | None = None, scores: Sequence[float] | None = None,
     ) -> list[dict[str, Any]]:  # fmt: skip
-        """``{"score", "flagged", "reasons"}`` per item; ``logits`` where the graph outputs them."""
+        """``{"score", "flagged", "reasons"}`` per item.
+
+        ``summaries``: each image's ``SUMMARY_KEYS`` values; ``logits`` where the graph outputs them;
+        ``scores``: the model's score of each item where the batch already computed it
+        (``service.monitoring.batch``), else it is computed here from ``output`` and ``logits``."""
         n = len(output)
         reasons: list[set[str]] = [set() for _ in range(n)]
-        failed = np.zeros(n)
+        failed: Sequence[float] = [0] * n
         if summaries is not None:
-            failed = self.image_flags(summaries)
-            for i in np.flatnonzero(failed):
-                reasons[i].add("image_summary")
+            failed = self.image_failures(summaries)
+            for why, count in zip(reasons, failed):
+                if count:
+                    why.add("image_summary")
         elif frame is not None:
-            reasons, failed = self.tabular_flags(frame)
+            reasons, found = self.tabular_flags(frame)
+            failed = np.asarray(found).tolist()
         if self.threshold is not None:
-            scores = mon.ood_score(self.score, output, logits)
-            for i in np.flatnonzero(scores > self.threshold):
-                reasons[i].add("model_score")
+            if scores is None:
+                scores = mon.ood_score(self.score, output, logits).tolist()
+            threshold = self.threshold
+            for why, score in zip(reasons, scores):
+                if score > threshold:
+                    why.add("model_score")
         else:
-            scores = failed / max(self.checks, 1)
+            checks = max(self.checks, 1)
+            scores = [count / checks for count in failed]
         return [
             {"score": round(float(score), 6), "flagged": bool(why), "reasons": sorted(why)}
-            for score, why in zip(scores.tolist(), reasons)
+            for score, why in zip(scores, reasons)
         ]
 
 

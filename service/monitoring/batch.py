@@ -1,0 +1,81 @@
+"""What monitoring computes once per batch, where the batch runs, not once per request.
+
+A request's out-of-domain flags need the model's own score (energy or
+``1 - max p``) and, for image models, each image's pixel summaries
+(brightness, contrast, saturation: ``bundle.monitoring.summary_matrix``).
+Both are a dozen numpy calls whatever the number of items, so for a small
+model they cost far more per request than per batch: computed over the whole
+batch they are nearly free. :class:`BatchColumns` wraps a version's batch
+function so each batch's result carries these columns after the model's
+outputs (side by side, like the logits beside the probabilities; see
+``service.runtime``), and :meth:`BatchColumns.split` takes a request's rows
+apart again. It runs wherever the batch runs: on the event loop for a model
+the batch policy runs inline, in the runtime thread otherwise.
+
+Columns, in order: ``score`` (where the version has a calibrated threshold),
+then ``brightness``, ``contrast``, ``saturation`` (image models). A version
+with neither, or whose first output is not ``[batch, k]``, gets no columns,
+and the monitor computes what it needs per request instead.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from bundle import monitoring as mon
+from bundle.manifest import LOGITS_OUTPUT, Manifest
+from service.runtime import OnnxRuntime
+
+RunBatch = Callable[[Sequence[np.ndarray]], np.ndarray]
+PIXEL_KEYS = mon.SUMMARY_KEYS[:3]  # what pixels alone give; width, height and aspect come from each request
+
+
+class BatchColumns:
+    """Per-batch monitoring columns for one version."""
+
+    def __init__(self, manifest: Manifest, runtime: OnnxRuntime) -> None:
+        calibration = manifest.monitoring
+        scored = manifest.task == "classification" and calibration is not None
+        self.score: str | None = calibration.ood_score if scored and calibration.ood_threshold is not None else None
+        names, widths = runtime.output_names, runtime.output_widths
+        self.first = slice(0, widths[0])  # widths[0] is None for a lone output: all of it
+        self.logits: slice | None = None
+        if self.score == "energy":
+            at = names.index(LOGITS_OUTPUT)
+            start = sum(w or 0 for w in widths[:at])
+            self.logits = slice(start, start + (widths[at] or 0))
+        self.pixels = manifest.input_kind == "image"
+        self.width = (self.score is not None) + 3 * self.pixels
+
+    @classmethod
+    def for_version(cls, manifest: Manifest, runtime: OnnxRuntime) -> BatchColumns | None:
+        """The columns of a version, or None where it has none or its outputs are not ``[batch, k]``."""
+        columns = cls(manifest, runtime)
+        first_rank = len(runtime.session.get_outputs()[0].shape)
+        return columns if columns.width and first_rank == 2 else None
+
+    def wrap(self, run: RunBatch) -> RunBatch:
+        """``run`` with this version's columns appended to each batch's rows."""
+
+        def run_with_columns(arrays: Sequence[np.ndarray]) -> np.ndarray:
+            outputs = run(arrays)
+            return np.concatenate([outputs, self.compute(arrays, outputs)], axis=1)
+
+        return run_with_columns
+
+    def compute(self, arrays: Sequence[np.ndarray], outputs: np.ndarray) -> np.ndarray:
+        """float32 [batch, width]: the columns of one batch (``outputs``: the model's outputs side by side)."""
+        parts = []
+        if self.score is not None:
+            logits = outputs[:, self.logits] if self.logits is not None else None
+            parts.append(mon.ood_score(self.score, outputs[:, self.first], logits)[:, None])
+        if self.pixels:
+            pixels = arrays[0]
+            parts.append(mon.summary_matrix(pixels, [(0, 0)] * len(pixels))[:, :3])
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def split(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A request's rows as (the model's outputs side by side, its monitoring columns)."""
+        return rows[:, : -self.width], rows[:, -self.width :]
