@@ -62,9 +62,10 @@ class Observation:
     output: np.ndarray
     predictions: list[dict[str, Any]]
     summaries: np.ndarray | None  # [items, 6] image summaries (bundle.monitoring.summary_matrix)
-    frame: pd.DataFrame | None
+    columns: Mapping[str, np.ndarray] | None  # the raw table, one array per column
     images: list[bytes] | None
     logged: bool
+    rows: list[Any] | None = None  # the JSON rows as sent, where the table came as JSON
 
 
 class VersionState:
@@ -125,12 +126,7 @@ class VersionState:
                 position = {key: i for i, key in enumerate(mon.SUMMARY_KEYS)}
                 columns += [f.bins(summaries[:, position[f.name.split(".", 1)[1]]]) for f in self.input_features]
             else:
-                frame = pd.concat([o.frame for o in observations], ignore_index=True)
-                n = len(frame)
-                columns += [
-                    f.bins(frame[f.name] if f.name in frame.columns else pd.Series([None] * n, dtype=object))
-                    for f in self.input_features
-                ]
+                columns += [f.bins(_concatenated(observations, f.name)) for f in self.input_features]
         for feature in self.prediction_features:
             kind = feature.name.split(".", 1)[1]
             if kind == "label":
@@ -265,20 +261,20 @@ class Monitor:
         ``logits``: the graph's logits output, where it has one (the energy out-of-domain score)."""
         try:
             state = self.prepare(version)
-            summaries = frame = images = None
+            summaries = columns = rows = images = None
             if state.input_kind == "image":
                 images = seen.get("images")
                 pixels = arrays[0]
                 sizes = image_sizes(images) if images else [(pixels.shape[3], pixels.shape[2])] * len(pixels)
                 summaries = mon.summary_matrix(pixels, sizes)
             else:
-                frame = seen.get("frame")
-            for prediction, flags in zip(predictions, state.detector.flags(output, summaries, frame, logits)):
+                columns, rows = seen.get("columns"), seen.get("rows")
+            for prediction, flags in zip(predictions, state.detector.flags(output, summaries, columns, logits)):
                 prediction["ood"] = flags
             logged = self.log is not None and random.random() < self.settings.prediction_log_sample_rate
             observation = Observation(
                 state, region, arm, request_id, time.time(), latency_s * 1000.0, output, predictions,
-                summaries, frame, images, logged,
+                summaries, columns, images, logged, rows,
             )  # fmt: skip
         except Exception:  # monitoring must never fail a prediction
             log.exception("monitoring %s v%s failed for request %s", version.name, version.version, request_id)
@@ -376,8 +372,10 @@ class Monitor:
                 self.metrics.estimated_accuracy.labels(*labels, region).set(estimate)
 
     def _record(self, o: Observation) -> tuple[Any, ...]:
-        if o.frame is not None:
-            inputs: Any = o.frame.astype(object).where(o.frame.notna(), None).to_dict(orient="records")
+        if o.rows is not None:
+            inputs: Any = o.rows
+        elif o.columns is not None:
+            inputs = _records(o.columns)
         else:
             inputs = []
             for i, data in enumerate(o.images or []):
@@ -551,3 +549,26 @@ def _read_reference(version: Any) -> dict[str, Any]:
                     version.version, exc)  # fmt: skip
         return {}
     return document if isinstance(document, dict) else {}
+
+
+def _concatenated(observations: list[Observation], name: str) -> np.ndarray:
+    """One raw column across a group of observations; all missing where a table lacks it."""
+    parts = []
+    for o in observations:
+        table = o.columns or {}
+        n = len(next(iter(table.values()))) if table else 0
+        parts.append(table[name] if name in table else np.full(n, None, dtype=object))
+    return np.concatenate(parts) if parts else np.array([], dtype=object)
+
+
+def _records(columns: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The table as one JSON object per row, missing values (None, NaN, pd.NA) as null."""
+    names = list(columns)
+    values = []
+    for name in names:
+        column = np.asarray(columns[name])
+        missing = pd.isna(column)
+        column = column.astype(object)
+        column[missing] = None
+        values.append(column.tolist())
+    return [dict(zip(names, row)) for row in zip(*values)]
