@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -213,17 +214,22 @@ def unknown_columns_message(unknown: Sequence[str], known: Sequence[str], where:
     return f"{where} unknown column(s) {shown}; the model's columns are: {', '.join(known)}"
 
 
-def rows_to_frame(rows: Sequence[Any], columns: Sequence[str], unknown: str = "error") -> pd.DataFrame:
-    """JSON rows (dicts) -> a frame with exactly ``columns``; missing keys and ``None`` are missing values.
+def rows_to_columns(rows: Sequence[Any], columns: Sequence[str], unknown: str = "error") -> dict[str, np.ndarray]:
+    """JSON rows (dicts) -> one object array per name in ``columns``; missing keys and ``None`` are ``None``.
 
     Keys not in ``columns`` raise :class:`UnknownColumnsError` naming them, or
     are dropped with ``unknown="ignore"``. A row that is not a dict, or a
     value that is not a scalar (list, dict, ...), raises :class:`TabularInputError`.
+    The processors take the result as it is: the service builds no DataFrame per request.
     """
     if unknown not in ("error", "ignore"):
         raise ValueError(f"unknown must be 'error' or 'ignore', got {unknown!r}")
     if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Sequence):
         raise TabularInputError(f"rows must be a list of objects, got {type(rows).__name__}")
+    plain = _plain_json_columns(rows, columns, check_keys=unknown == "error")
+    if plain is not None:
+        return plain
+    # Anything else (an error to report, a Mapping that is not a dict, numpy values) is checked cell by cell.
     data = {name: np.full(len(rows), None, dtype=object) for name in columns}
     extra: dict[str, None] = {}  # ordered set
     for position, row in enumerate(rows):
@@ -235,7 +241,7 @@ def rows_to_frame(rows: Sequence[Any], columns: Sequence[str], unknown: str = "e
             extra.update(dict.fromkeys(str(key) for key in row if key not in data))
         for name, column in data.items():
             value = row.get(name)
-            if value is not None and not ptypes.is_scalar(value):
+            if value is not None and type(value) not in _JSON_SCALARS and not ptypes.is_scalar(value):
                 raise TabularInputError(
                     f"column {name!r}, row {position}: expected a single value, got {type(value).__name__}",
                     column=name,
@@ -244,7 +250,42 @@ def rows_to_frame(rows: Sequence[Any], columns: Sequence[str], unknown: str = "e
             column[position] = value
     if extra:
         raise UnknownColumnsError(list(extra), list(columns))
-    return pd.DataFrame(data, columns=list(columns), copy=False)
+    return data
+
+
+_JSON_SCALARS = frozenset((str, int, float, bool))
+
+
+def _plain_json_columns(rows: Sequence[Any], columns: Sequence[str], check_keys: bool) -> dict[str, np.ndarray] | None:
+    """The columns of rows that are dicts of JSON scalars with known keys, column by column; else None.
+
+    What parsed JSON nearly always is, gathered with C-level iteration; any
+    row or value that needs a check (and perhaps an error) gives None, and the
+    caller's cell-by-cell loop finds it in the same order as ever.
+    """
+    if not all(type(row) is dict for row in rows):
+        return None
+    if check_keys:
+        known = set(columns)
+        if not all(row.keys() <= known for row in rows):
+            return None
+    data: dict[str, np.ndarray] = {}
+    for name in columns:
+        values = [row.get(name) for row in rows]
+        if not set(map(type, values)) <= _JSON_VALUE_TYPES:
+            return None
+        column = np.empty(len(values), dtype=object)
+        column[:] = values
+        data[name] = column
+    return data
+
+
+_JSON_VALUE_TYPES = _JSON_SCALARS | {type(None)}
+
+
+def rows_to_frame(rows: Sequence[Any], columns: Sequence[str], unknown: str = "error") -> pd.DataFrame:
+    """:func:`rows_to_columns` as a frame with exactly ``columns`` (object dtype)."""
+    return pd.DataFrame(rows_to_columns(rows, columns, unknown), columns=list(columns), copy=False)
 
 
 # ---------------------------------------------------------------------------
@@ -273,6 +314,8 @@ def to_numbers(values: pd.Series | np.ndarray, column: str) -> np.ndarray:
     raw = column_values(values)
     if raw.dtype.kind in "biuf":
         numbers = raw.astype(np.float64, copy=False)
+    elif (plain := _plain_numbers(raw)) is not None:
+        numbers = plain
     else:
         numbers = np.asarray(pd.to_numeric(raw, errors="coerce"), dtype=np.float64)
         suspect = np.isnan(numbers)
@@ -295,6 +338,25 @@ def to_numbers(values: pd.Series | np.ndarray, column: str) -> np.ndarray:
     return numbers
 
 
+def _plain_numbers(raw: np.ndarray) -> np.ndarray | None:
+    """An object array of only Python ints, floats and ``None`` (JSON's usual column) as float64, else None.
+
+    A cheap path past ``pd.to_numeric``, whose per-call cost dominates a
+    one-row request; it gives the same floats (``None`` -> NaN). Anything
+    else (text, booleans, numpy scalars, an int beyond float range) is left to
+    the general path.
+    """
+    if not set(map(type, raw)) <= _NUMBER_TYPES:
+        return None
+    try:
+        return raw.astype(np.float64)
+    except OverflowError:
+        return None
+
+
+_NUMBER_TYPES = frozenset((int, float, type(None)))
+
+
 def category_levels(values: pd.Series | np.ndarray | Sequence[Any], numeric: bool = False) -> np.ndarray:
     """Canonical level strings (object array, ``None`` where missing).
 
@@ -310,10 +372,37 @@ def category_levels(values: pd.Series | np.ndarray | Sequence[Any], numeric: boo
         return raw.astype(str).astype(object)
     if kind == "b":
         return np.where(raw, "True", "False").astype(object)
+    if kind == "O" and (plain := _plain_levels(raw, numeric)) is not None:
+        return plain
     levels = np.full(raw.shape[0], None, dtype=object)
     present = ~np.isnan(raw) if kind == "f" else ~pd.isna(raw)
     if present.any():
         levels[present] = _number_levels(raw[present]) if kind == "f" else _object_levels(raw[present], numeric)
+    return levels
+
+
+def _plain_levels(raw: np.ndarray, numeric: bool) -> np.ndarray | None:
+    """Levels of an object column of one Python type (str, int, float or bool) and ``None``, else None.
+
+    The same levels as the general path below, without its ``pd.isna`` and
+    ``infer_dtype`` calls, which cost more than the rest on a one-row request.
+    Text in a numeric column, and mixed types, take the general path.
+    """
+    types = set(map(type, raw))
+    types.discard(type(None))
+    if len(types) != 1 or (kind := next(iter(types))) not in (str, int, float, bool) or (numeric and kind is str):
+        return None if types else np.full(raw.shape[0], None, dtype=object)
+    levels = raw.copy()
+    present = raw != None  # noqa: E711 (elementwise test on an object array)
+    if kind is str:
+        return levels
+    if kind is float:
+        floats = raw[present].astype(np.float64)
+        present[present] = ~np.isnan(floats)  # a NaN object is missing
+        levels[~present] = None
+        levels[present] = _number_levels(floats[~np.isnan(floats)])
+        return levels
+    levels[present] = raw[present].astype(str)  # ints print as integers, booleans as True/False
     return levels
 
 
@@ -441,7 +530,7 @@ class Categorify:
         self.columns = list(columns)
         self.vocab: dict[str, list[str]] = {}
         self.numeric: list[str] = []  # columns that were numeric in training
-        self._lookups: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # sorted keys, their codes
+        self._lookups: dict[str, dict[str, int]] = {}  # level -> code, per column
 
     def fit(self, table: Table) -> Categorify:
         self.vocab, self.numeric, self._lookups = {}, [], {}
@@ -467,23 +556,25 @@ class Categorify:
         """Codes ``int64 [N, len(columns)]``."""
         codes = np.zeros((_n_rows(table), len(self.columns)), dtype=np.int64)
         for j, (name, values) in enumerate(_table_columns(table, self.columns).items()):
-            levels = category_levels(values, numeric=name in self.numeric)
-            present = levels != None  # noqa: E711 (elementwise test on an object array)
-            if present.any():
-                codes[present, j] = self._codes(name, levels[present].astype(str))
+            lookup = self._lookup(name)
+            if values.dtype.kind == "b":  # the _na flags: two levels, never missing
+                codes[:, j] = np.where(values, lookup.get("True", 0), lookup.get("False", 0))
+            else:
+                levels = category_levels(values, numeric=name in self.numeric)
+                codes[:, j] = np.fromiter(map(lookup.get, levels, repeat(0)), dtype=np.int64, count=len(levels))
         return codes
 
-    def _codes(self, name: str, levels: np.ndarray) -> np.ndarray:
-        # A binary search in the sorted vocabulary: far cheaper per call than a pandas Index.
+    def _lookup(self, name: str) -> dict[str, int]:
+        # A dict of the vocabulary, applied with map (C, no Python loop): missing (None) and unseen levels
+        # get 0; far cheaper per call than a pandas Index or a binary search over numpy strings.
         if name not in self.vocab:
             raise ValueError(f"Categorify is not fitted for column {name!r}")
         if name not in self._lookups:
-            keys = np.array(self.vocab[name], dtype=str)
-            order = np.argsort(keys, kind="stable")
-            self._lookups[name] = (keys[order], order)
-        keys, order = self._lookups[name]
-        position = np.minimum(np.searchsorted(keys, levels), len(keys) - 1)
-        return np.where(keys[position] == levels, order[position], 0)
+            lookup: dict[str, int] = {}
+            for code, level in enumerate(self.vocab[name]):
+                lookup.setdefault(level, code)  # the first of any repeated level, as a search would find
+            self._lookups[name] = lookup
+        return self._lookups[name]
 
     def to_dict(self) -> dict[str, Any]:
         return {"columns": list(self.columns), "vocab": {k: list(v) for k, v in self.vocab.items()},
@@ -690,11 +781,12 @@ class TabularProcessor:
         self.fitted = True
         return self
 
-    def transform(self, df: pd.DataFrame, strict: bool = False) -> ProcessedTable:
-        """Raw rows -> model inputs; absent columns are all missing, extra columns are ignored.
+    def transform(self, df: Table, strict: bool = False) -> ProcessedTable:
+        """Raw rows (a DataFrame, or column arrays as :func:`rows_to_columns` gives) -> model inputs.
 
-        With ``strict`` (rows arriving to be predicted) an unparseable date
-        raises :class:`TabularInputError` rather than reading as missing.
+        Absent columns are all missing, extra columns are ignored. With
+        ``strict`` (rows arriving to be predicted) an unparseable date raises
+        :class:`TabularInputError` rather than reading as missing.
         """
         if not self.fitted:
             raise ValueError("TabularProcessor is not fitted: call fit(train_df) first")
@@ -703,7 +795,7 @@ class TabularProcessor:
             columns = self.fill_missing.transform(columns)
         if self.normalize is not None:
             columns = self.normalize.transform(columns)
-        n = len(df)
+        n = _n_rows(df)
         x_cat = self.categorify.transform(columns) if self.categorify is not None else np.zeros((n, 0), np.int64)
         conts = self.cont_names
         x_cont = np.zeros((n, len(conts)), dtype=np.float32)
@@ -754,14 +846,16 @@ class TabularProcessor:
             date_prefix(field) + part for field in self.date_fields for part in DATE_CAT_PARTS
         ]
 
-    def _expand(self, df: pd.DataFrame, strict: bool = False) -> dict[str, np.ndarray]:
+    def _expand(self, df: Table, strict: bool = False) -> dict[str, np.ndarray]:
         """Only the columns the processors read: categoricals raw, continuous as float64, date parts."""
-        columns = _columns_of(df, self.raw_cat_names + self.raw_cont_names)
+        columns = _table_columns(df, self.raw_cat_names + self.raw_cont_names)
         for name in self.raw_cont_names:
             columns[name] = to_numbers(columns[name], name)
         for field in self.date_fields:
             prefix = date_prefix(field)
-            dates = df[field] if field in df.columns else pd.Series([None] * len(df), dtype=object)
+            # a frame's own column keeps its dtype (datetime64, time zone); arrays are parsed as they are
+            present = field in (df.columns if isinstance(df, pd.DataFrame) else df)
+            dates = df[field] if present else np.full(_n_rows(df), None, dtype=object)
             fmt = self.date_formats.get(field, "ISO8601")
             numbers, flags, missing = date_part_arrays(dates, format=fmt, strict=strict, column=field)
             for part in DATE_CAT_PARTS:

@@ -17,7 +17,7 @@ import json
 import math
 import re
 import time
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,7 @@ from bundle.images import (
     to_chw,
 )
 from bundle.manifest import Manifest
-from bundle.tabular import TabularInputError, TabularProcessor, rows_to_frame, unknown_columns_message
+from bundle.tabular import TabularInputError, TabularProcessor, rows_to_columns, unknown_columns_message
 from service.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.multipart import parse_multipart
 
@@ -84,7 +84,8 @@ class InputDecoder(Protocol):
 
         ``deadline`` (``time.perf_counter()`` seconds): past it, remaining work is skipped (504).
         ``seen``, when given, receives what monitoring needs of the raw input: ``images`` (the encoded
-        bytes of each image) or ``frame`` (the raw rows).
+        bytes of each image), or ``columns`` (the raw values, one object array per column) and, for a
+        JSON body, ``rows`` (the rows as sent).
         """
         ...
 
@@ -379,35 +380,40 @@ class TabularInputs:
         self.max_cells = max_cells
 
     def decode_in_place(self, media_type: str, content_type: str, body: bytes) -> list[np.ndarray] | None:
-        return None  # even one row costs pandas more than a thread hand-off
+        return None  # even one row costs more than a thread hand-off
 
     def decode(
         self, media_type: str, content_type: str, body: bytes, deadline: float | None = None,
         seen: dict[str, Any] | None = None,
     ) -> list[np.ndarray]:
+        rows = None
         if media_type == CSV:
-            frame = self._csv(body)
+            columns = self._csv(body)
             where = "csv row {row}, column {column!r}"
             row_base = 1
         else:
             rows = _json_list(body, "rows", self.max_items, "row")
             self._check_json_budget(rows)
             try:
-                frame = rows_to_frame(rows, self.raw_columns, unknown=self.unknown)
+                columns = rows_to_columns(rows, self.raw_columns, unknown=self.unknown)
             except TabularInputError as exc:
                 raise InvalidInput(_locate(exc, "rows[{row}].{column}", 0)) from exc
             where = "rows[{row}].{column}"
             row_base = 0
         check_deadline(deadline)
-        arrays = self.process(frame, where, row_base)
+        arrays = self.process(columns, where, row_base)
         if seen is not None:
-            seen["frame"] = frame
+            seen["columns"] = columns
+            if rows is not None:
+                seen["rows"] = rows
         return arrays
 
-    def process(self, frame: pd.DataFrame, where: str, row_base: int = 0) -> list[np.ndarray]:
+    def process(
+        self, columns: Mapping[str, np.ndarray] | pd.DataFrame, where: str, row_base: int = 0
+    ) -> list[np.ndarray]:
         """Raw columns -> the ONNX inputs; ``where`` (with ``{row}`` and ``{column}``) locates a bad cell."""
         try:
-            table = self.processor.transform(frame, strict=True)
+            table = self.processor.transform(columns, strict=True)
         except TabularInputError as exc:
             raise InvalidInput(_locate(exc, where, row_base)) from exc
         arrays = {"x_cat": table.x_cat, "x_cont": table.x_cont}
@@ -454,7 +460,8 @@ class TabularInputs:
         except (UnicodeDecodeError, csv.Error) as exc:
             raise InvalidInput(f"invalid CSV: {exc}") from exc
 
-    def _csv(self, body: bytes) -> pd.DataFrame:
+    def _csv(self, body: bytes) -> dict[str, np.ndarray]:
+        """The CSV's columns as object arrays (text, NaN for a blank cell), converted from pandas once."""
         self._check_csv_budget(body)
         try:
             # Read every cell as text: the processors parse numbers themselves, exactly as for JSON strings.
@@ -472,7 +479,7 @@ class TabularInputs:
             raise InvalidInput("CSV has a header but no rows")
         if len(frame) > self.max_items:
             raise PayloadTooLarge(f"CSV has {len(frame)} rows, the limit is {self.max_items}")
-        return frame
+        return {str(name): frame[name].to_numpy(dtype=object) for name in frame.columns}
 
     def schema(self) -> dict[str, Any]:
         processor = self.processor
@@ -492,7 +499,7 @@ def _locate(exc: TabularInputError, cell: str, row_base: int) -> str:
     message = str(exc)
     if exc.row is None:
         return message
-    if exc.column is None:  # the whole row is wrong (rows_to_frame: not an object)
+    if exc.column is None:  # the whole row is wrong (rows_to_columns: not an object)
         return f"rows[{exc.row}]: {_ROW.sub('', message)}"
     detail = _CELL.sub("", message)
     not_number = _NOT_A_NUMBER.match(detail)

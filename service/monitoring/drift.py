@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from bundle.reference import OTHER_LEVEL
-from bundle.tabular import category_levels
+from bundle.tabular import _plain_numbers, category_levels
 
 SMOOTHING = 0.5  # items added to every bin before shares are taken
 
@@ -183,8 +183,14 @@ def verdict(score: float, warn: float, drift: float) -> str:
 
 
 def _numbers(values: Any) -> np.ndarray:
+    """Values as float64, NaN where not a number (never raises); arrays without a pandas Series."""
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
         return values.astype(np.float64)
+    if isinstance(values, np.ndarray) and values.dtype.kind == "O":
+        plain = _plain_numbers(values)
+        if plain is not None:
+            return plain
+        return np.asarray(pd.to_numeric(values, errors="coerce"), dtype=np.float64)
     series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
     if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
         return series.to_numpy(dtype=np.float64, na_value=math.nan)

@@ -62,9 +62,10 @@ class Observation:
     output: np.ndarray
     predictions: list[dict[str, Any]]
     summaries: list[list[float]] | None  # each image's summaries, in bundle.monitoring.SUMMARY_KEYS order
-    frame: pd.DataFrame | None
+    columns: Mapping[str, np.ndarray] | None  # the raw table, one array per column
     images: list[bytes] | None
     logged: bool
+    rows: list[Any] | None = None  # the JSON rows as sent, where the table came as JSON
 
 
 class VersionState:
@@ -125,12 +126,7 @@ class VersionState:
                 position = {key: i for i, key in enumerate(mon.SUMMARY_KEYS)}
                 columns += [f.bins(summaries[:, position[f.name.split(".", 1)[1]]]) for f in self.input_features]
             else:
-                frame = pd.concat([o.frame for o in observations], ignore_index=True)
-                n = len(frame)
-                columns += [
-                    f.bins(frame[f.name] if f.name in frame.columns else pd.Series([None] * n, dtype=object))
-                    for f in self.input_features
-                ]
+                columns += [f.bins(_concatenated(observations, f.name)) for f in self.input_features]
         for feature in self.prediction_features:
             kind = feature.name.split(".", 1)[1]
             if kind == "label":
@@ -258,35 +254,36 @@ class Monitor:
     def observe(
         self, version: Any, region: str, arm: str, request_id: str, seen: Mapping[str, Any],
         arrays: list[np.ndarray], output: np.ndarray, predictions: list[dict[str, Any]], latency_s: float,
-        logits: np.ndarray | None = None, columns: np.ndarray | None = None,
+        logits: np.ndarray | None = None, batch_columns: np.ndarray | None = None,
     ) -> None:  # fmt: skip
         """Add ``ood`` to each prediction and queue the rest of the work; never raises.
 
         ``logits``: the graph's logits output, where it has one (the energy out-of-domain score);
-        ``columns``: what the batch computed for these items (``service.monitoring.batch``), where it did."""
+        ``batch_columns``: what the batch computed for these items (``service.monitoring.batch``), where it did."""
         try:
             state = self.prepare(version)
-            summaries = frame = images = scores = None
-            computed = version.columns if columns is not None else None
-            rows = columns.tolist() if columns is not None else None
+            summaries = columns = rows = images = scores = None
+            computed = version.columns if batch_columns is not None else None
+            values = batch_columns.tolist() if batch_columns is not None else []
             if computed is not None and computed.score is not None:
-                scores = [row[0] for row in rows]
+                scores = [row[0] for row in values]
             if state.input_kind == "image":
                 images = seen.get("images")
                 pixels = arrays[0]
                 sizes = image_sizes(images) if images else [(pixels.shape[3], pixels.shape[2])] * len(pixels)
                 if computed is not None and computed.pixels:
-                    summaries = [[*row[-3:], w, h, w / max(h, 1)] for row, (w, h) in zip(rows, sizes)]
+                    summaries = [[*row[-3:], w, h, w / max(h, 1)] for row, (w, h) in zip(values, sizes)]
                 else:
                     summaries = mon.summary_matrix(pixels, sizes).tolist()
             else:
-                frame = seen.get("frame")
-            for prediction, flags in zip(predictions, state.detector.flags(output, summaries, frame, logits, scores)):
-                prediction["ood"] = flags
+                columns, rows = seen.get("columns"), seen.get("rows")
+            flags = state.detector.flags(output, summaries, columns, logits, scores)
+            for prediction, item_flags in zip(predictions, flags):
+                prediction["ood"] = item_flags
             logged = self.log is not None and random.random() < self.settings.prediction_log_sample_rate
             observation = Observation(
                 state, region, arm, request_id, time.time(), latency_s * 1000.0, output, predictions,
-                summaries, frame, images, logged,
+                summaries, columns, images, logged, rows,
             )  # fmt: skip
         except Exception:  # monitoring must never fail a prediction
             log.exception("monitoring %s v%s failed for request %s", version.name, version.version, request_id)
@@ -384,8 +381,10 @@ class Monitor:
                 self.metrics.estimated_accuracy.labels(*labels, region).set(estimate)
 
     def _record(self, o: Observation) -> tuple[Any, ...]:
-        if o.frame is not None:
-            inputs: Any = o.frame.astype(object).where(o.frame.notna(), None).to_dict(orient="records")
+        if o.rows is not None:
+            inputs: Any = o.rows
+        elif o.columns is not None:
+            inputs = _records(o.columns)
         else:
             inputs = []
             for i, data in enumerate(o.images or []):
@@ -559,3 +558,26 @@ def _read_reference(version: Any) -> dict[str, Any]:
                     version.version, exc)  # fmt: skip
         return {}
     return document if isinstance(document, dict) else {}
+
+
+def _concatenated(observations: list[Observation], name: str) -> np.ndarray:
+    """One raw column across a group of observations; all missing where a table lacks it."""
+    parts = []
+    for o in observations:
+        table = o.columns or {}
+        n = len(next(iter(table.values()))) if table else 0
+        parts.append(table[name] if name in table else np.full(n, None, dtype=object))
+    return np.concatenate(parts) if parts else np.array([], dtype=object)
+
+
+def _records(columns: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The table as one JSON object per row, missing values (None, NaN, pd.NA) as null."""
+    names = list(columns)
+    values = []
+    for name in names:
+        column = np.asarray(columns[name])
+        missing = pd.isna(column)
+        column = column.astype(object)
+        column[missing] = None
+        values.append(column.tolist())
+    return [dict(zip(names, row)) for row in zip(*values)]

@@ -70,6 +70,8 @@ class OODDetector:
                     self.ranges[name] = (float(ref["min"]), float(ref["max"]))
                 if ref.get("missing", 0.0) == 0.0 and ref.get("count"):
                     self.never_missing.append(name)
+        bounds = np.array(list(self.ranges.values()), dtype=np.float64).reshape(-1, 2)
+        self.range_low, self.range_high = bounds[:, :1], bounds[:, 1:]  # [columns, 1], against [columns, rows]
         self.checks = self.image_checks if self.input_kind == "image" else len(features)
 
     def image_failures(self, summaries: Sequence[Sequence[float]]) -> list[int]:
@@ -79,38 +81,41 @@ class OODDetector:
         low, high = self.image_low, self.image_high
         return [sum(v < lo or v > hi for v, lo, hi in zip(row, low, high)) for row in summaries]
 
-    def tabular_flags(self, frame: pd.DataFrame) -> tuple[list[set[str]], np.ndarray]:
-        """The reasons of each row, and how many of its checks failed."""
-        n = len(frame)
+    def tabular_flags(self, columns: Mapping[str, np.ndarray]) -> tuple[list[set[str]], np.ndarray]:
+        """The reasons of each row, and how many of its checks failed, from the raw column arrays.
+
+        Each check gives a boolean row per column; they are stacked so that the
+        counting is a few operations per request whatever the number of columns.
+        """
+        n = len(next(iter(columns.values()))) if columns else 0
+        unseen = [
+            _unseen(category_levels(_column(columns, name, n)), vocab) for name, vocab in self.vocab.items()
+        ]
+        numbers = _matrix([_numbers(columns[name]) if name in columns else np.full(n, np.nan)
+                           for name in self.ranges], n, np.float64)  # fmt: skip
+        outside = np.isfinite(numbers) & ((numbers < self.range_low) | (numbers > self.range_high))
+        missing = [_missing(_column(columns, name, n)) for name in self.never_missing]
+        failures = {
+            "unseen_category": _matrix(unseen, n, bool),
+            "out_of_range": outside,
+            "unexpected_missing": _matrix(missing, n, bool),
+        }
+        failed = np.concatenate(list(failures.values())).sum(axis=0, dtype=np.float64)
         reasons: list[set[str]] = [set() for _ in range(n)]
-        failed = np.zeros(n)
-        for name, vocab in self.vocab.items():
-            levels = category_levels(frame[name]) if name in frame.columns else np.full(n, None, dtype=object)
-            for i, level in enumerate(levels):
-                if level is not None and level not in vocab:
-                    reasons[i].add("unseen_category")
-                    failed[i] += 1
-        for name, (low, high) in self.ranges.items():
-            numbers = _numbers(frame[name]) if name in frame.columns else np.full(n, np.nan)
-            outside = np.isfinite(numbers) & ((numbers < low) | (numbers > high))
-            for i in np.flatnonzero(outside):
-                reasons[i].add("out_of_range")
-            failed += outside
-        for name in self.never_missing:
-            column = frame[name] if name in frame.columns else pd.Series([None] * n)
-            missing = column.isna().to_numpy()
-            for i in np.flatnonzero(missing):
-                reasons[i].add("unexpected_missing")
-            failed += missing
+        for reason, matrix in failures.items():
+            for i in np.flatnonzero(matrix.any(axis=0)):
+                reasons[i].add(reason)
         return reasons, failed
 
     def flags(
-        self, output: np.ndarray, summaries: Sequence[Sequence[float]] | None, frame: pd.DataFrame | None,
-        logits: np.ndarray | None = None, scores: Sequence[float] | None = None,
+        self, output: np.ndarray, summaries: Sequence[Sequence[float]] | None,
+        columns: Mapping[str, np.ndarray] | None, logits: np.ndarray | None = None,
+        scores: Sequence[float] | None = None,
     ) -> list[dict[str, Any]]:  # fmt: skip
         """``{"score", "flagged", "reasons"}`` per item.
 
-        ``summaries``: each image's ``SUMMARY_KEYS`` values; ``logits`` where the graph outputs them;
+        ``summaries``: each image's ``SUMMARY_KEYS`` values; ``columns``: a table's raw column arrays;
+        ``logits`` where the graph outputs them;
         ``scores``: the model's score of each item where the batch already computed it
         (``service.monitoring.batch``), else it is computed here from ``output`` and ``logits``."""
         n = len(output)
@@ -121,9 +126,9 @@ class OODDetector:
             for why, count in zip(reasons, failed):
                 if count:
                     why.add("image_summary")
-        elif frame is not None:
-            reasons, found = self.tabular_flags(frame)
-            failed = np.asarray(found).tolist()
+        elif columns is not None:
+            reasons, found = self.tabular_flags(columns)
+            failed = found.tolist()
         if self.threshold is not None:
             if scores is None:
                 scores = mon.ood_score(self.score, output, logits).tolist()
@@ -138,6 +143,31 @@ class OODDetector:
             {"score": round(float(score), 6), "flagged": bool(why), "reasons": sorted(why)}
             for score, why in zip(scores, reasons)
         ]
+
+
+def _column(columns: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
+    return columns[name] if name in columns else np.full(n, None, dtype=object)
+
+
+def _matrix(rows: list[np.ndarray], n: int, dtype: Any) -> np.ndarray:
+    """[len(rows), n], also for no rows."""
+    return np.array(rows, dtype=dtype) if rows else np.zeros((0, n), dtype=dtype)
+
+
+def _unseen(levels: np.ndarray, vocab: frozenset[str]) -> np.ndarray:
+    """Which levels (``None`` where missing) are present but not in ``vocab`` (set lookups, applied by map)."""
+    known = np.fromiter(map(vocab.__contains__, levels), dtype=bool, count=len(levels))
+    return ~known & (levels != None)  # noqa: E711 (elementwise test on an object array)
+
+
+def _missing(values: np.ndarray) -> np.ndarray:
+    """Missing as pandas reads it (None, NaN, NaT, pd.NA), without a Series."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        return np.isnan(values)
+    if values.dtype.kind in "biu":
+        return np.zeros(len(values), dtype=bool)
+    return np.asarray(pd.isna(values), dtype=bool)
 
 
 def _has_range(reference: Any) -> bool:
