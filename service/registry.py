@@ -166,40 +166,58 @@ def load_bundle(path: Path, key: VersionKey, settings: ServiceSettings, intra_op
         encoder = PredictionEncoder(manifest)
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleRefused("manifest", f"{path}: {exc}") from exc
-    try:
-        runtime = OnnxRuntime(
-            path / manifest.onnx.file,
-            manifest.onnx.inputs,
-            manifest.onnx.outputs,
-            provider=settings.provider,
-            device_id=settings.cuda_device_id,
-            intra_op_threads=intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-            allow_spinning=settings.ort_spinning,
-        )
-        _check_input_shapes(manifest, runtime)
-    except RuntimeLoadError as exc:
-        raise BundleRefused("onnx", f"{path}: {exc}") from exc
+    def open_runtime(threads: int) -> OnnxRuntime:
+        try:
+            runtime = OnnxRuntime(
+                path / manifest.onnx.file,
+                manifest.onnx.inputs,
+                manifest.onnx.outputs,
+                provider=settings.provider,
+                device_id=settings.cuda_device_id,
+                intra_op_threads=threads,
+                inter_op_threads=settings.inter_op_threads,
+                allow_spinning=settings.ort_spinning,
+            )
+            _check_input_shapes(manifest, runtime)
+        except RuntimeLoadError as exc:
+            raise BundleRefused("onnx", f"{path}: {exc}") from exc
+        return runtime
+
+    runtime = open_runtime(intra_op_threads)
     try:
         sizes = warmup_sizes(settings)
         runtime.warm_up(sizes)
         plan = batch_plan(runtime, sizes, settings)
+        if plan.inline and intra_op_threads > 1 and settings.intra_op_threads is None and not runtime.on_cuda:
+            # A batch on the event loop: one runtime thread does it for far less CPU (see service.batch_policy).
+            runtime = open_runtime(1)
+            runtime.warm_up(sizes)
+            plan = batch_plan(runtime, sizes, settings, inline=True)
+    except BundleRefused:
+        raise
     except Exception as exc:  # any failure to run means the bundle cannot serve
         raise BundleRefused("warmup", f"{path}: warm-up run failed: {exc}") from exc
     log.info(
-        "%s v%d: batches of at most %d items, run on the %s (%s)", name, version, plan.max_batch_size,
-        "event loop" if plan.inline else "runtime thread", plan.describe()["ms_per_item"],
+        "%s v%d: batches of at most %d items, run on the %s with %d ONNX Runtime thread(s) (%s)", name, version,
+        plan.max_batch_size, "event loop" if plan.inline else "runtime thread", plan.intra_op_threads,
+        plan.describe()["ms_per_item"],
     )  # fmt: skip
     return LoadedBundle(path, manifest, runtime, inputs, encoder, time.perf_counter() - started, plan)
 
 
-def batch_plan(runtime: OnnxRuntime, sizes: list[int], settings: ServiceSettings) -> BatchPlan:
-    """The batch cap and where batches run (``service.batch_policy``), from timings unless settings fix both."""
+def batch_plan(
+    runtime: OnnxRuntime, sizes: list[int], settings: ServiceSettings, inline: bool | None = None
+) -> BatchPlan:
+    """The batch cap and where batches run (``service.batch_policy``), from timings unless settings fix both.
+
+    ``inline``: where batches run, when already decided (else the setting, else the timings decide)."""
     cap_fixed = "max_batch_size" in settings.model_fields_set
-    if cap_fixed and settings.inline_inference is not None:
-        return choose({}, settings.max_batch_size, cap_fixed=True, inline=settings.inline_inference)
+    inline = settings.inline_inference if inline is None else inline
+    threads = runtime.intra_op_threads
+    if cap_fixed and inline is not None:
+        return choose({}, settings.max_batch_size, cap_fixed=True, inline=inline, threads=threads)
     timings = measure(runtime, [settings.max_batch_size] if cap_fixed else timed_sizes(sizes))
-    return choose(timings, settings.max_batch_size, cap_fixed=cap_fixed, inline=settings.inline_inference)
+    return choose(timings, settings.max_batch_size, cap_fixed=cap_fixed, inline=inline, threads=threads)
 
 
 def _check_input_shapes(manifest: Manifest, runtime: OnnxRuntime) -> None:

@@ -97,7 +97,8 @@ class OnnxRuntime:
     ) -> None:
         """``io_binding`` None binds reused buffers on CUDA only (where it saves device allocations)."""
         options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads or cpu_quota()
+        self.intra_op_threads = intra_op_threads or cpu_quota()
+        options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = inter_op_threads
         # Spinning threads burn the cores that decoding and the event loop need between runs.
         spin = "1" if allow_spinning else "0"

@@ -48,3 +48,15 @@ def test_a_served_version_shows_its_plan_and_serves_with_it(make_repo: Callable[
     slow = client.get("/v1/models/slow").json()["versions"][0]["batching"]
     assert slow["runs_on"] == "runtime thread"  # its runs are far over INLINE_MAX_RUN_S
     assert float(slow["ms_per_item"]["4"]) * 4 / 1000 > INLINE_MAX_RUN_S
+
+
+def test_a_model_run_on_the_event_loop_gets_one_runtime_thread_unless_set(
+    make_repo: Callable[..., Path], make_client: Any
+) -> None:
+    repo = make_repo(("digits", 1), ("slow", 1))
+    default = make_client(repo, inline_inference=True, model_names=["digits"])
+    assert default.get("/v1/models/digits").json()["versions"][0]["batching"]["intra_op_threads"] == 1
+    chosen = make_client(repo, inline_inference=True, intra_op_threads=2, model_names=["digits"])
+    assert chosen.get("/v1/models/digits").json()["versions"][0]["batching"]["intra_op_threads"] == 2
+    threaded = make_client(repo, inline_inference=False, intra_op_threads=2, model_names=["slow"])
+    assert threaded.get("/v1/models/slow").json()["versions"][0]["batching"]["intra_op_threads"] == 2
