@@ -290,8 +290,8 @@ def test_flags_from_the_batch_columns_equal_flags_computed_per_request(monitorin
     detector = OODDetector(manifest, read_reference(folder, manifest)["features"], image_slack=0.25)
 
     per_request = detector.flags(output, mon.summary_matrix(batch, sizes).tolist(), None, logits)
-    summaries = [[*row[1:], w, h, w / h] for row, (w, h) in zip(extra.tolist(), sizes)]
-    per_batch = detector.flags(output, summaries, None, logits, scores=extra[:, 0].tolist())
+    values = extra.tolist()
+    per_batch = detector.flags(output, columns.summaries(values, sizes), None, logits, columns.scores(values))
     assert [f["reasons"] for f in per_batch] == [f["reasons"] for f in per_request]
     assert np.allclose([f["score"] for f in per_batch], [f["score"] for f in per_request], atol=1e-4)
     assert per_batch[-1]["flagged"] and sum(f["flagged"] for f in per_batch[:40]) <= 6

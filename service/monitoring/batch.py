@@ -76,6 +76,16 @@ class BatchColumns:
             parts.append(mon.summary_matrix(pixels, [(0, 0)] * len(pixels))[:, :3])
         return np.concatenate(parts, axis=1).astype(np.float32)
 
+    def scores(self, values: list[list[float]]) -> list[float] | None:
+        """The model's score of each item, from a request's columns as lists (None without a score)."""
+        return [row[0] for row in values] if self.score is not None else None
+
+    def summaries(self, values: list[list[float]], sizes: Sequence[tuple[int, int]]) -> list[list[float]] | None:
+        """Each image's ``SUMMARY_KEYS`` values: the pixel columns, then the decoded (width, height) and aspect."""
+        if not self.pixels:
+            return None
+        return [[*row[-3:], w, h, w / max(h, 1)] for row, (w, h) in zip(values, sizes)]
+
     def split(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A request's rows as (the model's outputs side by side, its monitoring columns)."""
         return rows[:, : -self.width], rows[:, -self.width :]

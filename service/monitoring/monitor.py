@@ -265,15 +265,15 @@ class Monitor:
             summaries = columns = rows = images = scores = None
             computed = version.columns if batch_columns is not None else None
             values = batch_columns.tolist() if batch_columns is not None else []
-            if computed is not None and computed.score is not None:
-                scores = [row[0] for row in values]
+            if computed is not None:
+                scores = computed.scores(values)
             if state.input_kind == "image":
                 images = seen.get("images")
                 pixels = arrays[0]
                 sizes = image_sizes(images) if images else [(pixels.shape[3], pixels.shape[2])] * len(pixels)
-                if computed is not None and computed.pixels:
-                    summaries = [[*row[-3:], w, h, w / max(h, 1)] for row, (w, h) in zip(values, sizes)]
-                else:
+                if computed is not None:
+                    summaries = computed.summaries(values, sizes)
+                if summaries is None:
                     summaries = mon.summary_matrix(pixels, sizes).tolist()
             else:
                 columns, rows = seen.get("columns"), seen.get("rows")
