@@ -143,6 +143,11 @@ class DynamicBatcher:
         return list(self.pad_sizes) if self.pad_sizes else list(range(1, self.max_batch_size + 1))
 
     @property
+    def seconds_per_item(self) -> float:
+        """The recent run time per item (a moving average; 0 before the first batch)."""
+        return self._seconds_per_item
+
+    @property
     def admitted(self) -> int:
         return self._admitted
 

@@ -64,13 +64,13 @@ class ArmWindow:
                     del self._slots[key]
         return slot
 
-    def request(self, now: float, ok: bool, seconds: float) -> None:
+    def request(self, now: float, ok: bool, seconds: float, count: int = 1) -> None:
         slot = self._slot(now)
-        slot.requests += 1
+        slot.requests += count
         if not ok:
-            slot.errors += 1
+            slot.errors += count
         index = _latency_bucket(seconds)
-        slot.latency[index] = slot.latency.get(index, 0) + 1
+        slot.latency[index] = slot.latency.get(index, 0) + count
 
     def comparison(self, now: float, compared: int, disagreed: int, abs_diff: float = 0.0, rel_diff: float = 0.0,
                    differences: int = 0) -> None:  # fmt: skip

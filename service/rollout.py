@@ -283,6 +283,8 @@ def shadowed(model: str, policy: ModelPolicy, key: str) -> bool:
     """Whether the candidate also runs on this request (stage ``shadow`` only; its own hash, salted)."""
     if policy.stage != "shadow" or policy.candidate is None or policy.shadow.percent <= 0:
         return False
+    if policy.shadow.percent >= 100:
+        return True
     return in_share(bucket(model, policy.candidate, key, salt="shadow\x00"), policy.shadow.percent)
 
 

@@ -394,16 +394,16 @@ class RolloutManager:
             return None
         return policy.candidate
 
-    def observe(self, name: str, version: int, ok: bool, seconds: float) -> None:
-        """One answered request of an arm (a request or a shadow run)."""
+    def observe(self, name: str, version: int, ok: bool, seconds: float, count: int = 1) -> None:
+        """``count`` answered requests of an arm (requests, or shadow copies run together), ``seconds`` each."""
         policy = self.policies.get(name)
         if policy is None or policy.candidate is None or policy.stage not in ("shadow", "canary"):
             return
         arms = self.observations[name]
         if version == policy.candidate:
-            arms.candidate.request(self.clock(), ok, seconds)
+            arms.candidate.request(self.clock(), ok, seconds, count)
         elif version == policy.stable:
-            arms.stable.request(self.clock(), ok, seconds)
+            arms.stable.request(self.clock(), ok, seconds, count)
 
     def compared(self, name: str, candidate: int, compared: int, disagreed: int, abs_diff: float = 0.0,
                  rel_diff: float = 0.0, differences: int = 0) -> None:  # fmt: skip

@@ -71,6 +71,10 @@ class ServiceSettings(BaseSettings):
         32, ge=0, description="Most shadow runs in progress at once; beyond it (or with stable's queue half full) "
         "shadow copies are shed."
     )
+    shadow_max_share: float = Field(
+        0.05, ge=0, le=1, description="Most of the service's time shadow runs may take (fraction of each half "
+        "second, estimated from what each copy cost); copies beyond it are shed."
+    )
 
     # -- ONNX Runtime ------------------------------------------------------------------------
     provider: Provider = Field(

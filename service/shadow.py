@@ -1,10 +1,15 @@
 """Shadow runs: the candidate answers a copy of a request after stable has answered it, and is only compared.
 
 Mirroring starts once the stable response has been sent, as a task of its
-own, so it can never delay or change what the client gets. It is the first
-work shed under load: when too many shadow runs are in flight, or stable's
-queue is half full, the copy is skipped (counted in
-``serving_shadow_shed_total``). The candidate decodes the body with its own
+own, so it can never change what the client gets. It is the first work shed
+under load, so it delays stable's answers as little as possible: shadow runs
+get a budget of the service's time (``shadow_max_share``, 5 % by default, of
+every half second; a copy is charged what the recent copies cost: the
+candidate's run time per item plus decoding, encoding and comparing), and a
+copy that finds the budget spent, too many shadow runs in flight, or stable's
+queue half full is skipped (counted in ``serving_shadow_shed_total``). At
+low traffic the budget is never reached and every copy in the shadow share
+runs; at saturation shadow takes its share and no more. The candidate decodes the body with its own
 preprocessing (versions may differ in image size or columns); the
 comparison is label disagreement for classification and multi-label, mean
 absolute and relative difference for regression.
@@ -35,6 +40,38 @@ from service.settings import ServiceSettings
 log = logging.getLogger("service.shadow")
 
 FLUSH_S = 0.02  # how long decoded copies gather before they run on the candidate together
+BUDGET_WINDOW_S = 0.5  # the shadow time budget is a share of each window this long
+
+
+class ShadowBudget:
+    """How much of the service's time shadow runs may take: ``share`` of every ``window_s``.
+
+    Each copy taken is charged the recent cost of a copy (a moving average of
+    what finished copies cost), so the budget holds while copies are still
+    waiting to run; a window that overran carries the excess into the next."""
+
+    def __init__(self, share: float, window_s: float = BUDGET_WINDOW_S) -> None:
+        self.allowance = share * window_s
+        self.window_s = window_s
+        self.cost_per_copy = 0.0
+        self._started = 0.0
+        self._spent = 0.0
+
+    def take(self, now: float) -> bool:
+        """Charge one copy, or False when the window's allowance is spent (the copy is shed)."""
+        if now - self._started >= self.window_s:
+            self._started = now
+            self._spent = max(0.0, self._spent - self.allowance)
+        if self._spent >= self.allowance:
+            return False
+        self._spent += self.cost_per_copy
+        return True
+
+    def ran(self, copies: int, seconds: float) -> None:
+        """``copies`` finished, costing ``seconds`` of the service's time all together."""
+        if copies > 0:
+            per_copy = seconds / copies
+            self.cost_per_copy = per_copy if not self.cost_per_copy else 0.8 * self.cost_per_copy + 0.2 * per_copy
 
 
 def same_inputs(stable: ModelVersion, candidate: ModelVersion) -> bool:
@@ -85,6 +122,8 @@ class ShadowRunner:
         self._pending_items = 0
         self._flush: asyncio.TimerHandle | None = None
         self._same: dict[tuple[int, int], bool] = {}
+        self.budget = ShadowBudget(settings.shadow_max_share)
+        self._shed_counters: dict[str, Any] = {}  # serving_shadow_shed_total's child per model
 
     def mirror(self, name: str, key: str, stable: ModelVersion, content_type: str, body: bytes,
                stable_predictions: list[dict[str, Any]], arrays: list[Any] | None = None) -> None:  # fmt: skip
@@ -101,12 +140,13 @@ class ShadowRunner:
             self.in_flight >= self.settings.shadow_max_in_flight
             or stable.batcher.queue_depth > half_queue
             or candidate.batcher.queue_depth > half_queue
+            or not self.budget.take(time.perf_counter())
         ):
-            self.rollout.metrics.shadow_shed.labels(name).inc()
+            self._shed(name)
             return
         if arrays is not None and self._same_inputs(stable, candidate):
             if self._pending_items >= half_queue:
-                self.rollout.metrics.shadow_shed.labels(name).inc()
+                self._shed(name)
                 return
             self._pending.setdefault((name, candidate.version), []).append((candidate, arrays, stable_predictions))
             self._pending_items += len(stable_predictions)
@@ -117,6 +157,12 @@ class ShadowRunner:
         task = asyncio.create_task(self._run(name, stable, candidate, content_type, body, stable_predictions))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
+
+    def _shed(self, name: str) -> None:
+        counter = self._shed_counters.get(name)
+        if counter is None:
+            counter = self._shed_counters[name] = self.rollout.metrics.shadow_shed.labels(name)
+        counter.inc()
 
     def _same_inputs(self, stable: ModelVersion, candidate: ModelVersion) -> bool:
         key = (id(stable), id(candidate))
@@ -143,30 +189,44 @@ class ShadowRunner:
         started = time.perf_counter()
         candidate = copies[0][0]
         label = str(candidate.version)
+        spent = 0.0  # the service's time this took: the synchronous parts, timed, and the runs in a thread, estimated
         candidate.acquire()
         try:
             arrays = [np.concatenate([c[1][i] for c in copies]) for i in range(len(copies[0][1]))]
-            output, _, _ = candidate.split(await candidate.batcher.submit(arrays, self.settings.request_timeout_s))
+            if candidate.batcher.inline:
+                # A model the batch policy runs on the event loop: run it here, a batch at a time with the loop
+                # free in between, without monitoring's batch columns (a shadow answer is only compared).
+                size = candidate.batcher.max_batch_size
+                parts = []
+                spent += time.perf_counter() - started
+                for at in range(0, len(arrays[0]), size):
+                    await asyncio.sleep(0)
+                    ran = time.perf_counter()
+                    parts.append(candidate.runtime.run([a[at : at + size] for a in arrays]))
+                    spent += time.perf_counter() - ran
+                ran = time.perf_counter()
+                output, _ = candidate.runtime.split(np.concatenate(parts) if len(parts) > 1 else parts[0])
+            else:
+                spent += time.perf_counter() - started
+                rows = await candidate.batcher.submit(arrays, self.settings.request_timeout_s)
+                ran = time.perf_counter()
+                spent += len(rows) * candidate.batcher.seconds_per_item
+                output, _, _ = candidate.split(rows)
             predictions = candidate.encoder.encode(output)
         except Exception as exc:
             seconds = time.perf_counter() - started
-            for _ in copies:
-                self.rollout.observe(name, candidate.version, False, seconds)
+            self.rollout.observe(name, candidate.version, False, seconds, len(copies))
             self.rollout.metrics.shadow_requests.labels(name, label, "error").inc(len(copies))
             log.debug("shadow run of %s v%d failed: %s", name, candidate.version, exc)
             return
         finally:
             candidate.release()
         seconds = time.perf_counter() - started
-        for _ in copies:
-            self.rollout.observe(name, candidate.version, True, seconds)
+        self.rollout.observe(name, candidate.version, True, seconds, len(copies))
         self.rollout.metrics.shadow_requests.labels(name, label, "ok").inc(len(copies))
         stable_predictions = [p for c in copies for p in c[2]]
-        compared, disagreed, abs_diff, rel_diff, values = compare(copies[0][0].manifest.task, stable_predictions,
-                                                                  predictions)  # fmt: skip
-        self.rollout.compared(name, candidate.version, compared, disagreed, abs_diff, rel_diff, values)
-        self.rollout.metrics.shadow_comparisons.labels(name, label).inc(compared)
-        self.rollout.metrics.shadow_disagreements.labels(name, label).inc(disagreed)
+        self._compare(name, candidate, stable_predictions, predictions)
+        self.budget.ran(len(copies), spent + time.perf_counter() - ran)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -185,7 +245,9 @@ class ShadowRunner:
                 loop = asyncio.get_running_loop()
                 arrays = await loop.run_in_executor(self.preprocess_pool, decoder.decode, media_type, content_type,
                                                     body)  # fmt: skip
+            decoded = time.perf_counter()  # in the pool, this counts the wait for a thread as cost too
             output, _, _ = candidate.split(await candidate.batcher.submit(arrays, self.settings.request_timeout_s))
+            ran = time.perf_counter()
             predictions = candidate.encoder.encode(output)
         except Exception as exc:
             self.rollout.observe(name, candidate.version, False, time.perf_counter() - started)
@@ -196,7 +258,14 @@ class ShadowRunner:
             candidate.release()
         self.rollout.observe(name, candidate.version, True, time.perf_counter() - started)
         self.rollout.metrics.shadow_requests.labels(name, label, "ok").inc()
-        compared, disagreed, abs_diff, rel_diff, values = compare(stable.manifest.task, stable_predictions,
+        self._compare(name, candidate, stable_predictions, predictions)
+        self.budget.ran(1, decoded - started + len(predictions) * candidate.batcher.seconds_per_item
+                        + time.perf_counter() - ran)  # fmt: skip
+
+    def _compare(self, name: str, candidate: ModelVersion, stable_predictions: list[dict[str, Any]],
+                 predictions: list[dict[str, Any]]) -> None:  # fmt: skip
+        label = str(candidate.version)
+        compared, disagreed, abs_diff, rel_diff, values = compare(candidate.manifest.task, stable_predictions,
                                                                   predictions)  # fmt: skip
         self.rollout.compared(name, candidate.version, compared, disagreed, abs_diff, rel_diff, values)
         self.rollout.metrics.shadow_comparisons.labels(name, label).inc(compared)

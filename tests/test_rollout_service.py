@@ -236,6 +236,29 @@ def test_shadow_is_shed_first_when_the_cap_is_reached(arms_repo: Callable[..., P
         assert metric_value(metrics, "serving_shadow_comparisons_total") == 0
 
 
+
+def test_shadow_with_no_time_budget_sheds_every_copy(arms_repo: Callable[..., Path], tmp_path: Path) -> None:
+    repo = arms_repo(1, 3)
+    shadow_file = write_policy(tmp_path / "shadow.yaml", canary(3, stage="shadow"))
+    with serve(repo, rollout=shadow_file, shadow_max_share=0.0) as client:
+        assert all(predict(client, f"u{i}").status_code == 200 for i in range(5))
+        metrics = client.get("/metrics").text
+        assert metric_value(metrics, "serving_shadow_shed_total", model="digits") == 5
+
+
+def test_the_shadow_budget_takes_copies_until_its_share_of_the_window_is_spent() -> None:
+    from service.shadow import ShadowBudget
+
+    budget = ShadowBudget(share=0.5, window_s=1.0)  # half a second of shadow work per second
+    budget.ran(copies=2, seconds=0.25)  # 125 ms a copy
+    assert sum(budget.take(now=0.5) for _ in range(50)) == 4  # the fifth copy finds the 500 ms spent
+    assert budget.take(now=1.6)  # a new window
+    budget.ran(copies=1, seconds=1.0)  # copies got dearer: the moving average follows (0.8 * 0.125 + 0.2 * 1)
+    assert budget.cost_per_copy == pytest.approx(0.3)
+    assert sum(budget.take(now=1.7) for _ in range(50)) == 2  # 0.125 spent: 0.425, 0.725, then no more
+    # the window overran (0.725 s): its excess is carried, so the next one has room for one copy, not two
+    assert sum(budget.take(now=2.7) for _ in range(50)) == 1
+
 # -- guardrails ---------------------------------------------------------------------------------
 
 
