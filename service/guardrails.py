@@ -21,12 +21,13 @@ from service.rollout import Guardrails
 _LATENCY_BASE_S = 0.0001  # histogram bucket 0 ends at 0.1 ms
 _LATENCY_GROWTH = 1.05
 _LATENCY_BUCKETS = 400  # up to ~ 0.1 ms * 1.05**400, beyond any deadline
+_LOG_GROWTH = math.log(_LATENCY_GROWTH)
 
 
 def _latency_bucket(seconds: float) -> int:
     if seconds <= _LATENCY_BASE_S:
         return 0
-    return min(_LATENCY_BUCKETS - 1, int(math.log(seconds / _LATENCY_BASE_S, _LATENCY_GROWTH)) + 1)
+    return min(_LATENCY_BUCKETS - 1, int(math.log(seconds / _LATENCY_BASE_S) / _LOG_GROWTH) + 1)
 
 
 def _bucket_upper_s(index: int) -> float:
