@@ -85,7 +85,9 @@ def test_expired_requests_answer_504_and_are_never_run(make_repo, live_server):
     if 504 in statuses:
         assert next(r for r in responses if r.status_code == 504).json()["error"]["code"] == "deadline_exceeded"
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert metric_value(metrics, "serving_batch_size_count", model="slow") < len(responses)
+    # refused requests never run; one that expired in the queue is dropped unrun, one whose deadline passed while its
+    # batch ran was run (on a fast machine that can be every 504), so the runs are at most the 200s and the 504s
+    assert metric_value(metrics, "serving_batch_size_count", model="slow") <= statuses.count(200) + statuses.count(504)
     assert metric_value(metrics, "serving_requests_total", model="slow", outcome="timeout") == statuses.count(504)
 
 
