@@ -216,6 +216,20 @@ def test_request_id_is_generated_when_absent_and_on_every_response(client):
         assert len(response.headers["X-Request-Id"]) == 32
 
 
+def test_generated_request_ids_are_unique_and_in_time_order():
+    import time
+
+    from service.request_id import new_request_id
+
+    ids = []
+    for _ in range(3):
+        ids += [new_request_id() for _ in range(2_000)]
+        time.sleep(0.002)
+    assert len(set(ids)) == len(ids) and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    stamps = [int(i[:12], 16) for i in ids]  # milliseconds first: the prediction log's index grows at its end
+    assert stamps == sorted(stamps) and abs(stamps[-1] / 1000 - time.time()) < 5
+
+
 def test_unsafe_client_request_id_is_replaced(client):
     response = client.get("/healthz", headers={"X-Request-Id": "bad id\twith spaces"})
 
