@@ -9,8 +9,9 @@ candidate's run time per item plus decoding, encoding and comparing), and a
 copy that finds the budget spent, too many shadow runs in flight, or stable's
 queue half full is skipped (counted in ``serving_shadow_shed_total``). At
 low traffic the budget is never reached and every copy in the shadow share
-runs; at saturation shadow takes its share and no more. The candidate decodes the body with its own
-preprocessing (versions may differ in image size or columns); the
+runs; at saturation shadow takes its share and no more. The candidate
+decodes the body with its own preprocessing (versions may differ in image
+size or columns); the
 comparison is label disagreement for classification and multi-label, mean
 absolute and relative difference for regression.
 

@@ -226,24 +226,17 @@ def test_shadow_leaves_the_response_byte_identical_to_stable_only(
         assert readings["stable"]["requests"] == 20 and readings["candidate"]["requests"] == 20
 
 
-def test_shadow_is_shed_first_when_the_cap_is_reached(arms_repo: Callable[..., Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("limit", [{"shadow_max_in_flight": 0}, {"shadow_max_share": 0.0}], ids=["cap", "time budget"])
+def test_shadow_is_shed_first_when_the_cap_or_the_time_budget_is_reached(
+    arms_repo: Callable[..., Path], tmp_path: Path, limit: dict[str, Any]
+) -> None:
     repo = arms_repo(1, 3)
     shadow_file = write_policy(tmp_path / "shadow.yaml", canary(3, stage="shadow"))
-    with serve(repo, rollout=shadow_file, shadow_max_in_flight=0) as client:
+    with serve(repo, rollout=shadow_file, **limit) as client:
         assert all(predict(client, f"u{i}").status_code == 200 for i in range(5))
         metrics = client.get("/metrics").text
         assert metric_value(metrics, "serving_shadow_shed_total", model="digits") == 5
         assert metric_value(metrics, "serving_shadow_comparisons_total") == 0
-
-
-
-def test_shadow_with_no_time_budget_sheds_every_copy(arms_repo: Callable[..., Path], tmp_path: Path) -> None:
-    repo = arms_repo(1, 3)
-    shadow_file = write_policy(tmp_path / "shadow.yaml", canary(3, stage="shadow"))
-    with serve(repo, rollout=shadow_file, shadow_max_share=0.0) as client:
-        assert all(predict(client, f"u{i}").status_code == 200 for i in range(5))
-        metrics = client.get("/metrics").text
-        assert metric_value(metrics, "serving_shadow_shed_total", model="digits") == 5
 
 
 def test_the_shadow_budget_takes_copies_until_its_share_of_the_window_is_spent() -> None:
