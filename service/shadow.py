@@ -11,9 +11,8 @@ queue half full is skipped (counted in ``serving_shadow_shed_total``). At
 low traffic the budget is never reached and every copy in the shadow share
 runs; at saturation shadow takes its share and no more. The candidate
 decodes the body with its own preprocessing (versions may differ in image
-size or columns); the
-comparison is label disagreement for classification and multi-label, mean
-absolute and relative difference for regression.
+size or columns); the comparison is label disagreement for classification
+and multi-label, mean absolute and relative difference for regression.
 
 When the candidate takes the same inputs as stable (the same image spec or
 tabular processors and ONNX inputs, as a retrained model usually does), the
