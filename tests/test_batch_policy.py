@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from service.batch_policy import INLINE_MAX_RUN_S, choose, timed_sizes
+from service.batch_policy import INLINE_MAX_RUN_S, choose, measure, timed_sizes
 
 
 def test_the_cap_is_the_smallest_batch_about_as_fast_per_item_as_the_best() -> None:
@@ -33,6 +33,31 @@ def test_explicit_settings_win() -> None:
 def test_the_timed_sizes_are_powers_of_two_and_the_largest() -> None:
     assert timed_sizes(list(range(1, 25))) == [1, 2, 4, 8, 16, 24]
     assert timed_sizes([1, 2, 4, 8]) == [1, 2, 4, 8]
+
+
+class NoisyRuntime:
+    """A runtime whose runs take 1 ms per item, except that every other run is slowed by noise."""
+
+    def __init__(self) -> None:
+        self.runs: dict[int, int] = {}
+
+    def example_inputs(self, size: int) -> list[Any]:
+        return [size]
+
+    def run(self, inputs: list[Any]) -> None:
+        import time
+
+        size = inputs[0]
+        self.runs[size] = self.runs.get(size, 0) + 1
+        time.sleep(size * 0.001 * (3 if self.runs[size] % 2 else 1))
+
+
+def test_each_size_is_timed_as_the_best_of_several_runs_within_a_budget() -> None:
+    runtime = NoisyRuntime()
+    timings = measure(runtime, [1, 8], min_repeats=3, budget_s=0.02, max_repeats=50)  # type: ignore[arg-type]
+    assert 0.008 <= timings[8] < 0.012 and 0.001 <= timings[1] < 0.002  # the noise-free runs
+    assert runtime.runs[8] == 3  # a slow size: the least number of runs
+    assert 3 < runtime.runs[1] <= 50  # a fast one: as many as fit in the budget
 
 
 def test_a_served_version_shows_its_plan_and_serves_with_it(make_repo: Callable[..., Path], make_client: Any) -> None:
