@@ -65,6 +65,26 @@ def test_rows_round_trip_with_one_placeholder_style(store: Store) -> None:
     assert store.query_one("SELECT value FROM kv WHERE key = ?", ("missing",)) is None
 
 
+@pytest.mark.parametrize("count", [1, 255, 256, 257, 1000])
+def test_a_batch_of_many_rows_lands_whole_in_order_and_conflicts_are_skipped(store: Store, count: int) -> None:
+    store.migrate(STEPS)
+    store.execute("INSERT INTO kv (key, value) VALUES (?, ?)", ("k0", "first"))
+    rows = [(f"k{i}", str(i)) for i in range(count)]
+    store.executemany("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", rows)
+    stored = {r["key"]: r["value"] for r in store.query("SELECT key, value FROM kv")}
+    assert stored == {"k0": "first", **{k: v for k, v in rows[1:]}}
+    store.executemany("INSERT INTO notes (model, body, at) VALUES (?, ?, ?)", [("m", str(i), float(i)) for i in range(count)])
+    assert [r["body"] for r in store.query("SELECT body FROM notes ORDER BY id")] == [str(i) for i in range(count)]
+
+
+def test_a_batch_with_a_bad_row_writes_nothing(store: Store) -> None:
+    store.migrate(STEPS)
+    rows = [("m", str(i), float(i)) for i in range(300)] + [(None, "no model", 0.0)]  # model is NOT NULL
+    with pytest.raises(StoreUnavailable):
+        store.executemany("INSERT INTO notes (model, body, at) VALUES (?, ?, ?)", rows)
+    assert store.query_one("SELECT COUNT(*) AS n FROM notes")["n"] == 0
+
+
 def test_concurrent_writers_lose_nothing(store: Store) -> None:
     store.migrate(STEPS)
 
