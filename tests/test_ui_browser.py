@@ -364,8 +364,10 @@ def test_the_monitoring_page_renders_drift_or_says_it_is_not_there(tab, server):
 def test_the_review_page_renders_and_says_when_the_queue_is_not_there(tab, server):
     page = tab.open("/ui/review")
 
-    page.wait_for_function("document.getElementById('review-status').textContent.length > 0 && "
-                           "!document.getElementById('review-status').textContent.startsWith('Loading')")  # fmt: skip
+    from playwright.sync_api import expect
+
+    # locator waits, not wait_for_function: polling a string predicate needs eval, which the page's CSP forbids
+    expect(page.locator("#review-status")).not_to_have_text(re.compile(r"^\s*$|^Loading"), timeout=30_000)
     if status_of(server, "/v1/predictions") in ABSENT:
         assert "The review queue is not available yet" in tab.text("#review-status")
     tab.shot("review-without-queue")
@@ -437,7 +439,9 @@ def test_with_a_canary_policy_the_rollout_page_shows_the_step_and_shares_and_rol
 
     assert answered.value.status == 200
     assert answered.value.request.headers["authorization"] == f"Bearer {ADMIN_TOKEN}"
-    page.wait_for_function("document.querySelector('[data-testid=rollout-state]').textContent.includes('rolled_back')")
+    from playwright.sync_api import expect  # a locator wait: polling a string predicate needs eval, which CSP forbids
+
+    expect(page.locator("[data-testid=rollout-state]")).to_contain_text("rolled_back", timeout=30_000)
     assert "rolled_back" in json.dumps(httpx.get(server.url + "/v1/rollouts").json())
     page.locator("[data-testid=history] tbody tr").first.wait_for()
     assert page.evaluate("sessionStorage.getItem('fastprod.token')") == ADMIN_TOKEN  # this tab's session only
