@@ -73,7 +73,8 @@ def test_a_batch_of_many_rows_lands_whole_in_order_and_conflicts_are_skipped(sto
     store.executemany("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", rows)
     stored = {r["key"]: r["value"] for r in store.query("SELECT key, value FROM kv")}
     assert stored == {"k0": "first", **{k: v for k, v in rows[1:]}}
-    store.executemany("INSERT INTO notes (model, body, at) VALUES (?, ?, ?)", [("m", str(i), float(i)) for i in range(count)])
+    notes = [("m", str(i), float(i)) for i in range(count)]
+    store.executemany("INSERT INTO notes (model, body, at) VALUES (?, ?, ?)", notes)
     assert [r["body"] for r in store.query("SELECT body FROM notes ORDER BY id")] == [str(i) for i in range(count)]
 
 
