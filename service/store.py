@@ -36,7 +36,8 @@ Row = dict[str, Any]
 _MIGRATION_LOCK_ID = 7_416_001  # pg_advisory_lock key: any constant shared by every replica
 # "... VALUES (?, ?, ...) ..." : an insert SQLite can take many rows of in one statement
 _VALUES = re.compile(r"\bVALUES\s*(\(\s*\?(?:\s*,\s*\?)*\s*\))", re.IGNORECASE)
-_MAX_ROWS_PER_INSERT = 256  # and at most SQLite's variable limit / columns
+_MAX_ROWS_PER_INSERT = 256  # and at most SQLite's limit on ? in one statement / columns
+_SQLITE_MAX_VARIABLES = 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 
 
 class StoreUnavailable(Exception):
@@ -257,8 +258,8 @@ class SQLiteStore(Store):
 
         Python's sqlite3 lets go of the GIL around every statement step, and ``executemany`` steps once per
         row: while the event loop is busy, each row then waits for the GIL to come back (a forced switch,
-        up to the switch interval). Under load that made the prediction log cost 36-41 us of CPU and
-        2.2 ms of wall time per row (a busy thread beside the writer); up to 256 rows per statement, 9 us and 91 us.
+        up to the switch interval). With a busy thread beside the writer that cost 36-41 us of CPU and
+        2.2 ms of wall time per row; with up to 256 rows per statement, 9 us and 91 us.
         """
         conn = self._connect()
         conn.execute("BEGIN")
@@ -277,8 +278,7 @@ class SQLiteStore(Store):
     def _insert_rows(conn: sqlite3.Connection, sql: str, values: re.Match[str], rows: list[Sequence[Any]]) -> None:
         """Chunks of a power-of-two number of rows, so the few statement texts stay in sqlite3's cache."""
         group = values.group(1)
-        width = group.count("?")
-        largest = max(1, min(_MAX_ROWS_PER_INSERT, _variable_limit() // max(width, 1)))
+        largest = max(1, min(_MAX_ROWS_PER_INSERT, _SQLITE_MAX_VARIABLES // group.count("?")))
         start = 0
         while start < len(rows):
             n = min(largest, 1 << ((len(rows) - start).bit_length() - 1))
@@ -308,11 +308,6 @@ class SQLiteStore(Store):
     def close(self) -> None:
         with self._lock:
             self._broken(RuntimeError("closed"))
-
-
-def _variable_limit() -> int:
-    """SQLite's limit on ``?`` in one statement: 32,766 since 3.32, 999 before."""
-    return 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 
 
 class PostgresStore(Store):
