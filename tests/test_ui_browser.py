@@ -149,6 +149,14 @@ def write(tmp_path: Path, name: str, data: bytes | str) -> Path:
     return path
 
 
+def expect(locator: Any) -> Any:
+    """Playwright's auto-retrying assertion. Wait on locators like this, not with ``wait_for_function``:
+    polling a string predicate needs eval, which the pages' Content-Security-Policy forbids."""
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
 def api_predict_file(server: LiveServer, name: str, filename: str, data: bytes, path: str | None = None) -> httpx.Response:
     """What a script gets for the same upload."""
     url = server.url + (path or f"/v1/models/{name}/predict")
@@ -364,9 +372,6 @@ def test_the_monitoring_page_renders_drift_or_says_it_is_not_there(tab, server):
 def test_the_review_page_renders_and_says_when_the_queue_is_not_there(tab, server):
     page = tab.open("/ui/review")
 
-    from playwright.sync_api import expect
-
-    # locator waits, not wait_for_function: polling a string predicate needs eval, which the page's CSP forbids
     expect(page.locator("#review-status")).not_to_have_text(re.compile(r"^\s*$|^Loading"), timeout=30_000)
     if status_of(server, "/v1/predictions") in ABSENT:
         assert "The review queue is not available yet" in tab.text("#review-status")
@@ -439,8 +444,6 @@ def test_with_a_canary_policy_the_rollout_page_shows_the_step_and_shares_and_rol
 
     assert answered.value.status == 200
     assert answered.value.request.headers["authorization"] == f"Bearer {ADMIN_TOKEN}"
-    from playwright.sync_api import expect  # a locator wait: polling a string predicate needs eval, which CSP forbids
-
     expect(page.locator("[data-testid=rollout-state]")).to_contain_text("rolled_back", timeout=30_000)
     assert "rolled_back" in json.dumps(httpx.get(server.url + "/v1/rollouts").json())
     page.locator("[data-testid=history] tbody tr").first.wait_for()
