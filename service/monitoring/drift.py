@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import repeat
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -87,18 +89,20 @@ class FeatureBins:
             index = np.searchsorted(self.edges, np.where(finite, numbers, 0.0), side="left")
             return np.where(finite, index, self.missing_bin).astype(np.int16)
         levels = category_levels(values if isinstance(values, (pd.Series, np.ndarray)) else list(values))
+        unknown = self.unseen_bin if self.vocabulary is not None else len(self.levels)
+        return np.fromiter(map(self._lookup.get, levels, repeat(unknown)), dtype=np.int16, count=len(levels))
+
+    @cached_property
+    def _lookup(self) -> dict[str | None, int]:
+        """Level -> bin for every level with a bin of its own or ``__other__``, and missing (``None``).
+
+        Applied with ``map`` (C, no Python loop per value); a level it lacks is unseen (or ``__other__``
+        where the vocabulary is unknown)."""
         other = len(self.levels)
-        out = np.empty(len(levels), dtype=np.int16)
-        for i, level in enumerate(levels):
-            if level is None:
-                out[i] = self.missing_bin
-            elif level in self.levels:
-                out[i] = self.levels[level]
-            elif self.vocabulary is not None and level not in self.vocabulary:
-                out[i] = self.unseen_bin
-            else:
-                out[i] = other
-        return out
+        lookup: dict[str | None, int] = dict.fromkeys(self.vocabulary or (), other)
+        lookup.update(self.levels)
+        lookup[None] = self.missing_bin
+        return lookup
 
 
 class DriftWindow:
