@@ -393,7 +393,9 @@ class Monitor:
                 if self.settings.prediction_log_images and len(data) <= self.settings.prediction_log_image_max_bytes:
                     item["b64"] = base64.b64encode(data).decode("ascii")
                 inputs.append(item)
-        outputs = [{k: v for k, v in p.items() if k != "ood"} for p in o.predictions]
+        outputs = [p.copy() for p in o.predictions]  # copy and pop: C calls, not a Python loop over keys
+        for p in outputs:
+            p.pop("ood", None)
         ood = [p.get("ood") for p in o.predictions]
         dumps = orjson.dumps
         return (

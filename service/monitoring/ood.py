@@ -32,6 +32,7 @@ from bundle.manifest import Manifest
 from bundle.tabular import category_levels
 from service.monitoring.drift import _numbers
 
+_VECTOR_FROM = 16  # items from which one numpy call beats a Python loop
 REASONS = ("unseen_category", "out_of_range", "unexpected_missing", "image_summary", "model_score")
 
 
@@ -139,9 +140,14 @@ class OODDetector:
         else:
             checks = max(self.checks, 1)
             scores = [count / checks for count in failed]
+        if n > _VECTOR_FROM:
+            rounded = np.round(np.asarray(scores, dtype=np.float64), 6).tolist()
+        else:
+            rounded = [round(float(score), 6) for score in scores]
         return [
-            {"score": round(float(score), 6), "flagged": bool(why), "reasons": sorted(why)}
-            for score, why in zip(scores, reasons)
+            {"score": score, "flagged": True, "reasons": sorted(why)} if why
+            else {"score": score, "flagged": False, "reasons": []}
+            for score, why in zip(rounded, reasons)
         ]
 
 
