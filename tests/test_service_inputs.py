@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -91,6 +92,19 @@ def test_json_rows_and_csv_decode_to_the_same_arrays(model_repo):
 
     for a, b in zip(from_json, from_csv):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("41.0", "expected a number"), (True, "expected a number"), (2e15, "2e+15 is out of range"), (-2e15, "-2e+15 is out of range")],
+)
+def test_a_bad_continuous_value_deep_in_a_long_request_is_named_by_its_row(model_repo, value, message):
+    decoder = TabularInputs(read_manifest(model_repo / "penguins" / "1"), 1000)
+    rows = [penguin() for _ in range(1000)]
+    rows[700]["bill_length_mm"] = value
+
+    with pytest.raises(InvalidInput, match=re.escape(f"rows[700].bill_length_mm: {message}")):
+        decoder.decode("application/json", "application/json", json.dumps({"rows": rows}).encode())
 
 
 def test_strict_json_refuses_nan_and_overflow():
