@@ -346,7 +346,7 @@ def _plain_numbers(raw: np.ndarray) -> np.ndarray | None:
     else (text, booleans, numpy scalars, an int beyond float range) is left to
     the general path.
     """
-    if not set(map(type, raw)) <= _NUMBER_TYPES:
+    if not set(map(type, raw)) <= JSON_NUMBER_TYPES:
         return None
     try:
         return raw.astype(np.float64)
@@ -354,7 +354,7 @@ def _plain_numbers(raw: np.ndarray) -> np.ndarray | None:
         return None
 
 
-_NUMBER_TYPES = frozenset((int, float, type(None)))
+JSON_NUMBER_TYPES = frozenset((int, float, type(None)))  # JSON numbers and null, parsed; bool is no number here
 
 
 def category_levels(values: pd.Series | np.ndarray | Sequence[Any], numeric: bool = False) -> np.ndarray:

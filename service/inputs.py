@@ -38,7 +38,13 @@ from bundle.images import (
     to_chw,
 )
 from bundle.manifest import Manifest
-from bundle.tabular import TabularInputError, TabularProcessor, rows_to_columns, unknown_columns_message
+from bundle.tabular import (
+    JSON_NUMBER_TYPES,
+    TabularInputError,
+    TabularProcessor,
+    rows_to_columns,
+    unknown_columns_message,
+)
 from service.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.multipart import parse_multipart
 
@@ -51,7 +57,6 @@ DEFAULT_MAX_REQUEST_PIXELS = 50_000_000
 DEFAULT_MAX_COLUMNS = 512
 DEFAULT_MAX_CELLS = 32_768
 _FAST_BUDGET_FROM = 16  # rows from which the column-wise budget check beats the row loop
-_JSON_NUMBER_TYPES = frozenset((int, float, type(None)))  # bool is not among them: True is no number here
 MAX_CONTINUOUS = 1e15  # |value| of a continuous column in JSON; far beyond any feature, far from float32 overflow
 MAX_INT_DIGITS = 310  # a longer integer is beyond any float, and past 4,300 digits Python refuses to convert it
 
@@ -457,7 +462,7 @@ class TabularInputs:
             return False
         for name in self.processor.raw_cont_names:
             values = [row.get(name) for row in rows]
-            if not set(map(type, values)) <= _JSON_NUMBER_TYPES:
+            if not set(map(type, values)) <= JSON_NUMBER_TYPES:
                 return False  # text, booleans, lists...: the loop says which
             numbers = [value for value in values if value is not None]
             if numbers and not -MAX_CONTINUOUS <= min(numbers) <= max(numbers) <= MAX_CONTINUOUS:
