@@ -96,7 +96,12 @@ def test_json_rows_and_csv_decode_to_the_same_arrays(model_repo):
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("41.0", "expected a number"), (True, "expected a number"), (2e15, "2e+15 is out of range"), (-2e15, "-2e+15 is out of range")],
+    [
+        ("41.0", "expected a number"),
+        (True, "expected a number"),
+        (2e15, "2e+15 is out of range"),
+        (-2e15, "-2e+15 is out of range"),
+    ],
 )
 def test_a_bad_continuous_value_deep_in_a_long_request_is_named_by_its_row(model_repo, value, message):
     decoder = TabularInputs(read_manifest(model_repo / "penguins" / "1"), 1000)
