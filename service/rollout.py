@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -208,8 +210,14 @@ def describe_validation(exc: ValidationError, where: str = "") -> str:
 
 def bucket(model: str, candidate: int, key: str, salt: str = "") -> int:
     """The key's bucket in [0, 10000): sha256, so every process and replica agrees (Python's hash does not)."""
-    digest = hashlib.sha256(f"{salt}{model}\x00{candidate}\x00{key}".encode()).digest()
+    digest = hashlib.sha256(_bucket_prefix(salt, model, candidate) + key.encode()).digest()
     return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+@lru_cache(maxsize=1024)
+def _bucket_prefix(salt: str, model: str, candidate: int) -> bytes:
+    """What every key of one (model, candidate) is hashed after; encoded once, not per request."""
+    return f"{salt}{model}\x00{candidate}\x00".encode()
 
 
 def in_share(bucket_number: int, percent: float) -> bool:
@@ -227,25 +235,52 @@ class StepState:
     phase: str  # "not_started", "step", "last_step", "ended", "no_plan"
 
 
+def step_begins(policy: ModelPolicy) -> tuple[float, ...]:
+    """When each step begins, epoch seconds (``start + sum(holds before i)``); empty with no plan."""
+    if not policy.steps or policy.start is None:
+        return ()
+    return _step_begins(policy.start, tuple(step.hold for step in policy.steps[:-1]))
+
+
+@lru_cache(maxsize=256)
+def _step_begins(start: datetime, holds: tuple[float, ...]) -> tuple[float, ...]:
+    """Computed once per plan, not per request (routing reads it on every prediction). Keyed by what it
+    depends on, not by the policy object, so a copy with another start never sees a stale answer."""
+    begins = [start.timestamp()]
+    for hold in holds:
+        begins.append(begins[-1] + hold)
+    return tuple(begins)
+
+
+def _end_epoch(policy: ModelPolicy) -> float | None:
+    return policy.end.timestamp() if policy.end is not None else None
+
+
 def step_at(policy: ModelPolicy, now: float) -> StepState:
     """Step i starts at ``start + sum(holds before i)``; after the last step the last shares stay."""
-    if not policy.steps or policy.start is None:
+    begins = step_begins(policy)
+    if not begins:
         return StepState(None, None, None, "no_plan")
-    start = policy.start.timestamp()
-    end = policy.end.timestamp() if policy.end is not None else None
+    i = _step_index(policy, now)
+    if i is None:
+        before = now < begins[0]
+        return StepState(None, None, begins[0] if before else None, "not_started" if before else "ended")
+    end = _end_epoch(policy)
+    if i == len(begins) - 1:
+        return StepState(i, begins[i], end, "last_step")
+    ends = begins[i + 1]
+    return StepState(i, begins[i], end if end is not None and end < ends else ends, "step")
+
+
+def _step_index(policy: ModelPolicy, now: float) -> int | None:
+    """The step in force at ``now`` (``step_at``'s index, without building its state): routing's hot path."""
+    begins = step_begins(policy)
+    if not begins or now < begins[0]:
+        return None
+    end = _end_epoch(policy)
     if end is not None and now >= end:
-        return StepState(None, None, None, "ended")
-    if now < start:
-        return StepState(None, None, start, "not_started")
-    begins = start
-    for i, step in enumerate(policy.steps):
-        ends = begins + step.hold if step.hold is not None else None
-        last = i == len(policy.steps) - 1
-        if last or (ends is not None and now < ends):
-            upcoming = end if last or (end is not None and ends is not None and end < ends) else ends
-            return StepState(i, begins, upcoming, "last_step" if last else "step")
-        begins = ends  # type: ignore[assignment]
-    raise AssertionError("unreachable")  # pragma: no cover
+        return None
+    return bisect_right(begins, now) - 1
 
 
 def region_share(step: Step, region: str | None) -> float:
@@ -263,10 +298,10 @@ def candidate_share(policy: ModelPolicy, region: str | None, now: float) -> floa
         return 100.0
     if policy.stage != "canary":
         return 0.0
-    state = step_at(policy, now)
-    if state.index is None:
+    index = _step_index(policy, now)
+    if index is None:
         return 0.0
-    return region_share(policy.steps[state.index], region)
+    return region_share(policy.steps[index], region)
 
 
 def choose_version(model: str, policy: ModelPolicy, key: str | None, region: str | None, now: float) -> int:

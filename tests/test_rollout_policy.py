@@ -169,6 +169,23 @@ def test_after_the_end_the_candidate_gets_nothing() -> None:
     assert candidate_share(p, "eu", START + 2 * DAY) == 0 and step_at(p, START + 2 * DAY).phase == "ended"
 
 
+def test_an_end_inside_a_step_cuts_it_short() -> None:
+    campsites = parse_policy_text(CAMPSITES).models["digits"]
+    p = campsites.model_copy(update={"end": datetime(2026, 12, 4, 8, tzinfo=timezone.utc)})
+    assert step_at(p, START + DAY).index == 1 and step_at(p, START + DAY).next_at == START + 3 * DAY
+    assert step_at(p, START + 3 * DAY).phase == "ended"
+
+
+def test_a_copy_with_another_start_walks_its_own_clock() -> None:
+    """The step times are computed once per plan; a copy with a new start must not reuse the old ones."""
+    p = parse_policy_text(CAMPSITES).models["digits"]
+    assert step_at(p, START + DAY).index == 1
+    later = p.model_copy(update={"start": datetime(2026, 12, 2, 8, tzinfo=timezone.utc)})
+    assert step_at(later, START + DAY).index == 0 and step_at(later, START + DAY).next_at == START + 2 * DAY
+    assert candidate_share(later, "campsite-2", START + DAY) == 0
+    assert candidate_share(p, "campsite-2", START + DAY) == 100
+
+
 def test_stages_other_than_canary_route_by_stage() -> None:
     now = START + 1
     assert choose_version("digits", policy(stage="off"), "k", "eu", now) == 1
