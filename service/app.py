@@ -61,6 +61,9 @@ class ServingAPI:
         self.rollout = rollout_manager(settings, self.metrics, clock)
         self.shadow = ShadowRunner(settings, self.registry, self.rollout) if self.rollout else None
         self.registry.rollout = self.predict.rollout = self.rollout
+        if self.rollout is not None and self.monitor is not None:
+            for reading, source in self.monitor.guardrail_readings().items():
+                self.rollout.add_reading_source(reading, source)
         self.predict.shadow = self.shadow
         self.rollout_api = RolloutAPI(settings, self.rollout)
 

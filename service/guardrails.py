@@ -162,10 +162,14 @@ class ArmObservations:
         readings = {"window_s": window, "min_requests": limits.min_requests,
                     "stable": self.stable.summary(now, window), "candidate": self.candidate.summary(now, window)}  # fmt: skip
         s, c = readings["stable"], readings["candidate"]
+        judged: dict[str, dict[str, float | None]] = {"stable": {}, "candidate": {}}
         for name, source in self.sources.items():
             for arm, version in (("stable", stable), ("candidate", candidate)):
                 got = source(self.model, version, window, now)
                 readings[arm][name] = got.value if got is not None else None
+                readings[arm][f"{name}_count"] = got.count if got is not None else 0
+                # like the arms' own readings, one over too few items or answers is not judged
+                judged[arm][name] = got.value if got is not None and got.count >= limits.min_requests else None
         if s["requests"] < limits.min_requests or c["requests"] < limits.min_requests:
             return Verdict(
                 "waiting_for_data", None,
@@ -179,7 +183,7 @@ class ArmObservations:
             ("p99_latency", limits.max_p99_ms, c["p99_ms"], s["p99_ms"], True),
             ("disagreement", limits.max_disagreement, c["disagreement"], None, False),
             ("difference", limits.max_mean_abs_difference, c["mean_abs_difference"], None, False),
-            ("drift", limits.max_drift, c.get("drift"), s.get("drift"), False),
+            ("drift", limits.max_drift, judged["candidate"].get("drift"), judged["stable"].get("drift"), False),
         ]
         for reason, limit, value, baseline, relative in checks:
             if limit is None or value is None:
@@ -188,7 +192,7 @@ class ArmObservations:
             if value > limit and not (relative and baseline is not None and value <= baseline):
                 return Verdict("breach", reason, f"{reason} {value:.4g} is over the limit {limit:g}"
                                + (f" (stable {baseline:.4g})" if baseline is not None else ""), readings)  # fmt: skip
-        accuracy = c.get("live_accuracy")
+        accuracy = judged["candidate"].get("live_accuracy")
         if limits.min_live_accuracy is not None and accuracy is not None and accuracy < limits.min_live_accuracy:
             return Verdict("breach", "live_accuracy",
                            f"live_accuracy {accuracy:.4g} is under the limit {limits.min_live_accuracy:g}", readings)  # fmt: skip

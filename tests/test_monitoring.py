@@ -632,3 +632,45 @@ def test_the_classifier_report_tells_shifted_traffic_from_the_reference_but_not_
     assert abs(same["roc_auc"] - 0.5) < 0.1
     assert shifted["roc_auc"] > 0.8
     assert next(iter(shifted["importances"])) == "x1"
+
+
+# -- the rollout guardrails read the monitor -------------------------------------------------------
+
+
+def test_a_candidate_whose_traffic_drifts_is_rolled_back_by_the_rollout_guardrail(
+    monitoring_repo: Path, tmp_path: Path
+) -> None:
+    """Inverted digits (black on white) are far from the reference sample: once the candidate's drift window
+    is full, its score passes ``max_drift`` and the canary is rolled back. In-domain digits stay under it."""
+    policy = tmp_path / "rollout.yaml"
+    policy.write_text("""
+models:
+  digits:
+    stable: 1
+    candidate: 2
+    stage: canary
+    steps: [{regions: {"*": 50}}]
+    start: 2020-01-01T00:00:00Z
+    guardrails: {min_requests: 20, max_drift: 0.25}
+""")
+    images, _ = digit_images(*HELD_OUT)
+
+    def rollout() -> dict[str, Any]:
+        return client.get("/v1/rollouts").json()["models"]["digits"]
+
+    with serve(monitoring_repo, rollout=policy, rollout_tick_s=0.05, drift_window=200) as client:
+        for i, image in enumerate(images[:40]):
+            post_bytes(client, "/v1/models/digits/predict", png(image), x_request_key=f"user-{i}")
+        waiting = wait_until(lambda: (s := rollout())["guardrails"]["readings"]["candidate"].get("drift_count") and s)
+        assert waiting["guardrails"]["readings"]["candidate"]["drift"] is None  # a part-filled window is not judged
+        for i, image in enumerate(images[40:500]):
+            post_bytes(client, "/v1/models/digits/predict", png(image), x_request_key=f"more-{i}")
+        state = wait_until(lambda: (s := rollout())["guardrails"]["readings"]["candidate"]["drift"] is not None and s)
+        assert state["stage"] == "canary" and state["guardrails"]["readings"]["candidate"]["drift"] < 0.25
+        for i, image in enumerate(images[:300]):
+            post_bytes(client, "/v1/models/digits/predict", png(255 - image), x_request_key=f"inverted-{i}")
+        state = wait_until(lambda: (s := rollout())["stage"] == "rolled_back" and s, what="the rollback")
+        assert state["last_decisions"][0]["reason"].startswith("drift")
+        candidate = client.get("/v1/rollouts/digits/history").json()["history"][0]["readings"]["candidate"]
+        assert candidate["drift"] > 0.25 and candidate["drift_count"] == 200
+        assert metric_value(client.get("/metrics").text, "serving_rollbacks_total", model="digits", reason="drift") == 1
