@@ -111,6 +111,7 @@ class VersionState:
         self.flagged = 0
         self.reasons = dict.fromkeys(REASONS, 0)
         self.gauges_at = 0.0
+        self.drift_at_refresh: tuple[float, int] | None = None  # (largest PSI, items) at the last gauge refresh
 
     def window(self, region: str) -> DriftWindow:
         found = self.windows.get(region)
@@ -373,8 +374,10 @@ class Monitor:
             return
         state.gauges_at = now
         with state.lock:
-            table = state.window(ALL_REGIONS).table(self.settings.drift_warn, self.settings.drift_threshold)
+            window = state.window(ALL_REGIONS)
+            table = window.table(self.settings.drift_warn, self.settings.drift_threshold)
             estimates = {r: state.window(r).estimated_accuracy() for r in regions}
+            state.drift_at_refresh = (max((row["psi"] for row in table), default=0.0), window.size)
         labels = (state.name, str(state.version))
         for row in table:
             self.metrics.drift_score.labels(*labels, row["feature"]).set(row["psi"])
@@ -512,19 +515,17 @@ class Monitor:
         Each reading is over the monitor's own window, not the guardrail's time window: the version's last
         ``drift_window`` items (all regions) and its last ``feedback_window`` answers, with their counts. The
         drift score is given only once that window is full: over a few dozen items PSI is mostly sampling
-        noise (held-out digits score 0.66 over 30 items against a reference of the same digits)."""
+        noise (held-out digits score 0.66 over 30 items against a reference of the same digits). It is the
+        score of the last gauge refresh (at most ``_GAUGE_INTERVAL_S`` older than the version's latest
+        traffic), computed in the monitor's thread, so the guardrails never bin a window on the event loop."""
         return {"drift": self._drift_reading, "live_accuracy": self._accuracy_reading}
 
     def _drift_reading(self, model: str, version: int, window_s: float, now: float) -> Reading | None:
         state = self._states.get((model, version))
-        if state is None:
+        if state is None or state.drift_at_refresh is None:
             return None
-        with state.lock:
-            window = state.window(ALL_REGIONS)
-            size, full = window.size, window.size >= window.capacity
-        if not size:
-            return None
-        return Reading(self.drift_score(model, version) if full and state.features else None, size)
+        score, size = state.drift_at_refresh
+        return Reading(score if size >= state.capacity and state.features else None, size)
 
     def _accuracy_reading(self, model: str, version: int, window_s: float, now: float) -> Reading | None:
         count = self.feedback_count(model, version)
