@@ -377,7 +377,7 @@ class Monitor:
             window = state.window(ALL_REGIONS)
             table = window.table(self.settings.drift_warn, self.settings.drift_threshold)
             estimates = {r: state.window(r).estimated_accuracy() for r in regions}
-            state.drift_at_refresh = (max((row["psi"] for row in table), default=0.0), window.size)
+            state.drift_at_refresh = (_largest_psi(table), window.size)
         labels = (state.name, str(state.version))
         for row in table:
             self.metrics.drift_score.labels(*labels, row["feature"]).set(row["psi"])
@@ -507,7 +507,7 @@ class Monitor:
             if window.size == 0:
                 return None
             table = window.table(self.settings.drift_warn, self.settings.drift_threshold)
-        return max((row["psi"] for row in table), default=0.0)
+        return _largest_psi(table)
 
     def guardrail_readings(self) -> dict[str, ReadingSource]:
         """What the rollout guardrails judge beside their own windows (``max_drift``, ``min_live_accuracy``).
@@ -544,7 +544,7 @@ class Monitor:
         for row, feature in zip(table, state.features):
             row["reference_size"] = feature.reference_count
         inputs = [row for row in table if not row["feature"].startswith("prediction.")]
-        worst = max((row["psi"] for row in table), default=0.0)
+        worst = _largest_psi(table)
         name, number = state.name, state.version
         return {
             "version": number,
@@ -577,6 +577,11 @@ class Monitor:
 
 def _usable(reference: Any) -> bool:
     return isinstance(reference, Mapping) and reference.get("kind") in ("continuous", "categorical")
+
+
+def _largest_psi(table: list[dict[str, Any]]) -> float:
+    """A version's drift score: the largest PSI over the features of a drift table (0 with none)."""
+    return max((row["psi"] for row in table), default=0.0)
 
 
 def _read_reference(version: Any) -> dict[str, Any]:
