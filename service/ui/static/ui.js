@@ -536,7 +536,8 @@
       const noLimit = limit === undefined || limit === null;
       const known = (arm) => arm[metric] !== undefined && arm[metric] !== null;
       if (noLimit && !known(stable) && !known(candidate)) continue; // neither limited nor measured: nothing to show
-      const count = (arm) => (metric === "disagreement" ? arm.compared : arm.requests);
+      // the monitor's readings carry their own counts (items in the drift window, feedback answers)
+      const count = (arm) => (metric === "disagreement" ? arm.compared : arm[`${metric}_count`] ?? arm.requests);
       rows.push({metric, kind, limit, stable: {value: stable[metric], count: metric === "requests" ? undefined : count(stable)},
         candidate: {value: candidate[metric], count: metric === "requests" ? undefined : count(candidate)}});
     }
