@@ -320,7 +320,9 @@ def test_the_live_accuracy_guardrail_waits_for_enough_feedback_then_rolls_back(
     arms_repo: Callable[..., Path], tmp_path: Path
 ) -> None:
     repo = arms_repo(1, 2)
-    policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"*": 50}', "{min_requests: 10, min_live_accuracy: 0.5}"))
+    policy_file = write_policy(
+        tmp_path / "rollout.yaml", canary(2, '{"*": 50}', "{min_requests: 10, min_live_accuracy: 0.5}")
+    )
     log = tmp_path / "predictions.sqlite"
     with serve(repo, rollout=policy_file, prediction_log=True, prediction_log_path=log) as client:
         answers = [predict(client, f"user-{i}", seed=i) for i in range(60)]
