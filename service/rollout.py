@@ -258,26 +258,23 @@ def _end_epoch(policy: ModelPolicy) -> float | None:
 
 def step_at(policy: ModelPolicy, now: float) -> StepState:
     """Step i starts at ``start + sum(holds before i)``; after the last step the last shares stay."""
-    begins = step_begins(policy)
+    begins, end = step_begins(policy), _end_epoch(policy)
     if not begins:
         return StepState(None, None, None, "no_plan")
-    i = _step_index(policy, now)
+    i = _step_index(begins, end, now)
     if i is None:
         before = now < begins[0]
         return StepState(None, None, begins[0] if before else None, "not_started" if before else "ended")
-    end = _end_epoch(policy)
     if i == len(begins) - 1:
         return StepState(i, begins[i], end, "last_step")
     ends = begins[i + 1]
     return StepState(i, begins[i], end if end is not None and end < ends else ends, "step")
 
 
-def _step_index(policy: ModelPolicy, now: float) -> int | None:
+def _step_index(begins: tuple[float, ...], end: float | None, now: float) -> int | None:
     """The step in force at ``now`` (``step_at``'s index, without building its state): routing's hot path."""
-    begins = step_begins(policy)
     if not begins or now < begins[0]:
         return None
-    end = _end_epoch(policy)
     if end is not None and now >= end:
         return None
     return bisect_right(begins, now) - 1
@@ -298,7 +295,7 @@ def candidate_share(policy: ModelPolicy, region: str | None, now: float) -> floa
         return 100.0
     if policy.stage != "canary":
         return 0.0
-    index = _step_index(policy, now)
+    index = _step_index(step_begins(policy), _end_epoch(policy), now)
     if index is None:
         return 0.0
     return region_share(policy.steps[index], region)
