@@ -23,6 +23,17 @@ def test_a_model_whose_time_per_item_keeps_falling_keeps_the_full_cap() -> None:
     assert plan.inline is True  # its largest batch runs in well under a millisecond
 
 
+def test_a_model_run_on_the_event_loop_takes_the_largest_batch_that_runs_in_under_the_inline_limit() -> None:
+    # the digits CNN: flat per item from 4 on (the efficient cap would be 4), every size far under 1 ms
+    timings = {1: 0.000033, 2: 0.000049, 4: 0.00008, 8: 0.000153, 16: 0.000294, 32: 0.000618}
+    assert choose(timings, 32, cap_fixed=False, inline=None).max_batch_size == 32
+    assert choose(timings, 32, cap_fixed=False, inline=False).max_batch_size == 4  # in the thread: the rule above
+    slower = {**timings, 16: 0.0009, 32: 0.0019}  # 32 items would hold the loop for 1.9 ms
+    plan = choose(slower, 32, cap_fixed=False, inline=None)
+    assert plan.inline and plan.max_batch_size == 16
+    assert choose(timings, 8, cap_fixed=True, inline=None).max_batch_size == 8  # a cap set by hand stays
+
+
 def test_explicit_settings_win() -> None:
     timings = {1: 0.0083, 8: 0.049, 32: 0.1919}
     assert choose(timings, 32, cap_fixed=True, inline=None).max_batch_size == 32
