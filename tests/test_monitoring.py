@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bundle.manifest import ManifestError, read_manifest
 from tests.bundle_factory import digit_images, shapes_rows
@@ -203,6 +205,28 @@ def test_tabular_rows_outside_training_are_flagged_with_their_reasons(shapes_cli
     assert [f["reasons"] for f in flags[1:]] == [["unseen_category"], ["out_of_range"], ["unexpected_missing"]]
     assert [f["flagged"] for f in flags[1:]] == [True, True, True]
     assert "unseen_category" not in flags[0]["reasons"] and "out_of_range" not in flags[0]["reasons"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_few_rows_are_flagged_in_plain_python_exactly_as_numpy_flags_them(monitoring_library: Path, data: Any) -> None:
+    from bundle.manifest import read_reference
+    from bundle.tabular import rows_to_columns
+    from service.monitoring.ood import OODDetector
+
+    folder = monitoring_library / "shapes" / "1"
+    manifest = read_manifest(folder)
+    detector = OODDetector(manifest, read_reference(folder, manifest)["features"], image_slack=0.25)
+    levels = st.sampled_from(["red", "blue", "green", "circle", "square", "mauve", ""]) | st.integers(-3, 3)
+    numbers = st.floats(allow_infinity=False, width=32) | st.integers(-10**6, 10**6)
+    cell = {"color": levels, "shape": levels, "x1": numbers, "x2": numbers, "x3": numbers}
+    row = st.fixed_dictionaries({}, optional={name: st.none() | values for name, values in cell.items()})
+    rows = data.draw(st.lists(row, min_size=1, max_size=8))
+    columns = rows_to_columns(rows, list(manifest.tabular.raw_columns))
+    plain = detector.plain_flags(columns, len(rows))
+    if all(type(r.get(name)) in (str, type(None)) for r in rows for name in ("color", "shape")):
+        assert plain is not None  # text levels and numbers: what JSON rows nearly always are
+    assert plain is None or plain == detector.array_flags(columns, len(rows))
 
 
 def test_the_drift_endpoint_checks_its_parameters(shapes_client: Any) -> None:

@@ -33,6 +33,8 @@ from bundle.tabular import category_levels
 from service.monitoring.drift import _numbers
 
 _VECTOR_FROM = 16  # items from which one numpy call beats a Python loop
+_PLAIN_ROWS = 8  # a table of at most this many rows is checked in plain Python (see OODDetector.plain_flags)
+_PLAIN_TYPES = frozenset((str, int, float, type(None)))  # what JSON rows hold (bool aside): the plain path's types
 REASONS = ("unseen_category", "out_of_range", "unexpected_missing", "image_summary", "model_score")
 
 
@@ -71,6 +73,7 @@ class OODDetector:
                     self.ranges[name] = (float(ref["min"]), float(ref["max"]))
                 if ref.get("missing", 0.0) == 0.0 and ref.get("count"):
                     self.never_missing.append(name)
+        self.checked_columns = sorted({*self.vocab, *self.ranges, *self.never_missing})
         bounds = np.array(list(self.ranges.values()), dtype=np.float64).reshape(-1, 2)
         self.range_low, self.range_high = bounds[:, :1], bounds[:, 1:]  # [columns, 1], against [columns, rows]
         self.checks = self.image_checks if self.input_kind == "image" else len(features)
@@ -82,13 +85,20 @@ class OODDetector:
         low, high = self.image_low, self.image_high
         return [sum(v < lo or v > hi for v, lo, hi in zip(row, low, high)) for row in summaries]
 
-    def tabular_flags(self, columns: Mapping[str, np.ndarray]) -> tuple[list[set[str]], np.ndarray]:
+    def tabular_flags(self, columns: Mapping[str, np.ndarray]) -> tuple[list[set[str]], list[float]]:
         """The reasons of each row, and how many of its checks failed, from the raw column arrays.
 
         Each check gives a boolean row per column; they are stacked so that the
-        counting is a few operations per request whatever the number of columns.
+        counting is a few operations per request whatever the number of columns
+        (:meth:`array_flags`). A few rows of JSON's own types take :meth:`plain_flags` instead.
         """
         n = len(next(iter(columns.values()))) if columns else 0
+        if n <= _PLAIN_ROWS and (plain := self.plain_flags(columns, n)) is not None:
+            return plain
+        return self.array_flags(columns, n)
+
+    def array_flags(self, columns: Mapping[str, np.ndarray], n: int) -> tuple[list[set[str]], list[float]]:
+        """:meth:`tabular_flags` in numpy, for any rows and types."""
         unseen = [
             _unseen(category_levels(_column(columns, name, n)), vocab) for name, vocab in self.vocab.items()
         ]
@@ -106,6 +116,61 @@ class OODDetector:
         for reason, matrix in failures.items():
             for i in np.flatnonzero(matrix.any(axis=0)):
                 reasons[i].add(reason)
+        return reasons, failed.tolist()
+
+    def plain_flags(self, columns: Mapping[str, np.ndarray], n: int) -> tuple[list[set[str]], list[float]] | None:
+        """:meth:`tabular_flags` of a few rows in plain Python; None (take the numpy path) unless every checked
+        column is an object array of strings, ints, floats and None, with one type per categorical column.
+
+        The numpy path costs a few dozen calls whatever the rows, several microseconds each on a busy event
+        loop: most of a one-row request's monitoring. The values here are judged as that path judges them:
+        a level is the string itself or an int's ``str`` (``category_levels``), a number outside the
+        training range when finite, missing when None or NaN, and an absent column missing everywhere."""
+        values: dict[str, list[Any]] = {}
+        for name in self.checked_columns:
+            column = columns.get(name)
+            if column is None:
+                values[name] = [None] * n
+                continue
+            if not isinstance(column, np.ndarray) or column.dtype.kind != "O":
+                return None
+            items = column.tolist()
+            types = set(map(type, items))
+            if not types <= _PLAIN_TYPES:
+                return None
+            if name in self.vocab and (float in types or len(types - {type(None)}) > 1):
+                return None  # float levels print specially, mixed columns take the general path: numpy's
+            if name in self.ranges and str in types:
+                return None  # text in a numeric column: pandas decides what it reads as
+            values[name] = items
+        try:
+            return self._plain_rows(values, n)
+        except OverflowError:  # an int too large for a float: numpy's path says what it makes of it
+            return None
+
+    def _plain_rows(self, values: Mapping[str, list[Any]], n: int) -> tuple[list[set[str]], list[float]]:
+        reasons: list[set[str]] = []
+        failed: list[float] = []
+        for i in range(n):
+            why: set[str] = set()
+            count = 0
+            for name, vocab in self.vocab.items():
+                value = values[name][i]
+                if value is not None and (value if type(value) is str else str(value)) not in vocab:
+                    count += 1
+                    why.add("unseen_category")
+            for name, (low, high) in self.ranges.items():
+                value = values[name][i]
+                if value is not None and math.isfinite(value) and not low <= value <= high:
+                    count += 1
+                    why.add("out_of_range")
+            for name in self.never_missing:
+                value = values[name][i]
+                if value is None or value != value:  # None, or a NaN float
+                    count += 1
+                    why.add("unexpected_missing")
+            reasons.append(why)
+            failed.append(float(count))
         return reasons, failed
 
     def flags(
@@ -128,8 +193,7 @@ class OODDetector:
                 if count:
                     why.add("image_summary")
         elif columns is not None:
-            reasons, found = self.tabular_flags(columns)
-            failed = found.tolist()
+            reasons, failed = self.tabular_flags(columns)
         if self.threshold is not None:
             if scores is None:
                 scores = mon.ood_score(self.score, output, logits).tolist()
