@@ -402,7 +402,7 @@ def _plain_levels(raw: np.ndarray, numeric: bool) -> np.ndarray | None:
         levels[~present] = None
         levels[present] = _number_levels(floats[~np.isnan(floats)])
         return levels
-    levels[present] = raw[present].astype(str)  # ints print as integers, booleans as True/False
+    levels[present] = list(map(str, raw[present]))  # ints print as integers, booleans as True/False
     return levels
 
 
