@@ -54,6 +54,7 @@ class ServingAPI:
         self.monitor = Monitor(settings, self.metrics) if settings.monitoring else None
         if self.monitor is not None:
             self.registry.batch_columns = BatchColumns.for_version
+            self.registry.extend_graph = BatchColumns.graph
         self.monitoring = MonitoringRoutes(settings, self.registry, self.monitor)
         self.predict = PredictEndpoint(settings, self.registry, self.metrics, self.monitor)
         self.oip = OpenInferenceAPI(settings, self.registry, self.predict)

@@ -29,6 +29,7 @@ from bundle.manifest import (
     ONNX_FILE,
     Manifest,
     ManifestError,
+    TensorSpec,
     read_manifest,
     verify_files,
 )
@@ -134,8 +135,16 @@ def warmup_sizes(settings: ServiceSettings) -> list[int]:
     return list(range(1, settings.max_batch_size + 1))
 
 
-def load_bundle(path: Path, key: VersionKey, settings: ServiceSettings, intra_op_threads: int) -> LoadedBundle:
-    """Read, verify, open and warm up one bundle (blocking; run it in a thread)."""
+ExtendGraph = Callable[[Manifest, Path], "tuple[bytes, TensorSpec] | None"]  # see load_bundle
+
+
+def load_bundle(
+    path: Path, key: VersionKey, settings: ServiceSettings, intra_op_threads: int, extend: ExtendGraph | None = None
+) -> LoadedBundle:
+    """Read, verify, open and warm up one bundle (blocking; run it in a thread).
+
+    ``extend(manifest, onnx_path)``: the graph to open instead, with one more output, and that output's spec;
+    or None (the graph as it is)."""
     started = time.perf_counter()
     name, version = key
     try:
@@ -166,17 +175,21 @@ def load_bundle(path: Path, key: VersionKey, settings: ServiceSettings, intra_op
         encoder = PredictionEncoder(manifest)
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleRefused("manifest", f"{path}: {exc}") from exc
+    extended = extend(manifest, path / manifest.onnx.file) if extend is not None else None
+    graph, outputs = (extended[0], [*manifest.onnx.outputs, extended[1]]) if extended else (None, manifest.onnx.outputs)
+
     def open_runtime(threads: int) -> OnnxRuntime:
         try:
             runtime = OnnxRuntime(
                 path / manifest.onnx.file,
                 manifest.onnx.inputs,
-                manifest.onnx.outputs,
+                outputs,
                 provider=settings.provider,
                 device_id=settings.cuda_device_id,
                 intra_op_threads=threads,
                 inter_op_threads=settings.inter_op_threads,
                 allow_spinning=settings.ort_spinning,
+                graph=graph,
             )
             _check_input_shapes(manifest, runtime)
         except RuntimeLoadError as exc:
@@ -343,6 +356,7 @@ class ModelRegistry:
         self.rollout: RolloutRouter | None = None  # set by the app when a rollout policy or state store is configured
         # set by the app when monitoring is on: the columns each version's batches carry (service.monitoring.batch)
         self.batch_columns: Callable[[Manifest, OnnxRuntime], BatchColumns | None] | None = None
+        self.extend_graph: ExtendGraph | None = None  # ... and the graph that computes them, where it can
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -422,7 +436,9 @@ class ModelRegistry:
     async def _load(self, key: VersionKey, path: Path, fp: Fingerprint) -> None:
         name, number = key
         try:
-            loaded = await asyncio.to_thread(load_bundle, path, key, self.settings, self.intra_op_threads)
+            loaded = await asyncio.to_thread(
+                load_bundle, path, key, self.settings, self.intra_op_threads, self.extend_graph
+            )
         except Exception as exc:  # one bad bundle must never stop the others from serving
             refused = exc if isinstance(exc, BundleRefused) else BundleRefused("error", f"{path}: {exc!r}")
             if self._maybe_still_copying(key, fp, refused):

@@ -94,8 +94,10 @@ class OnnxRuntime:
         inter_op_threads: int = 1,
         allow_spinning: bool = False,
         io_binding: bool | None = None,
+        graph: bytes | None = None,
     ) -> None:
-        """``io_binding`` None binds reused buffers on CUDA only (where it saves device allocations)."""
+        """``io_binding`` None binds reused buffers on CUDA only (where it saves device allocations);
+        ``graph``: the serialized model to open instead of ``model_path``'s (a copy with outputs added)."""
         options = ort.SessionOptions()
         self.intra_op_threads = intra_op_threads or cpu_quota()
         options.intra_op_num_threads = self.intra_op_threads
@@ -108,7 +110,7 @@ class OnnxRuntime:
         options.log_severity_level = 3  # ORT warnings about fallback providers are reported by us instead
         try:
             self.session = ort.InferenceSession(
-                str(model_path), options, providers=providers_for(provider, device_id)
+                graph if graph is not None else str(model_path), options, providers=providers_for(provider, device_id)
             )
         except Exception as exc:  # ORT raises its own exception types, all meaning "cannot load"
             raise RuntimeLoadError(f"{model_path.name}: ONNX Runtime cannot load it: {exc}") from exc

@@ -288,8 +288,23 @@ def test_a_cat_photo_is_out_of_domain_for_digits_while_held_out_digits_are_not(d
     assert sum(flagged) <= 3
 
 
+def test_the_served_digits_model_computes_its_columns_in_its_graph(monitoring_repo: Path) -> None:
+    from service.monitoring.graph import COLUMNS_OUTPUT
+
+    with serve(monitoring_repo, model_names=["digits"]) as client:
+        served = client.app.state.api.registry.get("digits", 1)
+        assert served.columns is not None and served.columns.in_graph and served.columns.width == 4
+        assert served.runtime.output_names[-1] == COLUMNS_OUTPUT
+        (prediction,) = post_images(client, [png(digit_images(*HELD_OUT)[0][0])], path=V1)
+        assert set(prediction["ood"]) == {"score", "flagged", "reasons"}
+    assert read_manifest(monitoring_repo / "digits" / "1").onnx.outputs[-1].name != COLUMNS_OUTPUT  # file untouched
+
+
+@pytest.mark.parametrize("in_graph", [True, False], ids=["graph", "numpy"])
 @pytest.mark.parametrize("version", [2, 3])  # the energy of the logits; 1 - max probability (no logits)
-def test_flags_from_the_batch_columns_equal_flags_computed_per_request(monitoring_library: Path, version: int) -> None:
+def test_flags_from_the_batch_columns_equal_flags_computed_per_request(
+    monitoring_library: Path, version: int, in_graph: bool
+) -> None:
     from skimage import data
 
     from bundle import monitoring as mon
@@ -301,9 +316,16 @@ def test_flags_from_the_batch_columns_equal_flags_computed_per_request(monitorin
 
     folder = monitoring_library / "digits" / str(version)
     manifest = read_manifest(folder)
-    runtime = OnnxRuntime(folder / "model.onnx", manifest.onnx.inputs, manifest.onnx.outputs, intra_op_threads=1)
+    extended = BatchColumns.graph(manifest, folder / "model.onnx") if in_graph else None
+    assert (extended is not None) == in_graph
+    graph, outputs = extended if extended else (None, None)
+    runtime = OnnxRuntime(
+        folder / "model.onnx", manifest.onnx.inputs, [*manifest.onnx.outputs, *([outputs] if outputs else [])],
+        intra_op_threads=1, graph=graph,
+    )  # fmt: skip
     columns = BatchColumns.for_version(manifest, runtime)
     assert columns is not None and columns.width == 4  # the score, then brightness, contrast, saturation
+    assert columns.in_graph == in_graph
     images, _ = digit_images(*HELD_OUT)
     pixels = [*images[:40], data.chelsea()]
     decoder = decoder_for(manifest, max_items=1, max_pixels=10_000_000)

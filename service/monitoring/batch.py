@@ -5,12 +5,18 @@ A request's out-of-domain flags need the model's own score (energy or
 (brightness, contrast, saturation: ``bundle.monitoring.summary_matrix``).
 Both are a dozen numpy calls whatever the number of items, so for a small
 model they cost far more per request than per batch: computed over the whole
-batch they are nearly free. :class:`BatchColumns` wraps a version's batch
-function so each batch's result carries these columns after the model's
-outputs (side by side, like the logits beside the probabilities; see
-``service.runtime``), and :meth:`BatchColumns.split` takes a request's rows
-apart again. It runs wherever the batch runs: on the event loop for a model
-the batch policy runs inline, in the runtime thread otherwise.
+batch they are nearly free. :class:`BatchColumns` gives each batch's result
+these columns after the model's outputs (side by side, like the logits
+beside the probabilities; see ``service.runtime``), and
+:meth:`BatchColumns.split` takes a request's rows apart again.
+
+Where they are computed: when the service opens a version with monitoring
+on, :meth:`BatchColumns.graph` adds them to the model's ONNX graph as one
+more output (``service.monitoring.graph``), so ONNX Runtime computes them in
+the batch's own run, several times cheaper than numpy on a busy event loop.
+A graph that cannot take them gets them from numpy after each run instead
+(:meth:`BatchColumns.wrap`), wherever the batch runs: on the event loop for a
+model the batch policy runs inline, in the runtime thread otherwise.
 
 Columns, in order: ``score`` (where the version has a calibrated threshold),
 then ``brightness``, ``contrast``, ``saturation`` (image models). A version
@@ -20,33 +26,45 @@ and the monitor computes what it needs per request instead.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import onnx
 
 from bundle import monitoring as mon
-from bundle.manifest import LOGITS_OUTPUT, Manifest
+from bundle.manifest import LOGITS_OUTPUT, Manifest, TensorSpec
+from service.monitoring.graph import COLUMNS_OUTPUT, with_columns
 from service.runtime import OnnxRuntime
+
+log = logging.getLogger("service.monitoring")
 
 RunBatch = Callable[[Sequence[np.ndarray]], np.ndarray]
 PIXEL_KEYS = mon.SUMMARY_KEYS[:3]  # what pixels alone give; width, height and aspect come from each request
+
+
+def layout(manifest: Manifest) -> tuple[str | None, bool]:
+    """A version's columns: its out-of-domain score (None without a calibrated threshold), and whether the
+    pixel summaries follow."""
+    calibration = manifest.monitoring
+    scored = manifest.task == "classification" and calibration is not None and calibration.ood_threshold is not None
+    return (calibration.ood_score if scored else None), manifest.input_kind == "image"  # type: ignore[union-attr]
 
 
 class BatchColumns:
     """Per-batch monitoring columns for one version."""
 
     def __init__(self, manifest: Manifest, runtime: OnnxRuntime) -> None:
-        calibration = manifest.monitoring
-        scored = manifest.task == "classification" and calibration is not None
-        self.score: str | None = calibration.ood_score if scored and calibration.ood_threshold is not None else None
+        self.score, self.pixels = layout(manifest)
         names, widths = runtime.output_names, runtime.output_widths
+        self.in_graph = COLUMNS_OUTPUT in names  # the runtime's graph computes them (see graph())
         self.first = slice(0, widths[0])  # widths[0] is None for a lone output: all of it
         self.logits: slice | None = None
-        if self.score == "energy":
+        if self.score == "energy" and not self.in_graph:
             at = names.index(LOGITS_OUTPUT)
             start = sum(w or 0 for w in widths[:at])
             self.logits = slice(start, start + (widths[at] or 0))
-        self.pixels = manifest.input_kind == "image"
         self.width = (self.score is not None) + 3 * self.pixels
 
     @classmethod
@@ -56,8 +74,29 @@ class BatchColumns:
         first_rank = len(runtime.session.get_outputs()[0].shape)
         return columns if columns.width and first_rank == 2 else None
 
+    @staticmethod
+    def graph(manifest: Manifest, model_path: Path) -> tuple[bytes, TensorSpec] | None:
+        """The model at ``model_path`` with the columns as one more output, and that output's spec; None where
+        the graph cannot take them (numpy computes them then). Never raises: monitoring must not stop a load."""
+        score, pixels = layout(manifest)
+        if not (score or pixels):
+            return None
+        try:
+            model = with_columns(onnx.load(str(model_path)), score, pixels)
+        except Exception:
+            log.exception("%s v%d: monitoring's columns are computed by numpy, not in the graph",
+                          manifest.name, manifest.version)  # fmt: skip
+            return None
+        if model is None:
+            return None
+        width = (score is not None) + 3 * pixels
+        return model.SerializeToString(), TensorSpec(name=COLUMNS_OUTPUT, dtype="float32", shape=["batch", width])
+
     def wrap(self, run: RunBatch) -> RunBatch:
-        """``run`` with this version's columns appended to each batch's rows."""
+        """``run`` with this version's columns appended to each batch's rows (``run`` itself where its graph
+        computes them)."""
+        if self.in_graph:
+            return run
 
         def run_with_columns(arrays: Sequence[np.ndarray]) -> np.ndarray:
             outputs = run(arrays)
@@ -66,7 +105,8 @@ class BatchColumns:
         return run_with_columns
 
     def compute(self, arrays: Sequence[np.ndarray], outputs: np.ndarray) -> np.ndarray:
-        """float32 [batch, width]: the columns of one batch (``outputs``: the model's outputs side by side)."""
+        """float32 [batch, width]: the columns of one batch, in numpy (``outputs``: the model's outputs side by
+        side)."""
         parts = []
         if self.score is not None:
             logits = outputs[:, self.logits] if self.logits is not None else None
