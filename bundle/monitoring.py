@@ -34,7 +34,7 @@ import numpy as np
 
 SUMMARY_KEYS = ("brightness", "contrast", "saturation", "width", "height", "aspect")
 SUMMARY_GRID = 32  # pixel statistics are taken on at most about this many rows and columns
-GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255.0  # grey level in [0, 1]
+GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255.0  # gray level in [0, 1]
 
 
 def summary_matrix(pixels: np.ndarray, sizes: Sequence[tuple[int, int]]) -> np.ndarray:
@@ -49,7 +49,7 @@ def summary_matrix(pixels: np.ndarray, sizes: Sequence[tuple[int, int]]) -> np.n
     step = max(1, max(height, width) // SUMMARY_GRID)
     x = pixels[:, :, ::step, ::step].reshape(n, 3, -1).astype(np.float32)
     count = x.shape[2]
-    gray = np.matmul(GRAY_WEIGHTS, x)  # [N, P], grey level in [0, 1]
+    gray = np.matmul(GRAY_WEIGHTS, x)  # [N, P], gray level in [0, 1]
     mean = gray.sum(axis=1) / count
     variance = np.einsum("np,np->n", gray, gray) / count - mean * mean
     high = x.max(axis=1)

@@ -89,7 +89,7 @@ class BatchColumns:
             return None
         if model is None:
             return None
-        width = (score is not None) + 3 * pixels
+        width = model.graph.output[-1].type.tensor_type.shape.dim[1].dim_value
         return model.SerializeToString(), TensorSpec(name=COLUMNS_OUTPUT, dtype="float32", shape=["batch", width])
 
     def wrap(self, run: RunBatch) -> RunBatch:
