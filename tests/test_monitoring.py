@@ -227,6 +227,11 @@ def test_a_few_rows_are_flagged_in_plain_python_exactly_as_numpy_flags_them(moni
     if all(type(r.get(name)) in (str, type(None)) for r in rows for name in ("color", "shape")):
         assert plain is not None  # text levels and numbers: what JSON rows nearly always are
     assert plain is None or plain == detector.array_flags(columns, len(rows))
+    one = detector.row_flags(rows[0])  # the first row alone, read straight from its dict
+    alone = rows_to_columns(rows[:1], list(manifest.tabular.raw_columns))
+    assert one is None or ([one[0]], [one[1]]) == detector.array_flags(alone, 1)
+    if all(type(rows[0].get(name)) in (str, type(None)) for name in ("color", "shape")):
+        assert one is not None
 
 
 def test_the_drift_endpoint_checks_its_parameters(shapes_client: Any) -> None:

@@ -280,7 +280,7 @@ class Monitor:
                     summaries = mon.summary_matrix(pixels, sizes).tolist()
             else:
                 columns, rows = seen.get("columns"), seen.get("rows")
-            flags = state.detector.flags(output, summaries, columns, logits, scores)
+            flags = state.detector.flags(output, summaries, columns, logits, scores, rows)
             for prediction, item_flags in zip(predictions, flags):
                 prediction["ood"] = item_flags
             logged = self.log is not None and random.random() < self.settings.prediction_log_sample_rate

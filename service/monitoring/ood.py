@@ -85,17 +85,65 @@ class OODDetector:
         low, high = self.image_low, self.image_high
         return [sum(v < lo or v > hi for v, lo, hi in zip(row, low, high)) for row in summaries]
 
-    def tabular_flags(self, columns: Mapping[str, np.ndarray]) -> tuple[list[set[str]], list[float]]:
+    def tabular_flags(
+        self, columns: Mapping[str, np.ndarray], rows: Sequence[Any] | None = None
+    ) -> tuple[list[set[str]], list[float]]:
         """The reasons of each row, and how many of its checks failed, from the raw column arrays.
 
         Each check gives a boolean row per column; they are stacked so that the
         counting is a few operations per request whatever the number of columns
-        (:meth:`array_flags`). A few rows of JSON's own types take :meth:`plain_flags` instead.
+        (:meth:`array_flags`). A few rows of JSON's own types take :meth:`plain_flags` instead,
+        and one JSON row (``rows``, as it was sent) :meth:`row_flags`.
         """
         n = len(next(iter(columns.values()))) if columns else 0
+        if rows is not None and n == 1 and type(rows[0]) is dict:
+            try:
+                one = self.row_flags(rows[0])
+            except OverflowError:  # an int too large for a float: numpy's path says what it makes of it
+                one = None
+            if one is not None:
+                return [one[0]], [one[1]]
         if n <= _PLAIN_ROWS and (plain := self.plain_flags(columns, n)) is not None:
             return plain
         return self.array_flags(columns, n)
+
+    def row_flags(self, row: dict[str, Any]) -> tuple[set[str], float] | None:
+        """:meth:`plain_flags` of one JSON row read straight from its dict (no column arrays): the reasons and
+        the failed checks; None where a value is not what that path takes (it decides then)."""
+        why: set[str] = set()
+        count = 0
+        for name, vocab in self.vocab.items():
+            value = row.get(name)
+            kind = type(value)
+            if kind is str:
+                level = value
+            elif kind is int:
+                level = str(value)
+            elif value is None:
+                continue
+            else:
+                return None
+            if level not in vocab:
+                count += 1
+                why.add("unseen_category")
+        for name, (low, high) in self.ranges.items():
+            value = row.get(name)
+            kind = type(value)
+            if kind is float or kind is int:
+                if math.isfinite(value) and not low <= value <= high:
+                    count += 1
+                    why.add("out_of_range")
+            elif value is not None:
+                return None
+        for name in self.never_missing:
+            value = row.get(name)
+            kind = type(value)
+            if value is None or (kind is float and value != value):
+                count += 1
+                why.add("unexpected_missing")
+            elif kind not in _PLAIN_TYPES:
+                return None
+        return why, float(count)
 
     def array_flags(self, columns: Mapping[str, np.ndarray], n: int) -> tuple[list[set[str]], list[float]]:
         """:meth:`tabular_flags` in numpy, for any rows and types."""
@@ -176,14 +224,15 @@ class OODDetector:
     def flags(
         self, output: np.ndarray, summaries: Sequence[Sequence[float]] | None,
         columns: Mapping[str, np.ndarray] | None, logits: np.ndarray | None = None,
-        scores: Sequence[float] | None = None,
+        scores: Sequence[float] | None = None, rows: Sequence[Any] | None = None,
     ) -> list[dict[str, Any]]:  # fmt: skip
         """``{"score", "flagged", "reasons"}`` per item.
 
         ``summaries``: each image's ``SUMMARY_KEYS`` values; ``columns``: a table's raw column arrays;
         ``logits`` where the graph outputs them;
         ``scores``: the model's score of each item where the batch already computed it
-        (``service.monitoring.batch``), else it is computed here from ``output`` and ``logits``."""
+        (``service.monitoring.batch``), else it is computed here from ``output`` and ``logits``;
+        ``rows``: the JSON rows the table came from, where it came as JSON."""
         n = len(output)
         reasons: list[set[str]] = [set() for _ in range(n)]
         failed: Sequence[float] = [0] * n
@@ -193,7 +242,7 @@ class OODDetector:
                 if count:
                     why.add("image_summary")
         elif columns is not None:
-            reasons, failed = self.tabular_flags(columns)
+            reasons, failed = self.tabular_flags(columns, rows)
         if self.threshold is not None:
             if scores is None:
                 scores = mon.ood_score(self.score, output, logits).tolist()
