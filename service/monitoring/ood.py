@@ -191,35 +191,14 @@ class OODDetector:
             if name in self.ranges and str in types:
                 return None  # text in a numeric column: pandas decides what it reads as
             values[name] = items
+        # one row at a time, by row_flags' rules: the checks above leave it nothing to refuse
         try:
-            return self._plain_rows(values, n)
+            judged = [self.row_flags({name: items[i] for name, items in values.items()}) for i in range(n)]
         except OverflowError:  # an int too large for a float: numpy's path says what it makes of it
             return None
-
-    def _plain_rows(self, values: Mapping[str, list[Any]], n: int) -> tuple[list[set[str]], list[float]]:
-        reasons: list[set[str]] = []
-        failed: list[float] = []
-        for i in range(n):
-            why: set[str] = set()
-            count = 0
-            for name, vocab in self.vocab.items():
-                value = values[name][i]
-                if value is not None and (value if type(value) is str else str(value)) not in vocab:
-                    count += 1
-                    why.add("unseen_category")
-            for name, (low, high) in self.ranges.items():
-                value = values[name][i]
-                if value is not None and math.isfinite(value) and not low <= value <= high:
-                    count += 1
-                    why.add("out_of_range")
-            for name in self.never_missing:
-                value = values[name][i]
-                if value is None or value != value:  # None, or a NaN float
-                    count += 1
-                    why.add("unexpected_missing")
-            reasons.append(why)
-            failed.append(float(count))
-        return reasons, failed
+        if any(one is None for one in judged):
+            return None
+        return [one[0] for one in judged], [one[1] for one in judged]  # type: ignore[index]
 
     def flags(
         self, output: np.ndarray, summaries: Sequence[Sequence[float]] | None,
