@@ -331,12 +331,9 @@ def plan_regions(policy: ModelPolicy) -> list[str]:
 
 def timeline(policy: ModelPolicy) -> list[dict[str, Any]]:
     """The plan as rows: when each step starts and ends, its shares per region."""
-    rows = []
-    if policy.start is None:
-        return rows
-    begins = policy.start.timestamp()
-    end = policy.end.timestamp() if policy.end is not None else None
-    for i, step in enumerate(policy.steps):
+    rows: list[dict[str, Any]] = []
+    end = _end_epoch(policy)
+    for i, (step, begins) in enumerate(zip(policy.steps, step_begins(policy))):
         ends = begins + step.hold if step.hold is not None else None
         if end is not None and (ends is None or ends > end):
             ends = end
@@ -351,7 +348,6 @@ def timeline(policy: ModelPolicy) -> list[dict[str, Any]]:
         )
         if ends is None or (end is not None and ends >= end):
             break
-        begins = ends
     return rows
 
 
