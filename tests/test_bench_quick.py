@@ -43,6 +43,10 @@ def test_the_quick_bench_writes_every_section_and_a_plot(tmp_path: Path) -> None
     sweep = workloads["resnet18@32"]["ceilings"]["limit"]["ort_items_per_s"]
     assert [int(batch) for batch in sweep] == [1, 2, 4, 8, 16, 32, 64]
     assert set(workloads["digits"]["open_loop"]["rates"]) == {"50%", "80%"}
+    # The floors: the bare endpoint that also decodes, and the bare endpoint under the same open loop.
+    assert "bare + decode/bare Starlette" in workloads["digits"]["ratios"]
+    assert "bare + decode/bare Starlette" in workloads["penguins-1row"]["ratios"]
+    assert set(workloads["digits"]["open_loop"]["bare_rates"]) == {"50%", "80%"}
     assert "rows_per_s" in workloads["penguins-1000rows"]["ceilings"]
     assert all(t["passed"] is not None for t in document["targets"])  # every CPU target was measured
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

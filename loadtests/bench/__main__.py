@@ -21,7 +21,7 @@ from loadtests.bench.bundles import EXAMPLES, build_repo, digits_body, jpeg_body
 from loadtests.bench.ceilings import Ceilings
 from loadtests.bench.report import machine, table, targets, write_json, write_plot
 from loadtests.bench.wrk_client import Wrk
-from loadtests.bench.workloads import BARE, COURSE, OFF, ON, Plan, Workload, run_workload
+from loadtests.bench.workloads import BARE, COURSE, DECODE, OFF, ON, Plan, Workload, run_workload
 from bundle.manifest import read_manifest
 
 DEFAULT_WORKLOADS = ("resnet18", "digits", "penguins-1row", "penguins-1000rows")
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             servers.service("batching-off", repo, {**provider_env, "SERVING_MAX_BATCH_SIZE": "1"}),
             servers.course(repo, args.provider or "cpu"),
             servers.bare(),
+            servers.decode(repo),
         ]
         row_models = sorted({w.split("-")[0] for w in wanted if w.endswith("-1000rows")})
         if row_models:
@@ -180,7 +181,7 @@ def make_workloads(
             label = resnet
         elif name == "digits":
             body, media, model = digits_body(), "image/png", "digits"
-            contenders = {ON: "service", OFF: "batching-off", COURSE: "course", BARE: "bare"}
+            contenders = {ON: "service", OFF: "batching-off", COURSE: "course", BARE: "bare", DECODE: "decode"}
             label = name
         else:
             model, size = name.split("-")
@@ -188,7 +189,7 @@ def make_workloads(
             columns = list(read_manifest(latest(repo, model)).tabular.raw_columns)
             body, media = rows_body(model, columns, n), "application/json"
             if n == 1:
-                contenders = {ON: "service", OFF: "batching-off", COURSE: "course", BARE: "bare"}
+                contenders = {ON: "service", OFF: "batching-off", COURSE: "course", BARE: "bare", DECODE: "decode"}
             else:
                 contenders = {ON: "rows-service", OFF: "rows-batching-off", COURSE: "course"}
             label = name

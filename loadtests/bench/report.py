@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench.workloads import BARE, COURSE, OFF, ON
+from loadtests.bench.workloads import BARE, COURSE, DECODE, OFF, ON
 
 
 def machine(provider: str) -> dict[str, Any]:
@@ -46,6 +46,7 @@ class Target:
     threshold: float
     at_least: bool  # figure >= threshold passes (else figure <= threshold)
     unit: str = "x"
+    floor: str = ""  # what the same machine and client give an endpoint that does less, for context
 
     @property
     def passed(self) -> bool | None:
@@ -57,7 +58,8 @@ class Target:
         verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[self.passed]
         sign = ">=" if self.at_least else "<="
         shown = "not measured" if self.figure is None else f"{self.figure:.3f}{self.unit}"
-        return f"{verdict}  {self.name}: {shown} (target {sign} {self.threshold:g}{self.unit})"
+        line = f"{verdict}  {self.name}: {shown} (target {sign} {self.threshold:g}{self.unit})"
+        return f"{line}; {self.floor}" if self.floor else line
 
 
 def _slices(results: dict[str, Any], workload: str, contender: str, clients: int, key: str) -> list[float] | None:
@@ -88,12 +90,13 @@ def targets(results: dict[str, Any], resnet: str, cuda: bool, at: int = 32) -> l
         Target("digits one client: median - course handler median",
                _paired(_slices(w, "digits", ON, 1, "p50_ms"), _slices(w, "digits", COURSE, 1, "p50_ms"), "-"),
                0.15, False, " ms"),  # fmt: skip
-        Target(f"digits {at} clients: service / bare Starlette", ratio("digits", f"service/{BARE}"), 0.5, True),
+        Target(f"digits {at} clients: service / bare Starlette", ratio("digits", f"service/{BARE}"), 0.5, True,
+               floor=_decode_floor(ratio("digits", f"{DECODE}/{BARE}"))),
     ]
     for name in sorted(w):
         if name.endswith("-1row"):
             found.append(Target(f"{name} {at} clients: service / bare Starlette", ratio(name, f"service/{BARE}"),
-                                0.5, True))  # fmt: skip
+                                0.5, True, floor=_decode_floor(ratio(name, f"{DECODE}/{BARE}"))))  # fmt: skip
         if name.endswith("-1000rows"):
             found.append(Target(f"{name} {at} clients: service rows/s / in-process rows/s",
                                 ratio(name, "service rows/in-process rows"), 0.8, True))  # fmt: skip
@@ -102,13 +105,22 @@ def targets(results: dict[str, Any], resnet: str, cuda: bool, at: int = 32) -> l
         if loop and "80%" in loop["rates"]:
             p99 = [s["p99_ms"] for s in loop["rates"]["80%"]["slices"]]
             p50 = [s["p50_ms"] for s in loop["one_client"]["slices"]]
-            found.append(Target(f"{name} open loop at 80%: p99 / one-client p50", _paired(p99, p50, "/"), 4, False))
+            floor = ""
+            bare = _paired([s["p99_ms"] for s in loop.get("bare_rates", {}).get("80%", {}).get("slices", [])], p50, "/")
+            if bare is not None:
+                floor = f"the bare endpoint at the same rate: {bare:.1f}x (its p99 / this one-client p50)"
+            found.append(Target(f"{name} open loop at 80%: p99 / one-client p50", _paired(p99, p50, "/"), 4, False,
+                                floor=floor))  # fmt: skip
     if cuda:
         limits = w.get(resnet, {}).get("ceilings", {}).get("limit", {}).get("slices")
         raw = [max(s["ort_items_per_s"].values()) for s in limits] if limits else None
         found.append(Target(f"GPU {resnet} {at} clients: service / raw CUDA ORT best batch",
                             _paired(_slices(w, resnet, ON, at, "rate"), raw, "/"), 0.8, True))  # fmt: skip
     return found
+
+
+def _decode_floor(ratio: float | None) -> str:
+    return "" if ratio is None else f"bare + decode alone (no model): {ratio:.3f}x"
 
 
 def table(results: dict[str, Any]) -> str:
@@ -151,6 +163,9 @@ def table(results: dict[str, Any]) -> str:
                 lines.append(f"    {share}: offered {f['offered']:.0f}/s, served {f['rate']:.0f}/s, "
                              f"p50 {f['p50_ms']:.2f} p95 {f['p95_ms']:.2f} p99 {f['p99_ms']:.2f} ms, "
                              f"errors {f['errors']}")  # fmt: skip
+            for share, f in loop.get("bare_rates", {}).items():
+                lines.append(f"    {share} to the bare endpoint: served {f['rate']:.0f}/s, p50 {f['p50_ms']:.2f} "
+                             f"p99 {f['p99_ms']:.2f} ms")  # fmt: skip
     return "\n".join(lines)
 
 

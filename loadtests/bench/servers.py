@@ -1,4 +1,5 @@
-"""The processes under test: the service (``python -m service``), the course-style handler and the bare endpoint.
+"""The processes under test: the service (``python -m service``), the course-style handler, the bare endpoint
+and the bare endpoint that also decodes.
 
 All are started at once and waited for together (each service warms up its
 models), each on its own free port, with the bench's work folder as its
@@ -46,6 +47,11 @@ def _uvicorn(app: str) -> list[str]:
 
 def bare() -> ServerSpec:
     return ServerSpec("bare", _uvicorn("loadtests.bare_app:app"))
+
+
+def decode(repo: Path) -> ServerSpec:
+    """The bare endpoint plus the service's own decoding of the body (``loadtests.decode_app``)."""
+    return ServerSpec("decode", _uvicorn("loadtests.decode_app:app"), {"DECODE_MODELS": str(repo)})
 
 
 def course(repo: Path, provider: str) -> ServerSpec:

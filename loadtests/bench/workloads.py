@@ -23,8 +23,9 @@ from loadtests.bench.wrk_client import Wrk
 from loadtests.benchmark import HOST
 from loadtests.loadgen import LoadResult, build_request, load, open_loop
 
-# The service with default settings, and with batching off; the course-style handler; the bare endpoint.
-ON, OFF, COURSE, BARE = "service", "batching off", "course handler", "bare Starlette"
+# The service with default settings, and with batching off; the course-style handler; the bare endpoint; the
+# bare endpoint that also decodes the body as the service does (loadtests.decode_app), a ceiling for any service.
+ON, OFF, COURSE, BARE, DECODE = "service", "batching off", "course handler", "bare Starlette", "bare + decode"
 
 
 @dataclass
@@ -130,7 +131,8 @@ def run_workload(workload: Workload, ports: dict[str, int], plan: Plan, log: Cal
                         "closed_loop": closed, "ceilings": ceiling,
                         "ratios": _ratios(closed, ceiling, plan, ceilings.items_per_request)}  # fmt: skip
     if workload.open_loop:
-        workload.results["open_loop"] = run_open_loop(workload, requests[ON], closed[ON], plan, log)
+        workload.results["open_loop"] = run_open_loop(workload, requests[ON], closed[ON], plan, log,
+                                                      requests.get(BARE))  # fmt: skip
 
 
 def _ceiling_for(workload: Workload, clients: int, plan: Plan) -> tuple[str, Callable[[float], Any] | None]:
@@ -152,6 +154,8 @@ def _ratios(
         return {}
     rates = {c: [s["rate"] for s in closed[c][at]["slices"]] for c in closed}
     ratios = {f"service/{c}": paired_ratio(rates[ON], rates[c]) for c in closed if c != ON}
+    if DECODE in rates and BARE in rates:  # the ceiling itself, against the bare endpoint
+        ratios[f"{DECODE}/{BARE}"] = paired_ratio(rates[DECODE], rates[BARE])
     if "limit" in ceiling:
         for key in ("pipeline_limit", "serial_limit"):
             ratios[f"service/{key}"] = paired_ratio(rates[ON], [s[key] for s in ceiling["limit"]["slices"]])
@@ -163,19 +167,31 @@ def _ratios(
 
 
 def run_open_loop(
-    workload: Workload, target: tuple[int, bytes], closed: dict[int, Any], plan: Plan, log: Callable[[str], None]
-) -> dict[str, Any]:
-    """Constant arrival rates at shares of the service's best closed-loop rate, with one-client slices between."""
+    workload: Workload, target: tuple[int, bytes], closed: dict[int, Any], plan: Plan, log: Callable[[str], None],
+    bare: tuple[int, bytes] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Constant arrival rates at shares of the service's best closed-loop rate, with one-client slices between.
+
+    With ``bare`` (the bare endpoint), the same rates are also sent to it in the same rounds: an endpoint
+    that does almost nothing shows what the client and the machine add to the percentiles by themselves."""
     port, request = target
     capacity = max(figures["rate"] for figures in closed.values())
-    slices: dict[str, list[dict[str, Any]]] = {f"{share:.0%}": [] for share in plan.open_loop_shares}
+    shares = [f"{share:.0%}" for share in plan.open_loop_shares]
+    slices: dict[str, list[dict[str, Any]]] = {share: [] for share in shares}
+    bare_slices: dict[str, list[dict[str, Any]]] = {share: [] for share in shares}
     one_client: list[dict[str, Any]] = []
     for _ in range(plan.rounds):
-        for share in plan.open_loop_shares:
+        for name, share in zip(shares, plan.open_loop_shares):
             result = open_loop(HOST, port, request, share * capacity, plan.seconds, plan.open_loop_connections)
-            slices[f"{share:.0%}"].append({**slice_figures(result), "offered": share * capacity})
+            slices[name].append({**slice_figures(result), "offered": share * capacity})
+            if bare is not None:
+                result = open_loop(HOST, *bare, share * capacity, plan.seconds, plan.open_loop_connections)
+                bare_slices[name].append({**slice_figures(result), "offered": share * capacity})
         one_client.append(slice_figures(load(HOST, port, request, 1, plan.seconds, warmup_seconds=0)))
     summary = {share: summarize(s) for share, s in slices.items()}
     log(f"{workload.name}: open loop at " + ", ".join(
         f"{share} ({s['offered']:.0f}/s) p99 {s['p99_ms']:.1f} ms" for share, s in summary.items()))  # fmt: skip
-    return {"capacity": capacity, "rates": summary, "one_client": summarize(one_client)}
+    found = {"capacity": capacity, "rates": summary, "one_client": summarize(one_client)}
+    if bare is not None:
+        found["bare_rates"] = {share: summarize(s) for share, s in bare_slices.items()}
+    return found
