@@ -702,8 +702,10 @@ models:
     stage: canary
     steps: [{regions: {"*": 50}}]
     start: 2020-01-01T00:00:00Z
-    guardrails: {min_requests: 20, max_drift: 0.25}
+    guardrails: {min_requests: 20, max_drift: 0.5}
 """)
+    # In-domain digits read 0.18-0.19 (brightness) over a 200-item window, and the window the guardrail judges
+    # depends on timing: a line at 0.25 was crossed by chance about one run in seven. Inverted digits read far more.
     images, _ = digit_images(*HELD_OUT)
 
     def rollout() -> dict[str, Any]:
@@ -719,11 +721,11 @@ models:
             post_bytes(client, "/v1/models/digits/predict", png(image), x_request_key=f"more-{i}")
             if i >= 360 and (drift := rollout()["guardrails"]["readings"]["candidate"]["drift"]) is not None:
                 break
-        assert rollout()["stage"] == "canary" and drift is not None and drift < 0.25
+        assert rollout()["stage"] == "canary" and drift is not None and drift < 0.5
         for i, image in enumerate(images[:300]):
             post_bytes(client, "/v1/models/digits/predict", png(255 - image), x_request_key=f"inverted-{i}")
         state = wait_until(lambda: (s := rollout())["stage"] == "rolled_back" and s, what="the rollback")
         assert state["last_decisions"][0]["reason"].startswith("drift")
         candidate = client.get("/v1/rollouts/digits/history").json()["history"][0]["readings"]["candidate"]
-        assert candidate["drift"] > 0.25 and candidate["drift_count"] == 200
+        assert candidate["drift"] > 0.5 and candidate["drift_count"] == 200
         assert metric_value(client.get("/metrics").text, "serving_rollbacks_total", model="digits", reason="drift") == 1
