@@ -91,8 +91,8 @@ class InputDecoder(Protocol):
 
         ``deadline`` (``time.perf_counter()`` seconds): past it, remaining work is skipped (504).
         ``seen``, when given, receives what monitoring needs of the raw input: ``images`` (the encoded
-        bytes of each image), or ``columns`` (the raw values, one object array per column) and, for a
-        JSON body, ``rows`` (the rows as sent).
+        bytes of each image) and ``sizes`` (each one's (width, height) from its header), or ``columns``
+        (the raw values, one object array per column) and, for a JSON body, ``rows`` (the rows as sent).
         """
         ...
 
@@ -257,16 +257,25 @@ class ImageInputs:
             images = self._instances(body)
         else:
             images = [("body", body)]
+        sizes: list[tuple[int, int]] | None = None
         if seen is not None:
             seen["images"] = [data for _, data in images]
-        return [self.decode_images(images, deadline)]
+            seen["sizes"] = sizes = []
+        return [self.decode_images(images, deadline, sizes)]
 
-    def decode_images(self, images: list[tuple[str, bytes]], deadline: float | None = None) -> np.ndarray:
+    def decode_images(
+        self, images: list[tuple[str, bytes]], deadline: float | None = None,
+        sizes: list[tuple[int, int]] | None = None,
+    ) -> np.ndarray:  # fmt: skip
         """Encoded images, each named by where it came from (for errors) -> uint8 [N, 3, H, W].
 
-        Every header, and the request's pixel budget, is checked before any image is decoded.
+        Every header, and the request's pixel budget, is checked before any image is decoded. ``sizes``
+        receives each image's (width, height) as its header states it (``bundle.monitoring.encoded_size``'s
+        figure, read here at no cost where monitoring would open the header a second time).
         """
         opened = self._open_all(images)
+        if sizes is not None:
+            sizes.extend((img.shape[1], img.shape[0]) if isinstance(img, np.ndarray) else img.size for img in opened)
         pixels = np.empty((len(images), 3, self.spec.height, self.spec.width), dtype=np.uint8)
         for i, ((where, data), img) in enumerate(zip(images, opened)):
             check_deadline(deadline)

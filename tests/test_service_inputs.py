@@ -47,6 +47,25 @@ def test_thumbnail_is_decoded_in_place_exactly_as_in_the_pool(digits):
     np.testing.assert_array_equal(in_place, decoder.decode("image/png", "image/png", body)[0])
 
 
+def test_the_decoder_tells_monitoring_each_image_size_as_its_header_states_it(digits):
+    from bundle.monitoring import encoded_size
+
+    bodies = [
+        gradient_image(1, fmt="JPEG", size=(48, 32)),  # Pillow reads it
+        image_bytes(size=(30, 41)),  # a plain PNG: libspng reads it
+        image_bytes(size=(33, 17), mode="RGBA", color=(1, 2, 3, 4)),  # not plain: Pillow reads it
+    ]
+    body = b"".join(
+        b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n" + data + b"\r\n" for data in bodies
+    ) + b"--b--\r\n"
+    seen: dict = {}
+
+    ImageInputs(digits, 8, 10**7).decode("multipart/form-data", "multipart/form-data; boundary=b", body, seen=seen)
+
+    assert seen["images"] == bodies
+    assert seen["sizes"] == [encoded_size(data) for data in bodies] == [(48, 32), (30, 41), (33, 17)]
+
+
 def test_image_over_the_in_place_limit_is_left_for_the_pool(digits):
     decoder = ImageInputs(digits, 8, 10**7, inline_max_pixels=64 * 64)
 

@@ -273,7 +273,9 @@ class Monitor:
             if state.input_kind == "image":
                 images = seen.get("images")
                 pixels = arrays[0]
-                sizes = image_sizes(images) if images else [(pixels.shape[3], pixels.shape[2])] * len(pixels)
+                sizes = seen.get("sizes") or (
+                    image_sizes(images) if images else [(pixels.shape[3], pixels.shape[2])] * len(pixels)
+                )
                 if computed is not None:
                     summaries = computed.summaries(values, sizes)
                 if summaries is None:
