@@ -78,3 +78,13 @@ def test_psi_is_finite_and_small_for_the_reference_itself_and_large_for_a_shift(
     assert window.table(0.1, 0.25)[0]["psi"] < 0.02
     shifted = np.bincount(feature.bins(values[:2_000] + 1.0), minlength=feature.n_bins)[: feature.unseen_bin]
     assert 0.25 < psi(feature.expected, feature.reference_count, shifted) < 10
+
+
+def test_a_window_counts_every_item_it_was_given_also_those_that_fell_out_at_once():
+    feature = FeatureBins.from_reference("x", continuous_reference(np.arange(100.0)))
+    window = DriftWindow([feature], capacity=10)
+    window.add(feature.bins(np.arange(25.0))[:, None], None)  # more at once than the window holds
+    window.add(feature.bins(np.arange(3.0))[:, None], None)
+    assert (window.size, window.total) == (10, 28)
+    # a ring: the 3 newest overwrote the oldest 3 of the last 10 of the 25
+    assert window.bins[:, 0].tolist() == feature.bins(np.r_[np.arange(3.0), np.arange(18.0, 25.0)]).tolist()

@@ -123,6 +123,7 @@ class DriftWindow:
         n = len(bins)
         if n == 0:
             return
+        self.total += n  # every item seen, also those that fall out at once
         if n > self.capacity:
             bins = bins[-self.capacity :]
             scores = scores[-self.capacity :] if scores is not None else None
@@ -134,7 +135,6 @@ class DriftWindow:
         self.has_score[rows] = scores is not None
         self.position = int((self.position + n) % self.capacity)
         self.size = min(self.capacity, self.size + n)
-        self.total += n
 
     def counts(self, j: int) -> np.ndarray:
         column = self.bins[: self.size, j] if self.size < self.capacity else self.bins[:, j]
