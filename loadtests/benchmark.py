@@ -202,9 +202,13 @@ def server(args: list[str], env: dict[str, str], ready_path: str, timeout: float
 
 @contextmanager
 def service_server(repo: Path, env: dict[str, str]) -> Iterator[int]:
-    service_env = {"SERVING_WATCH_INTERVAL_S": "0", "SERVING_LOG_LEVEL": "warning", **env}
-    with server(["-m", "service", "--models", str(repo), "--host", HOST], service_env, "/readyz") as port:
-        yield port
+    """``python -m service`` on a free port; its prediction log goes to a temporary file unless ``env`` names one
+    (the service runs in the checkout, and its default log path is relative)."""
+    with tempfile.TemporaryDirectory(prefix="bench-log-") as logs:
+        service_env = {"SERVING_WATCH_INTERVAL_S": "0", "SERVING_LOG_LEVEL": "warning",
+                       "SERVING_PREDICTION_LOG_PATH": str(Path(logs) / "predictions.sqlite"), **env}  # fmt: skip
+        with server(["-m", "service", "--models", str(repo), "--host", HOST], service_env, "/readyz") as port:
+            yield port
 
 
 @contextmanager
