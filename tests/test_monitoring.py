@@ -188,7 +188,7 @@ def test_drift_scores_are_exported_per_feature(shapes_client: Any) -> None:
     version_report(shapes_client, "shapes", 1, items=2200)
     time.sleep(0.6)  # gauges are refreshed at most twice a second
     shapes_client.post("/v1/models/shapes/predict", json={"rows": shapes_records(1, seed=9)})
-    # the monitor thread refreshes the gauges when it next drains what requests left (every 250 ms)
+    # the monitor thread refreshes the gauges when it next drains what requests left (every 50 ms)
     x1 = {"model": "shapes", "version": "1", "feature": "x1"}
     text = metrics_when(shapes_client, lambda t: metric_value(t, "serving_drift_score", **x1) > 0.1, "the drift gauge")
     assert metric_value(text, "serving_ood_total", model="shapes", version="1", reason="unseen_category") == 100

@@ -61,7 +61,7 @@ class PredictionLog:
         buffer_size: int = 10_000,
         batch_size: int = 500,
         retention_s: float = 30 * 86_400,
-        flush_interval_s: float = 1.0,  # or as soon as batch_size records wait; readers flush before they read
+        flush_interval_s: float = 0.2,
     ) -> None:
         self.store = store
         self.metrics = metrics
