@@ -31,6 +31,7 @@ from starlette.routing import Route
 from bundle.images import ResizeSpec, preprocess
 from bundle.manifest import Manifest, read_manifest
 from bundle.tabular import TabularProcessor, rows_to_frame
+from loadtests.repository import newest_bundles
 from service.runtime import cpu_quota
 
 
@@ -79,12 +80,7 @@ class CourseModel:
 
 def load_models(repo: Path, provider: str = "cpu") -> dict[str, CourseModel]:
     """The highest version of each model in a repository (``<repo>/<name>/<version>/``)."""
-    models = {}
-    for folder in sorted(p for p in repo.iterdir() if p.is_dir()):
-        versions = [v for v in folder.iterdir() if v.name.isdigit() and (v / "manifest.json").exists()]
-        if versions:
-            models[folder.name] = CourseModel(max(versions, key=lambda v: int(v.name)), provider)
-    return models
+    return {name: CourseModel(bundle, provider) for name, bundle in newest_bundles(repo).items()}
 
 
 MODELS = load_models(Path(os.environ.get("COURSE_MODELS", "models")), os.environ.get("COURSE_PROVIDER", "cpu"))

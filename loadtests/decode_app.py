@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bundle.manifest import read_manifest
+from loadtests.repository import newest_bundles
 from service.inputs import InputDecoder, decoder_for, input_limits, media_type_of
 from service.settings import ServiceSettings
 
@@ -32,16 +33,12 @@ from service.settings import ServiceSettings
 def load_decoders(repo: Path) -> dict[str, InputDecoder]:
     """The service's decoder for the highest version of each model in a repository."""
     settings = ServiceSettings()
-    decoders = {}
-    for folder in sorted(p for p in repo.iterdir() if p.is_dir()):
-        versions = [v for v in folder.iterdir() if v.name.isdigit() and (v / "manifest.json").exists()]
-        if versions:
-            manifest = read_manifest(max(versions, key=lambda v: int(v.name)))
-            decoders[folder.name] = decoder_for(
-                manifest, settings.max_items_per_request, settings.max_image_pixels,
-                settings.inline_decode_max_pixels, **input_limits(settings),
-            )  # fmt: skip
-    return decoders
+    limits = input_limits(settings)
+    return {
+        name: decoder_for(read_manifest(bundle), settings.max_items_per_request, settings.max_image_pixels,
+                          settings.inline_decode_max_pixels, **limits)
+        for name, bundle in newest_bundles(repo).items()
+    }  # fmt: skip
 
 
 DECODERS = load_decoders(Path(os.environ.get("DECODE_MODELS", "models")))
