@@ -311,6 +311,59 @@ def choose_version(model: str, policy: ModelPolicy, key: str | None, region: str
     return policy.candidate if in_share(bucket(model, policy.candidate, key), share) else policy.stable
 
 
+class Route:
+    """One model's policy compiled for the request path: :func:`choose_version`'s answer from numbers worked
+    out once per policy (when each step begins, each region's share as a bucket count, the hash prefix).
+
+    ``choose_version`` reads the same answer off the pydantic policy and stays the reference (the CLI uses
+    it; a property test holds the two equal). Here a request costs a bisect, a dict lookup and, inside a
+    partial share, one sha256."""
+
+    __slots__ = ("stable", "candidate", "always", "begins", "end", "steps", "prefix")
+
+    def __init__(self, model: str, policy: ModelPolicy) -> None:
+        self.stable = policy.stable
+        self.candidate = policy.candidate
+        # a fixed answer where the plan is not consulted: no candidate, promoted, or a stage without a split
+        self.always: int | None = None
+        if policy.candidate is None or policy.stage not in ("canary", "promoted"):
+            self.always = policy.stable
+        elif policy.stage == "promoted":
+            self.always = policy.candidate
+        self.begins = step_begins(policy)
+        self.end = _end_epoch(policy)
+        # per step: ({region: share}, the share of every other region), each share as (buckets, whole) where
+        # buckets is in_share's count (a bucket number below it is in) and whole says 100 % (keyless too)
+        self.steps = [
+            ({region: _compiled(share) for region, share in step.regions.items()},
+             _compiled(step.regions.get(ALL_REGIONS, 0.0)))
+            for step in policy.steps
+        ]  # fmt: skip
+        self.prefix = _bucket_prefix("", model, policy.candidate) if policy.candidate is not None else b""
+
+    def choose(self, key: str | None, region: str | None, now: float) -> int:
+        """The version that answers a request with this key from this region at ``now``."""
+        if self.always is not None:
+            return self.always
+        begins = self.begins
+        if not begins or now < begins[0] or (self.end is not None and now >= self.end):
+            return self.stable
+        named, others = self.steps[bisect_right(begins, now) - 1]
+        buckets, whole = named.get(region, others) if region is not None else others
+        if whole:
+            return self.candidate  # type: ignore[return-value]
+        if buckets <= 0 or key is None:
+            return self.stable
+        digest = hashlib.sha256(self.prefix + key.encode()).digest()
+        in_candidate = int.from_bytes(digest[:8], "big") % BUCKETS < buckets
+        return self.candidate if in_candidate else self.stable  # type: ignore[return-value]
+
+
+def _compiled(percent: float) -> tuple[int, bool]:
+    """A share as ``Route`` reads it: in_share's bucket count, and whether it is the whole region."""
+    return round(percent * BUCKETS / 100), percent >= 100
+
+
 def shadowed(model: str, policy: ModelPolicy, key: str) -> bool:
     """Whether the candidate also runs on this request (stage ``shadow`` only; its own hash, salted)."""
     if policy.stage != "shadow" or policy.candidate is None or policy.shadow.percent <= 0:

@@ -30,13 +30,13 @@ from typing import Any, Callable, Collection
 
 from prometheus_client import CollectorRegistry
 
-from service.guardrails import ArmObservations, ReadingSource, Verdict
+from service.guardrails import ArmObservations, ArmWindow, ReadingSource, Verdict
 from service.rollout import (
     ModelPolicy,
     PolicyError,
+    Route,
     RolloutFile,
     candidate_share,
-    choose_version,
     iso,
     load_policy_file,
     plan_regions,
@@ -137,6 +137,8 @@ class RolloutManager:
         self._file_stamp: tuple[int, int] | None = None
         self.decisions: dict[str, Decision] = {}
         self.policies: dict[str, ModelPolicy] = {}  # the effective policy of every model with one
+        self._routes: dict[str, Route] = {}  # each policy compiled for routing (rebuilt with the policies)
+        self._watched: dict[str, dict[int, ArmWindow]] = {}
         self.sources: dict[str, str] = {}
         self.observations: dict[str, ArmObservations] = {}
         self.verdicts: dict[str, Verdict] = {}
@@ -364,6 +366,12 @@ class RolloutManager:
                 policy.stable, policy.candidate
             )
         self.policies, self.sources = policies, sources
+        self._routes = {name: Route(name, policy) for name, policy in policies.items()}
+        self._watched = {  # the windows the guardrails judge, by version, for the models whose candidate runs
+            name: {policy.candidate: self.observations[name].candidate, policy.stable: self.observations[name].stable}
+            for name, policy in policies.items()
+            if policy.candidate is not None and policy.stage in ("shadow", "canary")
+        }
         self._sticky = {name: p.sticky_key.lower().encode("latin-1") for name, p in policies.items()}
         region_header = self.settings.region_header.lower().encode("latin-1")
         self.header_names = frozenset({b"content-type", b"content-length", region_header, *self._sticky.values()})
@@ -373,13 +381,13 @@ class RolloutManager:
 
     def choose(self, name: str, key: str | None, region: str | None, loaded: Collection[int]) -> int | None:
         """The loaded version for this request, or None to let the registry pick (no policy, nothing loaded)."""
-        policy = self.policies.get(name)
-        if policy is None:
+        route = self._routes.get(name)
+        if route is None:
             return None
-        number = choose_version(name, policy, key, region, self.clock())
+        number = route.choose(key, region, self.clock())
         if number in loaded:
             return number
-        return policy.stable if policy.stable in loaded else None  # a missing version: stable keeps serving
+        return route.stable if route.stable in loaded else None  # a missing version: stable keeps serving
 
     def served_versions(self, name: str) -> Collection[int]:
         return self._loaded(name)
@@ -396,14 +404,11 @@ class RolloutManager:
 
     def observe(self, name: str, version: int, ok: bool, seconds: float, count: int = 1) -> None:
         """``count`` answered requests of an arm (requests, or shadow copies run together), ``seconds`` each."""
-        policy = self.policies.get(name)
-        if policy is None or policy.candidate is None or policy.stage not in ("shadow", "canary"):
-            return
-        arms = self.observations[name]
-        if version == policy.candidate:
-            arms.candidate.request(self.clock(), ok, seconds, count)
-        elif version == policy.stable:
-            arms.stable.request(self.clock(), ok, seconds, count)
+        windows = self._watched.get(name)  # only while a candidate runs (stage shadow or canary)
+        if windows is not None:
+            window = windows.get(version)
+            if window is not None:
+                window.request(self.clock(), ok, seconds, count)
 
     def compared(self, name: str, candidate: int, compared: int, disagreed: int, abs_diff: float = 0.0,
                  rel_diff: float = 0.0, differences: int = 0) -> None:  # fmt: skip

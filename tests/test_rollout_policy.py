@@ -8,10 +8,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from service.rollout import (
     ModelPolicy,
     PolicyError,
+    Route,
     bucket,
     candidate_share,
     choose_version,
@@ -116,6 +118,29 @@ def test_a_region_not_listed_gets_nothing_without_a_star() -> None:
     assert all(choose_version("digits", p, k, "us", now) == 1 for k in keys(2000))
     assert all(choose_version("digits", p, k, None, now) == 1 for k in keys(2000))
     assert all(choose_version("digits", p, k, "eu", now) == 2 for k in keys(2000))
+
+
+REGIONS = ["eu", "us", "campsite-1", "*"]
+shares = st.sampled_from([0, 0.001, 0.004, 0.005, 1, 33.333, 50, 99.99, 99.996, 100])
+steps = st.lists(st.fixed_dictionaries({"regions": st.dictionaries(st.sampled_from(REGIONS), shares, max_size=3),
+                                        "hold": st.sampled_from(["5m", "1d", "7d"])}), min_size=1, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=steps,
+    stage=st.sampled_from(["off", "shadow", "canary", "promoted", "rolled_back"]),
+    ends=st.booleans(),
+    offset=st.floats(-DAY, 40 * DAY),
+    region=st.sampled_from([*REGIONS, "asia", None]),
+    key=st.one_of(st.none(), st.text(max_size=12)),
+)
+def test_the_compiled_route_chooses_what_the_policy_says(
+    steps: list[dict], stage: str, ends: bool, offset: float, region: str | None, key: str | None
+) -> None:
+    p = policy(steps=steps, stage=stage, end="2026-12-09T08:00:00Z" if ends else None)
+    now = START + offset
+    assert Route("digits", p).choose(key, region, now) == choose_version("digits", p, key, region, now)
 
 
 def test_raising_a_share_keeps_every_key_already_on_the_candidate() -> None:
