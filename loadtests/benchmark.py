@@ -149,7 +149,7 @@ def one_client_against_single_item(
 
 
 def alternating_loads(
-    targets: dict[str, tuple[int, bytes]], clients: int, seconds: float, rounds: int = ROUNDS
+    targets: dict[str, tuple[int, bytes | list[bytes]]], clients: int, seconds: float, rounds: int = ROUNDS
 ) -> dict[str, LoadResult]:
     """Closed-loop load on each (port, request) in turn, ``rounds`` slices each, so they share the conditions."""
     results = {name: LoadResult(requests=0, errors=0, seconds=0.0, latencies_ms=[]) for name in targets}

@@ -13,6 +13,7 @@ import asyncio
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 
 @dataclass
@@ -113,25 +114,30 @@ async def _client(host: str, port: int, request: bytes, stop_at: float, budget: 
 async def run_load(
     host: str,
     port: int,
-    request: bytes,
+    request: bytes | Sequence[bytes],
     concurrency: int,
     seconds: float,
     max_requests: int = 1_000_000,
     warmup_seconds: float = 1.0,
 ) -> LoadResult:
-    """Closed-loop load; the first ``warmup_seconds`` are run but not counted."""
+    """Closed-loop load; the first ``warmup_seconds`` are run but not counted. Several requests: client i
+    sends ``request[i % len(request)]``."""
     if warmup_seconds > 0:
         await run_load(host, port, request, concurrency, warmup_seconds, max_requests, warmup_seconds=0)
     result = LoadResult(requests=0, errors=0, seconds=0.0, latencies_ms=[])
     budget = [max_requests]
     started = time.perf_counter()
     stop_at = started + seconds
-    await asyncio.gather(*(_client(host, port, request, stop_at, budget, result) for _ in range(concurrency)))
+    requests = [request] if isinstance(request, bytes) else list(request)
+    await asyncio.gather(*(_client(host, port, requests[i % len(requests)], stop_at, budget, result)
+                           for i in range(concurrency)))  # fmt: skip
     result.seconds = time.perf_counter() - started
     return result
 
 
-def load(host: str, port: int, request: bytes, concurrency: int, seconds: float, **kw: float) -> LoadResult:
+def load(
+    host: str, port: int, request: bytes | Sequence[bytes], concurrency: int, seconds: float, **kw: float
+) -> LoadResult:
     try:
         import uvloop
 

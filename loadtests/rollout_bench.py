@@ -10,7 +10,9 @@ in slices so background load hits each alike:
 1. throughput at 32 clients with a canary policy (``--share`` of keys on the
    candidate, guardrails judging) against no policy (target >= 0.95); at 100 %
    one version serves, so this is the routing's own cost; at 50 % it also pays
-   for splitting batches over two versions;
+   for splitting batches over two versions, and a third load measures that
+   floor: the no-policy server with half of the clients pinned to each
+   version (no routing, no guardrails);
 2. the stable answer's p50 with shadow at 100 % against stage ``off``, at
    1 client and at 32 clients (target: at most 10 % more).
 
@@ -85,10 +87,21 @@ def main() -> None:
     with service_server(repo, {}) as plain, service_server(repo, policy("canary", "canary")) as canary:
         request = lambda port: (port, build_request(HOST, port, PATH, png, "image/png"))  # noqa: E731
         print(f"digits, PNG input, {args.clients} clients: no policy vs canary ({args.share:g} % of keys on v{candidate})")
-        results = alternating_loads({"none": request(plain), "canary": request(canary)}, args.clients, args.seconds)
+        targets = {"none": request(plain), "canary": request(canary)}
+        split = 0 < args.share < 100
+        if split:  # the same two versions, half of the clients pinned to each: no routing, no guardrails
+            pinned = [build_request(HOST, plain, f"/v1/models/digits/versions/{v}/predict", png, "image/png")
+                      for v in (stable, candidate)]  # fmt: skip
+            targets["pinned"] = (plain, pinned)
+        results = alternating_loads(targets, args.clients, args.seconds)
         print(describe("no policy", results["none"]))
         print(describe("canary policy", results["canary"]))
+        if split:
+            print(describe("no policy, half the clients pinned to each version", results["pinned"]))
         print(f"  canary / none throughput: {results['canary'].rate / results['none'].rate:.3f} (target >= 0.95)")
+        if split:
+            print(f"  floor: pinned half and half / none {results['pinned'].rate / results['none'].rate:.3f} "
+                  "(two versions sharing the traffic without any rollout machinery: each runs its own batches)")
 
     if args.skip_shadow:
         return
