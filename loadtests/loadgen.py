@@ -98,13 +98,18 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _client(host: str, port: int, request: bytes, stop_at: float, budget: list[int], result: LoadResult) -> None:
+async def _client(
+    host: str, port: int, requests: Sequence[bytes], first: int, stop_at: float, budget: list[int], result: LoadResult
+) -> None:
+    """One connection sending ``requests`` in turn, starting at index ``first``, until ``stop_at``."""
     reader, writer = await asyncio.open_connection(host, port)
+    turn = first
     try:
         while time.perf_counter() < stop_at and budget[0] > 0:
             budget[0] -= 1
             started = time.perf_counter()
-            writer.write(request)
+            writer.write(requests[turn % len(requests)])
+            turn += 1
             status = await _read_response(reader)
             result.record(status, (time.perf_counter() - started) * 1000)
     finally:
@@ -120,8 +125,8 @@ async def run_load(
     max_requests: int = 1_000_000,
     warmup_seconds: float = 1.0,
 ) -> LoadResult:
-    """Closed-loop load; the first ``warmup_seconds`` are run but not counted. Several requests: client i
-    sends ``request[i % len(request)]``."""
+    """Closed-loop load; the first ``warmup_seconds`` are run but not counted. Several requests: every client
+    sends them in turn, client i starting with ``request[i % len(request)]``."""
     if warmup_seconds > 0:
         await run_load(host, port, request, concurrency, warmup_seconds, max_requests, warmup_seconds=0)
     result = LoadResult(requests=0, errors=0, seconds=0.0, latencies_ms=[])
@@ -129,8 +134,7 @@ async def run_load(
     started = time.perf_counter()
     stop_at = started + seconds
     requests = [request] if isinstance(request, bytes) else list(request)
-    await asyncio.gather(*(_client(host, port, requests[i % len(requests)], stop_at, budget, result)
-                           for i in range(concurrency)))  # fmt: skip
+    await asyncio.gather(*(_client(host, port, requests, i, stop_at, budget, result) for i in range(concurrency)))
     result.seconds = time.perf_counter() - started
     return result
 

@@ -11,8 +11,8 @@ in slices so background load hits each alike:
    candidate, guardrails judging) against no policy (target >= 0.95); at 100 %
    one version serves, so this is the routing's own cost; at 50 % it also pays
    for splitting batches over two versions, and a third load measures that
-   floor: the no-policy server with half of the clients pinned to each
-   version (no routing, no guardrails);
+   floor: the no-policy server with every client pinning its requests to
+   the two versions in turn (no routing, no guardrails);
 2. the stable answer's p50 with shadow at 100 % against stage ``off``, at
    1 client and at 32 clients (target: at most 10 % more).
 
@@ -89,7 +89,7 @@ def main() -> None:
         print(f"digits, PNG input, {args.clients} clients: no policy vs canary ({args.share:g} % of keys on v{candidate})")
         targets = {"none": request(plain), "canary": request(canary)}
         split = 0 < args.share < 100
-        if split:  # the same two versions, half of the clients pinned to each: no routing, no guardrails
+        if split:  # the same two versions, each client pinning its requests to them in turn: no routing, no guardrails
             pinned = [build_request(HOST, plain, f"/v1/models/digits/versions/{v}/predict", png, "image/png")
                       for v in (stable, candidate)]  # fmt: skip
             targets["pinned"] = (plain, pinned)
@@ -97,11 +97,11 @@ def main() -> None:
         print(describe("no policy", results["none"]))
         print(describe("canary policy", results["canary"]))
         if split:
-            print(describe("no policy, half the clients pinned to each version", results["pinned"]))
+            print(describe("no policy, requests pinned to each version in turn", results["pinned"]))
         print(f"  canary / none throughput: {results['canary'].rate / results['none'].rate:.3f} (target >= 0.95)")
         if split:
-            print(f"  floor: pinned half and half / none {results['pinned'].rate / results['none'].rate:.3f} "
-                  "(two versions sharing the traffic without any rollout machinery: each runs its own batches)")
+            print(f"  floor: pinned in turn / none {results['pinned'].rate / results['none'].rate:.3f} (two versions "
+                  "sharing the traffic request by request, without any rollout machinery: each runs its own batches)")
 
     if args.skip_shadow:
         return
