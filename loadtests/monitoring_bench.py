@@ -8,7 +8,11 @@ run side by side, one with ``SERVING_MONITORING`` and ``SERVING_PREDICTION_LOG``
 on (every request logged to a SQLite file), one with both off, and take the
 same closed-loop load in alternating slices. Prints throughput, latency and
 the on/off ratio against the targets (digits >= 0.9, resnet18 >= 0.95), and
-what the log wrote and dropped; asserts nothing.
+what the log wrote and dropped; asserts nothing. A third service measures a
+floor: monitoring on but its queue one observation long and the log off, so
+it pays for the request path (out-of-domain flags in every response, the
+graph's monitoring columns) and next to nothing for the drift windows and the
+log that run in the background.
 """
 
 from __future__ import annotations
@@ -38,23 +42,34 @@ def compare(name: str, repo: Path, body: bytes, content_type: str, work: Path, a
     log = work / f"{name}-predictions.sqlite"
     on_env = {"SERVING_MONITORING": "true", "SERVING_PREDICTION_LOG": "true", "SERVING_PREDICTION_LOG_PATH": str(log)}
     off_env = {"SERVING_MONITORING": "false", "SERVING_PREDICTION_LOG": "false"}
+    # The request path alone: every response still gets its out-of-domain flags, but the monitor's queue holds
+    # one observation, so nearly all are dropped before the worker sees them, and nothing is logged.
+    path_env = {"SERVING_MONITORING": "true", "SERVING_PREDICTION_LOG": "false", "SERVING_MONITOR_QUEUE_SIZE": "1"}
     path = f"/v1/models/{name}/predict"
-    with service_server(repo, on_env) as on_port, service_server(repo, off_env) as off_port:
+    with (
+        service_server(repo, on_env) as on_port,
+        service_server(repo, off_env) as off_port,
+        service_server(repo, path_env) as path_port,
+    ):
         loads = alternating_loads(
             {
                 "on": (on_port, build_request(HOST, on_port, path, body, content_type)),
                 "off": (off_port, build_request(HOST, off_port, path, body, content_type)),
+                "path": (path_port, build_request(HOST, path_port, path, body, content_type)),
             },
             args.clients,
             args.seconds,
         )
         with urllib.request.urlopen(f"http://{HOST}:{on_port}/metrics", timeout=5) as response:
             metrics = response.read().decode()
-    on, off = loads["on"], loads["off"]
+    on, off, request_path = loads["on"], loads["off"], loads["path"]
     print(f"\n{name}, {args.clients} clients")
     print(describe("monitoring + SQLite log on", on))
     print(describe("monitoring and log off", off))
+    print(describe("request path only (flags, no worker, no log)", request_path))
     print(f"  on / off   {on.rate / off.rate:5.3f}   (target >= {TARGETS[name]})")
+    print(f"  floor: request path only / off {request_path.rate / off.rate:5.3f} (each response's out-of-domain flags "
+          "and the graph's monitoring columns, with the drift windows and the log free)")
     print(f"  log: {_sample(metrics, 'serving_prediction_log_written_total'):.0f} written, "
           f"{_sample(metrics, 'serving_prediction_log_dropped_total'):.0f} dropped, "
           f"{_sample(metrics, 'serving_monitor_dropped_total'):.0f} observations dropped")  # fmt: skip
