@@ -234,6 +234,36 @@ def test_a_few_rows_are_flagged_in_plain_python_exactly_as_numpy_flags_them(moni
         assert one is not None
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_few_images_are_flagged_from_their_batch_columns_in_one_pass_as_flags_does_it(
+    monitoring_library: Path, data: Any
+) -> None:
+    from bundle.manifest import read_reference
+    from service.monitoring.ood import OODDetector
+
+    version = data.draw(st.sampled_from([2, 3]))  # the energy score; 1 - max probability
+    folder = monitoring_library / "digits" / str(version)
+    manifest = read_manifest(folder)
+    detector = OODDetector(manifest, read_reference(folder, manifest)["features"], image_slack=0.25)
+    scored = data.draw(st.booleans())
+    if not scored:
+        detector.threshold = None  # a version without a calibrated threshold: the score is the failed share
+    n = data.draw(st.integers(1, 20))
+    value = st.floats(-2.0, 2.0, width=32) | st.sampled_from([0.0, 1.0])
+    score = st.floats(-50.0, 50.0, width=32) | st.just(detector.threshold or 0.0)
+    values = [[*([data.draw(score)] if scored else []), *data.draw(st.lists(value, min_size=3, max_size=3))]
+              for _ in range(n)]  # fmt: skip
+    sizes = [(data.draw(st.integers(1, 4000)), data.draw(st.integers(0, 4000))) for _ in range(n)]
+    quick = detector.image_flags(values, sizes, scored)
+    if n > 16:
+        assert quick is None  # many images: numpy's path
+        return
+    summaries = [[*row[-3:], w, h, w / max(h, 1)] for row, (w, h) in zip(values, sizes)]
+    expected = detector.flags(np.zeros((n, 10)), summaries, None, None, [row[0] for row in values] if scored else None)
+    assert quick == (summaries, expected)
+
+
 def test_the_drift_endpoint_checks_its_parameters(shapes_client: Any) -> None:
     assert shapes_client.get("/v1/models/nope/drift").status_code == 404
     assert shapes_client.get("/v1/models/shapes/drift", params={"version": 7}).status_code == 404

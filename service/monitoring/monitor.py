@@ -265,24 +265,25 @@ class Monitor:
         ``batch_columns``: what the batch computed for these items (``service.monitoring.batch``), where it did."""
         try:
             state = self.prepare(version)
-            summaries = columns = rows = images = scores = None
+            summaries = columns = rows = images = flags = None
             computed = version.columns if batch_columns is not None else None
             values = batch_columns.tolist() if batch_columns is not None else []
-            if computed is not None:
-                scores = computed.scores(values)
             if state.input_kind == "image":
                 images = seen.get("images")
                 pixels = arrays[0]
                 sizes = seen.get("sizes") or (
                     image_sizes(images) if images else [(pixels.shape[3], pixels.shape[2])] * len(pixels)
                 )
-                if computed is not None:
-                    summaries = computed.summaries(values, sizes)
+                if computed is not None and computed.pixels:  # a few images: summaries and flags in one pass
+                    quick = state.detector.image_flags(values, sizes, computed.score is not None)
+                    summaries, flags = quick if quick is not None else (computed.summaries(values, sizes), None)
                 if summaries is None:
                     summaries = mon.summary_matrix(pixels, sizes).tolist()
             else:
                 columns, rows = seen.get("columns"), seen.get("rows")
-            flags = state.detector.flags(output, summaries, columns, logits, scores, rows)
+            if flags is None:
+                scores = computed.scores(values) if computed is not None else None
+                flags = state.detector.flags(output, summaries, columns, logits, scores, rows)
             for prediction, item_flags in zip(predictions, flags):
                 prediction["ood"] = item_flags
             logged = self.log is not None and random.random() < self.settings.prediction_log_sample_rate

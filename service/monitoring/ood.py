@@ -85,6 +85,40 @@ class OODDetector:
         low, high = self.image_low, self.image_high
         return [sum(v < lo or v > hi for v, lo, hi in zip(row, low, high)) for row in summaries]
 
+    def image_flags(
+        self, values: Sequence[Sequence[float]], sizes: Sequence[tuple[int, int]], scored: bool
+    ) -> tuple[list[list[float]], list[dict[str, Any]]] | None:
+        """:meth:`flags` of a few images from their batch columns, and their ``SUMMARY_KEYS`` values, in one pass.
+
+        ``values``: each image's columns (``service.monitoring.batch``: the model's score first when ``scored``,
+        the three pixel summaries last); ``sizes``: each one's (width, height) from its header. The request
+        path's common case, in plain Python with no intermediate lists; None where :meth:`flags` must decide
+        (more than ``_VECTOR_FROM`` images, or a threshold without a score column)."""
+        threshold = self.threshold
+        if len(values) > _VECTOR_FROM or (threshold is not None and not scored):
+            return None
+        low, high = self.image_low, self.image_high
+        checks = max(self.checks, 1)
+        summaries: list[list[float]] = []
+        flags: list[dict[str, Any]] = []
+        for row, (width, height) in zip(values, sizes):
+            summary = [row[-3], row[-2], row[-1], width, height, width / max(height, 1)]
+            summaries.append(summary)
+            failed = 0
+            for value, lo, hi in zip(summary, low, high):
+                if value < lo or value > hi:
+                    failed += 1
+            if threshold is None:
+                score = failed / checks
+                reasons = ["image_summary"] if failed else []
+            else:
+                score = row[0]
+                reasons = ["image_summary"] if failed else []
+                if score > threshold:
+                    reasons.append("model_score")
+            flags.append({"score": round(float(score), 6), "flagged": bool(reasons), "reasons": reasons})
+        return summaries, flags
+
     def tabular_flags(
         self, columns: Mapping[str, np.ndarray], rows: Sequence[Any] | None = None
     ) -> tuple[list[set[str]], list[float]]:
