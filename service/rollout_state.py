@@ -134,7 +134,8 @@ class RolloutManager:
         self.file = RolloutFile()
         self.file_error: str | None = None
         self.file_loaded_at: float | None = None
-        self._file_stamp: tuple[int, int] | None = None
+        self._file_stamp: tuple[int, int] | None = None  # (mtime, size) of the file as last read
+        self._settling: tuple[int, int] | None = None  # a changed stamp waiting one tick to prove it settled
         self.decisions: dict[str, Decision] = {}
         self.policies: dict[str, ModelPolicy] = {}  # the effective policy of every model with one
         self._routes: dict[str, Route] = {}  # each policy compiled for routing (rebuilt with the policies)
@@ -200,20 +201,24 @@ class RolloutManager:
         path = self.settings.rollout
         if path is None:
             return False
+        stamp = _stamp(Path(path))
+        if only_if_changed:
+            if stamp == self._file_stamp:
+                return False
+            if stamp != self._settling:  # changed since the last tick: read it once it stays put for a tick,
+                self._settling = stamp  # so a file caught half-written (truncated, say) is never applied
+                return False
         try:
-            stat = Path(path).stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
-        except OSError:
-            stamp = None
-        if only_if_changed and stamp == self._file_stamp:
-            return False
-        self._file_stamp = stamp
-        try:
-            loaded = load_policy_file(Path(path))
+            loaded, refused = load_policy_file(Path(path)), None
         except PolicyError as exc:
-            self.file_error = str(exc)
+            loaded, refused = RolloutFile(), exc
+        if only_if_changed and _stamp(Path(path)) != stamp:
+            return False  # written again while it was read: the next ticks read it once it settles
+        self._file_stamp = stamp
+        if refused is not None:
+            self.file_error = str(refused)
             self.metrics.policy_errors.inc()
-            log.error("rollout file refused, keeping the last good policy: %s", exc)
+            log.error("rollout file refused, keeping the last good policy: %s", refused)
             return False
         previous, self.file = self.file, loaded
         self.file_error = None
@@ -525,3 +530,12 @@ class RolloutManager:
 
 def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime, size) of the rollout file, None when it cannot be read."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size

@@ -59,7 +59,8 @@ class ServiceSettings(BaseSettings):
         "by every replica within this interval."
     )
     rollout_tick_s: float = Field(
-        0.5, gt=0, description="Seconds between rollout checks: rollout file changes, guardrails, gauges."
+        0.5, gt=0, description="Seconds between rollout checks: rollout file changes (a changed file is read "
+        "once it has stayed unchanged for one tick), guardrails, gauges."
     )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for the rollout admin endpoints (PUT/promote/rollback); unset refuses them."

@@ -417,6 +417,37 @@ def test_a_bad_policy_edit_keeps_the_previous_policy(make_repo: Callable[..., Pa
         assert predict(client, "k", "eu").headers["X-Model-Version"] == "1"
 
 
+def test_a_policy_file_caught_half_written_is_never_applied(tmp_path: Path) -> None:
+    """An edit is read once the file has stayed put for one tick: a truncated file seen between an editor's
+    truncate and its write does not drop the model's policy for a tick."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from service.rollout_state import RolloutManager
+
+    policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"eu": 100}'))
+    manager = RolloutManager(service_settings(tmp_path, rollout=policy_file), CollectorRegistry())
+
+    async def ticks() -> list[str]:
+        await manager.start(lambda name: {1, 2})
+        seen = []
+        try:
+            write_policy(policy_file, "")  # truncated, as a non-atomic save leaves it for a moment
+            await manager.tick()
+            seen.append(manager.policies["digits"].steps[0].regions["eu"])
+            write_policy(policy_file, canary(2, '{"eu": 10}'))  # the save completes before the next tick
+            for _ in range(3):
+                await manager.tick()
+                seen.append(manager.policies["digits"].steps[0].regions["eu"])
+        finally:
+            await manager.stop()
+        return seen
+
+    assert asyncio.run(ticks()) == [100, 100, 10, 10]  # the edit applies once it has settled for a tick
+    assert manager.file_error is None
+
+
 def test_a_rollback_survives_a_restart(make_repo: Callable[..., Path], tmp_path: Path) -> None:
     repo = make_repo(("digits", 1), ("digits", 2))
     policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"*": 100}'))
