@@ -319,7 +319,7 @@ class Route:
     it; a property test holds the two equal). Here a request costs a bisect, a dict lookup and, inside a
     partial share, one sha256."""
 
-    __slots__ = ("stable", "candidate", "always", "begins", "end", "steps", "prefix")
+    __slots__ = ("stable", "candidate", "always", "begins", "end", "steps", "prefix", "shadow", "shadow_prefix")
 
     def __init__(self, model: str, policy: ModelPolicy) -> None:
         self.stable = policy.stable
@@ -340,6 +340,10 @@ class Route:
             for step in policy.steps
         ]  # fmt: skip
         self.prefix = _bucket_prefix("", model, policy.candidate) if policy.candidate is not None else b""
+        # shadowed's share of stable's requests (stage shadow only), and its salted hash prefix
+        mirrors = policy.stage == "shadow" and policy.candidate is not None and policy.shadow.percent > 0
+        self.shadow = _compiled(policy.shadow.percent) if mirrors else None
+        self.shadow_prefix = _bucket_prefix("shadow\x00", model, policy.candidate) if mirrors else b""
 
     def choose(self, key: str | None, region: str | None, now: float) -> int:
         """The version that answers a request with this key from this region at ``now``."""
@@ -357,6 +361,17 @@ class Route:
         digest = hashlib.sha256(self.prefix + key.encode()).digest()
         in_candidate = int.from_bytes(digest[:8], "big") % BUCKETS < buckets
         return self.candidate if in_candidate else self.stable  # type: ignore[return-value]
+
+
+    def shadows(self, key: str) -> bool:
+        """:func:`shadowed`: whether the candidate also runs on a request with this key."""
+        if self.shadow is None:
+            return False
+        buckets, whole = self.shadow
+        if whole:
+            return True
+        digest = hashlib.sha256(self.shadow_prefix + key.encode()).digest()
+        return int.from_bytes(digest[:8], "big") % BUCKETS < buckets
 
 
 def _compiled(percent: float) -> tuple[int, bool]:

@@ -40,7 +40,6 @@ from service.rollout import (
     iso,
     load_policy_file,
     plan_regions,
-    shadowed,
     step_at,
     timeline,
 )
@@ -402,10 +401,10 @@ class RolloutManager:
 
     def shadow_target(self, name: str, key: str, served: int) -> int | None:
         """The candidate to mirror this request to, when it is shadowed and stable answered it."""
-        policy = self.policies.get(name)
-        if policy is None or served != policy.stable or not shadowed(name, policy, key):
+        route = self._routes.get(name)
+        if route is None or served != route.stable or not route.shadows(key):
             return None
-        return policy.candidate
+        return route.candidate
 
     def observe(self, name: str, version: int, ok: bool, seconds: float, count: int = 1) -> None:
         """``count`` answered requests of an arm (requests, or shadow copies run together), ``seconds`` each."""

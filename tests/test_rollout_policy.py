@@ -134,13 +134,17 @@ steps = st.lists(st.fixed_dictionaries({"regions": st.dictionaries(st.sampled_fr
     offset=st.floats(-DAY, 40 * DAY),
     region=st.sampled_from([*REGIONS, "asia", None]),
     key=st.one_of(st.none(), st.text(max_size=12)),
+    share=shares,
 )
-def test_the_compiled_route_chooses_what_the_policy_says(
-    steps: list[dict], stage: str, ends: bool, offset: float, region: str | None, key: str | None
+def test_the_compiled_route_chooses_and_shadows_what_the_policy_says(
+    steps: list[dict], stage: str, ends: bool, offset: float, region: str | None, key: str | None, share: float
 ) -> None:
-    p = policy(steps=steps, stage=stage, end="2026-12-09T08:00:00Z" if ends else None)
+    p = policy(steps=steps, stage=stage, end="2026-12-09T08:00:00Z" if ends else None, shadow={"percent": share})
     now = START + offset
-    assert Route("digits", p).choose(key, region, now) == choose_version("digits", p, key, region, now)
+    route = Route("digits", p)
+    assert route.choose(key, region, now) == choose_version("digits", p, key, region, now)
+    if key is not None:
+        assert route.shadows(key) == shadowed("digits", p, key)
 
 
 def test_raising_a_share_keeps_every_key_already_on_the_candidate() -> None:
