@@ -210,8 +210,12 @@ def describe_validation(exc: ValidationError, where: str = "") -> str:
 
 def bucket(model: str, candidate: int, key: str, salt: str = "") -> int:
     """The key's bucket in [0, 10000): sha256, so every process and replica agrees (Python's hash does not)."""
-    digest = hashlib.sha256(_bucket_prefix(salt, model, candidate) + key.encode()).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
+    return _bucket_after(_bucket_prefix(salt, model, candidate), key)
+
+
+def _bucket_after(prefix: bytes, key: str) -> int:
+    """:func:`bucket` of a key whose (salt, model, candidate) prefix is already encoded."""
+    return int.from_bytes(hashlib.sha256(prefix + key.encode()).digest()[:8], "big") % BUCKETS
 
 
 @lru_cache(maxsize=1024)
@@ -356,22 +360,16 @@ class Route:
         buckets, whole = named.get(region, others) if region is not None else others
         if whole:
             return self.candidate  # type: ignore[return-value]
-        if buckets <= 0 or key is None:
+        if buckets <= 0 or key is None or _bucket_after(self.prefix, key) >= buckets:
             return self.stable
-        digest = hashlib.sha256(self.prefix + key.encode()).digest()
-        in_candidate = int.from_bytes(digest[:8], "big") % BUCKETS < buckets
-        return self.candidate if in_candidate else self.stable  # type: ignore[return-value]
-
+        return self.candidate  # type: ignore[return-value]
 
     def shadows(self, key: str) -> bool:
         """:func:`shadowed`: whether the candidate also runs on a request with this key."""
         if self.shadow is None:
             return False
         buckets, whole = self.shadow
-        if whole:
-            return True
-        digest = hashlib.sha256(self.shadow_prefix + key.encode()).digest()
-        return int.from_bytes(digest[:8], "big") % BUCKETS < buckets
+        return whole or _bucket_after(self.shadow_prefix, key) < buckets
 
 
 def _compiled(percent: float) -> tuple[int, bool]:

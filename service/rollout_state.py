@@ -207,15 +207,16 @@ class RolloutManager:
             if stamp != self._settling:  # changed since the last tick: read it once it stays put for a tick,
                 self._settling = stamp  # so a file caught half-written (truncated, say) is never applied
                 return False
+        loaded: RolloutFile | None = None
         try:
-            loaded, refused = load_policy_file(Path(path)), None
+            loaded = load_policy_file(Path(path))
         except PolicyError as exc:
-            loaded, refused = RolloutFile(), exc
+            refused = str(exc)
         if only_if_changed and _stamp(Path(path)) != stamp:
             return False  # written again while it was read: the next ticks read it once it settles
         self._file_stamp = stamp
-        if refused is not None:
-            self.file_error = str(refused)
+        if loaded is None:
+            self.file_error = refused
             self.metrics.policy_errors.inc()
             log.error("rollout file refused, keeping the last good policy: %s", refused)
             return False

@@ -108,12 +108,11 @@ class OODDetector:
             for value, lo, hi in zip(summary, low, high):
                 if value < lo or value > hi:
                     failed += 1
+            reasons = ["image_summary"] if failed else []
             if threshold is None:
                 score = failed / checks
-                reasons = ["image_summary"] if failed else []
             else:
                 score = row[0]
-                reasons = ["image_summary"] if failed else []
                 if score > threshold:
                     reasons.append("model_score")
             flags.append({"score": round(float(score), 6), "flagged": bool(reasons), "reasons": reasons})
