@@ -88,3 +88,39 @@ def test_open_loop_latency_counts_from_the_intended_send_time() -> None:
     assert min(latencies) >= 19
     assert max(latencies) > 250  # the 30th was due at 290 ms and answered at about 600 ms
     assert elapsed > 0.55
+
+
+def test_a_closed_loop_of_several_requests_sends_them_in_turn_on_every_connection() -> None:
+    # The rollout bench's floor pins requests to two versions in turn: each connection must alternate.
+    from loadtests.loadgen import run_load
+
+    seen: dict[int, list[bytes]] = {}
+
+    async def scenario() -> int:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            paths = seen.setdefault(id(writer), [])
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    paths.append(head.split(b" ", 2)[1])
+                    length = int(next(line.split(b":")[1] for line in head.lower().split(b"\r\n")
+                                      if line.startswith(b"content-length")))  # fmt: skip
+                    await reader.readexactly(length)
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        requests = [build_request("127.0.0.1", port, path, b"x", "text/plain") for path in ("/a", "/b")]
+        result = await run_load("127.0.0.1", port, requests, concurrency=4, seconds=0.2, max_requests=40,
+                                warmup_seconds=0)  # fmt: skip
+        server.close()
+        return result.requests
+
+    assert asyncio.run(scenario()) == 40
+    assert len(seen) == 4
+    for paths in seen.values():
+        assert all(a != b for a, b in zip(paths, paths[1:]))  # /a, /b, /a, ... or /b, /a, ...
+    firsts = sorted(paths[0] for paths in seen.values())
+    assert firsts == [b"/a", b"/a", b"/b", b"/b"]  # client i starts with request i % 2
