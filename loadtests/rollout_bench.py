@@ -11,8 +11,9 @@ in slices so background load hits each alike:
    candidate, guardrails judging) against no policy (target >= 0.95); at 100 %
    one version serves, so this is the routing's own cost; at 50 % it also pays
    for splitting batches over two versions, and a third load measures that
-   floor: the no-policy server with every client pinning its requests to
-   the two versions in turn (no routing, no guardrails);
+   floor: the no-policy server taking requests pinned to the candidate at
+   random with the policy's share, as the hash routes keys (no routing, no
+   guardrails);
 2. the stable answer's p50 with shadow at 100 % against stage ``off``, at
    1 client and at 32 clients (target: at most 10 % more).
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -65,6 +67,16 @@ def two_version_repo(work: Path) -> tuple[Path, int, int]:
     return repo, stable, candidate
 
 
+def pinned_at_random(stable: bytes, candidate: bytes, share: float, length: int = 4096) -> list[bytes]:
+    """A fixed random sequence of the two pinned requests, ``share`` percent of them the candidate's.
+
+    Each client of the closed loop walks it from its own offset, so the versions get requests as the hash
+    routes random keys: batches of each version form at random. (Pinning them in turn would not do: clients
+    answered together move to the other version together, keeping both versions' batches full.)"""
+    rng = random.Random(0)
+    return [candidate if rng.random() * 100 < share else stable for _ in range(length)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per server and load")
@@ -89,19 +101,21 @@ def main() -> None:
         print(f"digits, PNG input, {args.clients} clients: no policy vs canary ({args.share:g} % of keys on v{candidate})")
         targets = {"none": request(plain), "canary": request(canary)}
         split = 0 < args.share < 100
-        if split:  # the same two versions, each client pinning its requests to them in turn: no routing, no guardrails
-            pinned = [build_request(HOST, plain, f"/v1/models/digits/versions/{v}/predict", png, "image/png")
-                      for v in (stable, candidate)]  # fmt: skip
-            targets["pinned"] = (plain, pinned)
+        if split:  # the same two versions, requests pinned at random with the policy's share: no routing, no guardrails
+            pinned = {v: build_request(HOST, plain, f"/v1/models/digits/versions/{v}/predict", png, "image/png")
+                      for v in (stable, candidate)}  # fmt: skip
+            targets["pinned"] = (plain, pinned_at_random(pinned[stable], pinned[candidate], args.share))
         results = alternating_loads(targets, args.clients, args.seconds)
         print(describe("no policy", results["none"]))
         print(describe("canary policy", results["canary"]))
         if split:
-            print(describe("no policy, requests pinned to each version in turn", results["pinned"]))
+            print(describe("no policy, requests pinned to the versions at random", results["pinned"]))
         print(f"  canary / none throughput: {results['canary'].rate / results['none'].rate:.3f} (target >= 0.95)")
         if split:
-            print(f"  floor: pinned in turn / none {results['pinned'].rate / results['none'].rate:.3f} (two versions "
-                  "sharing the traffic request by request, without any rollout machinery: each runs its own batches)")
+            print(f"  floor: pinned at random / none {results['pinned'].rate / results['none'].rate:.3f} (two versions "
+                  "sharing the traffic as routing shares it, without any rollout machinery: each runs its own batches)")
+            own = results["canary"].rate / results["pinned"].rate
+            print(f"  canary / floor {own:.3f} (the rollout machinery's own cost: routing, guardrail windows, gauges)")
 
     if args.skip_shadow:
         return

@@ -91,7 +91,8 @@ def test_open_loop_latency_counts_from_the_intended_send_time() -> None:
 
 
 def test_a_closed_loop_of_several_requests_sends_them_in_turn_on_every_connection() -> None:
-    # The rollout bench's floor pins requests to two versions in turn: each connection must alternate.
+    # The rollout bench's floor walks a list of pinned requests: each connection sends them in order, from its own
+    # offset.
     from loadtests.loadgen import run_load
 
     seen: dict[int, list[bytes]] = {}
@@ -124,3 +125,14 @@ def test_a_closed_loop_of_several_requests_sends_them_in_turn_on_every_connectio
         assert all(a != b for a, b in zip(paths, paths[1:]))  # /a, /b, /a, ... or /b, /a, ...
     firsts = sorted(paths[0] for paths in seen.values())
     assert firsts == [b"/a", b"/a", b"/b", b"/b"]  # client i starts with request i % 2
+
+
+def test_the_rollout_floor_pins_the_policy_share_of_requests_to_the_candidate_at_random() -> None:
+    from loadtests.rollout_bench import pinned_at_random
+
+    sequence = pinned_at_random(b"stable", b"candidate", 10.0)
+    assert sequence == pinned_at_random(b"stable", b"candidate", 10.0)  # one fixed sequence: runs compare
+    assert abs(sequence.count(b"candidate") / len(sequence) - 0.10) < 0.02
+    runs = [len(run) for run in "".join("c" if r == b"candidate" else "s" for r in sequence).split("c") if run]
+    assert max(runs) > 20  # not in turn: stretches of stable as random draws give them
+    assert pinned_at_random(b"stable", b"candidate", 50.0).count(b"candidate") in range(1900, 2200)
