@@ -83,7 +83,7 @@ class Pipeline:
     """
 
     def __init__(self, bundle: Path, jpeg: bytes) -> None:
-        from service.runtime import OnnxRuntime
+        from service.models.runtime import OnnxRuntime
         from service.settings import ServiceSettings
 
         manifest = read_manifest(bundle)

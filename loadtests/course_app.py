@@ -32,7 +32,7 @@ from bundle.images import ResizeSpec, preprocess
 from bundle.manifest import Manifest, read_manifest
 from bundle.tabular import TabularProcessor, rows_to_frame
 from loadtests.repository import newest_bundles
-from service.runtime import cpu_quota
+from service.models.runtime import cpu_quota
 
 
 class CourseModel:

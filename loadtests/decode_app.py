@@ -4,7 +4,7 @@
 
 Like ``loadtests.bare_app`` it reads the body and answers a small JSON, but
 first it decodes the body exactly as the service would, with the service's
-own decoder and default limits (``service.inputs.decoder_for``; a thumbnail
+own decoder and default limits (``service.codecs.inputs.decoder_for``; a thumbnail
 through ``decode_in_place``, anything else through ``decode``), for the
 newest version of the model named in the path. It decodes on the event
 loop, with no thread hand-off. No model runs; nothing is batched, counted,
@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from bundle.manifest import read_manifest
 from loadtests.repository import newest_bundles
-from service.inputs import InputDecoder, decoder_for, input_limits, media_type_of
+from service.codecs.inputs import InputDecoder, decoder_for, input_limits, media_type_of
 from service.settings import ServiceSettings
 
 

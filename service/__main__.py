@@ -15,7 +15,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
-from service.connections import server_config
+from service.http.connections import server_config
 from service.settings import ServiceSettings
 
 
@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["rollout"]:  # python -m service rollout check|plan|at FILE
-        from service.rollout_cli import main as rollout_main
+        from service.rollout.cli import main as rollout_main
 
         return rollout_main(argv[1:])
     args = parse_args(argv)
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     # The connection limits (header size, header/body/keep-alive timeouts, connection and request caps) live
-    # in service.connections, with the protocol that enforces them.
+    # in service.http.connections, with the protocol that enforces them.
     uvicorn.Server(server_config(create_app(settings), settings)).run()
     return 0
 

@@ -23,21 +23,21 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from service.errors import NotFound, ServiceError, error_body, error_response, public_message
+from service.http.errors import NotFound, ServiceError, error_body, error_response, public_message
 from service.metrics import ServingMetrics
-from service.oip import OpenInferenceAPI
+from service.api.oip import OpenInferenceAPI
 from service.monitoring import Monitor
 from service.monitoring.batch import BatchColumns
-from service.monitoring.routes import MonitoringRoutes
-from service.openapi import ModelContract, openapi_document
-from service.predict import PREDICT_PATH, PredictEndpoint
-from service.registry import ModelRegistry
-from service.request_id import RequestIdMiddleware
-from service.responses import JSONResponse
-from service.rollout_api import RolloutAPI
-from service.rollout_state import RolloutManager
-from service.runtime import cpu_quota
-from service.shadow import ShadowRunner
+from service.api.monitoring import MonitoringRoutes
+from service.api.openapi import ModelContract, openapi_document
+from service.api.predict import PREDICT_PATH, PredictEndpoint
+from service.models.registry import ModelRegistry
+from service.http.request_id import RequestIdMiddleware
+from service.http.responses import JSONResponse
+from service.api.rollouts import RolloutAPI
+from service.rollout.manager import RolloutManager
+from service.models.runtime import cpu_quota
+from service.inference.shadow import ShadowRunner
 from service.settings import ServiceSettings
 from service.ui import WebPages
 
@@ -200,7 +200,7 @@ class ServingAPI:
 
 
 class ServingApp(Starlette):
-    """Starlette, with the predict paths taken straight to the predict endpoint (see ``service.predict``)."""
+    """Starlette, with the predict paths taken straight to the predict endpoint (see ``service.api.predict``)."""
 
     def __init__(self, api: ServingAPI) -> None:
         super().__init__(

@@ -168,7 +168,7 @@ class ServiceSettings(BaseSettings):
         description="Image formats decoded, checked against the bytes (comma-separated; TIFF only if listed).",
     )
 
-    # -- connections (see service.connections) -------------------------------------------------
+    # -- connections (see service.http.connections) -------------------------------------------------
     max_header_bytes: int = Field(65_536, ge=1024, description="Largest request line plus headers in bytes (431).")
     header_timeout_s: float = Field(
         10.0, gt=0, description="Seconds a connection may take to send a whole request line and headers (408)."

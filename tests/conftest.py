@@ -142,7 +142,7 @@ class LiveServer:
         import uvicorn
 
         from service.app import create_app
-        from service.connections import server_config
+        from service.http.connections import server_config
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from service.batch_policy import INLINE_MAX_RUN_S, choose, measure, timed_sizes
+from service.models.batch_policy import INLINE_MAX_RUN_S, choose, measure, timed_sizes
 
 
 def test_the_cap_is_the_smallest_batch_about_as_fast_per_item_as_the_best() -> None:

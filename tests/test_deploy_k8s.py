@@ -232,7 +232,7 @@ def test_rollout_file_in_the_configmap_follows_the_documented_format(overlay):
 @every_overlay
 def test_rollout_file_in_the_configmap_passes_the_services_validator(overlay):
     rollout = pytest.importorskip(
-        "service.rollout", reason="the service's rollout policy validator (service/rollout.py) is not built yet"
+        "service.rollout.policy", reason="the service's rollout policy validator (service/rollout.py) is not built yet"
     )
     docs = rendered(overlay)
     rollout_file(docs)  # mounted where SERVING_ROLLOUT points

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from bundle.manifest import read_manifest
-from service.errors import ServiceError
-from service.inputs import ImageInputs, TabularInputs
+from service.http.errors import ServiceError
+from service.codecs.inputs import ImageInputs, TabularInputs
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 PER_INPUT_S = 2.0

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from service.errors import DeadlineExceeded, QueueFull
-from service.preprocess import PreprocessQueue
+from service.http.errors import DeadlineExceeded, QueueFull
+from service.inference.decode_queue import PreprocessQueue
 from tests.conftest import image_bytes
 from tests.hardening_support import WellBehavedClient
 

@@ -7,7 +7,7 @@ import json
 import httpx
 from starlette.requests import Request
 
-from service.errors import error_response
+from service.http.errors import error_response
 from tests.hardening_support import WellBehavedClient
 
 

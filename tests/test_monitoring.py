@@ -344,10 +344,10 @@ def test_flags_from_the_batch_columns_equal_flags_computed_per_request(
 
     from bundle import monitoring as mon
     from bundle.manifest import read_reference
-    from service.inputs import decoder_for
+    from service.codecs.inputs import decoder_for
     from service.monitoring.batch import BatchColumns
     from service.monitoring.ood import OODDetector
-    from service.runtime import OnnxRuntime
+    from service.models.runtime import OnnxRuntime
 
     folder = monitoring_library / "digits" / str(version)
     manifest = read_manifest(folder)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from service.rollout import (
+from service.rollout.policy import (
     ModelPolicy,
     PolicyError,
     Route,

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from service.rollout import choose_version, parse_policy_text
+from service.rollout.policy import choose_version, parse_policy_text
 from tests.bundle_factory import _handmade_image_bundle
 from tests.conftest import gradient_image, install_bundle, metric_value, post_bytes, service_settings
 
@@ -240,7 +240,7 @@ def test_shadow_is_shed_first_when_the_cap_or_the_time_budget_is_reached(
 
 
 def test_the_shadow_budget_takes_copies_until_its_share_of_the_window_is_spent() -> None:
-    from service.shadow import ShadowBudget
+    from service.inference.shadow import ShadowBudget
 
     budget = ShadowBudget(share=0.5, window_s=1.0)  # half a second of shadow work per second
     budget.ran(copies=2, seconds=0.25)  # 125 ms a copy
@@ -424,7 +424,7 @@ def test_a_policy_file_caught_half_written_is_never_applied(tmp_path: Path) -> N
 
     from prometheus_client import CollectorRegistry
 
-    from service.rollout_state import RolloutManager
+    from service.rollout.manager import RolloutManager
 
     policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"eu": 100}'))
     manager = RolloutManager(service_settings(tmp_path, rollout=policy_file), CollectorRegistry())

@@ -219,7 +219,7 @@ def test_request_id_is_generated_when_absent_and_on_every_response(client):
 def test_generated_request_ids_are_unique_and_in_time_order():
     import time
 
-    from service.request_id import new_request_id
+    from service.http.request_id import new_request_id
 
     ids = []
     for _ in range(3):

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.batcher import DynamicBatcher, padded_sizes
-from service.errors import DeadlineExceeded, InferenceFailed, QueueFull, Unavailable
+from service.models.batcher import DynamicBatcher, padded_sizes
+from service.http.errors import DeadlineExceeded, InferenceFailed, QueueFull, Unavailable
 
 
 class DoublingModel:

@@ -10,10 +10,10 @@ import pytest
 
 from bundle.images import ResizeSpec, preprocess
 from bundle.manifest import read_manifest
-from service.errors import InvalidInput
-from service.inputs import ImageInputs, TabularInputs, media_type_of, parse_json
-from service.multipart import parse_multipart
-from service.outputs import PredictionEncoder
+from service.http.errors import InvalidInput
+from service.codecs.inputs import ImageInputs, TabularInputs, media_type_of, parse_json
+from service.codecs.multipart import parse_multipart
+from service.codecs.outputs import PredictionEncoder
 from tests.conftest import gradient_image, image_bytes, penguin
 
 

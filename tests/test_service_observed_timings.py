@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from service.batcher import DynamicBatcher
+from service.models.batcher import DynamicBatcher
 from service.metrics import ServingMetrics
 
 

@@ -47,7 +47,7 @@ def test_bundle_with_a_wrong_sha256_is_refused_and_the_others_keep_serving(make_
     repo = make_repo(("digits", 1), ("penguins", 1))
     corrupt(repo / "digits" / "1" / "model.onnx")
 
-    with caplog.at_level(logging.ERROR, logger="service.registry"):
+    with caplog.at_level(logging.ERROR, logger="service.models.registry"):
         client = make_client(repo)
 
     assert "refused bundle digits v1 (checksum)" in caplog.text and "sha256 mismatch" in caplog.text

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from bundle.manifest import TensorSpec, read_manifest
-from service.runtime import OnnxRuntime, RuntimeLoadError, cpu_quota, providers_for
+from service.models.runtime import OnnxRuntime, RuntimeLoadError, cpu_quota, providers_for
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -182,7 +182,7 @@ def test_the_service_package_never_imports_torch():
     import subprocess
 
     code = (
-        "import sys, service.app, service.registry, service.__main__\n"
+        "import sys, service.app, service.models.registry, service.__main__\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -82,7 +82,7 @@ def test_an_unreadable_bundle_is_refused_at_startup_and_the_others_keep_serving(
     locked = install_bundle(bundle_library, shared_repo, "digits", 1)
     os.chmod(locked, 0o700)
 
-    with caplog.at_level(logging.ERROR, logger="service.registry"), as_another_user():
+    with caplog.at_level(logging.ERROR, logger="service.models.registry"), as_another_user():
         client = make_client(shared_repo, watch_interval_s=0)
 
     assert "refused bundle digits v1 (unreadable)" in caplog.text
@@ -102,7 +102,7 @@ def test_an_unreadable_bundle_that_appears_later_is_refused_logged_and_counted(
     os.chmod(late / "manifest.json", 0o600)
 
     registry = client.app.state.api.registry
-    with caplog.at_level(logging.ERROR, logger="service.registry"), as_another_user():
+    with caplog.at_level(logging.ERROR, logger="service.models.registry"), as_another_user():
         client.portal.call(lambda: registry.refresh(settled_only=False))
 
     assert "refused bundle penguins v7 (unreadable)" in caplog.text

@@ -2,10 +2,10 @@
 
 - **raw ONNX Runtime throughput** at batch sizes 1, 2, 4, ..., 64 on already
   preprocessed inputs, the session built exactly as the service builds it
-  (``service.runtime.OnnxRuntime`` with ``ServiceSettings()``'s thread and
+  (``service.models.runtime.OnnxRuntime`` with ``ServiceSettings()``'s thread and
   spinning defaults, the provider asked for);
 - **decode + preprocessing per item**: the service's own decoder
-  (``service.inputs.decoder_for`` with the default request limits, trying
+  (``service.codecs.inputs.decoder_for`` with the default request limits, trying
   ``decode_in_place`` first as the service does) on the request body: for an
   image ``bundle.images``' decode, resize and HWC->CHW; for rows the strict
   JSON parse, ``rows_to_frame`` and the fitted ``TabularProcessor``;
@@ -14,7 +14,7 @@
       limit = 1 / (decode_per_item / cores + infer_per_item)
 
   where ``cores`` is the CPU quota the service sizes its decode pool and ONNX
-  Runtime by (``service.runtime.cpu_quota``), and ``infer_per_item`` is
+  Runtime by (``service.models.runtime.cpu_quota``), and ``infer_per_item`` is
   1 / the best raw throughput over the batch sizes: decoding spread over every
   core, then the best batch. Also reported, the **serial** figure
   1 / (decode_per_item + infer_per_item): one thread decoding, then running;
@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from bundle.manifest import read_manifest
-from service.inputs import decoder_for, input_limits, media_type_of
-from service.runtime import OnnxRuntime, cpu_quota
+from service.codecs.inputs import decoder_for, input_limits, media_type_of
+from service.models.runtime import OnnxRuntime, cpu_quota
 from service.settings import ServiceSettings
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)

@@ -17,7 +17,7 @@ def machine(provider: str) -> dict[str, Any]:
     """Cores, CPU model, ONNX Runtime version and the provider the sessions run on."""
     import onnxruntime as ort
 
-    from service.runtime import cpu_quota
+    from service.models.runtime import cpu_quota
 
     model = "unknown"
     try:

@@ -41,7 +41,7 @@ def service(name: str, repo: Path, env: dict[str, str] | None = None) -> ServerS
 
 
 def _uvicorn(app: str) -> list[str]:
-    # The options python -m service gives uvicorn (service.connections.server_config): httptools, no access log.
+    # The options python -m service gives uvicorn (service.http.connections.server_config): httptools, no access log.
     return ["-m", "uvicorn", app, "--host", HOST, "--http", "httptools", "--no-access-log", "--log-level", "warning"]
 
 

@@ -7,7 +7,7 @@ Both are a dozen numpy calls whatever the number of items, so for a small
 model they cost far more per request than per batch: computed over the whole
 batch they are nearly free. :class:`BatchColumns` gives each batch's result
 these columns after the model's outputs (side by side, like the logits
-beside the probabilities; see ``service.runtime``), and
+beside the probabilities; see ``service.models.runtime``), and
 :meth:`BatchColumns.split` takes a request's rows apart again.
 
 Where they are computed: when the service opens a version with monitoring
@@ -36,7 +36,7 @@ import onnx
 from bundle import monitoring as mon
 from bundle.manifest import LOGITS_OUTPUT, Manifest, TensorSpec
 from service.monitoring.graph import COLUMNS_OUTPUT, with_columns
-from service.runtime import OnnxRuntime
+from service.models.runtime import OnnxRuntime
 
 log = logging.getLogger("service.monitoring")
 

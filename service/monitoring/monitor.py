@@ -33,8 +33,8 @@ from prometheus_client import Counter, Gauge
 
 from bundle import monitoring as mon
 from bundle.manifest import read_reference
-from service.errors import InvalidInput, NotFound, Unavailable
-from service.guardrails import Reading, ReadingSource
+from service.http.errors import InvalidInput, NotFound, Unavailable
+from service.rollout.guardrails import Reading, ReadingSource
 from service.metrics import ServingMetrics
 from service.monitoring.drift import DriftWindow, FeatureBins, verdict
 from service.monitoring.log import LogMetrics, PredictionLog

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from service.errors import InvalidInput
+from service.http.errors import InvalidInput
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import hmac
 import json
 from typing import Any
 
-from service.errors import Forbidden, Unauthorized
+from service.http.errors import Forbidden, Unauthorized
 from service.settings import ServiceSettings
 from service.store import Store
 

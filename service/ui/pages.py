@@ -20,7 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from service.errors import NotFound
+from service.http.errors import NotFound
 
 if TYPE_CHECKING:
     from service.app import ServingAPI

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import Executor
 from typing import Any, Callable, TypeVar
 
-from service.errors import DeadlineExceeded, QueueFull
+from service.http.errors import DeadlineExceeded, QueueFull
 
 T = TypeVar("T")
 

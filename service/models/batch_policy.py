@@ -49,7 +49,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from service.runtime import OnnxRuntime
+from service.models.runtime import OnnxRuntime
 
 EFFICIENT_SHARE = 0.10  # a batch size is "efficient" when its time per item is within this share of the best
 INLINE_MAX_RUN_S = 0.001  # models whose largest batch runs faster than this run on the event loop

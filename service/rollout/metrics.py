@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from service.rollout import STAGES
+from service.rollout.policy import STAGES
 
 
 class RolloutMetrics:

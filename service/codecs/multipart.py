@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from service.errors import InvalidInput, PayloadTooLarge
+from service.http.errors import InvalidInput, PayloadTooLarge
 
 
 @dataclass

@@ -33,10 +33,10 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.errors import error_body
+from service.http.errors import error_body
 from service.settings import ServiceSettings
 
-log = logging.getLogger("service.connections")
+log = logging.getLogger("service.http.connections")
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 FD_HEADROOM = 256  # descriptors beyond the connection cap: model files, sockets of the state store, logs

@@ -8,13 +8,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.errors import InvalidInput, NotFound, Unavailable
-from service.inputs import parse_json
+from service.http.errors import InvalidInput, NotFound, Unavailable
+from service.codecs.inputs import parse_json
 from service.monitoring.monitor import ALL_REGIONS, Monitor
 from service.monitoring.review import authorize_reviewer, review_queue
 from service.store import StoreUnavailable
-from service.registry import ModelRegistry
-from service.responses import JSONResponse
+from service.models.registry import ModelRegistry
+from service.http.responses import JSONResponse
 from service.settings import ServiceSettings
 
 

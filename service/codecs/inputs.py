@@ -45,8 +45,8 @@ from bundle.tabular import (
     rows_to_columns,
     unknown_columns_message,
 )
-from service.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from service.multipart import parse_multipart
+from service.http.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.codecs.multipart import parse_multipart
 
 JSON = "application/json"
 MULTIPART = "multipart/form-data"

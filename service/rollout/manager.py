@@ -12,7 +12,7 @@ be reached the replica keeps routing on its last known state, says so in
 rollbacks) once the store answers again.
 
 Guardrail readings are this replica's own observations (see
-``service.guardrails``): each replica judges what it serves, and a breach
+``service.rollout.guardrails``): each replica judges what it serves, and a breach
 anywhere rolls the candidate back everywhere through the store.
 """
 
@@ -30,8 +30,8 @@ from typing import Any, Callable, Collection
 
 from prometheus_client import CollectorRegistry
 
-from service.guardrails import ArmObservations, ArmWindow, ReadingSource, Verdict
-from service.rollout import (
+from service.rollout.guardrails import ArmObservations, ArmWindow, ReadingSource, Verdict
+from service.rollout.policy import (
     ModelPolicy,
     PolicyError,
     Route,
@@ -43,7 +43,7 @@ from service.rollout import (
     step_at,
     timeline,
 )
-from service.rollout_metrics import RolloutMetrics
+from service.rollout.metrics import RolloutMetrics
 from service.settings import ServiceSettings
 from service.store import MIGRATIONS, Migration, Store, StoreUnavailable, open_store
 

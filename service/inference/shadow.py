@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from service.inputs import media_type_of
-from service.registry import ModelRegistry, ModelVersion
-from service.rollout_state import RolloutManager
+from service.codecs.inputs import media_type_of
+from service.models.registry import ModelRegistry, ModelVersion
+from service.rollout.manager import RolloutManager
 from service.settings import ServiceSettings
 
-log = logging.getLogger("service.shadow")
+log = logging.getLogger("service.inference.shadow")
 
 FLUSH_S = 0.02  # how long decoded copies gather before they run on the candidate together
 BUDGET_WINDOW_S = 0.5  # the shadow time budget is a share of each window this long

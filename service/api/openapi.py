@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from service.oip.openapi import oip_paths
+from service.api.oip_openapi import oip_paths
 
 _ERROR = {
     "type": "object",

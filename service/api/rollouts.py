@@ -23,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.errors import Forbidden, InvalidInput, NotFound, Unauthorized, Unavailable
-from service.responses import JSONResponse
-from service.rollout import PolicyError, parse_model_policy
-from service.rollout_state import RolloutManager
+from service.http.errors import Forbidden, InvalidInput, NotFound, Unauthorized, Unavailable
+from service.http.responses import JSONResponse
+from service.rollout.policy import PolicyError, parse_model_policy
+from service.rollout.manager import RolloutManager
 from service.settings import ServiceSettings
 from service.store import StoreUnavailable
 

@@ -6,7 +6,7 @@ version comes from the same routing (pinned when the path names a version,
 else the rollout's choice), items run through the version's dynamic batcher,
 and the same metrics, limits and deadline apply (``PredictEndpoint``'s
 shared steps). Errors leave in the protocol's shape, ``{"error": "..."}``,
-with the status ``service.errors`` gives the same typed error natively.
+with the status ``service.http.errors`` gives the same typed error natively.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from service.errors import NotFound, ServiceError, Unavailable, UnsupportedMediaType, error_parts
-from service.oip.models import ProtocolModel
-from service.oip.tensors import encode_response, parse_request, split_body
-from service.predict import PredictEndpoint, read_body
-from service.registry import ModelRegistry, ModelVersion
-from service.request_id import assign_request_id
-from service.responses import JSONResponse
+from service.http.errors import NotFound, ServiceError, Unavailable, UnsupportedMediaType, error_parts
+from service.codecs.oip.models import ProtocolModel
+from service.codecs.oip.tensors import encode_response, parse_request, split_body
+from service.api.predict import PredictEndpoint, read_body
+from service.models.registry import ModelRegistry, ModelVersion
+from service.http.request_id import assign_request_id
+from service.http.responses import JSONResponse
 from service.settings import ServiceSettings
 
 log = logging.getLogger("service.oip")

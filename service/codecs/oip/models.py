@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from service.errors import InvalidInput, PayloadTooLarge
-from service.inputs import ImageInputs, TabularInputs
-from service.oip.tensors import OutputTensor, RequestedOutput, Tensor, datatype_of
-from service.registry import ModelVersion
+from service.http.errors import InvalidInput, PayloadTooLarge
+from service.codecs.inputs import ImageInputs, TabularInputs
+from service.codecs.oip.tensors import OutputTensor, RequestedOutput, Tensor, datatype_of
+from service.models.registry import ModelVersion
 
 PLATFORM = "onnxruntime_onnx"
 _CATEGORY_TYPES = ("BYTES", "INT64", "INT32", "FP64", "FP32")

@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from service.rollout import (
+from service.rollout.policy import (
     BUCKETS,
     PolicyError,
     RolloutFile,

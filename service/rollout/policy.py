@@ -6,7 +6,7 @@ plain function of the policy, the request's key and region, and a time
 passed in, so every replica that reads the same file routes every key the
 same way without talking to the others, a test can call it at any moment and
 the CLI can print the whole plan. The store-backed state (rollbacks,
-promotions, admin edits) lives in ``service.rollout_state``.
+promotions, admin edits) lives in ``service.rollout.manager``.
 """
 
 from __future__ import annotations

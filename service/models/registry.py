@@ -33,25 +33,25 @@ from bundle.manifest import (
     read_manifest,
     verify_files,
 )
-from service.batch_policy import BatchPlan, choose, measure, timed_sizes
-from service.batcher import DynamicBatcher, padded_sizes
-from service.errors import NotFound, Unavailable
-from service.inputs import InputDecoder, decoder_for, input_limits
+from service.models.batch_policy import BatchPlan, choose, measure, timed_sizes
+from service.models.batcher import DynamicBatcher, padded_sizes
+from service.http.errors import NotFound, Unavailable
+from service.codecs.inputs import InputDecoder, decoder_for, input_limits
 from service.metrics import ServingMetrics, VersionMetrics
-from service.outputs import PredictionEncoder
-from service.runtime import OnnxRuntime, RuntimeLoadError, cpu_quota
+from service.codecs.outputs import PredictionEncoder
+from service.models.runtime import OnnxRuntime, RuntimeLoadError, cpu_quota
 from service.settings import ServiceSettings
 
 if TYPE_CHECKING:
     from service.monitoring.batch import BatchColumns
 
-log = logging.getLogger("service.registry")
+log = logging.getLogger("service.models.registry")
 
 VersionKey = tuple[str, int]
 
 
 class RolloutRouter(Protocol):
-    """What routing asks of the rollout (``service.rollout_state.RolloutManager``)."""
+    """What routing asks of the rollout (``service.rollout.manager.RolloutManager``)."""
 
     def choose(self, name: str, key: str | None, region: str | None, loaded: Collection[int]) -> int | None: ...
 
@@ -202,7 +202,7 @@ def load_bundle(
         runtime.warm_up(sizes)
         plan = batch_plan(runtime, sizes, settings)
         if plan.inline and intra_op_threads > 1 and settings.intra_op_threads is None and not runtime.on_cuda:
-            # A batch on the event loop: one runtime thread does it for far less CPU (see service.batch_policy).
+            # A batch on the event loop: one runtime thread does it for far less CPU (see service.models.batch_policy).
             runtime = open_runtime(1)
             runtime.warm_up(sizes)
             plan = batch_plan(runtime, sizes, settings, inline=True)
@@ -221,7 +221,7 @@ def load_bundle(
 def batch_plan(
     runtime: OnnxRuntime, sizes: list[int], settings: ServiceSettings, inline: bool | None = None
 ) -> BatchPlan:
-    """The batch cap and where batches run (``service.batch_policy``), from timings unless settings fix both.
+    """The batch cap and where batches run (``service.models.batch_policy``), from timings unless settings fix both.
 
     ``inline``: where batches run, when already decided (else the setting, else the timings decide)."""
     cap_fixed = "max_batch_size" in settings.model_fields_set
@@ -490,7 +490,7 @@ class ModelRegistry:
     def route(self, name: str, request_key: str | None = None, region: str | None = None) -> ModelVersion:
         """The version that answers an unpinned request: the rollout's choice, else the highest loaded version.
 
-        ``request_key`` and ``region`` are the inputs a rollout policy routes on (see ``service.rollout``).
+        ``request_key`` and ``region`` are the inputs a rollout policy routes on (see ``service.rollout.policy``).
         """
         versions = self._versions_of(name)
         if self.rollout is not None:

@@ -7,7 +7,7 @@ middleware) and its per-request objects (``Request``, its header mapping,
 few headers it needs straight from the ASGI scope, the body from ``receive``,
 and sends the JSON it renders; it does itself what those layers would do:
 answer a wrong method with 405, put the request id on the response, and turn
-every exception into a JSON error through ``service.errors.describe_error``,
+every exception into a JSON error through ``service.http.errors.describe_error``,
 the same mapping the other routes use.
 """
 
@@ -25,8 +25,8 @@ import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from service.batcher import Admission
-from service.errors import (
+from service.models.batcher import Admission
+from service.http.errors import (
     BadRequest,
     DeadlineExceeded,
     InferenceFailed,
@@ -36,19 +36,19 @@ from service.errors import (
     describe_error,
     outcome_of,
 )
-from service.inputs import check_media_type, media_type_of
+from service.codecs.inputs import check_media_type, media_type_of
 from service.metrics import UNKNOWN_MODEL, ServingMetrics
-from service.preprocess import PreprocessQueue
+from service.inference.decode_queue import PreprocessQueue
 from service.monitoring import Monitor
-from service.registry import ModelRegistry, ModelVersion
-from service.runtime import cpu_quota
-from service.request_id import assign_request_id, id_header
-from service.responses import send_json
-from service.rollout_state import RolloutManager
+from service.models.registry import ModelRegistry, ModelVersion
+from service.models.runtime import cpu_quota
+from service.http.request_id import assign_request_id, id_header
+from service.http.responses import send_json
+from service.rollout.manager import RolloutManager
 from service.settings import ServiceSettings
-from service.shadow import ShadowRunner
+from service.inference.shadow import ShadowRunner
 
-log = logging.getLogger("service.predict")
+log = logging.getLogger("service.api.predict")
 
 _ARM_ERRORS = ("server_error", "timeout", "rejected")  # outcomes that count against a rollout arm
 # /v1/models/{name}/predict and /v1/models/{name}/versions/{version}/predict, as Starlette would match them.

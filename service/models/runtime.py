@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from bundle.manifest import LOGITS_OUTPUT, TensorSpec
 
-log = logging.getLogger("service.runtime")
+log = logging.getLogger("service.models.runtime")
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"

@@ -6,7 +6,7 @@ items, runs it in a thread so the event loop stays free, and hands every
 request its own rows back in order. A request larger than a batch is split
 across batches and reassembled. With ``max_queue_delay_ms = 0`` a lone
 request never waits for company; batches form by themselves under load
-while the previous batch runs. ``service.batch_policy`` chooses the size
+while the previous batch runs. ``service.models.batch_policy`` chooses the size
 limit and whether batches run on the event loop or in a thread, from timings
 taken at load.
 """
@@ -24,9 +24,9 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, InferenceFailed, QueueFull, Unavailable
+from service.http.errors import DeadlineExceeded, InferenceFailed, QueueFull, Unavailable
 
-log = logging.getLogger("service.batcher")
+log = logging.getLogger("service.models.batcher")
 
 WAIT_WINDOW_S = 0.5  # the window over which admission looks for a queue that never emptied
 RunBatch = Callable[[Sequence[np.ndarray]], np.ndarray]

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.errors import BadRequest, InvalidInput
-from service.inputs import parse_json
+from service.http.errors import BadRequest, InvalidInput
+from service.codecs.inputs import parse_json
 
 # The protocol's datatypes and their numpy dtypes; BYTES elements are Python bytes (binary) or str (JSON).
 DTYPES: dict[str, np.dtype[Any]] = {

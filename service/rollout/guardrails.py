@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from service.rollout import Guardrails
+from service.rollout.policy import Guardrails
 
 _LATENCY_BASE_S = 0.0001  # histogram bucket 0 ends at 0.1 ms
 _LATENCY_GROWTH = 1.05

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.responses import JSONResponse
+from service.http.responses import JSONResponse
 
 REQUEST_ID_HEADER = "X-Request-Id"
 
