@@ -4,7 +4,7 @@
 
 Like ``loadtests.bare_app`` it reads the body and answers a small JSON, but
 first it decodes the body exactly as the service would, with the service's
-own decoder and default limits (``service.codecs.inputs.decoder_for``; a thumbnail
+own decoder and default limits (``service.codecs.decoder_for``; a thumbnail
 through ``decode_in_place``, anything else through ``decode``), for the
 newest version of the model named in the path. It decodes on the event
 loop, with no thread hand-off. No model runs; nothing is batched, counted,
@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from bundle.manifest import read_manifest
 from loadtests.repository import newest_bundles
-from service.codecs.inputs import InputDecoder, decoder_for, input_limits, media_type_of
+from service.codecs import InputDecoder, decoder_for, input_limits, media_type_of
 from service.settings import ServiceSettings
 
 
@@ -49,10 +49,10 @@ async def predict(request: Request) -> JSONResponse:
     body = await request.body()
     content_type = request.headers.get("content-type", "")
     media_type = media_type_of(content_type)
-    arrays = decoder.decode_in_place(media_type, content_type, body)
-    if arrays is None:
-        arrays = decoder.decode(media_type, content_type, body)
-    return JSONResponse({"received": len(body), "items": len(arrays[0]), "predictions": [{"label": "0"}]})
+    decoded = decoder.decode_in_place(media_type, content_type, body)
+    if decoded is None:
+        decoded = decoder.decode(media_type, content_type, body)
+    return JSONResponse({"received": len(body), "items": decoded.items, "predictions": [{"label": "0"}]})
 
 
 app = Starlette(routes=[Route("/v1/models/{name}/predict", predict, methods=["POST"])])

@@ -18,7 +18,8 @@ from PIL import Image
 
 from bundle.manifest import read_manifest
 from service.http.errors import ServiceError
-from service.codecs.inputs import ImageInputs, TabularInputs
+from service.codecs.images import ImageInputs
+from service.codecs.tables import TabularInputs
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 PER_INPUT_S = 2.0

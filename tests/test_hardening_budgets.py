@@ -4,7 +4,6 @@ monopolised: its backlog is bounded and work whose deadline passed is skipped, n
 from __future__ import annotations
 
 import asyncio
-import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from service.http.errors import DeadlineExceeded, QueueFull
-from service.inference.decode_queue import PreprocessQueue
+from service.inference.decode_queue import DecodeQueue
 from tests.conftest import image_bytes
 from tests.hardening_support import WellBehavedClient
 
@@ -79,7 +78,7 @@ def test_queued_preprocessing_past_its_deadline_is_skipped_not_run():
         return name
 
     async def scenario() -> None:
-        queue = PreprocessQueue(threads=1, max_backlog=4)
+        queue = DecodeQueue(threads=1, max_backlog=4)
         with ThreadPoolExecutor(1) as pool:
             blocker = asyncio.ensure_future(queue.run(pool, time.perf_counter() + 10, work, "blocker"))
             await asyncio.sleep(0.05)
@@ -98,7 +97,7 @@ def test_the_preprocessing_backlog_is_bounded():
     release = threading.Event()
 
     async def scenario() -> None:
-        queue = PreprocessQueue(threads=1, max_backlog=2)
+        queue = DecodeQueue(threads=1, max_backlog=2)
         with ThreadPoolExecutor(1) as pool:
             deadline = time.perf_counter() + 10
             waiting = [

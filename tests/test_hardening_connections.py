@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 from tests.hardening_support import WellBehavedClient, closed_by_peer, raw_connection, read_response

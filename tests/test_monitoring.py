@@ -327,7 +327,7 @@ def test_the_served_digits_model_computes_its_columns_in_its_graph(monitoring_re
     from service.monitoring.graph import COLUMNS_OUTPUT
 
     with serve(monitoring_repo, model_names=["digits"]) as client:
-        served = client.app.state.api.registry.get("digits", 1)
+        served = client.app.state.components.registry.get("digits", 1)
         assert served.columns is not None and served.columns.in_graph and served.columns.width == 4
         assert served.runtime.output_names[-1] == COLUMNS_OUTPUT
         (prediction,) = post_images(client, [png(digit_images(*HELD_OUT)[0][0])], path=V1)
@@ -364,7 +364,7 @@ def test_flags_from_the_batch_columns_equal_flags_computed_per_request(
     images, _ = digit_images(*HELD_OUT)
     pixels = [*images[:40], data.chelsea()]
     decoder = decoder_for(manifest, max_items=1, max_pixels=10_000_000)
-    batch = np.concatenate([decoder.decode("image/png", "image/png", png(x))[0] for x in pixels])
+    batch = np.concatenate([decoder.decode("image/png", "image/png", png(x)).arrays[0] for x in pixels])
     sizes = [(x.shape[1], x.shape[0]) for x in pixels]
     outputs, extra = columns.split(columns.wrap(runtime.run)([batch]))
     output, logits = runtime.split(outputs)

@@ -236,7 +236,9 @@ def test_the_request_id_and_parameters_are_echoed(triton: Any) -> None:
     result = triton.infer("digits", [bytes_input(IMAGES[:1])], request_id="req-42", parameters={"tenant": "a"})
     response = result.get_response()
     assert response["id"] == "req-42"
-    assert response["parameters"] == {"tenant": "a"}
+    assert response["parameters"]["tenant"] == "a"
+    # beside the client's parameters, monitoring's out-of-domain flags, one per item (as the native API's ``ood``)
+    assert [set(flags) for flags in response["parameters"]["ood"]] == [{"score", "flagged", "reasons"}]
 
 
 def test_a_request_larger_than_a_batch_is_split_and_reassembled(server: LiveServer, triton: Any) -> None:

@@ -10,18 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from service.rollout.policy import (
-    ModelPolicy,
-    PolicyError,
-    Route,
-    bucket,
-    candidate_share,
-    choose_version,
-    parse_duration,
-    parse_policy_text,
-    shadowed,
-    step_at,
-)
+from service.rollout.policy import ModelPolicy, PolicyError, parse_duration, parse_policy_text
+from service.rollout.routing import CompiledRoute, bucket, candidate_share, choose_version, shadowed, step_at
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "rollouts" / "bear-detector.yaml"
@@ -141,7 +131,7 @@ def test_the_compiled_route_chooses_and_shadows_what_the_policy_says(
 ) -> None:
     p = policy(steps=steps, stage=stage, end="2026-12-09T08:00:00Z" if ends else None, shadow={"percent": share})
     now = START + offset
-    route = Route("digits", p)
+    route = CompiledRoute("digits", p)
     assert route.choose(key, region, now) == choose_version("digits", p, key, region, now)
     if key is not None:
         assert route.shadows(key) == shadowed("digits", p, key)

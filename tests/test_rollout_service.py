@@ -11,7 +11,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from service.rollout.policy import choose_version, parse_policy_text
+from service.rollout.policy import parse_policy_text
+from service.rollout.routing import choose_version
 from tests.bundle_factory import _handmade_image_bundle
 from tests.conftest import gradient_image, install_bundle, metric_value, post_bytes, service_settings
 
@@ -125,8 +126,8 @@ def test_two_app_instances_route_20000_keys_identically(make_repo: Callable[...,
         repo, rollout=policy_file, state_path=tmp_path / "b.sqlite"
     ) as b:
         regions = ["eu", "us", "asia", None]
-        routed_a = [a.app.state.api.registry.route("digits", f"k{i}", regions[i % 4]).version for i in range(20_000)]
-        routed_b = [b.app.state.api.registry.route("digits", f"k{i}", regions[i % 4]).version for i in range(20_000)]
+        routed_a = [a.app.state.components.router.route("digits", f"k{i}", regions[i % 4]).version for i in range(20_000)]
+        routed_b = [b.app.state.components.router.route("digits", f"k{i}", regions[i % 4]).version for i in range(20_000)]
         assert routed_a == routed_b
         now = time.time()
         assert routed_a == [choose_version("digits", text_policy, f"k{i}", regions[i % 4], now) for i in range(20_000)]
@@ -424,13 +425,17 @@ def test_a_policy_file_caught_half_written_is_never_applied(tmp_path: Path) -> N
 
     from prometheus_client import CollectorRegistry
 
+    from bundle.store import open_store
     from service.rollout.manager import RolloutManager
+    from service.rollout.metrics import RolloutMetrics
 
     policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"eu": 100}'))
-    manager = RolloutManager(service_settings(tmp_path, rollout=policy_file), CollectorRegistry())
+    settings = service_settings(tmp_path, rollout=policy_file)
+    store = open_store("", settings.sqlite_state_path())
+    manager = RolloutManager(settings, RolloutMetrics(CollectorRegistry()), store, lambda name: {1, 2})
 
     async def ticks() -> list[str]:
-        await manager.start(lambda name: {1, 2})
+        await manager.start()
         seen = []
         try:
             write_policy(policy_file, "")  # truncated, as a non-atomic save leaves it for a moment
@@ -445,7 +450,7 @@ def test_a_policy_file_caught_half_written_is_never_applied(tmp_path: Path) -> N
         return seen
 
     assert asyncio.run(ticks()) == [100, 100, 10, 10]  # the edit applies once it has settled for a tick
-    assert manager.file_error is None
+    assert manager.file.error is None
 
 
 def test_a_rollback_survives_a_restart(make_repo: Callable[..., Path], tmp_path: Path) -> None:

@@ -11,7 +11,10 @@ import pytest
 from bundle.images import ResizeSpec, preprocess
 from bundle.manifest import read_manifest
 from service.http.errors import InvalidInput
-from service.codecs.inputs import ImageInputs, TabularInputs, media_type_of, parse_json
+from service.codecs.images import ImageInputs
+from service.codecs.media import media_type_of
+from service.codecs.strict_json import parse_json
+from service.codecs.tables import TabularInputs
 from service.codecs.multipart import parse_multipart
 from service.codecs.outputs import PredictionEncoder
 from tests.conftest import gradient_image, image_bytes, penguin
@@ -30,7 +33,7 @@ def test_media_type_ignores_parameters_and_case():
 def test_image_decoder_replays_the_shared_preprocessing(digits):
     body = gradient_image(0, fmt="JPEG")
 
-    (pixels,) = ImageInputs(digits, 8, 10**7).decode("image/jpeg", "image/jpeg", body)
+    (pixels,) = ImageInputs(digits, 8, 10**7).decode("image/jpeg", "image/jpeg", body).arrays
 
     image = digits.image
     assert pixels.dtype == np.uint8 and pixels.shape == (1, 3, image.height, image.width)
@@ -42,9 +45,9 @@ def test_thumbnail_is_decoded_in_place_exactly_as_in_the_pool(digits):
     decoder = ImageInputs(digits, 8, 10**7, inline_max_pixels=64 * 64)
     body = image_bytes(size=(64, 64))
 
-    (in_place,) = decoder.decode_in_place("image/png", "image/png", body)
+    (in_place,) = decoder.decode_in_place("image/png", "image/png", body).arrays
 
-    np.testing.assert_array_equal(in_place, decoder.decode("image/png", "image/png", body)[0])
+    np.testing.assert_array_equal(in_place, decoder.decode("image/png", "image/png", body).arrays[0])
 
 
 def test_the_decoder_tells_monitoring_each_image_size_as_its_header_states_it(digits):
@@ -58,12 +61,10 @@ def test_the_decoder_tells_monitoring_each_image_size_as_its_header_states_it(di
     body = b"".join(
         b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n" + data + b"\r\n" for data in bodies
     ) + b"--b--\r\n"
-    seen: dict = {}
+    raw = ImageInputs(digits, 8, 10**7).decode("multipart/form-data", "multipart/form-data; boundary=b", body).raw
 
-    ImageInputs(digits, 8, 10**7).decode("multipart/form-data", "multipart/form-data; boundary=b", body, seen=seen)
-
-    assert seen["images"] == bodies
-    assert seen["sizes"] == [encoded_size(data) for data in bodies] == [(48, 32), (30, 41), (33, 17)]
+    assert raw.images == bodies
+    assert raw.sizes == [encoded_size(data) for data in bodies] == [(48, 32), (30, 41), (33, 17)]
 
 
 def test_image_over_the_in_place_limit_is_left_for_the_pool(digits):
@@ -95,7 +96,7 @@ def test_tabular_decoding_always_goes_to_the_pool(model_repo):
 def test_tabular_decoder_gives_the_inputs_the_manifest_lists_in_order(model_repo):
     manifest = read_manifest(model_repo / "penguins" / "1")
 
-    x_cat, x_cont = TabularInputs(manifest, 8).decode("application/json", "application/json", b'{"rows": [{}, {}]}')
+    x_cat, x_cont = TabularInputs(manifest, 8).decode("application/json", "application/json", b'{"rows": [{}, {}]}').arrays
 
     assert x_cat.dtype == np.int64 and x_cat.shape == (2, len(manifest.tabular.cat_names))
     assert x_cont.dtype == np.float32 and x_cont.shape == (2, 3)
@@ -109,7 +110,7 @@ def test_json_rows_and_csv_decode_to_the_same_arrays(model_repo):
     from_json = decoder.decode("application/json", "", json.dumps({"rows": [row]}).encode())
     from_csv = decoder.decode("text/csv", "text/csv", csv_body)
 
-    for a, b in zip(from_json, from_csv):
+    for a, b in zip(from_json.arrays, from_csv.arrays):
         np.testing.assert_array_equal(a, b)
 
 

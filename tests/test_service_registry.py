@@ -18,7 +18,7 @@ def predict_digits(client, **kw):
 
 
 def registry_of(client):
-    return client.app.state.api.registry
+    return client.app.state.components.registry
 
 
 def refresh(client, settled_only: bool = True) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.store import Migration, PostgresStore, SQLiteStore, Store, StoreUnavailable, open_store
+from bundle.store import Migration, PostgresStore, SQLiteStore, Store, StoreUnavailable, open_store
 
 STEPS = [
     Migration(

@@ -101,7 +101,7 @@ def test_an_unreadable_bundle_that_appears_later_is_refused_logged_and_counted(
     shutil.copytree(bundle_library / "penguins" / "1", late)
     os.chmod(late / "manifest.json", 0o600)
 
-    registry = client.app.state.api.registry
+    registry = client.app.state.components.registry
     with caplog.at_level(logging.ERROR, logger="service.models.registry"), as_another_user():
         client.portal.call(lambda: registry.refresh(settled_only=False))
 

@@ -20,7 +20,6 @@ import html
 import io
 import json
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -59,35 +58,20 @@ def read_logged_inputs(
     limit: int = MAX_LOGGED_ROWS,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The input rows of the logged predictions of one version, newest first (one per item)."""
-    from service.store import StoreUnavailable, open_store
+    from bundle.prediction_log import logged_inputs, open_log
+    from bundle.store import StoreUnavailable
 
-    if not log.startswith(("postgresql://", "postgres://", "sqlite:///")) and not Path(log).is_file():
-        raise FileNotFoundError(f"--log: {log} is neither a prediction log file nor a postgresql:// URL")
-    is_url = log.startswith(("postgresql://", "postgres://", "sqlite:///"))
-    store = open_store(log if is_url else "", Path(log))
-    sql = "SELECT inputs FROM monitoring_predictions WHERE model = ? AND version = ?"
-    params: list[Any] = [model, version]
-    if since_s is not None:
-        sql += " AND created_at >= ?"
-        params.append(time.time() - since_s)
-    if region is not None:
-        sql += " AND region = ?"
-        params.append(region)
-    sql += " ORDER BY created_at DESC LIMIT ?"
-    params.append(limit)
     try:
-        rows = store.query(sql, params)
+        store = open_log(log)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"--log: {exc}") from None
+    try:
+        items = logged_inputs(store, model, version, since_s, region, limit)
     except StoreUnavailable as exc:
         raise ValueError(f"--log: cannot read the prediction log: {exc}") from exc
     finally:
         store.close()
-    items: list[dict[str, Any]] = []
-    for row in rows:
-        for item in json.loads(row["inputs"]):
-            items.append({k: v for k, v in item.items() if k not in _IMAGE_FIELDS_SKIPPED})
-            if len(items) >= limit:
-                return items
-    return items
+    return [{k: v for k, v in item.items() if k not in _IMAGE_FIELDS_SKIPPED} for item in items]
 
 
 def classifier_drift(

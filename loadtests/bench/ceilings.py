@@ -5,7 +5,7 @@
   (``service.models.runtime.OnnxRuntime`` with ``ServiceSettings()``'s thread and
   spinning defaults, the provider asked for);
 - **decode + preprocessing per item**: the service's own decoder
-  (``service.codecs.inputs.decoder_for`` with the default request limits, trying
+  (``service.codecs.decoder_for`` with the default request limits, trying
   ``decode_in_place`` first as the service does) on the request body: for an
   image ``bundle.images``' decode, resize and HWC->CHW; for rows the strict
   JSON parse, ``rows_to_frame`` and the fitted ``TabularProcessor``;
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bundle.manifest import read_manifest
-from service.codecs.inputs import decoder_for, input_limits, media_type_of
+from service.codecs import decoder_for, input_limits, media_type_of
 from service.models.runtime import OnnxRuntime, cpu_quota
 from service.settings import ServiceSettings
 
@@ -81,8 +81,8 @@ class Ceilings:
         """The body -> the model's input arrays, as the service decodes it."""
         inline = self.decoder.decode_in_place(self.media_type, self.content_type, self.body)
         if inline is not None:
-            return inline
-        return self.decoder.decode(self.media_type, self.content_type, self.body)
+            return inline.arrays
+        return self.decoder.decode(self.media_type, self.content_type, self.body).arrays
 
     def decode_per_item_s(self, seconds: float) -> float:
         """Seconds of decoding and preprocessing per item (one thread)."""

@@ -1,4 +1,4 @@
-"""``GET /v1/models/{name}/drift`` and ``POST /v1/feedback``."""
+"""``GET /v1/models/{name}/drift``, ``POST /v1/feedback`` and ``GET /v1/predictions`` (the review queue)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from service.http.errors import InvalidInput, NotFound, Unavailable
-from service.codecs.inputs import parse_json
-from service.monitoring.monitor import ALL_REGIONS, Monitor
-from service.monitoring.review import authorize_reviewer, review_queue
-from service.store import StoreUnavailable
+from service.codecs.strict_json import parse_json
+from service.monitoring.monitor import Monitor
+from service.monitoring.state import ALL_REGIONS
+from service.http.auth import require_reviewer
+from service.monitoring.review import review_queue
+from bundle.store import StoreUnavailable
 from service.models.registry import ModelRegistry
 from service.http.responses import JSONResponse
 from service.settings import ServiceSettings
@@ -23,6 +26,13 @@ class MonitoringRoutes:
         self.settings = settings
         self.registry = registry
         self.monitor = monitor
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/models/{name}/drift", self.drift, methods=["GET"]),
+            Route("/v1/feedback", self.feedback, methods=["POST"]),
+            Route("/v1/predictions", self.predictions, methods=["GET"]),
+        ]
 
     def _monitor(self) -> Monitor:
         if self.monitor is None:
@@ -37,7 +47,7 @@ class MonitoringRoutes:
         versions = self.registry.versions(name)
         wanted = request.query_params.get("version")
         if wanted is not None:
-            if not wanted.isdigit():
+            if not wanted.isascii() or not wanted.isdigit() or len(wanted) > 18:
                 raise InvalidInput(f"version: expected a positive integer, got {wanted!r}")
             versions = [v for v in versions if v.version == int(wanted)]
             if not versions:
@@ -57,7 +67,7 @@ class MonitoringRoutes:
 
     async def predictions(self, request: Request) -> Response:
         """``GET /v1/predictions``: the review queue (reviewer or admin token)."""
-        authorize_reviewer(self.settings, request.headers.get("authorization", ""))
+        require_reviewer(self.settings.admin_token, self.settings.reviewer_token, request.headers.get("authorization", ""))
         monitor = self._monitor()
         if monitor.log is None:
             raise Unavailable("the review queue needs the prediction log, and it is off (prediction_log=false)")

@@ -1,36 +1,39 @@
 """The Open Inference Protocol's REST endpoints (KServe V2), beside the native API.
 
 Health, server and model metadata, model readiness and inference, under
-``/v2``. Inference takes the native API's path through the service: the
-version comes from the same routing (pinned when the path names a version,
-else the rollout's choice), items run through the version's dynamic batcher,
-and the same metrics, limits and deadline apply (``PredictEndpoint``'s
-shared steps). Errors leave in the protocol's shape, ``{"error": "..."}``,
-with the status ``service.http.errors`` gives the same typed error natively.
+``/v2``. Inference is an adapter on the predict pipeline
+(``service.inference.pipeline``), as the native API is: the same routing,
+admission, limits, decoding queue, batching, monitoring (its out-of-domain
+flags come back in the response's ``parameters.ood``), prediction log,
+feedback, shadow and metrics. Only the body and response shapes are this
+protocol's. Errors leave in the protocol's shape, ``{"error": "..."}``, with
+the status ``service.http.errors`` gives the same typed error natively.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 import weakref
 from importlib import metadata as package_metadata
 from typing import Any, Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from service.http.errors import NotFound, ServiceError, Unavailable, UnsupportedMediaType, error_parts
 from service.codecs.oip.models import ProtocolModel
-from service.codecs.oip.tensors import encode_response, parse_request, split_body
-from service.api.predict import PredictEndpoint, read_body
-from service.models.registry import ModelRegistry, ModelVersion
+from service.codecs.oip.request import OipRequest, ParsedInference
+from service.codecs.oip.tensors import encode_response
+from service.http.errors import NotFound, ServiceError, Unavailable, error_parts
 from service.http.request_id import assign_request_id
 from service.http.responses import JSONResponse
+from service.inference.pipeline import PredictPipeline
+from service.models.router import VersionRouter
+from service.models.registry import ModelRegistry
+from service.models.version import ModelVersion
 from service.settings import ServiceSettings
 
 log = logging.getLogger("service.oip")
@@ -38,7 +41,6 @@ log = logging.getLogger("service.oip")
 SERVER_NAME = "fastprod"
 EXTENSIONS = ["binary_tensor_data", "classification"]
 HEADER_LENGTH = "inference-header-content-length"
-_INLINE_JSON_BYTES = 16_384  # a request header this small parses faster than a thread hand-off
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -73,14 +75,15 @@ def _server_version() -> str:
 
 
 class OpenInferenceAPI:
-    """``/v2`` on the registry, settings and predict steps the native API uses."""
+    """``/v2`` on the registry, the router and the predict pipeline the native API uses."""
 
     def __init__(
-        self, settings: ServiceSettings, registry: ModelRegistry, predict: PredictEndpoint
-    ) -> None:  # fmt: skip
+        self, settings: ServiceSettings, registry: ModelRegistry, router: VersionRouter, pipeline: PredictPipeline
+    ) -> None:
         self.settings = settings
         self.registry = registry
-        self.predict = predict
+        self.router = router
+        self.pipeline = pipeline
         self.server_version = _server_version()
         # Built from each version's manifest once, forgotten with the version.
         self._models: weakref.WeakKeyDictionary[ModelVersion, ProtocolModel] = weakref.WeakKeyDictionary()
@@ -136,8 +139,8 @@ class OpenInferenceAPI:
         name = request.path_params["name"]
         pinned = request.path_params.get("version")
         if pinned is None:
-            return self.registry.route(name)
-        return self.registry.get(name, _version_number(name, pinned))
+            return self.router.route(name)
+        return self.router.pinned(name, _version_number(name, pinned))
 
     def model(self, version: ModelVersion) -> ProtocolModel:
         model = self._models.get(version)
@@ -148,61 +151,42 @@ class OpenInferenceAPI:
     # -- inference -----------------------------------------------------------------------
 
     async def infer(self, request: Request) -> Response:
-        started = time.perf_counter()
+        """The protocol's adapter on the predict pipeline: its own body and response shapes, nothing else."""
+        headers = request.headers
+        pipeline = self.pipeline
         name = request.path_params["name"]
-        pinned = request.path_params.get("version")
-        if pinned is not None:
-            pinned = str(_version_number(name, pinned))
-        request_id = assign_request_id(request.scope)
-        headers = request.headers
-        client_region = headers.get(self.settings.region_header) or self.settings.default_region or None
-        region = self.settings.region_label(client_region)
-        key = headers.get(self.predict.sticky_header(name).decode("latin-1")) or request_id
-        version = self.predict.choose_version(name, pinned, key, client_region)
-        body, header_length = await self.predict.serve_on(
-            version, region, started, request_id, self._infer(version, request, request_id, started),
-            routed=pinned is None,
+        ctx = pipeline.context(
+            name, request.path_params.get("version"), assign_request_id(request.scope),
+            headers.get(self.settings.region_header), headers.get(pipeline.sticky_header(name).decode("latin-1")),
+            headers.get("content-length"),
         )  # fmt: skip
-        response_headers = {"X-Model-Version": str(version.version)}
-        if header_length is None:
-            return Response(body, media_type="application/json", headers=response_headers)
-        response_headers["Inference-Header-Content-Length"] = str(header_length)
-        return Response(body, media_type="application/octet-stream", headers=response_headers)
-
-    async def _infer(
-        self, version: ModelVersion, request: Request, request_id: str, started: float
-    ) -> tuple[bytes, int | None]:
-        headers = request.headers
-        encoding = headers.get("content-encoding", "identity").lower()
-        if encoding != "identity":
-            raise UnsupportedMediaType(f"Content-Encoding {encoding} is not accepted; send the body uncompressed")
-        body = await read_body(request.receive, headers.get("content-length"), self.settings.max_body_bytes)
-        header, binary = split_body(body, headers.get(HEADER_LENGTH))
-        loop = asyncio.get_running_loop()
-        pool = self.predict.preprocess_pool
-        if len(header) <= _INLINE_JSON_BYTES:
-            parsed = parse_request(header, binary)
-        else:  # a JSON tensor of pixels is megabytes of numbers: parse it off the event loop
-            parsed = await loop.run_in_executor(pool, parse_request, header, binary)
-        model = self.model(version)
-        wanted = model.check_outputs(parsed.outputs, parsed.binary_outputs)
-        heavy = model.check(parsed.inputs)
-        if heavy:
-            arrays = await loop.run_in_executor(pool, model.arrays, parsed.inputs)
-        else:
-            arrays = model.arrays(parsed.inputs)
-        output = await self.predict.infer(version, arrays, started)
+        codec = OipRequest(headers.get("content-encoding", "identity"), headers.get(HEADER_LENGTH), self.model)
+        answer = await pipeline.run(ctx, codec, request.receive)
+        version = answer.version
+        parsed: ParsedInference = answer.decoded.request
         head: dict[str, Any] = {
             "model_name": version.name,
             "model_version": str(version.version),
-            "id": parsed.id if parsed.id is not None else request_id,
+            "id": parsed.request.id if parsed.request.id is not None else ctx.request_id,
         }
-        if parsed.parameters:
-            head["parameters"] = parsed.parameters
-        return encode_response(head, model.output_tensors(output, wanted))
+        parameters = dict(parsed.request.parameters)
+        if any("ood" in p for p in answer.predictions):  # monitoring's out-of-domain flags, one per item
+            parameters["ood"] = [p.get("ood") for p in answer.predictions]
+        if parameters:
+            head["parameters"] = parameters
+        body, header_length = encode_response(head, self.model(version).output_tensors(answer.output, parsed.outputs))
+        response_headers = {"X-Model-Version": str(version.version)}
+        if header_length is None:
+            response = Response(body, media_type="application/json", headers=response_headers)
+        else:
+            response_headers["Inference-Header-Content-Length"] = str(header_length)
+            response = Response(body, media_type="application/octet-stream", headers=response_headers)
+        # after the answer is sent: the shadow copy never delays or changes it
+        response.background = BackgroundTask(pipeline.mirror, ctx, codec, answer)
+        return response
 
 
 def _version_number(name: str, text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
+    if not text.isascii() or not text.isdigit() or len(text) > 18 or int(text) <= 0:
         raise NotFound(f"model {name!r} has no version {text!r}; versions are positive integers")
     return int(text)

@@ -15,7 +15,6 @@ replica; when the store cannot be reached the change is refused (503).
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Any
 
@@ -23,12 +22,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.http.errors import Forbidden, InvalidInput, NotFound, Unauthorized, Unavailable
+from service.http.auth import require_admin
+from service.http.errors import InvalidInput, NotFound, Unavailable
 from service.http.responses import JSONResponse
 from service.rollout.policy import PolicyError, parse_model_policy
 from service.rollout.manager import RolloutManager
+from service.rollout.views import describe, describe_model
 from service.settings import ServiceSettings
-from service.store import StoreUnavailable
+from bundle.store import StoreUnavailable
 
 _NOT_CONFIGURED = (
     "rollouts are not configured: start the service with --rollout FILE (SERVING_ROLLOUT) or SERVING_STATE_URL"
@@ -55,7 +56,7 @@ class RolloutAPI:
     async def list_rollouts(self, request: Request) -> Response:
         if self.rollout is None:
             return JSONResponse({"enabled": False, "detail": _NOT_CONFIGURED, "models": {}})
-        return JSONResponse({"enabled": True, **self.rollout.describe()})
+        return JSONResponse({"enabled": True, **describe(self.rollout)})
 
     async def get_rollout(self, request: Request) -> Response:
         return JSONResponse(self._described(request.path_params["name"]))
@@ -120,20 +121,14 @@ class RolloutAPI:
             raise NotFound(f"model {name!r} has no rollout policy; policies: {sorted(self._manager().policies)}")
 
     def _described(self, name: str) -> dict[str, Any]:
-        described = self._manager().describe_model(name)
+        described = describe_model(self._manager(), name)
         if described is None:
             raise NotFound(f"model {name!r} has no rollout policy; policies: {sorted(self._manager().policies)}")
         return described
 
     def _authorize(self, request: Request) -> str:
         """The actor recorded in the audit trail; raises 403 without a configured token, 401 for a wrong one."""
-        token = self.settings.admin_token.get_secret_value() if self.settings.admin_token else ""
-        if not token:
-            raise Forbidden("admin endpoints are disabled: set SERVING_ADMIN_TOKEN to enable them")
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise Unauthorized("Authorization: Bearer <admin token> is missing or wrong")
+        require_admin(self.settings.admin_token, request.headers.get("authorization", ""))
         client = request.client.host if request.client else "unknown"
         return f"admin ({request.headers.get('x-actor', 'token')} from {client})"
 

@@ -1,4 +1,4 @@
-"""The preprocessing queue: a bounded backlog in front of the decoding thread pool, and deadlines honoured there.
+"""The decode queue: a bounded backlog in front of the decoding thread pool, and deadlines honoured there.
 
 Decoding a large image or a wide table takes a pool thread for a while, so
 requests can pile up in front of the pool. Two rules keep that pile
@@ -19,7 +19,7 @@ from service.http.errors import DeadlineExceeded, QueueFull
 T = TypeVar("T")
 
 
-class PreprocessQueue:
+class DecodeQueue:
     """Runs decoding jobs in a thread pool of ``threads`` threads, with at most ``max_backlog`` waiting."""
 
     def __init__(self, threads: int, max_backlog: int, retry_after_s: int = 1) -> None:

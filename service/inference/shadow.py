@@ -28,12 +28,15 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from service.codecs.inputs import media_type_of
-from service.models.registry import ModelRegistry, ModelVersion
+from service.codecs.decoded import Decoded
+from service.inference.context import RequestCodec
+from service.models.registry import ModelRegistry
+from service.models.version import ModelVersion
 from service.rollout.manager import RolloutManager
 from service.settings import ServiceSettings
 
@@ -110,11 +113,13 @@ def compare(task: str, stable: list[dict[str, Any]], candidate: list[dict[str, A
 class ShadowRunner:
     """Mirrors shadowed requests to the candidate off the request path, within a bound."""
 
-    def __init__(self, settings: ServiceSettings, registry: ModelRegistry, rollout: RolloutManager) -> None:
+    def __init__(
+        self, settings: ServiceSettings, registry: ModelRegistry, rollout: RolloutManager, decode_pool: Executor
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.rollout = rollout
-        self.preprocess_pool: Executor | None = None
+        self.decode_pool = decode_pool
         self.in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         # decoded copies waiting to run together, per (model, candidate version): (candidate, arrays, predictions)
@@ -125,7 +130,7 @@ class ShadowRunner:
         self.budget = ShadowBudget(settings.shadow_max_share)
         self._shed_counters: dict[str, Any] = {}  # serving_shadow_shed_total's child per model
 
-    def mirror(self, name: str, key: str, stable: ModelVersion, content_type: str, body: bytes,
+    def mirror(self, name: str, key: str, stable: ModelVersion, codec: RequestCodec, body: bytes,
                stable_predictions: list[dict[str, Any]], arrays: list[Any] | None = None) -> None:  # fmt: skip
         """Called after stable's answer is sent; starts the shadow run or sheds it. Never raises."""
         target = self.rollout.shadow_target(name, key, stable.version)
@@ -154,7 +159,7 @@ class ShadowRunner:
                 self._flush = asyncio.get_running_loop().call_later(FLUSH_S, self._start_batches)
             return
         self.in_flight += 1
-        task = asyncio.create_task(self._run(name, stable, candidate, content_type, body, stable_predictions))
+        task = asyncio.create_task(self._run(name, stable, candidate, codec, body, stable_predictions))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
@@ -232,19 +237,18 @@ class ShadowRunner:
         self._tasks.discard(task)
         self.in_flight -= 1
 
-    async def _run(self, name: str, stable: ModelVersion, candidate: ModelVersion, content_type: str, body: bytes,
+    async def _run(self, name: str, stable: ModelVersion, candidate: ModelVersion, codec: RequestCodec, body: bytes,
                    stable_predictions: list[dict[str, Any]]) -> None:  # fmt: skip
         started = time.perf_counter()
         label = str(candidate.version)
         candidate.acquire()
         try:
-            media_type = media_type_of(content_type)
-            decoder = candidate.inputs
-            arrays = decoder.decode_in_place(media_type, content_type, body)
-            if arrays is None:
-                loop = asyncio.get_running_loop()
-                arrays = await loop.run_in_executor(self.preprocess_pool, decoder.decode, media_type, content_type,
-                                                    body)  # fmt: skip
+            codec.check(candidate)
+            step = codec.decode(candidate, body)
+            if not isinstance(step, Decoded):
+                deadline = time.perf_counter() + self.settings.request_timeout_s
+                step = await asyncio.get_running_loop().run_in_executor(self.decode_pool, partial(step, deadline=deadline))
+            arrays = step.arrays
             decoded = time.perf_counter()  # in the pool, this counts the wait for a thread as cost too
             output, _, _ = candidate.split(await candidate.batcher.submit(arrays, self.settings.request_timeout_s))
             ran = time.perf_counter()

@@ -199,3 +199,8 @@ def _numbers(values: Any) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
         return series.to_numpy(dtype=np.float64, na_value=math.nan)
     return pd.to_numeric(series.astype(object), errors="coerce").to_numpy(dtype=np.float64, na_value=math.nan)
+
+
+def largest_psi(table: list[dict[str, Any]]) -> float:
+    """A version's drift score: the largest PSI over the features of a drift table (0 with none)."""
+    return max((row["psi"] for row in table), default=0.0)

@@ -1,6 +1,6 @@
 """The prediction log: one row per logged request, written in batches by a background thread.
 
-Rows go to the state store (``service.store``): a SQLite file of its own
+Rows go to a store (``bundle.store``; the schema is ``bundle.prediction_log``'s): a SQLite file of its own
 (``prediction_log_path``) for one replica, or the shared PostgreSQL
 (``SERVING_STATE_URL=postgresql://...``) for many, where feedback sent to any
 replica finds the prediction another one served.
@@ -23,13 +23,13 @@ from typing import Any, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from service.store import Store, StoreUnavailable
+from bundle.prediction_log import COLUMNS, MIGRATIONS, PREDICTIONS
+from bundle.store import Store, StoreUnavailable
 
 log = logging.getLogger("service.monitoring.log")
 
-COLUMNS = ("request_id", "created_at", "model", "version", "region", "arm", "inputs", "outputs", "ood", "latency_ms")
 _INSERT = (
-    f"INSERT INTO monitoring_predictions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
+    f"INSERT INTO {PREDICTIONS} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
     "ON CONFLICT (request_id) DO NOTHING"
 )
 Record = Sequence[Any]  # the values of COLUMNS, in order
@@ -117,7 +117,7 @@ class PredictionLog:
     def ensure_schema(self) -> None:
         """Create the log's tables if this process has not yet (raises StoreUnavailable)."""
         if not self._migrated:
-            self.store.migrate()
+            self.store.migrate(MIGRATIONS)
             self._migrated = True
 
     def describe(self) -> dict[str, Any]:
@@ -163,7 +163,7 @@ class PredictionLog:
         self._last_prune = now
         try:
             removed = self.store.execute(
-                "DELETE FROM monitoring_predictions WHERE created_at < ?", (now - self.retention_s,)
+                f"DELETE FROM {PREDICTIONS} WHERE created_at < ?", (now - self.retention_s,)
             )
         except StoreUnavailable:
             return

@@ -7,29 +7,14 @@ feedback is reviewed and leaves the queue. Read by ``GET /v1/predictions`` and t
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Any
 
-from service.http.errors import Forbidden, Unauthorized
-from service.settings import ServiceSettings
-from service.store import Store
+from bundle.prediction_log import FEEDBACK, PREDICTIONS
+from bundle.store import Store
 
 LOW_CONFIDENCE = 0.6
 _SCAN_FACTOR = 5  # rows read per item asked for, so filtering in Python still fills the page
-
-
-def authorize_reviewer(settings: ServiceSettings, authorization: str) -> None:
-    """The admin token or the reviewer token, compared in constant time; 403 when neither is configured."""
-    tokens = [t.get_secret_value() for t in (settings.admin_token, settings.reviewer_token) if t is not None]
-    tokens = [t for t in tokens if t]
-    if not tokens:
-        raise Forbidden("the review queue is disabled: set SERVING_REVIEWER_TOKEN or SERVING_ADMIN_TOKEN")
-    scheme, _, given = authorization.partition(" ")
-    given_bytes = given.strip().encode()
-    matched = [hmac.compare_digest(given_bytes, t.encode()) for t in tokens]  # every token compared
-    if scheme.lower() != "bearer" or not any(matched):
-        raise Unauthorized("Authorization: Bearer <reviewer or admin token> is missing or wrong")
 
 
 def item_reasons(output: dict[str, Any], ood: dict[str, Any] | None, low_confidence: float) -> list[str]:
@@ -54,7 +39,7 @@ def review_queue(
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
-    sql = "SELECT request_id, created_at, model, version, region, arm, inputs, outputs, ood FROM monitoring_predictions"
+    sql = f"SELECT request_id, created_at, model, version, region, arm, inputs, outputs, ood FROM {PREDICTIONS}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY created_at DESC LIMIT ?"
@@ -63,7 +48,7 @@ def review_queue(
     if rows:
         marks = ", ".join("?" for _ in rows)
         found = store.query(
-            f"SELECT request_id, item FROM monitoring_feedback WHERE request_id IN ({marks})",
+            f"SELECT request_id, item FROM {FEEDBACK} WHERE request_id IN ({marks})",
             [r["request_id"] for r in rows],
         )
         answered = {(f["request_id"], int(f["item"])) for f in found}

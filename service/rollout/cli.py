@@ -14,19 +14,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from service.rollout.policy import (
-    BUCKETS,
-    PolicyError,
-    RolloutFile,
-    bucket,
-    candidate_share,
-    choose_version,
-    iso,
-    load_policy_file,
-    parse_time,
-    step_at,
-    timeline,
-)
+from service.rollout.policy import PolicyError, RolloutFile, iso, load_policy_file, parse_time
+from service.rollout.routing import BUCKETS, bucket, candidate_share, choose_version, step_at, timeline
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

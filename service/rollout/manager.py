@@ -24,120 +24,44 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Mapping
 
-from prometheus_client import CollectorRegistry
-
+from bundle.store import Store, StoreUnavailable
+from service.rollout.decisions import Change, Decision, DecisionStore
 from service.rollout.guardrails import ArmObservations, ArmWindow, ReadingSource, Verdict
-from service.rollout.policy import (
-    ModelPolicy,
-    PolicyError,
-    Route,
-    RolloutFile,
-    candidate_share,
-    iso,
-    load_policy_file,
-    plan_regions,
-    step_at,
-    timeline,
-)
 from service.rollout.metrics import RolloutMetrics
+from service.rollout.policy import ModelPolicy, PolicyError, iso
+from service.rollout.policy_file import PolicyFile
+from service.rollout.routing import CompiledRoute, candidate_share, plan_regions
 from service.settings import ServiceSettings
-from service.store import MIGRATIONS, Migration, Store, StoreUnavailable, open_store
 
 log = logging.getLogger("service.rollout")
 
 Clock = Callable[[], float]
-NO_FILE_ENTRY = "none"  # the fingerprint a decision records when the file has no entry for the model
-_DECISIONS_SHOWN = 5
-
-MIGRATIONS.append(
-    Migration(
-        "rollout-1-state-and-audit",
-        """
-        CREATE TABLE IF NOT EXISTS rollout_state (
-            model TEXT PRIMARY KEY, policy TEXT NOT NULL, file_fingerprint TEXT NOT NULL,
-            revision BIGINT NOT NULL, updated_at DOUBLE PRECISION NOT NULL, updated_by TEXT NOT NULL, reason TEXT);
-        CREATE TABLE IF NOT EXISTS rollout_audit (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
-            actor TEXT NOT NULL, action TEXT NOT NULL, before TEXT, after TEXT, reason TEXT, readings TEXT);
-        CREATE INDEX IF NOT EXISTS rollout_audit_model ON rollout_audit (model, id)
-        """,
-        postgres="""
-        CREATE TABLE IF NOT EXISTS rollout_state (
-            model TEXT PRIMARY KEY, policy TEXT NOT NULL, file_fingerprint TEXT NOT NULL,
-            revision BIGINT NOT NULL, updated_at DOUBLE PRECISION NOT NULL, updated_by TEXT NOT NULL, reason TEXT);
-        CREATE TABLE IF NOT EXISTS rollout_audit (
-            id BIGSERIAL PRIMARY KEY, model TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
-            actor TEXT NOT NULL, action TEXT NOT NULL, before TEXT, after TEXT, reason TEXT, readings TEXT);
-        CREATE INDEX IF NOT EXISTS rollout_audit_model ON rollout_audit (model, id)
-        """,
-    )
-)
-
-_UPSERT = (
-    "INSERT INTO rollout_state (model, policy, file_fingerprint, revision, updated_at, updated_by, reason) "
-    "VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (model) DO UPDATE SET policy = excluded.policy, "
-    "file_fingerprint = excluded.file_fingerprint, revision = rollout_state.revision + 1, "
-    "updated_at = excluded.updated_at, updated_by = excluded.updated_by, reason = excluded.reason"
-)
-_AUDIT = (
-    "INSERT INTO rollout_audit (model, at, actor, action, before, after, reason, readings) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """A stored decision over the file's plan for one model."""
-
-    policy: ModelPolicy
-    file_fingerprint: str
-    revision: int
-    updated_at: float
-    updated_by: str
-    reason: str | None
-
-
-@dataclass(frozen=True)
-class Change:
-    """One audit entry (and, with ``decision``, the state row it writes)."""
-
-    model: str
-    at: float
-    actor: str
-    action: str
-    before: ModelPolicy | None
-    after: ModelPolicy | None
-    reason: str | None
-    readings: dict[str, Any] | None
-    file_fingerprint: str
-    decision: bool = True
+LoadedVersions = Callable[[str], Collection[int]]  # a model's loaded version numbers
+DECISIONS_SHOWN = 5
 
 
 class RolloutManager:
     """Routes on the effective policy of every model; keeps it current from the file and the store."""
 
     def __init__(
-        self, settings: ServiceSettings, registry: CollectorRegistry, clock: Clock = time.time,
-        store: Store | None = None,
+        self, settings: ServiceSettings, metrics: RolloutMetrics, store: Store, loaded_versions: LoadedVersions,
+        reading_sources: Mapping[str, ReadingSource] | None = None, clock: Clock = time.time,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.clock = clock
-        self.metrics = RolloutMetrics(registry)
-        self.store = store if store is not None else open_store(settings.state_url, settings.sqlite_state_path())
+        self.metrics = metrics
+        self.store = store
+        self.decisions_store = DecisionStore(store)
+        self.served_versions: LoadedVersions = loaded_versions
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
-        self.reading_sources: dict[str, ReadingSource] = {}
-        self.file = RolloutFile()
-        self.file_error: str | None = None
-        self.file_loaded_at: float | None = None
-        self._file_stamp: tuple[int, int] | None = None  # (mtime, size) of the file as last read
-        self._settling: tuple[int, int] | None = None  # a changed stamp waiting one tick to prove it settled
+        # readings from other components (drift, live accuracy) that the guardrails judge beside their own
+        self.reading_sources: dict[str, ReadingSource] = dict(reading_sources or {})
+        self.file = PolicyFile(settings.rollout, clock)
         self.decisions: dict[str, Decision] = {}
         self.policies: dict[str, ModelPolicy] = {}  # the effective policy of every model with one
-        self._routes: dict[str, Route] = {}  # each policy compiled for routing (rebuilt with the policies)
+        self._routes: dict[str, CompiledRoute] = {}  # each policy compiled for routing (rebuilt with the policies)
         self._watched: dict[str, dict[int, ArmWindow]] = {}
         self.sources: dict[str, str] = {}
         self.observations: dict[str, ArmObservations] = {}
@@ -147,20 +71,18 @@ class RolloutManager:
         self.header_names = frozenset({b"content-type", b"content-length", region_header, b"x-request-key"})
         self._sticky: dict[str, bytes] = {}
         self._pending: list[Change] = []
-        self._loaded: Callable[[str], Collection[int]] = lambda name: ()
         self._task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
         self._last_poll = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self, loaded_versions: Callable[[str], Collection[int]]) -> None:
-        self._loaded = loaded_versions
-        await asyncio.to_thread(self._load_file, False)
-        if self.file_error is not None:  # no last good policy to keep: serving the wrong versions is worse than not starting
-            raise PolicyError(self.file_error)
+    async def start(self) -> None:
+        await asyncio.to_thread(self._read_file, False)
+        if self.file.error is not None:  # no last good policy to keep: serving the wrong versions is worse
+            raise PolicyError(self.file.error)
         try:
-            await asyncio.to_thread(self.store.migrate)
+            await asyncio.to_thread(self.decisions_store.migrate)
             await self.poll_store()
         except StoreUnavailable as exc:
             log.warning("rollout state store unreachable at startup (%s); routing on the rollout file alone", exc)
@@ -184,7 +106,7 @@ class RolloutManager:
 
     async def tick(self) -> None:
         """Reload a changed file, read the store when due, judge the guardrails, refresh the gauges."""
-        if await asyncio.to_thread(self._load_file, True):
+        if await asyncio.to_thread(self._read_file, True):
             self._apply()
         if time.monotonic() - self._last_poll >= self.settings.rollout_poll_s:
             try:
@@ -194,47 +116,20 @@ class RolloutManager:
         await self.check_guardrails()
         self._refresh_gauges()
 
-    # -- the policy file -----------------------------------------------------------------
-
-    def _load_file(self, only_if_changed: bool) -> bool:
-        path = self.settings.rollout
-        if path is None:
-            return False
-        stamp = _stamp(Path(path))
-        if only_if_changed:
-            if stamp == self._file_stamp:
-                return False
-            if stamp != self._settling:  # changed since the last tick: read it once it stays put for a tick,
-                self._settling = stamp  # so a file caught half-written (truncated, say) is never applied
-                return False
-        loaded: RolloutFile | None = None
-        try:
-            loaded = load_policy_file(Path(path))
-        except PolicyError as exc:
-            refused = str(exc)
-        if only_if_changed and _stamp(Path(path)) != stamp:
-            return False  # written again while it was read: the next ticks read it once it settles
-        self._file_stamp = stamp
-        if loaded is None:
-            self.file_error = refused
+    def _read_file(self, only_if_changed: bool) -> bool:
+        """Read the policy file; True when new policies were applied. An edit leaves an audit entry."""
+        refusals = self.file.refusals
+        edits = self.file.load(only_if_changed)
+        if self.file.refusals > refusals:
             self.metrics.policy_errors.inc()
-            log.error("rollout file refused, keeping the last good policy: %s", refused)
+        if edits is None:
             return False
-        previous, self.file = self.file, loaded
-        self.file_error = None
-        self.file_loaded_at = self.clock()
         if only_if_changed:
-            for name in sorted(set(previous.models) | set(loaded.models)):
-                before, after = previous.models.get(name), loaded.models.get(name)
-                if before != after:
-                    log.info("rollout file changed the policy of %s", name)
-                    self._pending.append(Change(name, self.clock(), f"file {path} ({self.replica})", "file",
-                                                before, after, None, None, self._file_fingerprint(name), False))  # fmt: skip
+            for name, before, after in edits:
+                log.info("rollout file changed the policy of %s", name)
+                self._pending.append(Change(name, self.clock(), f"file {self.file.path} ({self.replica})", "file",
+                                            before, after, None, None, self.file.fingerprint(name), False))  # fmt: skip
         return True
-
-    def _file_fingerprint(self, name: str) -> str:
-        policy = self.file.models.get(name)
-        return policy.fingerprint() if policy is not None else NO_FILE_ENTRY
 
     # -- the store -----------------------------------------------------------------------
 
@@ -247,59 +142,26 @@ class RolloutManager:
         self._last_poll = time.monotonic()
         try:
             await self._flush()
-            rows = await asyncio.to_thread(self.store.query, "SELECT * FROM rollout_state")
+            decisions = await asyncio.to_thread(self.decisions_store.read_all)
         finally:
             self._refresh_store_gauges()
-        decisions = {}
-        for row in rows:
-            try:
-                policy = ModelPolicy.model_validate_json(row["policy"])
-            except ValueError as exc:
-                log.error("ignoring the stored rollout state of %s: %s", row["model"], exc)
-                continue
-            decisions[row["model"]] = Decision(policy, row["file_fingerprint"], int(row["revision"]),
-                                               float(row["updated_at"]), row["updated_by"], row["reason"])  # fmt: skip
         changed = [name for name in set(decisions) | set(self.decisions)
                    if decisions.get(name) != self.decisions.get(name)]  # fmt: skip
         self.decisions = decisions
         for name in changed:
-            self.recent[name] = await asyncio.to_thread(self._history, name, _DECISIONS_SHOWN)
+            self.recent[name] = await asyncio.to_thread(self.decisions_store.history, name, DECISIONS_SHOWN)
         if changed:
             self._apply()
 
     async def _flush(self) -> None:
         while self._pending:
             change = self._pending[0]
-            await asyncio.to_thread(self._write, change)
+            await asyncio.to_thread(self.decisions_store.write, change)
             self._pending.pop(0)
-
-    def _write(self, change: Change) -> None:
-        dump = lambda p: p.model_dump_json() if p is not None else None  # noqa: E731
-        if change.decision and change.after is not None:
-            self.store.execute(_UPSERT, (change.model, change.after.model_dump_json(), change.file_fingerprint,
-                                         change.at, change.actor, change.reason))  # fmt: skip
-        readings = json.dumps(change.readings) if change.readings is not None else None
-        self.store.execute(_AUDIT, (change.model, change.at, change.actor, change.action, dump(change.before),
-                                    dump(change.after), change.reason, readings))  # fmt: skip
-
-    def _history(self, name: str, limit: int) -> list[dict[str, Any]]:
-        rows = self.store.query(
-            "SELECT id, at, actor, action, before, after, reason, readings FROM rollout_audit "
-            "WHERE model = ? ORDER BY id DESC LIMIT ?",
-            (name, limit),
-        )
-        entries = []
-        for row in rows:
-            entry = {"id": row["id"], "at": iso(row["at"]), "actor": row["actor"], "action": row["action"],
-                     "reason": row["reason"]}  # fmt: skip
-            for key in ("before", "after", "readings"):
-                entry[key] = json.loads(row[key]) if row[key] else None
-            entries.append(entry)
-        return entries
 
     async def history(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         """The audit trail of one model, newest first (raises StoreUnavailable)."""
-        return await asyncio.to_thread(self._history, name, limit)
+        return await asyncio.to_thread(self.decisions_store.history, name, limit)
 
     # -- changes -------------------------------------------------------------------------
 
@@ -308,11 +170,11 @@ class RolloutManager:
         """Record a decision: in the store at once (or, for automatic ones, as soon as it answers) and locally."""
         async with self._write_lock:
             before = self.policies.get(name)
-            fingerprint = self._file_fingerprint(name)
+            fingerprint = self.file.fingerprint(name)
             change = Change(name, self.clock(), actor, action, before, after, reason, readings, fingerprint)
             if must_persist:
                 await self._flush()
-                await asyncio.to_thread(self._write, change)  # raises StoreUnavailable: the caller answers 503
+                await asyncio.to_thread(self.decisions_store.write, change)  # raises StoreUnavailable: the caller answers 503
             else:
                 self._pending.append(change)
             revision = self.decisions[name].revision + 1 if name in self.decisions else 1
@@ -328,7 +190,7 @@ class RolloutManager:
                                 action, name)  # fmt: skip
             self.recent.setdefault(name, []).insert(0, {"at": iso(change.at), "actor": actor, "action": action,
                                                         "reason": reason, "readings": readings})  # fmt: skip
-            del self.recent[name][_DECISIONS_SHOWN:]
+            del self.recent[name][DECISIONS_SHOWN:]
             return after
 
     async def rollback(self, name: str, actor: str, reason: str | None, readings: dict[str, Any] | None = None,
@@ -360,18 +222,19 @@ class RolloutManager:
 
     def _apply(self) -> None:
         policies, sources = {}, {}
-        for name in sorted(set(self.file.models) | set(self.decisions)):
+        in_file = self.file.policies.models
+        for name in sorted(set(in_file) | set(self.decisions)):
             decision = self.decisions.get(name)
-            if decision is not None and decision.file_fingerprint == self._file_fingerprint(name):
+            if decision is not None and decision.file_fingerprint == self.file.fingerprint(name):
                 policies[name], sources[name] = decision.policy, "store"
-            elif name in self.file.models:
-                policies[name], sources[name] = self.file.models[name], "file"
+            elif name in in_file:
+                policies[name], sources[name] = in_file[name], "file"
         for name, policy in policies.items():
             self.observations.setdefault(name, ArmObservations(name, self.reading_sources)).reset_for(
                 policy.stable, policy.candidate
             )
         self.policies, self.sources = policies, sources
-        self._routes = {name: Route(name, policy) for name, policy in policies.items()}
+        self._routes = {name: CompiledRoute(name, policy) for name, policy in policies.items()}
         self._watched = {  # the windows the guardrails judge, by version, for the models whose candidate runs
             name: {policy.candidate: self.observations[name].candidate, policy.stable: self.observations[name].stable}
             for name, policy in policies.items()
@@ -393,9 +256,6 @@ class RolloutManager:
         if number in loaded:
             return number
         return route.stable if route.stable in loaded else None  # a missing version: stable keeps serving
-
-    def served_versions(self, name: str) -> Collection[int]:
-        return self._loaded(name)
 
     def sticky_header(self, name: str) -> bytes:
         return self._sticky.get(name, b"x-request-key")
@@ -439,10 +299,6 @@ class RolloutManager:
                 await self.rollback(name, f"guardrails ({self.replica})", f"{verdict.reason}: {verdict.message}",
                                     _json_safe(verdict.readings), must_persist=False)  # fmt: skip
 
-    def add_reading_source(self, name: str, source: ReadingSource) -> None:
-        """Plug in a reading (``drift``, ``live_accuracy``) from another component, judged by the guardrails."""
-        self.reading_sources[name] = source
-
     # -- what is shown -------------------------------------------------------------------
 
     def _refresh_gauges(self) -> None:
@@ -477,65 +333,6 @@ class RolloutManager:
             described["detail"] = "state store unreachable: routing on the last known rollout state"
         return described
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "policy_file": str(self.settings.rollout) if self.settings.rollout else None,
-            "policy_error": self.file_error,
-            "policy_loaded_at": iso(self.file_loaded_at),
-            "state_store": self.store_status(),
-            "now": iso(self.clock()),
-            "models": {name: self.describe_model(name) for name in sorted(self.policies)},
-        }
-
-    def describe_model(self, name: str) -> dict[str, Any] | None:
-        policy = self.policies.get(name)
-        if policy is None:
-            return None
-        now = self.clock()
-        state = step_at(policy, now)
-        loaded = set(self.served_versions(name))
-        problems = [f"{role} version {number} is not loaded" for role, number in
-                    (("stable", policy.stable), ("candidate", policy.candidate)) if number is not None and number not in loaded]  # fmt: skip
-        if policy.stable not in loaded:
-            problems.append("the highest loaded version serves instead of stable")
-        decision = self.decisions.get(name) if self.sources.get(name) == "store" else None
-        verdict = self.verdicts.get(name)
-        regions = plan_regions(policy) or ["*"]
-        return {
-            "model": name,
-            "source": self.sources.get(name),
-            "stable": policy.stable,
-            "candidate": policy.candidate,
-            "stage": policy.stage,
-            "sticky_key": policy.sticky_key,
-            "shadow_percent": policy.shadow.percent,
-            "step": {"index": state.index, "phase": state.phase, "started_at": iso(state.started_at),
-                     "next_at": iso(state.next_at), "of": len(policy.steps)},  # fmt: skip
-            "shares": {region: candidate_share(policy, region, now) / 100 for region in regions},
-            "problems": problems,
-            "guardrails": {
-                "status": verdict.status if verdict else "waiting_for_data",
-                "message": verdict.message if verdict else "waiting for data: not judged yet",
-                "breach": verdict.reason if verdict else None,
-                "readings": verdict.readings if verdict else {},
-                "limits": policy.guardrails.model_dump(),
-            },
-            "decided": {"revision": decision.revision, "at": iso(decision.updated_at), "by": decision.updated_by,
-                        "reason": decision.reason} if decision else None,  # fmt: skip
-            "last_decisions": self.recent.get(name, []),
-            "timeline": timeline(policy),
-            "policy": policy.model_dump(mode="json"),
-        }
-
 
 def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    """(mtime, size) of the rollout file, None when it cannot be read."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size

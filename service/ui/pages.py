@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
@@ -21,9 +21,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from service.http.errors import NotFound
+from service.models.catalogue import ModelCatalogue
 
-if TYPE_CHECKING:
-    from service.app import ServingAPI
 
 STATIC_DIR = Path(__file__).parent / "static"
 MISSING_LEVEL = "#na#"  # index 0 of every category vocabulary: the form's "missing" choice stands for it
@@ -78,10 +77,10 @@ def form_columns(schema: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 class WebPages:
-    """The ``/ui`` routes and ``/`` (a redirect to them), rendering over a :class:`ServingAPI`."""
+    """The ``/ui`` routes and ``/`` (a redirect to them), rendering the model catalogue."""
 
-    def __init__(self, api: ServingAPI) -> None:
-        self.api = api
+    def __init__(self, catalogue: ModelCatalogue) -> None:
+        self.catalogue = catalogue
         self.env = Environment(
             loader=PackageLoader("service.ui", "templates"),
             autoescape=select_autoescape(["html"]),
@@ -108,7 +107,7 @@ class WebPages:
         return RedirectResponse(f"{request.scope.get('root_path', '')}/ui", status_code=302)
 
     async def models(self, request: Request) -> Response:
-        models = [self.api.model_document(summary["name"]) for summary in self.api.model_list()]
+        models = [self.catalogue.model_document(summary["name"]) for summary in self.catalogue.model_list()]
         return self.render(request, "models.html", "models", title="Models", models=models)
 
     async def model_card(self, request: Request) -> Response:
@@ -144,7 +143,7 @@ class WebPages:
                            model=model, page_data=page_data)  # fmt: skip
 
     async def review(self, request: Request) -> Response:
-        names = [summary["name"] for summary in self.api.model_list()]
+        names = [summary["name"] for summary in self.catalogue.model_list()]
         chosen = request.query_params.get("model", "")
         page_data = {"models": names, "reasons": list(REVIEW_REASONS)}
         return self.render(request, "review.html", "review", title="Review queue", names=names, chosen=chosen,
@@ -154,13 +153,13 @@ class WebPages:
 
     def _model(self, request: Request) -> dict[str, Any] | None:
         try:
-            return self.api.model_document(request.path_params["name"])
+            return self.catalogue.model_document(request.path_params["name"])
         except NotFound:
             return None
 
     def _unknown_model(self, request: Request) -> Response:
         name = request.path_params["name"]
-        served = [summary["name"] for summary in self.api.model_list()]
+        served = [summary["name"] for summary in self.catalogue.model_list()]
         return self.render(request, "not_found.html", "models", title="Model not found", name=name, served=served,
                            status_code=404)  # fmt: skip
 

@@ -25,7 +25,9 @@ import numpy as np
 import pandas as pd
 
 from service.http.errors import InvalidInput, PayloadTooLarge
-from service.codecs.inputs import ImageInputs, TabularInputs
+from service.codecs.decoded import RawInputs
+from service.codecs.images import ImageInputs
+from service.codecs.tables import TabularInputs
 from service.codecs.oip.tensors import OutputTensor, RequestedOutput, Tensor, datatype_of
 from service.models.registry import ModelVersion
 
@@ -163,8 +165,10 @@ class ProtocolModel:
         self._check_items(tensor, tensor.shape[0])
         return tensor.shape[0]
 
-    def arrays(self, inputs: dict[str, Tensor]) -> list[np.ndarray]:
-        """The graph's input arrays (call ``check`` first); blocking when decoding images or tables."""
+    def arrays(self, inputs: dict[str, Tensor], raw: RawInputs | None = None) -> list[np.ndarray]:
+        """The graph's input arrays (call ``check`` first); blocking when decoding images or tables.
+
+        ``raw`` receives the inputs as sent, for monitoring (encoded images and their sizes, or the columns)."""
         decoder = self.version.inputs
         if isinstance(decoder, ImageInputs):
             tensor = inputs[self.inputs[0]["name"]]
@@ -172,9 +176,15 @@ class ProtocolModel:
                 return [tensor.data]
             images = [(f"{tensor.name}[{i}]", _image_bytes(value, f"{tensor.name}[{i}]"))
                       for i, value in enumerate(tensor.data.ravel().tolist())]  # fmt: skip
-            return [decoder.decode_images(images)]
+            sizes: list[tuple[int, int]] = []
+            pixels = decoder.decode_images(images, sizes=sizes)
+            if raw is not None:
+                raw.images, raw.sizes = [data for _, data in images], sizes
+            return [pixels]
         assert isinstance(decoder, TabularInputs)
         columns = {spec["name"]: _column(inputs[spec["name"]]) for spec in self.inputs}
+        if raw is not None:
+            raw.columns = columns
         return decoder.process(pd.DataFrame(columns, copy=False), "{column}[{row}]")
 
     # -- outputs -------------------------------------------------------------------------

@@ -1,0 +1,46 @@
+"""``GET /v1/models``, ``GET /v1/models/{name}`` and ``GET /openapi.json``: what is served and how to call it."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.api.openapi import ModelContract, openapi_document
+from service.http.responses import JSONResponse
+from service.models.catalogue import ModelCatalogue
+from service.settings import ServiceSettings
+
+
+class ModelRoutes:
+    def __init__(self, settings: ServiceSettings, catalogue: ModelCatalogue) -> None:
+        self.settings = settings
+        self.catalogue = catalogue
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+            Route("/v1/models", self.list_models, methods=["GET"]),
+            Route("/v1/models/{name}", self.get_model, methods=["GET"]),
+        ]
+
+    async def list_models(self, request: Request) -> Response:
+        return JSONResponse({"models": self.catalogue.model_list()})
+
+    async def get_model(self, request: Request) -> Response:
+        return JSONResponse(self.catalogue.model_document(request.path_params["name"]))
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document(models=self.contracts()))
+
+    def contracts(self) -> list[ModelContract]:
+        """What the OpenAPI document states per served model (its newest version's inputs)."""
+        s = self.settings
+        contracts = []
+        registry = self.catalogue.registry
+        for name in registry.model_names():
+            versions = registry.versions(name)
+            if versions:
+                contracts.append(ModelContract(name, [v.version for v in versions], versions[-1].inputs.schema(),
+                                               s.max_items_per_request, s.max_columns, s.ignore_unknown_columns))  # fmt: skip
+        return contracts

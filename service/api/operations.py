@@ -1,0 +1,46 @@
+"""``GET /healthz``, ``GET /readyz`` and ``GET /metrics``: what an orchestrator and a scraper ask."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.http.errors import error_body
+from service.http.responses import JSONResponse
+from service.metrics import ServingMetrics
+from service.models.registry import ModelRegistry
+from service.rollout.manager import RolloutManager
+
+
+class OperationRoutes:
+    def __init__(self, registry: ModelRegistry, metrics: ServingMetrics, rollout: RolloutManager | None) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.rollout = rollout
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.metrics_text, methods=["GET"]),
+        ]
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        problems = self.registry.problems()
+        if problems:
+            return JSONResponse(error_body("not_ready", "; ".join(problems)), status_code=503)
+        loaded = {v.name: v.version for v in self.registry.all_versions()}
+        ready: dict[str, Any] = {"status": "ready", "models": loaded}
+        if self.rollout is not None:  # an unreachable store never stops predictions; it is only reported
+            ready["state_store"] = self.rollout.store_status()
+        return JSONResponse(ready)
+
+    async def metrics_text(self, request: Request) -> Response:
+        body, content_type = self.metrics.render()
+        return Response(body, media_type=content_type)

@@ -1,0 +1,63 @@
+"""The model catalogue: what ``GET /v1/models``, ``GET /v1/models/{name}``, the OpenAPI document and the
+pages say about the served models, from one place."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from service.http.errors import NotFound, ServiceError, public_message
+from service.models.router import VersionRouter
+from service.models.registry import ModelRegistry
+
+RolloutView = Callable[[str], "dict[str, Any] | None"]  # a model's rollout state, or None without a policy
+
+
+class ModelCatalogue:
+    """Summaries and full descriptions of every served model."""
+
+    def __init__(self, registry: ModelRegistry, router: VersionRouter, rollout_view: RolloutView | None) -> None:
+        self.registry = registry
+        self.router = router
+        self.rollout_view = rollout_view
+
+    def model_list(self) -> list[dict[str, Any]]:
+        """The body of ``GET /v1/models``."""
+        return [self.summary(name) for name in self.registry.model_names()]
+
+    def model_names(self) -> list[str]:
+        return self.registry.model_names()
+
+    def model_document(self, name: str) -> dict[str, Any]:
+        """The body of ``GET /v1/models/{name}``; NotFound for a model that is not served."""
+        if not self.registry.is_known(name):
+            raise NotFound(f"model {name!r} is not served; served models: {self.registry.model_names()}")
+        described = self.summary(name)
+        versions = self.registry.versions(name)
+        if versions:
+            serving = described["serving_version"]
+            current = next((v for v in versions if v.version == serving), versions[-1])
+            described.update(current.encoder.describe())
+            described["input"] = current.inputs.schema()
+        described["versions"] = [v.describe() for v in versions]
+        described["refused"] = [
+            {"version": number, "reason": r.reason, "message": public_message(r.message)}
+            for number, r in self.registry.refusals(name).items()
+        ]
+        described["rollout"] = self.rollout_view(name) if self.rollout_view is not None else None
+        return described
+
+    def summary(self, name: str) -> dict[str, Any]:
+        versions = self.registry.versions(name)
+        try:
+            serving: int | None = self.router.route(name).version
+        except ServiceError:
+            serving = None
+        latest = versions[-1].manifest if versions else None
+        return {
+            "name": name,
+            "versions": [v.version for v in versions],
+            "task": latest.task if latest else None,
+            "input_kind": latest.input_kind if latest else None,
+            "state": "serving" if serving is not None else "unavailable",
+            "serving_version": serving,
+        }
