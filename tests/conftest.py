@@ -23,6 +23,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("filterwarnings", "ignore:Using `httpx` with `starlette.testclient`")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers from what a test uses: ``-m "not postgres"``, ``-m browser`` and so on select by them."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        parts = Path(str(item.fspath)).parts
+        if "live_server" in fixtures:
+            item.add_marker(pytest.mark.live_server)
+        if "postgres_url" in fixtures or "postgresql" in item.name:
+            item.add_marker(pytest.mark.postgres)
+        if "deploy" in parts:
+            item.add_marker(pytest.mark.deployment)
+
+
 # -- bundles and repositories ------------------------------------------------------------------
 
 

@@ -33,11 +33,6 @@ _INSTALL_HINT = {
     "prometheus": "apt-get install prometheus",
 }
 
-# Contract metrics that the rollout and monitoring work adds and the service does not export yet;
-# the alerts and the dashboard use them already. Tests allow exactly these names to be missing and
-# report which still are (tests/test_deploy_metrics.py).
-NOT_YET_EXPORTED_CONTRACT_METRICS: frozenset[str] = frozenset()  # every contract metric is exported now
-
 
 def tool(name: str) -> str:
     """The path of a command-line tool (this virtualenv's bin first, then PATH), or skip the test saying why."""

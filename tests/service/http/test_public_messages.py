@@ -1,4 +1,4 @@
-"""Class 8: client-facing messages carry no absolute paths and no exception class names."""
+"""client-facing messages carry no absolute paths and no exception class names."""
 
 from __future__ import annotations
 

@@ -22,7 +22,9 @@ import pytest
 
 from tests.conftest import free_port, gradient_image, metric_value
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.live_server, pytest.mark.postgres]
+
+ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "fleet-token"
 POLL_S = 0.5
 POLICY = """
@@ -226,7 +228,7 @@ def test_an_automatic_rollback_while_the_store_is_down_is_applied_at_once_and_wr
     import torch
 
     from tests.bundle_factory import _handmade_image_bundle
-    from tests.test_rollout_service import ADMIN, FAST, canary, predict, rollout_of, serve, wait_for, write_policy
+    from tests.service.rollout.test_rollout_service import ADMIN, FAST, canary, predict, rollout_of, serve, wait_for, write_policy
 
     torch.set_num_threads(1)
     repo = tmp_path / "models"

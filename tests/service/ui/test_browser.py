@@ -21,12 +21,14 @@ import pytest
 
 from tests.conftest import LiveServer, metric_value
 
+pytestmark = [pytest.mark.browser, pytest.mark.live_server]
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run",
 ]  # fmt: skip
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
+ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "ui"
 PHONE = {"width": 390, "height": 844}
 ADMIN_TOKEN = "s3cret-admin-token"
 TIMEOUT_MS = 10_000

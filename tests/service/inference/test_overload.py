@@ -1,4 +1,4 @@
-"""Class 4: beyond the queue, requests are refused at once (503 + Retry-After), before their body is read."""
+"""beyond the queue, requests are refused at once (503 + Retry-After), before their body is read."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from tests.conftest import free_port, gradient_image, install_bundle, metric_value
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def post_image(http: httpx.Client, model: str, image: bytes, path: str | None = None) -> httpx.Response:

@@ -1,4 +1,4 @@
-"""Class 3: connections are bounded. Idle, half-sent and oversized requests cannot hold the server."""
+"""connections are bounded. Idle, half-sent and oversized requests cannot hold the server."""
 
 from __future__ import annotations
 

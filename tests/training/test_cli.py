@@ -17,7 +17,7 @@ from bundle.manifest import read_manifest
 from training.cli import main
 from training.examples import penguins_frame, write_digits_folder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--epochs", "1", "--lr", "1e-2", "--bs", "32"]
 
 

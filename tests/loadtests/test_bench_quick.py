@@ -18,7 +18,7 @@ from pathlib import Path
 
 from loadtests.loadgen import build_request, run_open_loop
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_quick_bench_writes_every_section_and_a_plot(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Class 9: the OpenAPI document is generated per served model, and a schema fuzzer (schemathesis) running every
+"""the OpenAPI document is generated per served model, and a schema fuzzer (schemathesis) running every
 check against a live service finds nothing."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Class 2: per-request budgets are checked before the expensive work, and the preprocessing pool cannot be
+"""per-request budgets are checked before the expensive work, and the preprocessing pool cannot be
 monopolised: its backlog is bounded and work whose deadline passed is skipped, not run."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Class 6: only allow-listed image formats are decoded, judged by the bytes, whatever the Content-Type says."""
+"""only allow-listed image formats are decoded, judged by the bytes, whatever the Content-Type says."""
 
 from __future__ import annotations
 

@@ -17,7 +17,6 @@ import yaml
 
 from tests.conftest import LiveServer, free_port, gradient_image, install_bundle, penguin
 from tests.deploy_tools import (
-    NOT_YET_EXPORTED_CONTRACT_METRICS,
     RULES,
     concrete,
     contract_metric_names,
@@ -30,6 +29,8 @@ from tests.deploy_tools import (
     rule_expressions,
     tool,
 )
+
+pytestmark = pytest.mark.live_server
 
 # A slow model's run takes about 100 ms: with this deadline every request to it times out (504),
 # while the small models answer in a few milliseconds.
@@ -87,21 +88,14 @@ def exported(service: LiveServer) -> set[str]:
     return exported_names(httpx.get(f"{service.url}/metrics").text)
 
 
-def test_every_metric_the_deployment_watches_is_exported_or_still_to_come_from_the_contract(exported):
-    unknown = used_metric_names() - exported - NOT_YET_EXPORTED_CONTRACT_METRICS
+def test_every_metric_the_deployment_watches_is_exported(exported):
+    unknown = used_metric_names() - exported
 
     assert unknown == set(), "names in the rules, dashboard or HPA that no running service exports"
 
 
-def test_every_contract_metric_the_deployment_watches_is_exported(exported):
-    missing = sorted(used_metric_names() - exported)
-    if missing:
-        names = ", ".join(missing)
-        pytest.skip(f"the rollout and monitoring work has not exported these contract metrics yet: {names}")
-
-
-def test_service_exports_every_contract_metric_except_those_still_to_come(exported):
-    assert contract_metric_names() - exported <= NOT_YET_EXPORTED_CONTRACT_METRICS
+def test_service_exports_every_contract_metric(exported):
+    assert contract_metric_names() - exported == set()
 
 
 # -- a real Prometheus -------------------------------------------------------------------------
@@ -233,8 +227,7 @@ def test_every_dashboard_query_over_traffic_metrics_returns_series(service, prom
 
 
 def test_drifted_inputs_put_the_drift_alert_in_pending(service, prometheus, exported):
-    if "serving_drift_score" not in exported:
-        pytest.skip("the service does not export serving_drift_score yet (monitoring work)")
+    assert "serving_drift_score" in exported
     shifted = [penguin(bill_length_mm=90.0 + i % 7, flipper_length_mm=260.0) for i in range(64)]
     with httpx.Client(base_url=service.url, timeout=30) as http:
         for _ in range(40):

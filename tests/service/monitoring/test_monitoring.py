@@ -600,6 +600,8 @@ class TcpProxy:
         self.thread.join(5)
 
 
+@pytest.mark.live_server
+@pytest.mark.postgres
 def test_a_stopped_postgresql_does_not_fail_predictions_and_drops_are_counted(
     monitoring_repo: Path, postgres_url: str
 ) -> None:
@@ -636,7 +638,7 @@ def start_service(repo: Path, state_url: str) -> tuple[Any, str]:
     env = {**os.environ, "SERVING_STATE_URL": state_url, "SERVING_MODELS": str(repo), "SERVING_PORT": str(port),
            "SERVING_HOST": "127.0.0.1", "SERVING_REGIONS": ",".join(REGIONS), "SERVING_INTRA_OP_THREADS": "1",
            "SERVING_WATCH_INTERVAL_S": "0", "SERVING_LOG_LEVEL": "warning"}  # fmt: skip
-    process = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=Path(__file__).parent.parent)
+    process = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=Path(__file__).resolve().parents[3])
     return process, f"http://127.0.0.1:{port}"
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from service.rollout.policy import ModelPolicy, PolicyError, parse_duration, parse_policy_text
 from service.rollout.routing import CompiledRoute, bucket, candidate_share, choose_version, shadowed, step_at
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "docs" / "rollouts" / "bear-detector.yaml"
 START = datetime(2026, 12, 1, 8, tzinfo=timezone.utc).timestamp()
 DAY = 86_400.0

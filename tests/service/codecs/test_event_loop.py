@@ -1,4 +1,4 @@
-"""Class 1: small images that are expensive to parse never stall the event loop, and are refused."""
+"""small images that are expensive to parse never stall the event loop, and are refused."""
 
 from __future__ import annotations
 

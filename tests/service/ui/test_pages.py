@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-STATIC = Path(__file__).resolve().parent.parent / "service" / "ui" / "static"
+STATIC = Path(__file__).resolve().parents[3] / "service" / "ui" / "static"
 TEMPLATES = STATIC.parent / "templates"
 
 

@@ -1,4 +1,4 @@
-"""Class 7: 16-bit grayscale images are scaled to 8 bits, not clipped to black and white."""
+"""16-bit grayscale images are scaled to 8 bits, not clipped to black and white."""
 
 from __future__ import annotations
 

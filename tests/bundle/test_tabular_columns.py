@@ -20,7 +20,7 @@ import pytest
 from bundle.manifest import read_manifest
 from bundle.tabular import TabularInputError, TabularProcessor, rows_to_columns, rows_to_frame
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "models"
+EXAMPLES = Path(__file__).resolve().parents[2] / "models"
 MISSING = object()  # a key left out of the row
 
 # What a JSON row may hold, by the kind of column (none of them is an input error).

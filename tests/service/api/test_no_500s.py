@@ -1,4 +1,4 @@
-"""Class 5: inputs that used to answer 500 answer a 4xx JSON error, and are counted."""
+"""inputs that used to answer 500 answer a 4xx JSON error, and are counted."""
 
 from __future__ import annotations
 

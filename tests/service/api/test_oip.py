@@ -20,6 +20,8 @@ from tests.conftest import LiveServer, gradient_image, metric_value, penguin
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a dev dependency")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+pytestmark = pytest.mark.live_server
+
 IMAGES = [gradient_image(seed) for seed in range(5)]
 
 

@@ -1,4 +1,4 @@
-"""Class 10, the smaller items: a bundle still being copied is no load failure; the settings refuse a queue
+"""The smaller items: a bundle still being copied is no load failure; the settings refuse a queue
 smaller than a request; a multipart body may carry a preamble."""
 
 from __future__ import annotations
