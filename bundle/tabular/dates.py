@@ -143,13 +143,15 @@ def parts_of_dates_by_pandas(dates: np.ndarray, time: bool = False) -> DateParts
         "Month": accessor.month,
         "Week": accessor.isocalendar().week,
         "Day": accessor.day,
-        "Dayofweek": accessor.dayofweek,
-        "Dayofyear": accessor.dayofyear,
+        "Dayofweek": accessor.day_of_week,
+        "Dayofyear": accessor.day_of_year,
     }
     if time:
         parts.update(Hour=accessor.hour, Minute=accessor.minute, Second=accessor.second)
     numbers = {part: v.to_numpy(dtype=np.float64, na_value=np.nan) for part, v in parts.items()}
-    numbers["Elapsed"] = ((series - pd.Timestamp(0)) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+    # No accessor gives it: the definition, divided in the values' own unit as the fast path does (pandas would
+    # first convert to nanoseconds, and round differently in the last bit).
+    numbers["Elapsed"] = (dates - np.datetime64(0, "s")) / np.timedelta64(1, "s")
     flags = {part: getattr(accessor, part.lower()).to_numpy(dtype=bool) for part in DATE_PARTS if part.startswith("Is_")}
     return numbers, flags, missing
 
