@@ -166,10 +166,10 @@ def estimated_correct(confidence: np.ndarray, knots_x: Sequence[float], knots_y:
 def encoded_size(data: bytes) -> tuple[int, int]:
     """(width, height) from an encoded image's header, without decoding pixels ((0, 0) when unreadable).
 
-    A PNG's size is read from its IHDR chunk directly (the digits requests are
-    PNGs, and opening them with Pillow costs more than the rest of their
-    summaries); every other image takes :func:`encoded_size_by_pillow`, the
-    reference the PNG path agrees with on every PNG Pillow can open.
+    A PNG's size is read from its IHDR chunk directly, without Pillow's open
+    (the digits requests are PNGs; figures in docs/performance.md); every other
+    image takes :func:`encoded_size_by_pillow`, the reference the PNG path
+    agrees with on every PNG Pillow can open.
     """
     if len(data) >= 24 and data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")

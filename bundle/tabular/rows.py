@@ -4,6 +4,7 @@
 plain scalars with known keys) column by column (:func:`_plain_json_columns`);
 anything else, including every row that is an error to report, goes through
 :func:`json_columns_cell_by_cell`, the reference the fast path must agree with.
+The fast path pays off on many rows, not on one (figures in docs/performance.md).
 """
 
 from __future__ import annotations

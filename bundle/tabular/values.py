@@ -8,7 +8,8 @@ reads numeric strings as numbers at serving (``"3.0"`` is level ``"3"``).
 Each coercion has a fast path for the columns JSON nearly always gives
 (:func:`_plain_numbers`, :func:`_plain_levels`) beside the general version it
 must agree with (:func:`numbers_by_pandas`, :func:`levels_by_pandas`), whose
-pandas calls cost more than the rest on a one-row request.
+pandas calls cost more than the rest on a one-row request (figures in
+docs/performance.md).
 """
 
 from __future__ import annotations
