@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageOps, PngImagePlugin
 
 from bundle import monitoring as mon
 from bundle.images import (
@@ -26,10 +26,13 @@ from bundle.images import (
     ImageTooLarge,
     ResizeSpec,
     decode_image,
+    load_image,
+    open_image,
     plain_png_pixels,
     preprocess,
     preprocess_by_pillow,
     to_chw,
+    to_rgb,
 )
 from bundle.tabular import Categorify, TabularInputError, category_levels, rows_to_columns, to_numbers
 from bundle.tabular.dates import parts_of_dates, parts_of_dates_by_pandas
@@ -296,17 +299,17 @@ def encoded_images(draw: st.DrawFn, formats: tuple[str, ...] = ("PNG",)) -> byte
     img = Image.fromarray(pixels).convert(mode) if mode != "I;16" else Image.fromarray(pixels[..., 0].astype(np.uint16) * 257)
     fmt = draw(st.sampled_from(formats))
     options: dict[str, Any] = {}
+    if fmt in ("PNG", "JPEG", "WEBP") and draw(st.integers(0, 5)) == 0:
+        exif = Image.Exif()
+        exif[0x0112] = draw(st.integers(0, 9))  # the orientation; 0 and 9 are junk
+        options["exif"] = exif.tobytes()
     if fmt == "PNG":
         options["compress_level"] = draw(st.integers(0, 9))
-        if draw(st.integers(0, 5)) == 0:
-            exif = Image.Exif()
-            exif[0x0112] = draw(st.integers(1, 8))
-            options["exif"] = exif.tobytes()
         if draw(st.integers(0, 5)) == 0:
             info = PngImagePlugin.PngInfo()
             info.add_text("comment", "a text chunk before the pixels")
             options["pnginfo"] = info
-    elif img.mode not in ("L", "RGB"):
+    elif img.mode not in ("L", "RGB") or fmt == "WEBP":
         img = img.convert("RGB")
     out = io.BytesIO()
     img.save(out, format=fmt, **options)
@@ -360,6 +363,16 @@ def test_to_chw_is_the_transposed_array_of_the_image(data: bytes) -> None:
         expected = np.ascontiguousarray(rgb(np.asarray(image)).transpose(2, 0, 1))
         chw = to_chw(image)
         assert chw.dtype == np.uint8 and chw.flags.c_contiguous and np.array_equal(chw, expected)
+
+
+@FAST
+@given(data=encoded_images(formats=("PNG", "JPEG", "GIF", "BMP", "WEBP")))
+def test_an_image_opened_by_its_sniffed_format_and_turned_only_when_it_must_is_pillows_own(data: bytes) -> None:
+    img = open_image(data, formats=SERVED_FORMATS)  # told the format the magic bytes name
+    reference = Image.open(io.BytesIO(data))  # every plugin in turn
+    assert (img.format, img.size, img.mode) == (reference.format, reference.size, reference.mode)
+    # load_image skips exif_transpose unless the orientation turns the image
+    assert np.array_equal(np.asarray(load_image(img)), np.asarray(to_rgb(ImageOps.exif_transpose(reference))))
 
 
 # -- monitoring ---------------------------------------------------------------------------------------
