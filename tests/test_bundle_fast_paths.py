@@ -11,12 +11,14 @@ from __future__ import annotations
 import io
 import math
 import types
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageOps, PngImagePlugin
 
 from bundle import monitoring as mon

@@ -40,29 +40,24 @@ from bundle.tabular.processor import PROCS, STATE_FORMAT, ProcessedTable, Tabula
 from bundle.tabular.procs import INDICATOR_VOCAB, NA_LEVEL, NA_SUFFIX, Categorify, FillMissing, Normalize
 from bundle.tabular.rows import UnknownColumnsError, rows_to_columns, rows_to_frame, unknown_columns_message
 from bundle.tabular.table import Table
-from bundle.tabular.values import (
-    JSON_NUMBER_TYPES,
-    _plain_numbers,  # service/monitoring/drift.py reads plain JSON numbers with it
-    category_levels,
-    column_values,
-    to_numbers,
-)
+from bundle.tabular.values import JSON_NUMBER_TYPES, category_levels, column_values, to_numbers
+from bundle.tabular.values import _plain_numbers as _plain_numbers  # service/monitoring/drift.py imports it from here
 
 __all__ = [
-    "Categorify",
     "DATE_CAT_PARTS",
     "DATE_CONT_PARTS",
     "DATE_PARTS",
-    "FillMissing",
     "INDICATOR_VOCAB",
     "JSON_NUMBER_TYPES",
     "NA_LEVEL",
     "NA_SUFFIX",
-    "Normalize",
     "PROCS",
-    "ProcessedTable",
     "STATE_FORMAT",
     "TIME_PARTS",
+    "Categorify",
+    "FillMissing",
+    "Normalize",
+    "ProcessedTable",
     "Table",
     "TabularInputError",
     "TabularProcessor",

@@ -137,7 +137,7 @@ class TabularProcessor:
         for field in self.date_fields:
             if field in df.columns:
                 warn_unparseable_dates(df[field], field, self.date_formats.get(field, "ISO8601"))
-        work = self._expand(df)
+        work: Table = self._expand(df)
         conts = self.cont_names
         self.categorify = self.fill_missing = self.normalize = None
         if "fill_missing" in self.procs:
@@ -161,7 +161,7 @@ class TabularProcessor:
         """
         if not self.fitted:
             raise ValueError("TabularProcessor is not fitted: call fit(train_df) first")
-        columns = self._expand(df, strict)
+        columns: Table = self._expand(df, strict)
         if self.fill_missing is not None:
             columns = self.fill_missing.transform(columns)
         if self.normalize is not None:

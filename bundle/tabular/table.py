@@ -7,7 +7,7 @@ an absent column reads as all missing.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -15,7 +15,7 @@ import pandas as pd
 from bundle.tabular.errors import TabularInputError
 from bundle.tabular.values import column_values
 
-Table = pd.DataFrame | Mapping[str, np.ndarray]
+Table: TypeAlias = pd.DataFrame | Mapping[str, np.ndarray]
 
 
 def n_rows(table: Table) -> int:
