@@ -11,11 +11,11 @@ One concept per module:
 * ``errors``: :class:`TabularInputError`, the error every bad value raises.
 * ``rows``: JSON rows -> one array per column (:func:`rows_to_columns`), unknown-column errors.
 * ``values``: a column as numbers (:func:`to_numbers`) or as canonical category levels
-  (:func:`category_levels`). Numeric vocabularies are sorted by value, text ones
-  alphabetically; index 0 is always ``#na#`` (missing or unseen).
+  (:func:`category_levels`).
 * ``dates``: fastai's date parts (:func:`add_datepart`, :func:`date_part_arrays`).
 * ``table``: what the processors take: a DataFrame or a dict of column arrays.
-* ``procs``: ``Categorify``, ``FillMissing``, ``Normalize``.
+* ``procs``: ``Categorify`` (numeric vocabularies sorted by value, text ones alphabetically;
+  index 0 is always ``#na#``, missing or unseen), ``FillMissing``, ``Normalize``.
 * ``processor``: :class:`TabularProcessor`, their composition, and :func:`cont_cat_split`.
 
 Transforms are vectorised over columns (numpy), never looping over rows, and
