@@ -296,10 +296,11 @@ def plain_png_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
 
     Plain means 8-bit grayscale or RGB, not animated, without EXIF: the PNGs
     whose upright RGB pixels need nothing beyond channel replication. PNG is
-    lossless, so these pixels are exactly Pillow's; what libspng saves is
-    Pillow's per-image overhead (about 100 us), which is most of the cost of a
-    thumbnail. Every other PNG, and any this decoder refuses, gets None and
-    goes through ``decode_image``, which also words the errors.
+    lossless, so these pixels are exactly Pillow's (``decode_image``, the
+    reference); what libspng saves is Pillow's per-image overhead, most of the
+    cost of a thumbnail (figures in docs/performance.md). Every other PNG, and
+    any this decoder refuses, gets None and goes through ``decode_image``,
+    which also words the errors.
     """
     if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return None
@@ -318,19 +319,29 @@ def plain_png_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
 def preprocess(
     data: bytes, spec: ResizeSpec, max_pixels: int = DEFAULT_MAX_PIXELS, formats: tuple[str, ...] | None = None
 ) -> np.ndarray:
-    """Encoded bytes -> uint8 (3, H, W) pixels, exactly as the model was validated."""
+    """Encoded bytes -> uint8 (3, H, W) pixels, exactly as the model was validated.
+
+    A plain PNG is decoded by libspng (:func:`plain_png_pixels`); every other
+    image takes :func:`preprocess_by_pillow`, the reference both must agree with.
+    """
     if formats is not None and "PNG" not in formats:
         pixels = None
     else:
         pixels = plain_png_pixels(data, max_pixels)
     if pixels is None:
-        img = decode_image(data, max_pixels, target=spec, formats=formats)
-    else:
-        # A grayscale image is resized as it is and replicated to RGB afterwards: the same pixels, a third of the work.
-        height, width = pixels.shape[:2]
-        mode = "L" if pixels.ndim == 2 else "RGB"
-        img = Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
+        return preprocess_by_pillow(data, spec, max_pixels, formats)
+    # A grayscale image is resized as it is and replicated to RGB afterwards: the same pixels, a third of the work.
+    height, width = pixels.shape[:2]
+    mode = "L" if pixels.ndim == 2 else "RGB"
+    img = Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
     return to_chw(resize(img, spec))
+
+
+def preprocess_by_pillow(
+    data: bytes, spec: ResizeSpec, max_pixels: int = DEFAULT_MAX_PIXELS, formats: tuple[str, ...] | None = None
+) -> np.ndarray:
+    """:func:`preprocess` through Pillow alone: the path every image can take."""
+    return to_chw(resize(decode_image(data, max_pixels, target=spec, formats=formats), spec))
 
 
 def image_summary(img: Image.Image) -> dict[str, float]:

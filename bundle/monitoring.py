@@ -43,7 +43,9 @@ def summary_matrix(pixels: np.ndarray, sizes: Sequence[tuple[int, int]]) -> np.n
     ``sizes`` are the decoded (width, height) of each image. The pixel statistics are taken on a
     regular grid of at most about 32 x 32 pixels (every k-th row and column), so they cost the same
     small amount at any input size; export and service both call this function, so the reference
-    and live traffic are measured alike. Written with few numpy calls: it runs on the request path.
+    and live traffic are measured alike. Written with few numpy calls, in float32: it runs on the
+    request path. :func:`summary_matrix_by_image` is the plain reference it agrees with (to float32
+    rounding).
     """
     n, _, height, width = pixels.shape
     step = max(1, max(height, width) // SUMMARY_GRID)
@@ -61,6 +63,21 @@ def summary_matrix(pixels: np.ndarray, sizes: Sequence[tuple[int, int]]) -> np.n
     out[:, 2] = saturation
     out[:, 3:5] = np.asarray(sizes, dtype=np.float64).reshape(n, 2)
     out[:, 5] = out[:, 3] / np.maximum(out[:, 4], 1.0)
+    return out
+
+
+def summary_matrix_by_image(pixels: np.ndarray, sizes: Sequence[tuple[int, int]]) -> np.ndarray:
+    """:func:`summary_matrix` one image at a time, in float64, with the textbook formulas (the reference)."""
+    n, _, height, width = pixels.shape
+    step = max(1, max(height, width) // SUMMARY_GRID)
+    out = np.empty((n, 6), dtype=np.float64)
+    for i, (image, (w, h)) in enumerate(zip(pixels, sizes)):
+        x = image[:, ::step, ::step].astype(np.float64)
+        red, green, blue = x / 255.0
+        gray = 0.299 * red + 0.587 * green + 0.114 * blue
+        high, low = x.max(axis=0), x.min(axis=0)
+        saturation = np.where(high > 0, (high - low) / np.maximum(high, 1.0), 0.0)  # HSV's S; 0 for black
+        out[i] = [gray.mean(), gray.std(), saturation.mean(), w, h, w / max(h, 1)]
     return out
 
 
@@ -147,9 +164,20 @@ def estimated_correct(confidence: np.ndarray, knots_x: Sequence[float], knots_y:
 
 
 def encoded_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from an encoded image's header, without decoding pixels ((0, 0) when unreadable)."""
+    """(width, height) from an encoded image's header, without decoding pixels ((0, 0) when unreadable).
+
+    A PNG's size is read from its IHDR chunk directly, without Pillow's open
+    (the digits requests are PNGs; figures in docs/performance.md); every other
+    image takes :func:`encoded_size_by_pillow`, the reference the PNG path
+    agrees with on every PNG Pillow can open.
+    """
     if len(data) >= 24 and data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return encoded_size_by_pillow(data)
+
+
+def encoded_size_by_pillow(data: bytes) -> tuple[int, int]:
+    """:func:`encoded_size` of any image Pillow can open, from the header it reads ((0, 0) when it cannot)."""
     import io
 
     from PIL import Image
