@@ -2,6 +2,7 @@
 
     python3.11 dev.py serve    # set up, build the example models if absent, serve them on :8080
     python3.11 dev.py test     # set up, run the test suite
+    python3.11 dev.py lint     # set up, run the linter, the formatter's check and the type checker (CI runs it)
 
 Setup is a virtualenv in .venv with this project installed (editable) and its
 extras; it is redone only when pyproject.toml changes. Extra arguments after
@@ -20,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
-EXTRAS = {"serve": "serve,train", "test": "serve,train,dev"}
+EXTRAS = {"serve": "serve,train", "test": "serve,train,dev", "lint": "serve,train,dev"}
 EXAMPLES = ("digits", "diamonds", "penguins")
 
 
@@ -61,10 +62,18 @@ def test(args: list[str]) -> None:
     os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *args])
 
 
+def lint(args: list[str]) -> None:
+    """ruff (lint rules and formatting, configured in pyproject.toml) over the code, mypy over bundle/ and service/."""
+    ensure_env(EXTRAS["lint"])
+    run(PYTHON, "-m", "ruff", "check", *(args or ["."]))
+    run(PYTHON, "-m", "ruff", "format", "--check", *(args or ["."]))
+    run(PYTHON, "-m", "mypy")
+
+
 def main() -> None:
     if sys.version_info < (3, 11):
         sys.exit("dev.py needs Python 3.11 or newer")
-    verbs = {"serve": serve, "test": test}
+    verbs = {"serve": serve, "test": test, "lint": lint}
     if len(sys.argv) < 2 or sys.argv[1] not in verbs:
         sys.exit(__doc__)
     verbs[sys.argv[1]](sys.argv[2:])

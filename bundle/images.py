@@ -247,17 +247,17 @@ def resize(img: Image.Image, spec: ResizeSpec) -> Image.Image:
     w, h = img.size
     tw, th = spec.width, spec.height
     if spec.method == "squish":
-        return img.resize((tw, th), Image.BILINEAR)
+        return img.resize((tw, th), Image.Resampling.BILINEAR)
     if spec.method == "crop":
         scale = max(tw / w, th / h)
         nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
-        img = img.resize((nw, nh), Image.BILINEAR) if (nw, nh) != (w, h) else img
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR) if (nw, nh) != (w, h) else img
         left, top = (nw - tw) // 2, (nh - th) // 2
         return img.crop((left, top, left + tw, top + th))
     if spec.method == "pad":
         scale = min(tw / w, th / h)
         nw, nh = min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
-        img = img.resize((nw, nh), Image.BILINEAR) if (nw, nh) != (w, h) else img
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR) if (nw, nh) != (w, h) else img
         return pad_to(img, tw, th, spec.pad_mode)
     raise ValueError(f"unknown resize method {spec.method!r}: use crop, squish or pad")
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Collection, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -160,7 +161,7 @@ class Manifest(_Model):
     monitoring: Monitoring | None = None  # out-of-domain threshold and confidence calibration
 
     @model_validator(mode="after")
-    def _energy_needs_logits(self) -> "Manifest":
+    def _energy_needs_logits(self) -> Manifest:
         if self.monitoring is not None and self.monitoring.ood_score == "energy":
             if LOGITS_OUTPUT not in [spec.name for spec in self.onnx.outputs[1:]]:
                 raise ValueError(f"monitoring.ood_score 'energy' needs a {LOGITS_OUTPUT!r} output after the first")

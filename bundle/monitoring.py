@@ -28,7 +28,7 @@ numpy only: the service imports this without torch.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

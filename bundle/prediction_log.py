@@ -74,9 +74,13 @@ def open_log(location: str) -> Store:
 
 
 def logged_inputs(
-    store: Store, model: str, version: int, since_s: float | None = None, region: str | None = None,
+    store: Store,
+    model: str,
+    version: int,
+    since_s: float | None = None,
+    region: str | None = None,
     limit: int = 100_000,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """The input items of one version's logged predictions, newest first (raises StoreUnavailable)."""
     sql = f"SELECT inputs FROM {PREDICTIONS} WHERE model = ? AND version = ?"
     params: list[Any] = [model, version]

@@ -28,9 +28,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -205,8 +205,12 @@ def service_server(repo: Path, env: dict[str, str]) -> Iterator[int]:
     """``python -m service`` on a free port; its prediction log goes to a temporary file unless ``env`` names one
     (the service runs in the checkout, and its default log path is relative)."""
     with tempfile.TemporaryDirectory(prefix="bench-log-") as logs:
-        service_env = {"SERVING_WATCH_INTERVAL_S": "0", "SERVING_LOG_LEVEL": "warning",
-                       "SERVING_PREDICTION_LOG_PATH": str(Path(logs) / "predictions.sqlite"), **env}  # fmt: skip
+        service_env = {
+            "SERVING_WATCH_INTERVAL_S": "0",
+            "SERVING_LOG_LEVEL": "warning",
+            "SERVING_PREDICTION_LOG_PATH": str(Path(logs) / "predictions.sqlite"),
+            **env,
+        }
         with server(["-m", "service", "--models", str(repo), "--host", HOST], service_env, "/readyz") as port:
             yield port
 

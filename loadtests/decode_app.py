@@ -35,10 +35,15 @@ def load_decoders(repo: Path) -> dict[str, InputDecoder]:
     settings = ServiceSettings()
     limits = input_limits(settings)
     return {
-        name: decoder_for(read_manifest(bundle), settings.max_items_per_request, settings.max_image_pixels,
-                          settings.inline_decode_max_pixels, **limits)
+        name: decoder_for(
+            read_manifest(bundle),
+            settings.max_items_per_request,
+            settings.max_image_pixels,
+            settings.inline_decode_max_pixels,
+            **limits,
+        )
         for name, bundle in newest_bundles(repo).items()
-    }  # fmt: skip
+    }
 
 
 DECODERS = load_decoders(Path(os.environ.get("DECODE_MODELS", "models")))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 
 @dataclass
@@ -45,7 +45,7 @@ class LoadResult:
         self.statuses[status] = self.statuses.get(status, 0) + 1
         self.requests += 1
 
-    def add(self, other: "LoadResult") -> None:
+    def add(self, other: LoadResult) -> None:
         """Fold in another slice of the same load (alternating runs are measured in slices)."""
         self.requests += other.requests
         self.errors += other.errors

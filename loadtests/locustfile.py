@@ -16,22 +16,42 @@ request keys are spread so rollout routing and metrics see varied traffic.
 from __future__ import annotations
 
 import io
+import os
 import random
 
 import numpy as np
-import os
-
 from locust import HttpUser, LoadTestShape, between, task
 from PIL import Image
 
 REGIONS = ["campsite-1", "campsite-2", "marin", "elsewhere"]
 PENGUIN_ROWS = [
-    {"island": "Torgersen", "bill_length_mm": 39.1, "bill_depth_mm": 18.7, "flipper_length_mm": 181,
-     "body_mass_g": 3750, "sex": "male", "year": 2007},
-    {"island": "Biscoe", "bill_length_mm": 46.1, "bill_depth_mm": 13.2, "flipper_length_mm": 211,
-     "body_mass_g": 4500, "sex": "female", "year": 2007},
-    {"island": "Dream", "bill_length_mm": 49.0, "bill_depth_mm": 19.5, "flipper_length_mm": 210,
-     "body_mass_g": 3950, "sex": None, "year": 2008},
+    {
+        "island": "Torgersen",
+        "bill_length_mm": 39.1,
+        "bill_depth_mm": 18.7,
+        "flipper_length_mm": 181,
+        "body_mass_g": 3750,
+        "sex": "male",
+        "year": 2007,
+    },
+    {
+        "island": "Biscoe",
+        "bill_length_mm": 46.1,
+        "bill_depth_mm": 13.2,
+        "flipper_length_mm": 211,
+        "body_mass_g": 4500,
+        "sex": "female",
+        "year": 2007,
+    },
+    {
+        "island": "Dream",
+        "bill_length_mm": 49.0,
+        "bill_depth_mm": 19.5,
+        "flipper_length_mm": 210,
+        "body_mass_g": 3950,
+        "sex": None,
+        "year": 2008,
+    },
 ]
 
 
@@ -55,10 +75,14 @@ class ImageUser(HttpUser):
 
     @task(3)
     def predict_digit(self) -> None:
-        headers = {"Content-Type": "image/png", "X-Region": random.choice(REGIONS),
-                   "X-Request-Key": f"user-{random.randint(1, 1000)}"}
-        self.client.post("/v1/models/digits/predict", data=random.choice(DIGITS), headers=headers,
-                         name="/v1/models/digits/predict")
+        headers = {
+            "Content-Type": "image/png",
+            "X-Region": random.choice(REGIONS),
+            "X-Request-Key": f"user-{random.randint(1, 1000)}",
+        }
+        self.client.post(
+            "/v1/models/digits/predict", data=random.choice(DIGITS), headers=headers, name="/v1/models/digits/predict"
+        )
 
 
 class TableUser(HttpUser):
@@ -67,8 +91,12 @@ class TableUser(HttpUser):
     @task
     def predict_penguins(self) -> None:
         headers = {"X-Region": random.choice(REGIONS), "X-Request-Key": f"user-{random.randint(1, 1000)}"}
-        self.client.post("/v1/models/penguins/predict", json={"rows": random.sample(PENGUIN_ROWS, 2)},
-                         headers=headers, name="/v1/models/penguins/predict")
+        self.client.post(
+            "/v1/models/penguins/predict",
+            json={"rows": random.sample(PENGUIN_ROWS, 2)},
+            headers=headers,
+            name="/v1/models/penguins/predict",
+        )
 
 
 def _env(name: str, default: int) -> int:

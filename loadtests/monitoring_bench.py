@@ -68,11 +68,15 @@ def compare(name: str, repo: Path, body: bytes, content_type: str, work: Path, a
     print(describe("monitoring and log off", off))
     print(describe("request path only (flags, no worker, no log)", request_path))
     print(f"  on / off   {on.rate / off.rate:5.3f}   (target >= {TARGETS[name]})")
-    print(f"  floor: request path only / off {request_path.rate / off.rate:5.3f} (each response's out-of-domain flags "
-          "and the graph's monitoring columns, with the drift windows and the log free)")
-    print(f"  log: {_sample(metrics, 'serving_prediction_log_written_total'):.0f} written, "
-          f"{_sample(metrics, 'serving_prediction_log_dropped_total'):.0f} dropped, "
-          f"{_sample(metrics, 'serving_monitor_dropped_total'):.0f} observations dropped")  # fmt: skip
+    print(
+        f"  floor: request path only / off {request_path.rate / off.rate:5.3f} (each response's out-of-domain flags "
+        "and the graph's monitoring columns, with the drift windows and the log free)"
+    )
+    print(
+        f"  log: {_sample(metrics, 'serving_prediction_log_written_total'):.0f} written, "
+        f"{_sample(metrics, 'serving_prediction_log_dropped_total'):.0f} dropped, "
+        f"{_sample(metrics, 'serving_monitor_dropped_total'):.0f} observations dropped"
+    )
 
 
 def _sample(metrics: str, name: str) -> float:

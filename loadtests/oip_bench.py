@@ -91,8 +91,10 @@ def main() -> None:
         with service_server(repo, {"SERVING_MAX_BATCH_SIZE": str(args.batch)}) as port:
             native = build_request(HOST, port, "/v1/models/resnet18/predict", jpeg, "image/jpeg")
             oip = oip_request(port, pixels)
-            results = {name: LoadResult(requests=0, errors=0, seconds=0.0, latencies_ms=[]) for name in
-                       ("native", "tritonclient", "oip bytes")}  # fmt: skip
+            results = {
+                name: LoadResult(requests=0, errors=0, seconds=0.0, latencies_ms=[])
+                for name in ("native", "tritonclient", "oip bytes")
+            }
             load(HOST, port, native, args.clients, 1.0, warmup_seconds=0)
             tritonclient_load(port, pixels, args.clients, 1.0)
             for _ in range(ROUNDS):

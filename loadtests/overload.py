@@ -33,8 +33,11 @@ def row(clients: int, result: LoadResult) -> tuple[float, float]:
     ok = result.statuses.get(200, 0) / result.seconds
     p99 = percentile(result.ok_latencies_ms, 99)
     others = {s: n for s, n in sorted(result.statuses.items()) if s != 200}
-    print(f"{clients:>7} {ok:>10.0f} {result.rate:>10.0f} {percentile(result.ok_latencies_ms, 50):>9.1f} "
-          f"{p99:>9.1f}  {others}", flush=True)  # fmt: skip
+    print(
+        f"{clients:>7} {ok:>10.0f} {result.rate:>10.0f} {percentile(result.ok_latencies_ms, 50):>9.1f} "
+        f"{p99:>9.1f}  {others}",
+        flush=True,
+    )
     return ok, p99
 
 
@@ -61,9 +64,11 @@ def main() -> None:
             saturating = min(n for n, ok in goodput.items() if ok >= 0.95 * peak)
             flood = 4 * saturating
             ok, p99 = row(flood, load(HOST, port, request, flood, args.seconds))
-    print(f"\npeak goodput {peak:.0f}/s; saturation at {saturating} clients; at {flood} clients {ok:.0f}/s = "
-          f"{ok / peak:.2f} of peak (goal >= 0.80); p99 of successes {p99:.0f} ms "
-          f"(deadline {args.deadline_s * 1000:.0f} ms)")
+    print(
+        f"\npeak goodput {peak:.0f}/s; saturation at {saturating} clients; at {flood} clients {ok:.0f}/s = "
+        f"{ok / peak:.2f} of peak (goal >= 0.80); p99 of successes {p99:.0f} ms "
+        f"(deadline {args.deadline_s * 1000:.0f} ms)"
+    )
 
 
 if __name__ == "__main__":

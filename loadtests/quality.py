@@ -101,8 +101,10 @@ def main() -> int:
             print(f"done: {label}", file=sys.stderr, flush=True)
     print(f"{'table':<22} {'metric':<9} {'CLI':>9} {'HGB':>9} {'mean/majority':>14} {'bar met':>8} {'train s':>8}")
     for r in rows:
-        print(f"{r['table']:<22} {r['metric']:<9} {r['cli']:>9.4f} {r['hgb']:>9.4f} {r['mean']:>14.4f} "
-              f"{'yes' if r['ok'] else 'NO':>8} {r['s']:>8.1f}")  # fmt: skip
+        print(
+            f"{r['table']:<22} {r['metric']:<9} {r['cli']:>9.4f} {r['hgb']:>9.4f} {r['mean']:>14.4f} "
+            f"{'yes' if r['ok'] else 'NO':>8} {r['s']:>8.1f}"
+        )
     return 0 if all(r["ok"] for r in rows) else 1
 
 

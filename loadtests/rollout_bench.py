@@ -53,8 +53,22 @@ def two_version_repo(work: Path) -> tuple[Path, int, int]:
     """The digits example as version n, and a copy of it as version n + 1."""
     repo = work / "models"
     if not any((repo / "digits").glob("*/manifest.json")):
-        subprocess.run([sys.executable, "-m", "training", "examples", "digits", "--out", str(repo), "--data-dir",
-                        str(work / "data")], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "training",
+                "examples",
+                "digits",
+                "--out",
+                str(repo),
+                "--data-dir",
+                str(work / "data"),
+            ],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     versions = sorted(int(p.name) for p in (repo / "digits").iterdir() if p.name.isdigit())
     stable = versions[0]
     candidate = stable + 1
@@ -81,8 +95,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per server and load")
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--share", type=float, default=50.0, help="canary share of keys, percent (100: routing "
-                        "cost alone, one version serving; 50: also the cost of splitting batches over two versions)")
+    parser.add_argument(
+        "--share",
+        type=float,
+        default=50.0,
+        help="canary share of keys, percent (100: routing "
+        "cost alone, one version serving; 50: also the cost of splitting batches over two versions)",
+    )
     parser.add_argument("--skip-shadow", action="store_true")
     parser.add_argument("--work", type=Path, help="reuse this folder for the built example (default: a temp dir)")
     args = parser.parse_args()
@@ -98,12 +117,16 @@ def main() -> None:
 
     with service_server(repo, {}) as plain, service_server(repo, policy("canary", "canary")) as canary:
         request = lambda port: (port, build_request(HOST, port, PATH, png, "image/png"))  # noqa: E731
-        print(f"digits, PNG input, {args.clients} clients: no policy vs canary ({args.share:g} % of keys on v{candidate})")
+        print(
+            f"digits, PNG input, {args.clients} clients: no policy vs canary ({args.share:g} % of keys on v{candidate})"
+        )
         targets = {"none": request(plain), "canary": request(canary)}
         split = 0 < args.share < 100
         if split:  # the same two versions, requests pinned at random with the policy's share: no routing, no guardrails
-            pinned = {v: build_request(HOST, plain, f"/v1/models/digits/versions/{v}/predict", png, "image/png")
-                      for v in (stable, candidate)}  # fmt: skip
+            pinned = {
+                v: build_request(HOST, plain, f"/v1/models/digits/versions/{v}/predict", png, "image/png")
+                for v in (stable, candidate)
+            }
             targets["pinned"] = (plain, pinned_at_random(pinned[stable], pinned[candidate], args.share))
         results = alternating_loads(targets, args.clients, args.seconds)
         print(describe("no policy", results["none"]))
@@ -112,8 +135,10 @@ def main() -> None:
             print(describe("no policy, requests pinned to the versions at random", results["pinned"]))
         print(f"  canary / none throughput: {results['canary'].rate / results['none'].rate:.3f} (target >= 0.95)")
         if split:
-            print(f"  floor: pinned at random / none {results['pinned'].rate / results['none'].rate:.3f} (two versions "
-                  "sharing the traffic as routing shares it, without any rollout machinery: each runs its own batches)")
+            print(
+                f"  floor: pinned at random / none {results['pinned'].rate / results['none'].rate:.3f} (two versions "
+                "sharing the traffic as routing shares it, without any rollout machinery: each runs its own batches)"
+            )
             own = results["canary"].rate / results["pinned"].rate
             print(f"  canary / floor {own:.3f} (the rollout machinery's own cost: routing, guardrail windows, gauges)")
 
@@ -132,9 +157,12 @@ def main() -> None:
 
         with urllib.request.urlopen(f"http://{HOST}:{shadow}/metrics") as response:
             text = response.read().decode()
-        shed = sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("serving_shadow_shed_total"))
-        compared = sum(float(line.split()[-1]) for line in text.splitlines()
-                       if line.startswith("serving_shadow_comparisons_total"))  # fmt: skip
+        shed = sum(
+            float(line.split()[-1]) for line in text.splitlines() if line.startswith("serving_shadow_shed_total")
+        )
+        compared = sum(
+            float(line.split()[-1]) for line in text.splitlines() if line.startswith("serving_shadow_comparisons_total")
+        )
         print(f"  shadow runs compared {compared:.0f}, shed {shed:.0f}")
 
 

@@ -13,11 +13,11 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -83,23 +83,29 @@ def build_monitor(settings: ServiceSettings, metrics: ServingMetrics) -> Monitor
         shared = settings.state_url.startswith(("postgresql://", "postgres://"))
         store = open_store(settings.state_url if shared else "", settings.prediction_log_path)
         prediction_log = PredictionLog(
-            store, monitor_metrics.log, buffer_size=settings.prediction_log_buffer,
+            store,
+            monitor_metrics.log,
+            buffer_size=settings.prediction_log_buffer,
             retention_s=settings.prediction_log_retention_days * 86_400,
-        )  # fmt: skip
+        )
     return Monitor(settings, monitor_metrics, prediction_log)
 
 
 def build_rollout(
-    settings: ServiceSettings, metrics: ServingMetrics, registry: ModelRegistry, monitor: Monitor | None,
+    settings: ServiceSettings,
+    metrics: ServingMetrics,
+    registry: ModelRegistry,
+    monitor: Monitor | None,
     clock: Clock | None,
-) -> RolloutManager | None:  # fmt: skip
+) -> RolloutManager | None:
     """Rollouts run when a policy file or a state store is configured; the monitor's readings feed the guardrails."""
     if settings.rollout is None and not settings.state_url and settings.state_path is None:
         return None
     store = open_store(settings.state_url, settings.sqlite_state_path())
     readings = monitor.guardrail_readings() if monitor is not None else {}
-    return RolloutManager(settings, RolloutMetrics(metrics.registry), store, registry.loaded_numbers, readings,
-                          clock or time.time)  # fmt: skip
+    return RolloutManager(
+        settings, RolloutMetrics(metrics.registry), store, registry.loaded_numbers, readings, clock or time.time
+    )
 
 
 def build(settings: ServiceSettings, clock: Clock | None = None) -> Components:

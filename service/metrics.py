@@ -70,7 +70,7 @@ class ServingMetrics:
             registry=r,
         )
 
-    def for_version(self, model: str, version: int) -> "VersionMetrics":
+    def for_version(self, model: str, version: int) -> VersionMetrics:
         return VersionMetrics(self, model, str(version))
 
     def count_unrouted(self, model: str, region: str, outcome: str) -> None:

@@ -55,12 +55,16 @@ class ServiceSettings(BaseSettings):
     )
     region_header: str = Field("X-Region", min_length=1, description="Request header naming the client's region.")
     rollout_poll_s: float = Field(
-        2.0, gt=0, description="Seconds between reads of the state store; a decision on any replica is obeyed "
-        "by every replica within this interval."
+        2.0,
+        gt=0,
+        description="Seconds between reads of the state store; a decision on any replica is obeyed "
+        "by every replica within this interval.",
     )
     rollout_tick_s: float = Field(
-        0.5, gt=0, description="Seconds between rollout checks: rollout file changes (a changed file is read "
-        "once it has stayed unchanged for one tick), guardrails, gauges."
+        0.5,
+        gt=0,
+        description="Seconds between rollout checks: rollout file changes (a changed file is read "
+        "once it has stayed unchanged for one tick), guardrails, gauges.",
     )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for the rollout admin endpoints (PUT/promote/rollback); unset refuses them."
@@ -69,12 +73,17 @@ class ServiceSettings(BaseSettings):
         None, description="Bearer token for the review queue (GET /v1/predictions); the admin token works too."
     )
     shadow_max_in_flight: int = Field(
-        32, ge=0, description="Most shadow runs in progress at once; beyond it (or with stable's queue half full) "
-        "shadow copies are shed."
+        32,
+        ge=0,
+        description="Most shadow runs in progress at once; beyond it (or with stable's queue half full) "
+        "shadow copies are shed.",
     )
     shadow_max_share: float = Field(
-        0.05, ge=0, le=1, description="Most of the service's time shadow runs may take (fraction of each half "
-        "second, estimated from what each copy cost); copies beyond it are shed."
+        0.05,
+        ge=0,
+        le=1,
+        description="Most of the service's time shadow runs may take (fraction of each half "
+        "second, estimated from what each copy cost); copies beyond it are shed.",
     )
 
     # -- ONNX Runtime ------------------------------------------------------------------------
@@ -241,7 +250,7 @@ class ServiceSettings(BaseSettings):
         return formats
 
     @model_validator(mode="after")
-    def _queue_holds_a_batch(self) -> "ServiceSettings":
+    def _queue_holds_a_batch(self) -> ServiceSettings:
         if self.max_queue_size < self.max_batch_size:
             raise ValueError(
                 f"max_queue_size ({self.max_queue_size}) must be at least max_batch_size ({self.max_batch_size})"
@@ -254,7 +263,7 @@ class ServiceSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _default_region_is_known(self) -> "ServiceSettings":
+    def _default_region_is_known(self) -> ServiceSettings:
         if self.default_region and self.default_region not in self.regions:
             self.regions.append(self.default_region)
         return self

@@ -7,7 +7,8 @@ tabular DataLoaders give it.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,8 +69,11 @@ class ToyTableDataLoaders(DataLoaders):
         gen = torch.Generator().manual_seed(seed)
         self.cardinalities = list(cardinalities)
         self.n_cont = n_cont
-        x_cat = torch.stack([torch.randint(1, n, (n_rows,), generator=gen) for n in cardinalities], dim=1) \
-            if cardinalities else torch.zeros(n_rows, 0, dtype=torch.int64)  # fmt: skip
+        x_cat = (
+            torch.stack([torch.randint(1, n, (n_rows,), generator=gen) for n in cardinalities], dim=1)
+            if cardinalities
+            else torch.zeros(n_rows, 0, dtype=torch.int64)
+        )
         x_cont = torch.randn(n_rows, n_cont, generator=gen)
         signal = x_cont.sum(dim=1) if n_cont else torch.zeros(n_rows)
         if cardinalities:

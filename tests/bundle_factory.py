@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -157,9 +158,15 @@ def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
-            model.eval(), inputs, str(path), input_names=names, output_names=[output],
-            dynamic_axes=axes, opset_version=OPSET, dynamo=False,
-        )  # fmt: skip
+            model.eval(),
+            inputs,
+            str(path),
+            input_names=names,
+            output_names=[output],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
 
 
 def _finish(folder: Path, manifest: Manifest) -> Path:
@@ -229,7 +236,7 @@ def _handmade_image_bundle(
     manifest = Manifest(
         name=name,
         version=version,
-        created_at=datetime.now(timezone.utc).isoformat(),
+        created_at=datetime.now(UTC).isoformat(),
         task=task,
         input_kind="image",
         image=ImageSpec(height=height, width=width, resize_method=resize_method, mean=IMAGENET_MEAN, std=IMAGENET_STD),
@@ -315,7 +322,7 @@ def _handmade_tabular_bundle(
     manifest = Manifest(
         name=name,
         version=version,
-        created_at=datetime.now(timezone.utc).isoformat(),
+        created_at=datetime.now(UTC).isoformat(),
         task=task,
         input_kind="tabular",
         tabular=TabularSpec(
@@ -362,9 +369,18 @@ def build_image_bundle(
     """
     if task == "regression" or slow_steps:
         return _handmade_image_bundle(
-            repo, name, version, task, classes=classes, size=size, resize_method=resize_method,
-            thresholds=thresholds, slow_steps=slow_steps, seed=seed, **handmade,
-        )  # fmt: skip
+            repo,
+            name,
+            version,
+            task,
+            classes=classes,
+            size=size,
+            resize_method=resize_method,
+            thresholds=thresholds,
+            slow_steps=slow_steps,
+            seed=seed,
+            **handmade,
+        )
     from training import ImageDataLoaders, vision_learner
 
     seed = version if seed is None else seed
@@ -406,9 +422,17 @@ def build_tabular_bundle(
     """
     if task not in ("classification", "regression") or handmade.get("n_targets", 1) != 1:
         return _handmade_tabular_bundle(
-            repo, name, version, task, cat_names=cat_names, cont_names=cont_names, y_range=y_range,
-            log_target=log_target, seed=seed, **handmade,
-        )  # fmt: skip
+            repo,
+            name,
+            version,
+            task,
+            cat_names=cat_names,
+            cont_names=cont_names,
+            y_range=y_range,
+            log_target=log_target,
+            seed=seed,
+            **handmade,
+        )
     from palmerpenguins import load_penguins
 
     from training import TabularDataLoaders, tabular_learner
@@ -419,10 +443,16 @@ def build_tabular_bundle(
     if not cat_names:  # no category inputs wanted: no gaps, so no _na flag columns either
         frame = frame.dropna(subset=list(cont_names))
     dls = TabularDataLoaders.from_df(
-        frame, y_names=target, cat_names=list(cat_names), cont_names=list(cont_names),
-        y_block="category" if task == "classification" else "regression", log_target=log_target,
-        valid_pct=0.2, seed=seed, bs=32,
-    )  # fmt: skip
+        frame,
+        y_names=target,
+        cat_names=list(cat_names),
+        cont_names=list(cont_names),
+        y_block="category" if task == "classification" else "regression",
+        log_target=log_target,
+        valid_pct=0.2,
+        seed=seed,
+        bs=32,
+    )
     learn = tabular_learner(dls, layers=(32, 16), y_range=y_range, seed=seed, device="cpu")
     learn.progress = False
     learn.fit_one_cycle(1, 1e-2)
@@ -500,9 +530,15 @@ def build_shapes_bundle(repo: Path, name: str = "shapes", version: int = 1, n: i
     from training import TabularDataLoaders, tabular_learner
 
     dls = TabularDataLoaders.from_df(
-        shapes_rows(n, seed=0), y_names="label", cat_names=["color", "shape"], cont_names=["x1", "x2", "x3"],
-        y_block="category", valid_pct=0.2, seed=0, bs=64,
-    )  # fmt: skip
+        shapes_rows(n, seed=0),
+        y_names="label",
+        cat_names=["color", "shape"],
+        cont_names=["x1", "x2", "x3"],
+        y_block="category",
+        valid_pct=0.2,
+        seed=0,
+        bs=64,
+    )
     learn = tabular_learner(dls, layers=(32, 16), seed=0, device="cpu")
     learn.progress = False
     learn.fit_one_cycle(2, 1e-2)

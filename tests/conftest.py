@@ -9,9 +9,10 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -104,7 +105,11 @@ def service_settings(models: Path, **overrides: Any) -> Any:
     from service.settings import ServiceSettings
 
     values: dict[str, Any] = dict(
-        models=models, intra_op_threads=1, preprocess_threads=2, max_batch_size=8, watch_interval_s=0.0,
+        models=models,
+        intra_op_threads=1,
+        preprocess_threads=2,
+        max_batch_size=8,
+        watch_interval_s=0.0,
         prediction_log=False,  # tests that want the log turn it on with a path of their own
     )
     values.update(overrides)
@@ -166,7 +171,7 @@ class LiveServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def start(self, timeout_s: float = 30.0) -> "LiveServer":
+    def start(self, timeout_s: float = 30.0) -> LiveServer:
         self.thread.start()
         deadline = time.monotonic() + timeout_s
         while not self.server.started:

@@ -28,7 +28,7 @@ class WellBehavedClient:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "WellBehavedClient":
+    def __enter__(self) -> WellBehavedClient:
         self._thread.start()
         time.sleep(self.interval_s * 2)
         return self
@@ -46,9 +46,12 @@ class WellBehavedClient:
             while not self._stop.is_set():
                 self._timed("healthz", lambda: http.get("/healthz"))
                 if self.model is not None:
-                    self._timed("predict", lambda: http.post(
-                        f"/v1/models/{self.model}/predict", content=image, headers={"Content-Type": "image/png"}
-                    ))  # fmt: skip
+                    self._timed(
+                        "predict",
+                        lambda: http.post(
+                            f"/v1/models/{self.model}/predict", content=image, headers={"Content-Type": "image/png"}
+                        ),
+                    )
                 self._stop.wait(self.interval_s)
 
     def _timed(self, what: str, call: Any) -> None:
@@ -99,5 +102,5 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
 def closed_by_peer(sock: socket.socket) -> bool:
     try:
         return sock.recv(1) == b""
-    except (ConnectionResetError, socket.timeout):
+    except (TimeoutError, ConnectionResetError):
         return False

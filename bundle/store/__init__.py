@@ -25,4 +25,3 @@ def open_store(url: str | None, default_path: Path) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(url)
     raise ValueError(f"state store URL must be empty, sqlite:///PATH or postgresql://...; got {redacted(url)!r}")
-

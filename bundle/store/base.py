@@ -21,8 +21,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger("bundle.store")
 
@@ -44,8 +45,6 @@ class Migration:
 
     def for_dialect(self, dialect: str) -> str:
         return self.postgres if dialect == "postgresql" and self.postgres is not None else self.sql
-
-
 
 
 class Store:
@@ -141,8 +140,9 @@ class Store:
                 if step.id in done:
                     continue
                 self._run_script(step.for_dialect(self.dialect))
-                self._run("INSERT INTO schema_migrations (id, applied_at) VALUES (?, ?)", (step.id, time.time()),
-                          fetch=False)  # fmt: skip
+                self._run(
+                    "INSERT INTO schema_migrations (id, applied_at) VALUES (?, ?)", (step.id, time.time()), fetch=False
+                )
                 applied.append(step.id)
                 log.info("state store %s: applied migration %s", self.location(), step.id)
             return applied

@@ -20,17 +20,33 @@ from pandas.api import types as ptypes
 from bundle.tabular.errors import TabularInputError, show_value
 
 DATE_PARTS = (
-    "Year", "Month", "Week", "Day", "Dayofweek", "Dayofyear",
-    "Is_month_end", "Is_month_start", "Is_quarter_end", "Is_quarter_start", "Is_year_end", "Is_year_start",
-)  # fmt: skip
+    "Year",
+    "Month",
+    "Week",
+    "Day",
+    "Dayofweek",
+    "Dayofyear",
+    "Is_month_end",
+    "Is_month_start",
+    "Is_quarter_end",
+    "Is_quarter_start",
+    "Is_year_end",
+    "Is_year_start",
+)
 TIME_PARTS = ("Hour", "Minute", "Second")
 # How TabularProcessor feeds each date part to the model. Fixed rather than
 # data-driven so every bundle of a model family has the same inputs; Year is
 # continuous so that years after the training window still mean something.
 DATE_CAT_PARTS = (
-    "Month", "Dayofweek",
-    "Is_month_end", "Is_month_start", "Is_quarter_end", "Is_quarter_start", "Is_year_end", "Is_year_start",
-)  # fmt: skip
+    "Month",
+    "Dayofweek",
+    "Is_month_end",
+    "Is_month_start",
+    "Is_quarter_end",
+    "Is_quarter_start",
+    "Is_year_end",
+    "Is_year_start",
+)
 DATE_CONT_PARTS = ("Year", "Week", "Day", "Dayofyear", "Elapsed")
 
 DateParts = tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]
@@ -152,7 +168,9 @@ def parts_of_dates_by_pandas(dates: np.ndarray, time: bool = False) -> DateParts
     # No accessor gives it: the definition, divided in the values' own unit as the fast path does (pandas would
     # first convert to nanoseconds, and round differently in the last bit).
     numbers["Elapsed"] = (dates - np.datetime64(0, "s")) / np.timedelta64(1, "s")
-    flags = {part: getattr(accessor, part.lower()).to_numpy(dtype=bool) for part in DATE_PARTS if part.startswith("Is_")}
+    flags = {
+        part: getattr(accessor, part.lower()).to_numpy(dtype=bool) for part in DATE_PARTS if part.startswith("Is_")
+    }
     return numbers, flags, missing
 
 

@@ -7,8 +7,9 @@ Fitted once on the training rows, saved as plain JSON in the manifest
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -123,8 +124,8 @@ class TabularProcessor:
     @property
     def cat_names(self) -> list[str]:
         # Without categorify the flags have nowhere to go, so they are not model inputs.
-        with_flags = self.fill_missing is not None and "categorify" in self.procs
-        return self._base_cat_names() + (self.fill_missing.indicator_names if with_flags else [])
+        flags = self.fill_missing.indicator_names if self.fill_missing is not None else []
+        return self._base_cat_names() + (flags if "categorify" in self.procs else [])
 
     @property
     def cont_names(self) -> list[str]:
@@ -213,9 +214,7 @@ class TabularProcessor:
         return proc
 
     def _base_cat_names(self) -> list[str]:
-        return self.raw_cat_names + [
-            date_prefix(field) + part for field in self.date_fields for part in DATE_CAT_PARTS
-        ]
+        return self.raw_cat_names + [date_prefix(field) + part for field in self.date_fields for part in DATE_CAT_PARTS]
 
     def _expand(self, df: Table, strict: bool = False) -> dict[str, np.ndarray]:
         """Only the columns the processors read: categoricals raw, continuous as float64, date parts."""
@@ -231,7 +230,7 @@ class TabularProcessor:
             numbers, flags, missing = date_part_arrays(dates, format=fmt, strict=strict, column=field)
             for part in DATE_CAT_PARTS:
                 if part in flags:  # text levels "False"/"True", None where the date is missing
-                    columns[prefix + part] = np.where(missing, None, np.where(flags[part], "True", "False"))
+                    columns[prefix + part] = np.where(missing, None, np.where(flags[part], "True", "False"))  # type: ignore[call-overload]
                 else:
                     columns[prefix + part] = numbers[part]
             columns.update({prefix + part: numbers[part] for part in DATE_CONT_PARTS})

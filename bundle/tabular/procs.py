@@ -10,8 +10,9 @@ looping over rows.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from itertools import repeat
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -86,8 +87,11 @@ class Categorify:
         return self._lookups[name]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"columns": list(self.columns), "vocab": {k: list(v) for k, v in self.vocab.items()},
-                "numeric": list(self.numeric)}  # fmt: skip
+        return {
+            "columns": list(self.columns),
+            "vocab": {k: list(v) for k, v in self.vocab.items()},
+            "numeric": list(self.numeric),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Categorify:
@@ -137,8 +141,11 @@ class FillMissing:
         return with_columns(table, new)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"columns": list(self.columns), "fill_values": dict(self.fill_values),
-                "na_columns": list(self.na_columns)}  # fmt: skip
+        return {
+            "columns": list(self.columns),
+            "fill_values": dict(self.fill_values),
+            "na_columns": list(self.na_columns),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FillMissing:

@@ -9,7 +9,8 @@ The fast path pays off on many rows, not on one (figures in docs/performance.md)
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -7,7 +7,8 @@ an absent column reads as all missing.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence, TypeAlias
+from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd

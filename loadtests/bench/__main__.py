@@ -13,16 +13,16 @@ import argparse
 import resource
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
+from bundle.manifest import read_manifest
 from loadtests.bench import servers
 from loadtests.bench.bundles import EXAMPLES, build_repo, digits_body, jpeg_body, rows_body
 from loadtests.bench.ceilings import Ceilings
 from loadtests.bench.report import machine, table, targets, write_json, write_plot
-from loadtests.bench.wrk_client import Wrk
 from loadtests.bench.workloads import BARE, COURSE, DECODE, OFF, ON, Plan, Workload, run_workload
-from bundle.manifest import read_manifest
+from loadtests.bench.wrk_client import Wrk
 
 DEFAULT_WORKLOADS = ("resnet18", "digits", "penguins-1row", "penguins-1000rows")
 CHOICES = (*DEFAULT_WORKLOADS, "diamonds-1row", "diamonds-1000rows")
@@ -35,16 +35,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m loadtests.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="CI smoke: tiny models and slices, 1 and 32 clients")
-    parser.add_argument("--provider", choices=("cpu", "cuda"), help="SERVING_PROVIDER for every session "
-                        "(default: the service's own default); cuda measures resnet18 at 224 px")  # fmt: skip
+    parser.add_argument(
+        "--provider",
+        choices=("cpu", "cuda"),
+        help="SERVING_PROVIDER for every session "
+        "(default: the service's own default); cuda measures resnet18 at 224 px",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="where bench.json and bench.png go")
     parser.add_argument("--seconds", type=float, help="seconds per slice (default 2; --quick 0.05)")
     parser.add_argument("--rounds", type=int, default=3, help="slices per figure (at least 3)")
     parser.add_argument("--clients", help="client counts, comma-separated (default 1,8,32,64; --quick 1,32)")
-    parser.add_argument("--client", choices=("python", "wrk"), default="python",
-                        help="closed-loop client: loadtests.loadgen (default) or wrk, when on PATH")
-    parser.add_argument("--workloads", help=f"comma-separated, of: {', '.join(CHOICES)} "
-                        f"(default: {', '.join(DEFAULT_WORKLOADS)})")  # fmt: skip
+    parser.add_argument(
+        "--client",
+        choices=("python", "wrk"),
+        default="python",
+        help="closed-loop client: loadtests.loadgen (default) or wrk, when on PATH",
+    )
+    parser.add_argument(
+        "--workloads", help=f"comma-separated, of: {', '.join(CHOICES)} (default: {', '.join(DEFAULT_WORKLOADS)})"
+    )
     args = parser.parse_args(argv)
     if args.rounds < 3:
         parser.error("--rounds must be at least 3: every figure is the median of at least three slices")
@@ -96,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.client == "wrk":
             plan.wrk = Wrk(work)
         log("building the models ...")
-        repo = build_repo(work / "models", examples, resnet_px if "resnet18" in wanted else 0, args.quick,
-                          args.out / "cache")  # fmt: skip
+        repo = build_repo(
+            work / "models", examples, resnet_px if "resnet18" in wanted else 0, args.quick, args.out / "cache"
+        )
         specs = [
             servers.service("service", repo, provider_env),
             servers.service("batching-off", repo, {**provider_env, "SERVING_MAX_BATCH_SIZE": "1"}),
@@ -116,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                 "SERVING_MAX_CELLS_PER_REQUEST": str(MANY_ROWS * columns),
                 "SERVING_MAX_QUEUE_SIZE": str(MANY_ROWS * (max(plan.clients) + 1)),
             }
-            specs += [servers.service("rows-service", repo, rows_env),
-                      servers.service("rows-batching-off", repo, {**rows_env, "SERVING_MAX_BATCH_SIZE": "1"})]
+            specs += [
+                servers.service("rows-service", repo, rows_env),
+                servers.service("rows-batching-off", repo, {**rows_env, "SERVING_MAX_BATCH_SIZE": "1"}),
+            ]
         many_rows = QUICK_MANY_ROWS if args.quick else MANY_ROWS
         workloads = make_workloads(wanted, repo, resnet, args.provider, many_rows)
         log(f"starting {len(specs)} servers ...")
@@ -132,25 +144,35 @@ def main(argv: list[str] | None = None) -> int:
     document = {
         "machine": machine(provider),
         "run": {
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "quick": args.quick,
             "provider_setting": args.provider or "service default",
             "plan": {k: v for k, v in plan.__dict__.items() if k != "wrk"},
-            "server_overrides": {"all": ["SERVING_WATCH_INTERVAL_S=0", "SERVING_LOG_LEVEL=warning"],
-                                 "batching off": ["SERVING_MAX_BATCH_SIZE=1"],
-                                 "1000-row requests": ["SERVING_MAX_ITEMS_PER_REQUEST", "SERVING_MAX_CELLS_PER_REQUEST",
-                                                       "SERVING_MAX_QUEUE_SIZE"]},  # fmt: skip
-            "client": "wrk, 1 thread (closed loop); loadtests.loadgen (open loop)" if plan.wrk
+            "server_overrides": {
+                "all": ["SERVING_WATCH_INTERVAL_S=0", "SERVING_LOG_LEVEL=warning"],
+                "batching off": ["SERVING_MAX_BATCH_SIZE=1"],
+                "1000-row requests": [
+                    "SERVING_MAX_ITEMS_PER_REQUEST",
+                    "SERVING_MAX_CELLS_PER_REQUEST",
+                    "SERVING_MAX_QUEUE_SIZE",
+                ],
+            },
+            "client": "wrk, 1 thread (closed loop); loadtests.loadgen (open loop)"
+            if plan.wrk
             else "loadtests.loadgen (Python, asyncio)",
         },
         "workloads": results,
     }
     found = targets(results, resnet, cuda, plan.limit_clients)
-    document["targets"] = [{"name": t.name, "figure": t.figure, "threshold": t.threshold, "at_least": t.at_least,
-                            "passed": t.passed} for t in found]  # fmt: skip
+    document["targets"] = [
+        {"name": t.name, "figure": t.figure, "threshold": t.threshold, "at_least": t.at_least, "passed": t.passed}
+        for t in found
+    ]
     m = document["machine"]
-    title = (f"{m['cpu_model']}, {m['cpu_quota']} of {m['logical_cpus']} CPUs, ONNX Runtime {m['onnxruntime']} "
-             f"({m['provider']}); {plan.rounds} slices of {plan.seconds:g} s per figure")  # fmt: skip
+    title = (
+        f"{m['cpu_model']}, {m['cpu_quota']} of {m['logical_cpus']} CPUs, ONNX Runtime {m['onnxruntime']} "
+        f"({m['provider']}); {plan.rounds} slices of {plan.seconds:g} s per figure"
+    )
     print(f"\nmachine: {title}")
     print(table(results))
     caveat = " -- quick run: tiny models and slices, figures are not meaningful" if args.quick else ""
@@ -194,8 +216,18 @@ def make_workloads(
                 contenders = {ON: "rows-service", OFF: "rows-batching-off", COURSE: "course"}
             label = name
         ceilings = Ceilings(latest(repo, model), body, media, session_provider)
-        made.append(Workload(label, model, body, media, contenders, ceilings, open_loop=not name.endswith("1000rows"),
-                             many_rows=name.endswith("1000rows")))  # fmt: skip
+        made.append(
+            Workload(
+                label,
+                model,
+                body,
+                media,
+                contenders,
+                ceilings,
+                open_loop=not name.endswith("1000rows"),
+                many_rows=name.endswith("1000rows"),
+            )
+        )
     return made
 
 

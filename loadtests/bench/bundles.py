@@ -44,10 +44,21 @@ def build_repo(repo: Path, examples: list[str], resnet_px: int, quick: bool, cac
             if not has_bundle(source, name):
                 print(f"building the {name} example (python -m training examples {name}) ...", flush=True)
                 subprocess.run(
-                    [sys.executable, "-m", "training", "examples", name, "--out", str(source),
-                     "--data-dir", str(cache / "data")],
-                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-                )  # fmt: skip
+                    [
+                        sys.executable,
+                        "-m",
+                        "training",
+                        "examples",
+                        name,
+                        "--out",
+                        str(source),
+                        "--data-dir",
+                        str(cache / "data"),
+                    ],
+                    cwd=ROOT,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
         if quick:
             _build_quick_example(repo, name, cache)
         else:

@@ -62,8 +62,9 @@ class Ceilings:
         limits = input_limits(settings)
         max_items = 1_000_000  # the bench's own bodies; the service's item limit is the service's business
         limits["max_cells"] = 1 << 30
-        self.decoder = decoder_for(manifest, max_items, settings.max_image_pixels, settings.inline_decode_max_pixels,
-                                   **limits)  # fmt: skip
+        self.decoder = decoder_for(
+            manifest, max_items, settings.max_image_pixels, settings.inline_decode_max_pixels, **limits
+        )
         self.body = body
         self.content_type = content_type
         self.media_type = media_type_of(content_type)

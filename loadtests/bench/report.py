@@ -85,21 +85,48 @@ def targets(results: dict[str, Any], resnet: str, cuda: bool, at: int = 32) -> l
         Target(f"{resnet} {at} clients: service / pipeline limit", ratio(resnet, "service/pipeline_limit"), 0.95, True),
         Target(f"{resnet} {at} clients: service / course handler", ratio(resnet, f"service/{COURSE}"), 1.25, True),
         Target(f"{resnet} {at} clients: batching on / off", ratio(resnet, f"service/{OFF}"), 1.3, True),
-        Target(f"{resnet} one client: median - pipeline single item",
-               _paired(_slices(w, resnet, ON, 1, "p50_ms"), single, "-"), 1.5, False, " ms"),  # fmt: skip
-        Target("digits one client: median - course handler median",
-               _paired(_slices(w, "digits", ON, 1, "p50_ms"), _slices(w, "digits", COURSE, 1, "p50_ms"), "-"),
-               0.15, False, " ms"),  # fmt: skip
-        Target(f"digits {at} clients: service / bare Starlette", ratio("digits", f"service/{BARE}"), 0.5, True,
-               floor=_decode_floor(ratio("digits", f"{DECODE}/{BARE}"))),
+        Target(
+            f"{resnet} one client: median - pipeline single item",
+            _paired(_slices(w, resnet, ON, 1, "p50_ms"), single, "-"),
+            1.5,
+            False,
+            " ms",
+        ),
+        Target(
+            "digits one client: median - course handler median",
+            _paired(_slices(w, "digits", ON, 1, "p50_ms"), _slices(w, "digits", COURSE, 1, "p50_ms"), "-"),
+            0.15,
+            False,
+            " ms",
+        ),
+        Target(
+            f"digits {at} clients: service / bare Starlette",
+            ratio("digits", f"service/{BARE}"),
+            0.5,
+            True,
+            floor=_decode_floor(ratio("digits", f"{DECODE}/{BARE}")),
+        ),
     ]
     for name in sorted(w):
         if name.endswith("-1row"):
-            found.append(Target(f"{name} {at} clients: service / bare Starlette", ratio(name, f"service/{BARE}"),
-                                0.5, True, floor=_decode_floor(ratio(name, f"{DECODE}/{BARE}"))))  # fmt: skip
+            found.append(
+                Target(
+                    f"{name} {at} clients: service / bare Starlette",
+                    ratio(name, f"service/{BARE}"),
+                    0.5,
+                    True,
+                    floor=_decode_floor(ratio(name, f"{DECODE}/{BARE}")),
+                )
+            )
         if name.endswith("-1000rows"):
-            found.append(Target(f"{name} {at} clients: service rows/s / in-process rows/s",
-                                ratio(name, "service rows/in-process rows"), 0.8, True))  # fmt: skip
+            found.append(
+                Target(
+                    f"{name} {at} clients: service rows/s / in-process rows/s",
+                    ratio(name, "service rows/in-process rows"),
+                    0.8,
+                    True,
+                )
+            )
     for name in sorted(w):
         loop = w[name].get("open_loop")
         if loop and "80%" in loop["rates"]:
@@ -109,13 +136,20 @@ def targets(results: dict[str, Any], resnet: str, cuda: bool, at: int = 32) -> l
             bare = _paired([s["p99_ms"] for s in loop.get("bare_rates", {}).get("80%", {}).get("slices", [])], p50, "/")
             if bare is not None:
                 floor = f"the bare endpoint at the same rate: {bare:.1f}x (its p99 / this one-client p50)"
-            found.append(Target(f"{name} open loop at 80%: p99 / one-client p50", _paired(p99, p50, "/"), 4, False,
-                                floor=floor))  # fmt: skip
+            found.append(
+                Target(f"{name} open loop at 80%: p99 / one-client p50", _paired(p99, p50, "/"), 4, False, floor=floor)
+            )
     if cuda:
         limits = w.get(resnet, {}).get("ceilings", {}).get("limit", {}).get("slices")
         raw = [max(s["ort_items_per_s"].values()) for s in limits] if limits else None
-        found.append(Target(f"GPU {resnet} {at} clients: service / raw CUDA ORT best batch",
-                            _paired(_slices(w, resnet, ON, at, "rate"), raw, "/"), 0.8, True))  # fmt: skip
+        found.append(
+            Target(
+                f"GPU {resnet} {at} clients: service / raw CUDA ORT best batch",
+                _paired(_slices(w, resnet, ON, at, "rate"), raw, "/"),
+                0.8,
+                True,
+            )
+        )
     return found
 
 
@@ -129,8 +163,10 @@ def table(results: dict[str, Any]) -> str:
     for name, r in results.items():
         closed = r["closed_loop"]
         contenders = list(closed)
-        lines.append(f"\n{name}  ({r['content_type']}, {r['body_bytes']} bytes, {r['items_per_request']} item(s) "
-                     "per request; req/s  p50/p99 ms)")  # fmt: skip
+        lines.append(
+            f"\n{name}  ({r['content_type']}, {r['body_bytes']} bytes, {r['items_per_request']} item(s) "
+            "per request; req/s  p50/p99 ms)"
+        )
         lines.append(f"  {'clients':>7}  " + "  ".join(f"{c:>26}" for c in contenders))
         for clients in next(iter(closed.values())):
             cells = []
@@ -144,15 +180,19 @@ def table(results: dict[str, Any]) -> str:
             limit = ceilings["limit"]
             sweep = ", ".join(f"b{b} {v:.0f}" for b, v in limit["ort_items_per_s"].items())
             lines.append(f"  ONNX Runtime items/s: {sweep}")
-            lines.append(f"  decode + preprocessing {limit['decode_ms_per_item']:.3f} ms/item; inference "
-                         f"{limit['infer_ms_per_item']:.3f} ms/item at best batch "
-                         f"{limit['best_batch']:.0f}")  # fmt: skip
+            lines.append(
+                f"  decode + preprocessing {limit['decode_ms_per_item']:.3f} ms/item; inference "
+                f"{limit['infer_ms_per_item']:.3f} ms/item at best batch "
+                f"{limit['best_batch']:.0f}"
+            )
             lines.append(f"  pipeline limit {limit['pipeline_limit']:.1f} items/s (serial {limit['serial_limit']:.1f})")
         if "single_item_ms" in ceilings:
             lines.append(f"  pipeline single item {ceilings['single_item_ms']['median']:.3f} ms")
         if "rows_per_s" in ceilings:
-            lines.append(f"  in-process rows/s {ceilings['rows_per_s']['median']:.0f}; service "
-                         f"{r['ratios'].get('service rows/in-process rows', float('nan')):.2f} of it")  # fmt: skip
+            lines.append(
+                f"  in-process rows/s {ceilings['rows_per_s']['median']:.0f}; service "
+                f"{r['ratios'].get('service rows/in-process rows', float('nan')):.2f} of it"
+            )
         for key, value in r["ratios"].items():
             lines.append(f"  {key}: {value:.3f}")
         loop = r.get("open_loop")
@@ -160,12 +200,16 @@ def table(results: dict[str, Any]) -> str:
             one = loop["one_client"]
             lines.append(f"  open loop (capacity {loop['capacity']:.0f}/s; one client p50 {one['p50_ms']:.2f} ms):")
             for share, f in loop["rates"].items():
-                lines.append(f"    {share}: offered {f['offered']:.0f}/s, served {f['rate']:.0f}/s, "
-                             f"p50 {f['p50_ms']:.2f} p95 {f['p95_ms']:.2f} p99 {f['p99_ms']:.2f} ms, "
-                             f"errors {f['errors']}")  # fmt: skip
+                lines.append(
+                    f"    {share}: offered {f['offered']:.0f}/s, served {f['rate']:.0f}/s, "
+                    f"p50 {f['p50_ms']:.2f} p95 {f['p95_ms']:.2f} p99 {f['p99_ms']:.2f} ms, "
+                    f"errors {f['errors']}"
+                )
             for share, f in loop.get("bare_rates", {}).items():
-                lines.append(f"    {share} to the bare endpoint: served {f['rate']:.0f}/s, p50 {f['p50_ms']:.2f} "
-                             f"p99 {f['p99_ms']:.2f} ms")  # fmt: skip
+                lines.append(
+                    f"    {share} to the bare endpoint: served {f['rate']:.0f}/s, p50 {f['p50_ms']:.2f} "
+                    f"p99 {f['p99_ms']:.2f} ms"
+                )
     return "\n".join(lines)
 
 

@@ -15,8 +15,9 @@ same service.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from loadtests.bench.ceilings import Ceilings
 from loadtests.bench.wrk_client import Wrk
@@ -124,15 +125,21 @@ def run_workload(workload: Workload, ports: dict[str, int], plan: Plan, log: Cal
                 ceiling[extra_name] = summarize(extra_slices)
             else:
                 ceiling[extra_name] = {"median": statistics.median(extra_slices), "slices": extra_slices}
-        log(f"{workload.name}: {clients} clients: " + ", ".join(
-            f"{c} {closed[c][clients]['rate']:.0f}/s" for c in requests))  # fmt: skip
-    workload.results = {"model": workload.model, "content_type": workload.content_type,
-                        "body_bytes": len(workload.body), "items_per_request": ceilings.items_per_request,
-                        "closed_loop": closed, "ceilings": ceiling,
-                        "ratios": _ratios(closed, ceiling, plan, ceilings.items_per_request)}  # fmt: skip
+        log(
+            f"{workload.name}: {clients} clients: "
+            + ", ".join(f"{c} {closed[c][clients]['rate']:.0f}/s" for c in requests)
+        )
+    workload.results = {
+        "model": workload.model,
+        "content_type": workload.content_type,
+        "body_bytes": len(workload.body),
+        "items_per_request": ceilings.items_per_request,
+        "closed_loop": closed,
+        "ceilings": ceiling,
+        "ratios": _ratios(closed, ceiling, plan, ceilings.items_per_request),
+    }
     if workload.open_loop:
-        workload.results["open_loop"] = run_open_loop(workload, requests[ON], closed[ON], plan, log,
-                                                      requests.get(BARE))  # fmt: skip
+        workload.results["open_loop"] = run_open_loop(workload, requests[ON], closed[ON], plan, log, requests.get(BARE))
 
 
 def _ceiling_for(workload: Workload, clients: int, plan: Plan) -> tuple[str, Callable[[float], Any] | None]:
@@ -145,9 +152,7 @@ def _ceiling_for(workload: Workload, clients: int, plan: Plan) -> tuple[str, Cal
     return "", None
 
 
-def _ratios(
-    closed: dict[str, dict[int, Any]], ceiling: dict[str, Any], plan: Plan, items: int
-) -> dict[str, float]:
+def _ratios(closed: dict[str, dict[int, Any]], ceiling: dict[str, Any], plan: Plan, items: int) -> dict[str, float]:
     """Same-round ratios at the limit client count: the service against each rival and ceiling."""
     at = plan.limit_clients
     if at not in closed[ON]:
@@ -167,9 +172,13 @@ def _ratios(
 
 
 def run_open_loop(
-    workload: Workload, target: tuple[int, bytes], closed: dict[int, Any], plan: Plan, log: Callable[[str], None],
+    workload: Workload,
+    target: tuple[int, bytes],
+    closed: dict[int, Any],
+    plan: Plan,
+    log: Callable[[str], None],
     bare: tuple[int, bytes] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Constant arrival rates at shares of the service's best closed-loop rate, with one-client slices between.
 
     With ``bare`` (the bare endpoint), the same rates are also sent to it in the same rounds: an endpoint
@@ -189,8 +198,10 @@ def run_open_loop(
                 bare_slices[name].append({**slice_figures(result), "offered": share * capacity})
         one_client.append(slice_figures(load(HOST, port, request, 1, plan.seconds, warmup_seconds=0)))
     summary = {share: summarize(s) for share, s in slices.items()}
-    log(f"{workload.name}: open loop at " + ", ".join(
-        f"{share} ({s['offered']:.0f}/s) p99 {s['p99_ms']:.1f} ms" for share, s in summary.items()))  # fmt: skip
+    log(
+        f"{workload.name}: open loop at "
+        + ", ".join(f"{share} ({s['offered']:.0f}/s) p99 {s['p99_ms']:.1f} ms" for share, s in summary.items())
+    )
     found = {"capacity": capacity, "rates": summary, "one_client": summarize(one_client)}
     if bare is not None:
         found["bare_rates"] = {share: summarize(s) for share, s in bare_slices.items()}

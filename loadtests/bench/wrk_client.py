@@ -64,6 +64,6 @@ class Wrk:
         command.append(url)
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
         line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH "))
-        figures = json.loads(line[len("BENCH "):])
+        figures = json.loads(line[len("BENCH ") :])
         figures["rate"] = figures["requests"] / figures["seconds"]
         return figures

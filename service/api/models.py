@@ -41,6 +41,14 @@ class ModelRoutes:
         for name in registry.model_names():
             versions = registry.versions(name)
             if versions:
-                contracts.append(ModelContract(name, [v.version for v in versions], versions[-1].inputs.schema(),
-                                               s.max_items_per_request, s.max_columns, s.ignore_unknown_columns))  # fmt: skip
+                contracts.append(
+                    ModelContract(
+                        name,
+                        [v.version for v in versions],
+                        versions[-1].inputs.schema(),
+                        s.max_items_per_request,
+                        s.max_columns,
+                        s.ignore_unknown_columns,
+                    )
+                )
         return contracts

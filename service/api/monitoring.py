@@ -9,15 +9,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.http.errors import InvalidInput, NotFound, Unavailable
-from service.codecs.strict_json import parse_json
-from service.monitoring.monitor import Monitor
-from service.monitoring.state import ALL_REGIONS
-from service.http.auth import require_reviewer
-from service.monitoring.review import review_queue
 from bundle.store import StoreUnavailable
-from service.models.registry import ModelRegistry
+from service.codecs.strict_json import parse_json
+from service.http.auth import require_reviewer
+from service.http.errors import InvalidInput, NotFound, Unavailable
 from service.http.responses import JSONResponse
+from service.models.registry import ModelRegistry
+from service.monitoring.monitor import Monitor
+from service.monitoring.review import review_queue
+from service.monitoring.state import ALL_REGIONS
 from service.settings import ServiceSettings
 
 
@@ -57,17 +57,21 @@ class MonitoringRoutes:
         if region is not None and region not in known:
             raise InvalidInput(f"region: {region!r} is not a configured region; use one of {known}")
         reports = await asyncio.to_thread(lambda: [monitor.drift_report(v, region) for v in versions])
-        return JSONResponse({
-            "model": name,
-            "region": region or ALL_REGIONS,
-            "thresholds": {"warn": self.settings.drift_warn, "drift": self.settings.drift_threshold},
-            "versions": reports,
-            "monitor": monitor.describe(),
-        })  # fmt: skip
+        return JSONResponse(
+            {
+                "model": name,
+                "region": region or ALL_REGIONS,
+                "thresholds": {"warn": self.settings.drift_warn, "drift": self.settings.drift_threshold},
+                "versions": reports,
+                "monitor": monitor.describe(),
+            }
+        )
 
     async def predictions(self, request: Request) -> Response:
         """``GET /v1/predictions``: the review queue (reviewer or admin token)."""
-        require_reviewer(self.settings.admin_token, self.settings.reviewer_token, request.headers.get("authorization", ""))
+        require_reviewer(
+            self.settings.admin_token, self.settings.reviewer_token, request.headers.get("authorization", "")
+        )
         monitor = self._monitor()
         if monitor.log is None:
             raise Unavailable("the review queue needs the prediction log, and it is off (prediction_log=false)")
@@ -96,7 +100,9 @@ class MonitoringRoutes:
         monitor = self._monitor()
         document = parse_json(await request.body())
         if not isinstance(document, dict):
-            raise InvalidInput('body: expected {"request_id": "...", "label": ...} or {"request_id": ..., "value": ...}')
+            raise InvalidInput(
+                'body: expected {"request_id": "...", "label": ...} or {"request_id": ..., "value": ...}'
+            )
         request_id = document.get("request_id")
         if not isinstance(request_id, str) or not request_id:
             raise InvalidInput("request_id: missing; send the request_id of the prediction this answer is for")
@@ -111,8 +117,9 @@ class MonitoringRoutes:
             monitor.record_feedback, request_id, item, document.get("label"), document.get("value"), self._classes
         )
         body: dict[str, Any] = {"request_id": request_id, "item": item, **found}
-        body.update({"label": judgement.label, "value": judgement.value, "correct": judgement.correct,
-                     "error": judgement.error})  # fmt: skip
+        body.update(
+            {"label": judgement.label, "value": judgement.value, "correct": judgement.correct, "error": judgement.error}
+        )
         return JSONResponse(body)
 
     def _classes(self, model: str, version: int) -> list[str] | None:

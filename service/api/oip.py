@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Awaitable, Callable
 from importlib import metadata as package_metadata
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -31,8 +32,8 @@ from service.http.errors import NotFound, ServiceError, Unavailable, error_parts
 from service.http.request_id import assign_request_id
 from service.http.responses import JSONResponse
 from service.inference.pipeline import PredictPipeline
-from service.models.router import VersionRouter
 from service.models.registry import ModelRegistry
+from service.models.router import VersionRouter
 from service.models.version import ModelVersion
 from service.settings import ServiceSettings
 
@@ -156,10 +157,13 @@ class OpenInferenceAPI:
         pipeline = self.pipeline
         name = request.path_params["name"]
         ctx = pipeline.context(
-            name, request.path_params.get("version"), assign_request_id(request.scope),
-            headers.get(self.settings.region_header), headers.get(pipeline.sticky_header(name).decode("latin-1")),
+            name,
+            request.path_params.get("version"),
+            assign_request_id(request.scope),
+            headers.get(self.settings.region_header),
+            headers.get(pipeline.sticky_header(name).decode("latin-1")),
             headers.get("content-length"),
-        )  # fmt: skip
+        )
         codec = OipRequest(headers.get("content-encoding", "identity"), headers.get(HEADER_LENGTH), self.model)
         answer = await pipeline.run(ctx, codec, request.receive)
         version = answer.version

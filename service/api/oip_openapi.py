@@ -10,10 +10,16 @@ from typing import Any
 
 _ERROR = {
     "description": "The protocol's error body.",
-    "content": {"application/json": {"schema": {
-        "type": "object", "required": ["error"], "properties": {"error": {"type": "string"}},
-    }}},
-}  # fmt: skip
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"type": "string"}},
+            }
+        }
+    },
+}
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}
 
@@ -33,24 +39,41 @@ def _infer(parameters: list[dict[str, Any]], summary: str) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,
-            "parameters": parameters + [{
-                "name": "Inference-Header-Content-Length", "in": "header", "required": False,
-                "schema": {"type": "integer"},
-                "description": "Binary tensor data extension: the length of the JSON part; binary tensors follow it.",
-            }],
-            "requestBody": {"required": True, "content": {
-                "application/json": {"schema": {"type": "object", "required": ["inputs"]}},
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            }},
+            "parameters": parameters
+            + [
+                {
+                    "name": "Inference-Header-Content-Length",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "integer"},
+                    "description": "Binary tensor data extension: the length of the JSON part; binary tensors follow it.",
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"type": "object", "required": ["inputs"]}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
             "responses": {
-                "200": {"description": "Outputs as JSON, or JSON then binary tensors "
-                        "(with an Inference-Header-Content-Length response header).",
-                        "content": {"application/json": {"schema": {"type": "object"}},
-                                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                "404": _ERROR, "413": _ERROR, "415": _ERROR, "422": _ERROR, "503": _ERROR, "504": _ERROR,
+                "200": {
+                    "description": "Outputs as JSON, or JSON then binary tensors "
+                    "(with an Inference-Header-Content-Length response header).",
+                    "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    },
+                },
+                "404": _ERROR,
+                "413": _ERROR,
+                "415": _ERROR,
+                "422": _ERROR,
+                "503": _ERROR,
+                "504": _ERROR,
             },
         }
-    }  # fmt: skip
+    }
 
 
 def oip_paths() -> dict[str, Any]:

@@ -9,8 +9,9 @@ service (``extra_paths``) are merged in as they are.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from service.api.oip_openapi import oip_paths
 
@@ -104,16 +105,26 @@ _FEEDBACK: dict[str, Any] = {
     "type": "object",
     "required": ["request_id"],
     "properties": {
-        "request_id": {"type": "string", "minLength": 1, "maxLength": 200,
-                       "description": "The request id the prediction answered with (X-Request-Id)."},
-        "label": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
-                  "description": "The true class (classification) or classes (multilabel)."},
+        "request_id": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 200,
+            "description": "The request id the prediction answered with (X-Request-Id).",
+        },
+        "label": {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            "description": "The true class (classification) or classes (multilabel).",
+        },
         "value": {"type": "number", "description": "The true value (regression)."},
-        "item": {"type": "integer", "minimum": 0, "maximum": 1000000,
-                 "description": "Which prediction of a many-item request (default 0)."},
+        "item": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 1000000,
+            "description": "Which prediction of a many-item request (default 0).",
+        },
     },
     "oneOf": [{"required": ["label"]}, {"required": ["value"]}],
-}  # fmt: skip
+}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -129,13 +140,28 @@ def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
 
 
 _HEADERS = [
-    {"name": "X-Request-Id", "in": "header", "required": False, "schema": {"type": "string"},
-     "description": "Echoed back when it is 1-128 letters, digits, '.', '_' or '-'; a new id replaces any other."},
-    {"name": "X-Region", "in": "header", "required": False, "schema": {"type": "string"},
-     "description": "Client region (rollout routing, metric label)."},
-    {"name": "X-Request-Key", "in": "header", "required": False, "schema": {"type": "string"},
-     "description": "Sticky rollout assignment key; defaults to the request id."},
-]  # fmt: skip
+    {
+        "name": "X-Request-Id",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "Echoed back when it is 1-128 letters, digits, '.', '_' or '-'; a new id replaces any other.",
+    },
+    {
+        "name": "X-Region",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "Client region (rollout routing, metric label).",
+    },
+    {
+        "name": "X-Request-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "Sticky rollout assignment key; defaults to the request id.",
+    },
+]
 
 
 def _predict_operation(summary: str, pinned: bool) -> dict[str, Any]:
@@ -230,11 +256,12 @@ def _request_body(model: ModelContract) -> dict[str, Any]:
                         "type": "object",
                         "required": ["file"],
                         "additionalProperties": False,
-                        "properties": {"file": {"type": "array", "minItems": 1, "maxItems": model.max_items,
-                                                "items": image}},
+                        "properties": {
+                            "file": {"type": "array", "minItems": 1, "maxItems": model.max_items, "items": image}
+                        },
                     },
                     "encoding": {"file": {"contentType": ", ".join(t for t in media_types if t.startswith("image/"))}},
-                }  # fmt: skip
+                }
             elif media_type == "application/json":
                 content[media_type] = {
                     "schema": {
@@ -242,14 +269,20 @@ def _request_body(model: ModelContract) -> dict[str, Any]:
                         "required": ["instances"],
                         "properties": {
                             "instances": {
-                                "type": "array", "minItems": 1, "maxItems": model.max_items,
-                                "items": {"type": "object", "required": ["b64"],
-                                          "properties": {"b64": {"type": "string", "format": "byte",
-                                                                 "contentMediaType": "image/*"}}},
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": model.max_items,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["b64"],
+                                    "properties": {
+                                        "b64": {"type": "string", "format": "byte", "contentMediaType": "image/*"}
+                                    },
+                                },
                             }
                         },
                     }
-                }  # fmt: skip
+                }
             else:
                 content[media_type] = {"schema": dict(image, contentMediaType=media_type)}
         description = (
@@ -263,9 +296,12 @@ def _request_body(model: ModelContract) -> dict[str, Any]:
             "properties": columns,
             "maxProperties": model.max_columns,
             "description": "Missing keys and nulls are missing values; "
-            + ("keys that are no column are ignored." if model.ignore_unknown_columns
-               else "a key that is no column is refused (422)."),
-        }  # fmt: skip
+            + (
+                "keys that are no column are ignored."
+                if model.ignore_unknown_columns
+                else "a key that is no column is refused (422)."
+            ),
+        }
         if not model.ignore_unknown_columns:
             row["additionalProperties"] = False
         content["application/json"] = {
@@ -283,8 +319,14 @@ def _request_body(model: ModelContract) -> dict[str, Any]:
 def _model_predict_operation(model: ModelContract, pinned: bool) -> dict[str, Any]:
     parameters: list[dict[str, Any]] = []
     if pinned:
-        parameters.append({"name": "version", "in": "path", "required": True,
-                           "schema": {"type": "integer", "enum": list(model.versions)}})  # fmt: skip
+        parameters.append(
+            {
+                "name": "version",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer", "enum": list(model.versions)},
+            }
+        )
     summary = f"Predict with a pinned version of {model.name}." if pinned else f"Predict with {model.name}."
     return {
         "post": {
@@ -341,8 +383,12 @@ def _base_document(version: str) -> dict[str, Any]:
                     "responses": {"200": {"description": "Prometheus text format.", "content": {"text/plain": {}}}},
                 }
             },
-            "/v1/models": {"get": {"summary": "Every model: versions, task, input kind, serving state.",
-                                   "responses": {"200": _json("The models.")}}},  # fmt: skip
+            "/v1/models": {
+                "get": {
+                    "summary": "Every model: versions, task, input kind, serving state.",
+                    "responses": {"200": _json("The models.")},
+                }
+            },
             "/v1/models/{name}": {
                 "get": {
                     "summary": "One model: versions, classes, input schema, serving state.",
@@ -362,8 +408,11 @@ def _base_document(version: str) -> dict[str, Any]:
                         {"name": "version", "in": "query", "required": False, "schema": {"type": "integer"}},
                         {"name": "region", "in": "query", "required": False, "schema": {"type": "string"}},
                     ],
-                    "responses": {"200": _json("The drift report of each served version."),
-                                  "404": _error("Unknown model or version."), "422": _error("Unknown region.")},
+                    "responses": {
+                        "200": _json("The drift report of each served version."),
+                        "404": _error("Unknown model or version."),
+                        "422": _error("Unknown region."),
+                    },
                 }
             },
             "/v1/predictions": {
@@ -373,33 +422,43 @@ def _base_document(version: str) -> dict[str, Any]:
                         {"name": "model", "in": "query", "schema": {"type": "string"}},
                         {"name": "version", "in": "query", "schema": {"type": "integer", "minimum": 1}},
                         {"name": "region", "in": "query", "schema": {"type": "string"}},
-                        {"name": "reason", "in": "query",
-                         "schema": {"type": "string", "enum": ["ood", "low_confidence", "sample"]}},
+                        {
+                            "name": "reason",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["ood", "low_confidence", "sample"]},
+                        },
                         {"name": "flagged", "in": "query", "schema": {"type": "boolean", "default": True}},
                         {"name": "reviewed", "in": "query", "schema": {"type": "boolean", "default": False}},
-                        {"name": "limit", "in": "query",
-                         "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                        },
                     ],
-                    "responses": {"200": _json("{predictions: [{request_id, item, created_at, model, version, region, "
-                                               "arm, reasons, inputs, outputs, ood}]}"),
-                                  "401": _error("A wrong or missing token."),
-                                  "403": _error("No reviewer or admin token is configured."),
-                                  "422": _error("A bad filter value."),
-                                  "503": _error("Monitoring or the prediction log is off, or the log is unreachable.")},
+                    "responses": {
+                        "200": _json(
+                            "{predictions: [{request_id, item, created_at, model, version, region, "
+                            "arm, reasons, inputs, outputs, ood}]}"
+                        ),
+                        "401": _error("A wrong or missing token."),
+                        "403": _error("No reviewer or admin token is configured."),
+                        "422": _error("A bad filter value."),
+                        "503": _error("Monitoring or the prediction log is off, or the log is unreachable."),
+                    },
                 }
             },
             "/v1/feedback": {
                 "post": {
                     "summary": "Ground truth for a logged prediction: {request_id, label | value[, item]}.",
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _FEEDBACK}}},
-                    "responses": {"200": _json("Whether the prediction was right."),
-                                  "404": _error("No logged prediction has this request id."),
-                                  "422": _error("A label the model does not know, or no label."),
-                                  "503": _error("Monitoring or the prediction log is off, or the log is unreachable.")},
+                    "responses": {
+                        "200": _json("Whether the prediction was right."),
+                        "404": _error("No logged prediction has this request id."),
+                        "422": _error("A label the model does not know, or no label."),
+                        "503": _error("Monitoring or the prediction log is off, or the log is unreachable."),
+                    },
                 }
             },
         },
-        "components": {
-            "schemas": {"Error": _ERROR, "Prediction": _PREDICTION, "PredictResponse": _PREDICT_RESPONSE}
-        },
+        "components": {"schemas": {"Error": _ERROR, "Prediction": _PREDICTION, "PredictResponse": _PREDICT_RESPONSE}},
     }

@@ -59,20 +59,34 @@ class PredictEndpoint:
             await send_json(send, body, [*raw, request_id_header], status)
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, name: str, pinned: str | None, request_id: str,
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        name: str,
+        pinned: str | None,
+        request_id: str,
         request_id_header: tuple[bytes, bytes],
-    ) -> None:  # fmt: skip
+    ) -> None:
         pipeline = self.pipeline
         wanted = pipeline.header_names()
         headers = {key: value.decode("latin-1") for key, value in scope["headers"] if key in wanted}
         ctx = pipeline.context(
-            name, pinned, request_id, headers.get(self._region_header), headers.get(pipeline.sticky_header(name)),
+            name,
+            pinned,
+            request_id,
+            headers.get(self._region_header),
+            headers.get(pipeline.sticky_header(name)),
             headers.get(b"content-length"),
-        )  # fmt: skip
+        )
         codec = NativeRequest(headers.get(b"content-type", ""))
         answer = await pipeline.run(ctx, codec, receive)
         version = answer.version
-        response = {"model": name, "version": version.version, "request_id": request_id,
-                    "predictions": answer.predictions}  # fmt: skip
+        response = {
+            "model": name,
+            "version": version.version,
+            "request_id": request_id,
+            "predictions": answer.predictions,
+        }
         await send_json(send, response, [*version.response_headers, request_id_header])
         pipeline.mirror(ctx, codec, answer)  # after the answer is sent: it never delays or changes it

@@ -22,14 +22,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bundle.store import StoreUnavailable
 from service.http.auth import require_admin
 from service.http.errors import InvalidInput, NotFound, Unavailable
 from service.http.responses import JSONResponse
-from service.rollout.policy import PolicyError, parse_model_policy
 from service.rollout.manager import RolloutManager
+from service.rollout.policy import PolicyError, parse_model_policy
 from service.rollout.views import describe, describe_model
 from service.settings import ServiceSettings
-from bundle.store import StoreUnavailable
 
 _NOT_CONFIGURED = (
     "rollouts are not configured: start the service with --rollout FILE (SERVING_ROLLOUT) or SERVING_STATE_URL"
@@ -153,7 +153,7 @@ async def _json_body(request: Request) -> Any:
 async def _reason_of(request: Request) -> str | None:
     body = await _json_body(request)
     if not isinstance(body, dict):
-        raise InvalidInput("body: expected a JSON object such as {\"reason\": \"...\"}")
+        raise InvalidInput('body: expected a JSON object such as {"reason": "..."}')
     return _reason(body.get("reason"))
 
 

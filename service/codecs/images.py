@@ -48,7 +48,7 @@ class ImageInputs:
     pixel is decoded; only ``formats`` (checked against the bytes) are decoded.
     """
 
-    media_types = (MULTIPART, JSON, *RAW_IMAGE_TYPES)
+    media_types: tuple[str, ...] = (MULTIPART, JSON, *RAW_IMAGE_TYPES)
     LIMITS = ("inline_max_bytes", "max_request_pixels", "formats")
 
     def __init__(
@@ -109,9 +109,11 @@ class ImageInputs:
         return Decoded([pixels], RawInputs(images=[data for _, data in images], sizes=sizes))
 
     def decode_images(
-        self, images: list[tuple[str, bytes]], deadline: float | None = None,
+        self,
+        images: list[tuple[str, bytes]],
+        deadline: float | None = None,
         sizes: list[tuple[int, int]] | None = None,
-    ) -> np.ndarray:  # fmt: skip
+    ) -> np.ndarray:
         """Encoded images, each named by where it came from (for errors) -> uint8 [N, 3, H, W].
 
         Every header, and the request's pixel budget, is checked before any image is decoded. ``sizes``
@@ -172,7 +174,7 @@ class ImageInputs:
     def _multipart(self, content_type: str, body: bytes) -> list[tuple[str, bytes]]:
         # Count every part against the limit so a body of thousands of tiny parts is refused early.
         parts = parse_multipart(content_type, body, max_parts=self.max_items)
-        images = []
+        images: list[tuple[str, bytes]] = []
         for part in parts:
             if part.name != "file":
                 shown = part.name[:40]
@@ -188,7 +190,7 @@ class ImageInputs:
         images = []
         for i, instance in enumerate(instances):
             if not isinstance(instance, dict) or not isinstance(instance.get("b64"), str):
-                raise InvalidInput(f"instances[{i}]: expected an object {{\"b64\": \"<base64 image>\"}}")
+                raise InvalidInput(f'instances[{i}]: expected an object {{"b64": "<base64 image>"}}')
             try:
                 data = base64.b64decode(instance["b64"], validate=True)
             except (binascii.Error, ValueError) as exc:

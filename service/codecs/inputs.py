@@ -30,4 +30,3 @@ def input_limits(settings: Any) -> dict[str, Any]:
         "max_cells": settings.max_cells_per_request,
         "ignore_unknown": settings.ignore_unknown_columns,
     }
-

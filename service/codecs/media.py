@@ -30,8 +30,6 @@ FORMAT_MEDIA_TYPES = {
 }
 
 
-
-
 class AcceptsMedia(Protocol):
     media_types: tuple[str, ...]
 

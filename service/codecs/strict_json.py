@@ -43,7 +43,7 @@ def parse_json(body: bytes) -> Any:
 def json_list(body: bytes, key: str, max_items: int, what: str) -> list[Any]:
     document = parse_json(body)
     if not isinstance(document, dict) or key not in document:
-        raise InvalidInput(f"{key}: missing; send {{\"{key}\": [...]}}")
+        raise InvalidInput(f'{key}: missing; send {{"{key}": [...]}}')
     items = document[key]
     if not isinstance(items, list):
         raise InvalidInput(f"{key}: expected a list, got {type(items).__name__}")
@@ -52,5 +52,3 @@ def json_list(body: bytes, key: str, max_items: int, what: str) -> list[Any]:
     if len(items) > max_items:
         raise PayloadTooLarge(f"{key}: {len(items)} {what}s in one request, the limit is {max_items}")
     return items
-
-

@@ -12,7 +12,8 @@ import csv
 import io
 import json
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,13 +43,18 @@ _NOT_A_NUMBER = re.compile(r"^(.*) is not a number$")
 class TabularInputs:
     """JSON ``{"rows": [...]}`` or CSV with a header -> the processed ``x_cat``/``x_cont`` the graph takes."""
 
-    media_types = (JSON, CSV)
+    media_types: tuple[str, ...] = (JSON, CSV)
     LIMITS = ("max_columns", "max_cells", "ignore_unknown")
 
     def __init__(
-        self, manifest: Manifest, max_items: int, *, max_columns: int = DEFAULT_MAX_COLUMNS,
-        max_cells: int = DEFAULT_MAX_CELLS, ignore_unknown: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        manifest: Manifest,
+        max_items: int,
+        *,
+        max_columns: int = DEFAULT_MAX_COLUMNS,
+        max_cells: int = DEFAULT_MAX_CELLS,
+        ignore_unknown: bool = False,
+    ) -> None:
         if manifest.tabular is None:
             raise ValueError(f"{manifest.name} v{manifest.version}: tabular model without a tabular section")
         self.tabular = manifest.tabular

@@ -26,8 +26,9 @@ import asyncio
 import logging
 import math
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import uvicorn
@@ -52,7 +53,7 @@ class ConnectionLimits:
     retry_after_s: int = 1
 
     @classmethod
-    def from_settings(cls, settings: ServiceSettings) -> "ConnectionLimits":
+    def from_settings(cls, settings: ServiceSettings) -> ConnectionLimits:
         return cls(
             max_header_bytes=settings.max_header_bytes,
             header_timeout_s=settings.header_timeout_s,
@@ -95,10 +96,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_headers = True  # reading a request line and headers (or waiting for the first request)
         self._header_bytes = 0
         if len(self.connections) > self.limits.max_connections:
-            log.warning("refused a connection: %d open, the limit is %d", len(self.connections) - 1,
-                        self.limits.max_connections)  # fmt: skip
+            log.warning(
+                "refused a connection: %d open, the limit is %d", len(self.connections) - 1, self.limits.max_connections
+            )
             self._answer_and_close(
-                503, "too_many_connections", "the server holds as many connections as it may; retry later",
+                503,
+                "too_many_connections",
+                "the server holds as many connections as it may; retry later",
                 ((b"retry-after", str(self.limits.retry_after_s).encode()),),
             )
             return
@@ -114,7 +118,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._header_bytes += len(data)
             if self._header_bytes > self.limits.max_header_bytes:
                 self._answer_and_close(
-                    431, "headers_too_large",
+                    431,
+                    "headers_too_large",
                     f"the request line and headers are over {self.limits.max_header_bytes} bytes",
                 )
 
@@ -149,8 +154,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         receiving_headers = self._in_headers and self._header_bytes > 0
         receiving_body = cycle is not None and cycle.more_body and not cycle.response_started
         if receiving_headers or receiving_body:
-            self._answer_and_close(503, "shutting_down", "the server is shutting down; retry on another replica",
-                                   ((b"retry-after", str(self.limits.retry_after_s).encode()),))  # fmt: skip
+            self._answer_and_close(
+                503,
+                "shutting_down",
+                "the server is shutting down; retry on another replica",
+                ((b"retry-after", str(self.limits.retry_after_s).encode()),),
+            )
             return
         super().shutdown()
 
@@ -230,8 +239,12 @@ def server_config(app: Any, settings: ServiceSettings, **overrides: Any) -> uvic
     files = raise_open_file_limit(settings.max_connections + FD_HEADROOM)
     if files < settings.max_connections + FD_HEADROOM:
         capped = max(1, files - FD_HEADROOM)
-        log.warning("only %d open files allowed: capping connections at %d instead of %d", files, capped,
-                    settings.max_connections)  # fmt: skip
+        log.warning(
+            "only %d open files allowed: capping connections at %d instead of %d",
+            files,
+            capped,
+            settings.max_connections,
+        )
         limits = ConnectionLimits(**{**limits.__dict__, "max_connections": capped})
     values: dict[str, Any] = dict(
         host=settings.host,

@@ -9,7 +9,8 @@ writes null; the encoders send null on purpose before it comes to that).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 from starlette.responses import JSONResponse as _StarletteJSONResponse
@@ -25,9 +26,7 @@ def render_json(content: Any) -> bytes:
     return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-async def send_json(
-    send: Send, content: Any, headers: Sequence[tuple[bytes, bytes]] = (), status: int = 200
-) -> None:
+async def send_json(send: Send, content: Any, headers: Sequence[tuple[bytes, bytes]] = (), status: int = 200) -> None:
     """Send a JSON response straight through ASGI (no Response object), with extra raw headers."""
     body = render_json(content)
     start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]

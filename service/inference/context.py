@@ -11,9 +11,6 @@ from service.http.errors import DeadlineExceeded
 from service.models.version import ModelVersion
 
 
-
-
-
 class DecodeLater(Protocol):
     def __call__(self, *, deadline: float) -> Decoded: ...
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from service.http.errors import DeadlineExceeded, QueueFull
 

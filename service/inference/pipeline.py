@@ -35,10 +35,10 @@ from service.http.body import check_declared_size, read_body
 from service.http.errors import InferenceFailed, NotFound, ServiceError, outcome_of
 from service.inference.context import RequestCodec, RequestContext
 from service.inference.decode_queue import DecodeQueue
-from service.models.router import VersionRouter
 from service.inference.shadow import ShadowRunner
 from service.metrics import UNKNOWN_MODEL, ServingMetrics
 from service.models.batcher import Admission
+from service.models.router import VersionRouter
 from service.models.version import ModelVersion
 from service.monitoring import Monitor
 from service.monitoring.observation import ServedRequest
@@ -72,9 +72,16 @@ class PredictPipeline:
     """Routing, admission, decoding, batching, monitoring, shadowing and metrics, once for every protocol."""
 
     def __init__(
-        self, settings: ServiceSettings, router: VersionRouter, metrics: ServingMetrics, decode_queue: DecodeQueue,
-        decode_pool: Executor, monitor: Monitor | None, rollout: RolloutManager | None, shadow: ShadowRunner | None,
-    ) -> None:  # fmt: skip
+        self,
+        settings: ServiceSettings,
+        router: VersionRouter,
+        metrics: ServingMetrics,
+        decode_queue: DecodeQueue,
+        decode_pool: Executor,
+        monitor: Monitor | None,
+        rollout: RolloutManager | None,
+        shadow: ShadowRunner | None,
+    ) -> None:
         self.settings = settings
         self.router = router
         self.metrics = metrics
@@ -98,17 +105,28 @@ class PredictPipeline:
         return frozenset((b"content-type", b"content-length", region, b"x-request-key"))
 
     def context(
-        self, model: str, pinned: str | None, request_id: str, client_region: str | None, key: str | None,
+        self,
+        model: str,
+        pinned: str | None,
+        request_id: str,
+        client_region: str | None,
+        key: str | None,
         content_length: str | None,
-    ) -> RequestContext:  # fmt: skip
+    ) -> RequestContext:
         """A request's context from what its protocol read: ``pinned`` is the path's version text, if any."""
         started = time.perf_counter()
         client_region = client_region or self.settings.default_region or None
         return RequestContext(
-            model, self._version_number(model, pinned) if pinned is not None else None, request_id, client_region,
-            self.settings.region_label(client_region), key or request_id, content_length, started,
+            model,
+            self._version_number(model, pinned) if pinned is not None else None,
+            request_id,
+            client_region,
+            self.settings.region_label(client_region),
+            key or request_id,
+            content_length,
+            started,
             started + self.settings.request_timeout_s,
-        )  # fmt: skip
+        )
 
     def _version_number(self, model: str, text: str) -> int:
         if not text.isascii() or not text.isdigit() or len(text) > MAX_VERSION_DIGITS or int(text) <= 0:
@@ -144,8 +162,9 @@ class PredictPipeline:
             fault = isinstance(exc, _VersionFault)
             error = exc.error if isinstance(exc, _VersionFault) else exc
             if not isinstance(error, ServiceError):
-                log.exception("prediction failed for %s v%d (request %s)", version.name, version.version,
-                              ctx.request_id)  # fmt: skip
+                log.exception(
+                    "prediction failed for %s v%d (request %s)", version.name, version.version, ctx.request_id
+                )
                 error, fault = InferenceFailed("prediction failed; the service log has the details"), True
             self._count(version, ctx, outcome_of(error), fault)
             raise error from None
@@ -168,14 +187,26 @@ class PredictPipeline:
             output, logits, columns = version.split(rows)
             predictions = version.encoder.encode(output)
         except Exception as exc:
-            log.exception("answering from %s v%d's output failed (request %s)", version.name, version.version,
-                          ctx.request_id)  # fmt: skip
+            log.exception(
+                "answering from %s v%d's output failed (request %s)", version.name, version.version, ctx.request_id
+            )
             raise _VersionFault(InferenceFailed("prediction failed; the service log has the details")) from exc
         if self.monitor is not None:
-            self.monitor.observe(ServedRequest(
-                version, ctx.region, self.arm_of(ctx, version), ctx.request_id, time.perf_counter() - ctx.started,
-                decoded.raw, decoded.arrays, output, predictions, logits, columns,
-            ))  # fmt: skip
+            self.monitor.observe(
+                ServedRequest(
+                    version,
+                    ctx.region,
+                    self.arm_of(ctx, version),
+                    ctx.request_id,
+                    time.perf_counter() - ctx.started,
+                    decoded.raw,
+                    decoded.arrays,
+                    output,
+                    predictions,
+                    logits,
+                    columns,
+                )
+            )
         return Answer(version, predictions, output, decoded, body)
 
     def admit(self, version: ModelVersion, ctx: RequestContext) -> Admission:
@@ -207,5 +238,6 @@ class PredictPipeline:
     def mirror(self, ctx: RequestContext, codec: RequestCodec, answer: Answer) -> None:
         """After the answer is sent: a copy for the shadow candidate, when the policy shadows this request."""
         if self.shadow is not None and ctx.pinned is None:
-            self.shadow.mirror(ctx.model, ctx.key, answer.version, codec, answer.body, answer.predictions,
-                               answer.decoded.arrays)  # fmt: skip
+            self.shadow.mirror(
+                ctx.model, ctx.key, answer.version, codec, answer.body, answer.predictions, answer.decoded.arrays
+            )

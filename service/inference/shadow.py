@@ -88,7 +88,9 @@ def same_inputs(stable: ModelVersion, candidate: ModelVersion) -> bool:
     )
 
 
-def compare(task: str, stable: list[dict[str, Any]], candidate: list[dict[str, Any]]) -> tuple[int, int, float, float, int]:
+def compare(
+    task: str, stable: list[dict[str, Any]], candidate: list[dict[str, Any]]
+) -> tuple[int, int, float, float, int]:
     """(items compared, items disagreeing, sum |diff|, sum |diff|/|stable|, values differenced)."""
     compared = min(len(stable), len(candidate))
     disagreed, abs_diff, rel_diff, values = 0, 0.0, 0.0, 0
@@ -98,8 +100,11 @@ def compare(task: str, stable: list[dict[str, Any]], candidate: list[dict[str, A
         elif task == "multilabel":
             disagreed += set(s.get("labels", ())) != set(c.get("labels", ()))
         else:
-            pairs = [(s["value"], c.get("value"))] if "value" in s else [
-                (v, c.get("values", {}).get(k)) for k, v in s.get("values", {}).items()]  # fmt: skip
+            pairs = (
+                [(s["value"], c.get("value"))]
+                if "value" in s
+                else [(v, c.get("values", {}).get(k)) for k, v in s.get("values", {}).items()]
+            )
             for a, b in pairs:
                 if a is None or b is None:
                     continue
@@ -130,8 +135,16 @@ class ShadowRunner:
         self.budget = ShadowBudget(settings.shadow_max_share)
         self._shed_counters: dict[str, Any] = {}  # serving_shadow_shed_total's child per model
 
-    def mirror(self, name: str, key: str, stable: ModelVersion, codec: RequestCodec, body: bytes,
-               stable_predictions: list[dict[str, Any]], arrays: list[Any] | None = None) -> None:  # fmt: skip
+    def mirror(
+        self,
+        name: str,
+        key: str,
+        stable: ModelVersion,
+        codec: RequestCodec,
+        body: bytes,
+        stable_predictions: list[dict[str, Any]],
+        arrays: list[Any] | None = None,
+    ) -> None:
         """Called after stable's answer is sent; starts the shadow run or sheds it. Never raises."""
         target = self.rollout.shadow_target(name, key, stable.version)
         if target is None:
@@ -187,9 +200,7 @@ class ShadowRunner:
             self._tasks.add(task)
             task.add_done_callback(self._finished)
 
-    async def _run_batch(
-        self, name: str, copies: list[tuple[ModelVersion, list[Any], list[dict[str, Any]]]]
-    ) -> None:
+    async def _run_batch(self, name: str, copies: list[tuple[ModelVersion, list[Any], list[dict[str, Any]]]]) -> None:
         """Stable's decoded arrays of many requests, run on the candidate at once and compared."""
         started = time.perf_counter()
         candidate = copies[0][0]
@@ -237,8 +248,15 @@ class ShadowRunner:
         self._tasks.discard(task)
         self.in_flight -= 1
 
-    async def _run(self, name: str, stable: ModelVersion, candidate: ModelVersion, codec: RequestCodec, body: bytes,
-                   stable_predictions: list[dict[str, Any]]) -> None:  # fmt: skip
+    async def _run(
+        self,
+        name: str,
+        stable: ModelVersion,
+        candidate: ModelVersion,
+        codec: RequestCodec,
+        body: bytes,
+        stable_predictions: list[dict[str, Any]],
+    ) -> None:
         started = time.perf_counter()
         label = str(candidate.version)
         candidate.acquire()
@@ -247,7 +265,9 @@ class ShadowRunner:
             step = codec.decode(candidate, body)
             if not isinstance(step, Decoded):
                 deadline = time.perf_counter() + self.settings.request_timeout_s
-                step = await asyncio.get_running_loop().run_in_executor(self.decode_pool, partial(step, deadline=deadline))
+                step = await asyncio.get_running_loop().run_in_executor(
+                    self.decode_pool, partial(step, deadline=deadline)
+                )
             arrays = step.arrays
             decoded = time.perf_counter()  # in the pool, this counts the wait for a thread as cost too
             output, _, _ = candidate.split(await candidate.batcher.submit(arrays, self.settings.request_timeout_s))
@@ -263,14 +283,21 @@ class ShadowRunner:
         self.rollout.observe(name, candidate.version, True, time.perf_counter() - started)
         self.rollout.metrics.shadow_requests.labels(name, label, "ok").inc()
         self._compare(name, candidate, stable_predictions, predictions)
-        self.budget.ran(1, decoded - started + len(predictions) * candidate.batcher.seconds_per_item
-                        + time.perf_counter() - ran)  # fmt: skip
+        self.budget.ran(
+            1, decoded - started + len(predictions) * candidate.batcher.seconds_per_item + time.perf_counter() - ran
+        )
 
-    def _compare(self, name: str, candidate: ModelVersion, stable_predictions: list[dict[str, Any]],
-                 predictions: list[dict[str, Any]]) -> None:  # fmt: skip
+    def _compare(
+        self,
+        name: str,
+        candidate: ModelVersion,
+        stable_predictions: list[dict[str, Any]],
+        predictions: list[dict[str, Any]],
+    ) -> None:
         label = str(candidate.version)
-        compared, disagreed, abs_diff, rel_diff, values = compare(candidate.manifest.task, stable_predictions,
-                                                                  predictions)  # fmt: skip
+        compared, disagreed, abs_diff, rel_diff, values = compare(
+            candidate.manifest.task, stable_predictions, predictions
+        )
         self.rollout.compared(name, candidate.version, compared, disagreed, abs_diff, rel_diff, values)
         self.rollout.metrics.shadow_comparisons.labels(name, label).inc(compared)
         self.rollout.metrics.shadow_disagreements.labels(name, label).inc(disagreed)

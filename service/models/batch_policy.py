@@ -88,7 +88,7 @@ def timed_sizes(allowed: Sequence[int]) -> list[int]:
 def measure(
     runtime: OnnxRuntime, sizes: Sequence[int], min_repeats: int = MIN_REPEATS, budget_s: float = BUDGET_S,
     max_repeats: int = MAX_REPEATS,
-) -> dict[int, float]:  # fmt: skip
+) -> dict[int, float]:
     """Seconds of one run at each batch size: the best of at least ``min_repeats`` runs, and of as many
     more as fit in ``budget_s`` per size (at most ``max_repeats``; warm-up has already run each size).
 

@@ -156,7 +156,7 @@ def load_bundle(
         "%s v%d: batches of at most %d items, run on the %s with %d ONNX Runtime thread(s) (%s)", name, version,
         plan.max_batch_size, "event loop" if plan.inline else "runtime thread", plan.intra_op_threads,
         plan.describe()["ms_per_item"],
-    )  # fmt: skip
+    )
     return LoadedBundle(path, manifest, runtime, inputs, encoder, time.perf_counter() - started, plan)
 
 
@@ -177,9 +177,11 @@ def batch_plan(
 
 def _check_input_shapes(manifest: Manifest, runtime: OnnxRuntime) -> None:
     """The preprocessing the manifest describes must produce what the graph takes."""
-    shapes = dict(zip((spec.name for spec in runtime.inputs), runtime.item_shapes()))
+    shapes: dict[str, tuple[int, ...]] = dict(zip((spec.name for spec in runtime.inputs), runtime.item_shapes()))
     if manifest.input_kind == "image" and manifest.image is not None:
-        expected = {runtime.inputs[0].name: (3, manifest.image.height, manifest.image.width)}
+        expected: dict[str, tuple[int, ...]] = {
+            runtime.inputs[0].name: (3, manifest.image.height, manifest.image.width)
+        }
     elif manifest.tabular is not None:
         widths = {"x_cat": len(manifest.tabular.cat_names), "x_cont": len(manifest.tabular.cont_names)}
         expected = {name: (widths[name],) for name in shapes if name in widths}

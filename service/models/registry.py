@@ -132,7 +132,7 @@ class ModelRegistry:
             refused = exc if isinstance(exc, BundleRefused) else BundleRefused("error", f"{path}: {exc!r}")
             if self._maybe_still_copying(key, fp, refused):
                 log.info("%s v%d failed to load (%s) and may still be being copied in; retrying at the next scan",
-                         name, number, refused.reason)  # fmt: skip
+                         name, number, refused.reason)
                 return
             log.error("refused bundle %s v%d (%s): %s", name, number, refused.reason, refused)
             self.metrics.load_failed(name, refused.reason)
@@ -153,7 +153,7 @@ class ModelRegistry:
             "serving %s v%d (%s, %s, provider %s, loaded and warmed in %.2f s)",
             name, number, loaded.manifest.task, loaded.manifest.input_kind, version.runtime.provider,
             loaded.load_seconds,
-        )  # fmt: skip
+        )
 
     def _maybe_still_copying(self, key: VersionKey, fp: Fingerprint, exc: BundleRefused) -> bool:
         """Whether a failed load should wait for one more scan before it counts as a failure.

@@ -29,7 +29,7 @@ class ModelVersion:
     def __init__(
         self, key: VersionKey, loaded: LoadedBundle, fingerprint: Fingerprint, settings: ServiceSettings,
         metrics: VersionMetrics, columns: BatchColumns | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.name, self.version = key
         self.path = loaded.path
         self.manifest = loaded.manifest

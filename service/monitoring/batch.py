@@ -27,16 +27,16 @@ and the monitor computes what it needs per request instead.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import onnx
 
 from bundle import monitoring as mon
 from bundle.manifest import LOGITS_OUTPUT, Manifest, TensorSpec
-from service.monitoring.graph import COLUMNS_OUTPUT, with_columns
 from service.models.runtime import OnnxRuntime
+from service.monitoring.graph import COLUMNS_OUTPUT, with_columns
 
 log = logging.getLogger("service.monitoring")
 
@@ -84,8 +84,9 @@ class BatchColumns:
         try:
             model = with_columns(onnx.load(str(model_path)), score, pixels)
         except Exception:
-            log.exception("%s v%d: monitoring's columns are computed by numpy, not in the graph",
-                          manifest.name, manifest.version)  # fmt: skip
+            log.exception(
+                "%s v%d: monitoring's columns are computed by numpy, not in the graph", manifest.name, manifest.version
+            )
             return None
         if model is None:
             return None

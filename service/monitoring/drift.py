@@ -18,10 +18,11 @@ both sides), so an empty bin costs a finite, small amount.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import repeat
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,22 +51,42 @@ class FeatureBins:
     @classmethod
     def from_reference(
         cls, name: str, reference: Mapping[str, Any], vocabulary: Sequence[str] | None = None
-    ) -> "FeatureBins":
+    ) -> FeatureBins:
         missing = float(reference.get("missing") or 0.0)
         count = int(reference.get("count") or 0)
         if reference.get("kind") == "continuous":
             fractions = np.asarray(reference["fractions"], dtype=np.float64)
             expected = np.append((1.0 - missing) * fractions, missing)
-            return cls(name, "continuous", np.asarray(reference["edges"], dtype=np.float64), {}, None, expected,
-                       count, reference.get("min"), reference.get("max"), missing)  # fmt: skip
+            return cls(
+                name,
+                "continuous",
+                np.asarray(reference["edges"], dtype=np.float64),
+                {},
+                None,
+                expected,
+                count,
+                reference.get("min"),
+                reference.get("max"),
+                missing,
+            )
         if reference.get("kind") == "categorical":
             frequencies = dict(reference["frequencies"])
             known = [level for level in frequencies if level != OTHER_LEVEL]
             shares = [frequencies[level] for level in known] + [frequencies.get(OTHER_LEVEL, 0.0)]
             expected = np.append((1.0 - missing) * np.asarray(shares, dtype=np.float64), missing)
             vocab = frozenset(v for v in vocabulary if v != "#na#") if vocabulary is not None else None
-            return cls(name, "categorical", np.array([]), {level: i for i, level in enumerate(known)}, vocab,
-                       expected, count, None, None, missing)  # fmt: skip
+            return cls(
+                name,
+                "categorical",
+                np.array([]),
+                {level: i for i, level in enumerate(known)},
+                vocab,
+                expected,
+                count,
+                None,
+                None,
+                missing,
+            )
         raise ValueError(f"feature {name!r}: unknown reference kind {reference.get('kind')!r}")
 
     @property
@@ -154,15 +175,17 @@ class DriftWindow:
             seen = counts[: feature.unseen_bin]
             score = psi(feature.expected, feature.reference_count, seen) if self.size else 0.0
             unseen = int(counts[feature.unseen_bin])
-            rows.append({
-                "feature": feature.name,
-                "kind": feature.kind,
-                "psi": round(score, 6),
-                "verdict": verdict(score, warn, drift) if self.size else "no_data",
-                "missing_share": round(float(counts[feature.missing_bin]) / self.size, 6) if self.size else 0.0,
-                "unseen": unseen,
-                "unseen_share": round(unseen / self.size, 6) if self.size else 0.0,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "feature": feature.name,
+                    "kind": feature.kind,
+                    "psi": round(score, 6),
+                    "verdict": verdict(score, warn, drift) if self.size else "no_data",
+                    "missing_share": round(float(counts[feature.missing_bin]) / self.size, 6) if self.size else 0.0,
+                    "unseen": unseen,
+                    "unseen_share": round(unseen / self.size, 6) if self.size else 0.0,
+                }
+            )
         return rows
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -37,8 +38,12 @@ class FeedbackBook:
     """Answers in, live readings out; ``settle`` makes what was just answered reach the log first."""
 
     def __init__(
-        self, log: PredictionLog | None, metrics: MonitorMetrics, window: int, settle: Callable[[], Any],
-    ) -> None:  # fmt: skip
+        self,
+        log: PredictionLog | None,
+        metrics: MonitorMetrics,
+        window: int,
+        settle: Callable[[], Any],
+    ) -> None:
         self.log = log
         self.metrics = metrics
         self.window = window
@@ -70,9 +75,21 @@ class FeedbackBook:
         model, version, region = row["model"], int(row["version"]), row["region"]
         judgement = judge(predictions[item], classes_of(model, version), label, value)
         try:
-            store.execute(_UPSERT, (request_id, item, model, version, region, judgement.label, judgement.value,
-                                    None if judgement.correct is None else int(judgement.correct), judgement.error,
-                                    time.time()))  # fmt: skip
+            store.execute(
+                _UPSERT,
+                (
+                    request_id,
+                    item,
+                    model,
+                    version,
+                    region,
+                    judgement.label,
+                    judgement.value,
+                    None if judgement.correct is None else int(judgement.correct),
+                    judgement.error,
+                    time.time(),
+                ),
+            )
         except StoreUnavailable as exc:
             raise Unavailable(f"the prediction log is unavailable: {exc}") from exc
         self._fold_in(model, version, region, (request_id, item), judgement)

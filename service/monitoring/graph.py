@@ -22,7 +22,8 @@ computes the columns instead.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -88,7 +89,7 @@ class _Builder:
         self.graph.initializer.append(numpy_helper.from_array(array, name))
         return name
 
-    def node(self, op: str, inputs: Sequence[str], **attributes: object) -> str:
+    def node(self, op: str, inputs: Sequence[str], **attributes: Any) -> str:
         output = self.name(op.lower())
         self.graph.node.append(helper.make_node(op, list(inputs), [output], name=output, **attributes))
         return output
@@ -106,10 +107,16 @@ class _Builder:
         this graph adds 34-38 us (numpy's ``summary_matrix`` alone: 85 us)."""
         step = max(1, max(height, width) // mon.SUMMARY_GRID)
         if step > 1:  # every step-th row and column: pixels[:, :, ::step, ::step]
-            pixels = self.node("Slice", [
-                pixels, self.constant("starts", [0, 0]), self.constant("ends", [height, width]),
-                self.constant("axes", [2, 3]), self.constant("steps", [step, step]),
-            ])  # fmt: skip
+            pixels = self.node(
+                "Slice",
+                [
+                    pixels,
+                    self.constant("starts", [0, 0]),
+                    self.constant("ends", [height, width]),
+                    self.constant("axes", [2, 3]),
+                    self.constant("steps", [step, step]),
+                ],
+            )
         count = len(range(0, height, step)) * len(range(0, width, step))
         flat = self.node("Reshape", [pixels, self.constant("shape", [0, 3, -1])])
         x = self.node("Cast", [flat], to=TensorProto.FLOAT)  # [N, 3, P]

@@ -19,7 +19,8 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -121,8 +122,7 @@ class PredictionLog:
             self._migrated = True
 
     def describe(self) -> dict[str, Any]:
-        return {**self.store.describe(), "pending": len(self._buffer), "written": self.written,
-                "dropped": self.dropped}  # fmt: skip
+        return {**self.store.describe(), "pending": len(self._buffer), "written": self.written, "dropped": self.dropped}
 
     # -- the writer thread -----------------------------------------------------------------
 
@@ -162,9 +162,7 @@ class PredictionLog:
             return
         self._last_prune = now
         try:
-            removed = self.store.execute(
-                f"DELETE FROM {PREDICTIONS} WHERE created_at < ?", (now - self.retention_s,)
-            )
+            removed = self.store.execute(f"DELETE FROM {PREDICTIONS} WHERE created_at < ?", (now - self.retention_s,))
         except StoreUnavailable:
             return
         if removed:

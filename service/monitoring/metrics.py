@@ -11,9 +11,11 @@ class MonitorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
         self.drift_score = Gauge(
-            "serving_drift_score", "PSI of a feature over the drift window, all regions.",
-            ["model", "version", "feature"], registry=r,
-        )  # fmt: skip
+            "serving_drift_score",
+            "PSI of a feature over the drift window, all regions.",
+            ["model", "version", "feature"],
+            registry=r,
+        )
         self.ood = Counter(
             "serving_ood", "Items flagged out-of-domain, by reason.", ["model", "version", "reason"], registry=r
         )
@@ -23,29 +25,37 @@ class MonitorMetrics:
         self.estimated_accuracy = Gauge(
             "serving_estimated_accuracy",
             "Accuracy estimated from calibrated confidences over the drift window (classification).",
-            ["model", "version", "region"], registry=r,
-        )  # fmt: skip
+            ["model", "version", "region"],
+            registry=r,
+        )
         self.feedback = Counter(
             "serving_feedback", "Ground-truth answers received.", ["model", "version", "region"], registry=r
         )
         self.feedback_correct = Counter(
-            "serving_feedback_correct", "Answers that matched the prediction (classification).",
-            ["model", "version", "region"], registry=r,
-        )  # fmt: skip
+            "serving_feedback_correct",
+            "Answers that matched the prediction (classification).",
+            ["model", "version", "region"],
+            registry=r,
+        )
         self.feedback_abs_error = Counter(
-            "serving_feedback_abs_error", "Sum of |answer - prediction| (regression).",
-            ["model", "version", "region"], registry=r,
-        )  # fmt: skip
+            "serving_feedback_abs_error",
+            "Sum of |answer - prediction| (regression).",
+            ["model", "version", "region"],
+            registry=r,
+        )
         self.live_accuracy = Gauge(
-            "serving_live_accuracy", "Accuracy over the feedback window (classification).",
-            ["model", "version", "region"], registry=r,
-        )  # fmt: skip
+            "serving_live_accuracy",
+            "Accuracy over the feedback window (classification).",
+            ["model", "version", "region"],
+            registry=r,
+        )
         self.live_error = Gauge(
-            "serving_live_error", "Mean absolute error over the feedback window (regression).",
-            ["model", "version", "region"], registry=r,
-        )  # fmt: skip
+            "serving_live_error",
+            "Mean absolute error over the feedback window (regression).",
+            ["model", "version", "region"],
+            registry=r,
+        )
         self.dropped = Counter(
             "serving_monitor_dropped", "Observations dropped because the monitor queue was full.", registry=r
         )
         self.log = LogMetrics(r)
-

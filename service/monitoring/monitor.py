@@ -38,14 +38,21 @@ log = logging.getLogger("service.monitoring")
 class Monitor:
     """Drift windows, out-of-domain flags, estimated and live accuracy, the prediction log, feedback."""
 
-    def __init__(self, settings: ServiceSettings, metrics: MonitorMetrics, prediction_log: PredictionLog | None) -> None:
+    def __init__(
+        self, settings: ServiceSettings, metrics: MonitorMetrics, prediction_log: PredictionLog | None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.log = prediction_log
         self._states: dict[tuple[str, int], VersionState] = {}
         self._prepare_lock = threading.Lock()
-        self.worker = MonitorWorker(metrics, settings.monitor_queue_size, settings.drift_warn,
-                                    settings.drift_threshold, self._log if prediction_log is not None else None)  # fmt: skip
+        self.worker = MonitorWorker(
+            metrics,
+            settings.monitor_queue_size,
+            settings.drift_warn,
+            settings.drift_threshold,
+            self._log if prediction_log is not None else None,
+        )
         self.feedback = FeedbackBook(prediction_log, metrics, settings.feedback_window, self.worker.wait_idle)
         self.readings = MonitorReadings(settings, self._states, self.prepare, self.feedback)
 
@@ -104,12 +111,22 @@ class Monitor:
                 prediction["ood"] = item_flags
             logged = self.log is not None and random.random() < self.settings.prediction_log_sample_rate
             observation = Observation(
-                state, served.region, served.arm, served.request_id, time.time(), served.latency_s * 1000.0, output,
-                predictions, summaries, columns, images, logged, rows,
-            )  # fmt: skip
+                state,
+                served.region,
+                served.arm,
+                served.request_id,
+                time.time(),
+                served.latency_s * 1000.0,
+                output,
+                predictions,
+                summaries,
+                columns,
+                images,
+                logged,
+                rows,
+            )
         except Exception:  # monitoring must never fail a prediction
-            log.exception("monitoring %s v%s failed for request %s", version.name, version.version,
-                          served.request_id)  # fmt: skip
+            log.exception("monitoring %s v%s failed for request %s", version.name, version.version, served.request_id)
             return
         self.worker.submit(observation)
 

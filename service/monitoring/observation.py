@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class ServedRequest:
 class Observation:
     """What one successful request leaves for the worker."""
 
-    state: "VersionState"
+    state: VersionState
     region: str
     arm: str
     request_id: str
@@ -48,4 +49,3 @@ class Observation:
     images: list[bytes] | None
     logged: bool
     rows: list[Any] | None = None  # the JSON rows as sent, where the table came as JSON
-

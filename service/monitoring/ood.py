@@ -22,7 +22,8 @@ plain Python on a few numbers.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,7 +56,7 @@ class OODDetector:
         self.image_checks = 0
         for i, key in enumerate(mon.SUMMARY_KEYS):
             ref = features.get(f"image.{key}")
-            if _has_range(ref):
+            if ref is not None and _has_range(ref):
                 margin = image_slack * max(ref["max"] - ref["min"], abs(ref["max"]), 1e-9)
                 self.image_low[i], self.image_high[i] = ref["min"] - margin, ref["max"] + margin
                 self.image_checks += 1
@@ -162,7 +163,7 @@ class OODDetector:
         for name, (low, high) in self.ranges.items():
             value = row.get(name)
             kind = type(value)
-            if kind is float or kind is int:
+            if (kind is float or kind is int) and value is not None:
                 if math.isfinite(value) and not low <= value <= high:
                     count += 1
                     why.add("out_of_range")
@@ -180,11 +181,10 @@ class OODDetector:
 
     def array_flags(self, columns: Mapping[str, np.ndarray], n: int) -> tuple[list[set[str]], list[float]]:
         """:meth:`tabular_flags` in numpy, for any rows and types."""
-        unseen = [
-            _unseen(category_levels(_column(columns, name, n)), vocab) for name, vocab in self.vocab.items()
-        ]
-        numbers = _matrix([_numbers(columns[name]) if name in columns else np.full(n, np.nan)
-                           for name in self.ranges], n, np.float64)  # fmt: skip
+        unseen = [_unseen(category_levels(_column(columns, name, n)), vocab) for name, vocab in self.vocab.items()]
+        numbers = _matrix(
+            [_numbers(columns[name]) if name in columns else np.full(n, np.nan) for name in self.ranges], n, np.float64
+        )
         outside = np.isfinite(numbers) & ((numbers < self.range_low) | (numbers > self.range_high))
         missing = [_missing(_column(columns, name, n)) for name in self.never_missing]
         failures = {
@@ -234,10 +234,14 @@ class OODDetector:
         return [one[0] for one in judged], [one[1] for one in judged]  # type: ignore[index]
 
     def flags(
-        self, output: np.ndarray, summaries: Sequence[Sequence[float]] | None,
-        columns: Mapping[str, np.ndarray] | None, logits: np.ndarray | None = None,
-        scores: Sequence[float] | None = None, rows: Sequence[Any] | None = None,
-    ) -> list[dict[str, Any]]:  # fmt: skip
+        self,
+        output: np.ndarray,
+        summaries: Sequence[Sequence[float]] | None,
+        columns: Mapping[str, np.ndarray] | None,
+        logits: np.ndarray | None = None,
+        scores: Sequence[float] | None = None,
+        rows: Sequence[Any] | None = None,
+    ) -> list[dict[str, Any]]:
         """``{"score", "flagged", "reasons"}`` per item.
 
         ``summaries``: each image's ``SUMMARY_KEYS`` values; ``columns``: a table's raw column arrays;
@@ -270,7 +274,8 @@ class OODDetector:
         else:
             rounded = [round(float(score), 6) for score in scores]
         return [
-            {"score": score, "flagged": True, "reasons": sorted(why)} if why
+            {"score": score, "flagged": True, "reasons": sorted(why)}
+            if why
             else {"score": score, "flagged": False, "reasons": []}
             for score, why in zip(rounded, reasons)
         ]

@@ -7,7 +7,8 @@ Readings are over the monitor's own windows: a version's last
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from service.monitoring.drift import largest_psi, verdict
 from service.monitoring.feedback import FeedbackBook
@@ -20,9 +21,12 @@ class MonitorReadings:
     """Readings over the versions' states and the feedback book."""
 
     def __init__(
-        self, settings: ServiceSettings, states: dict[tuple[str, int], VersionState],
-        prepare: Callable[[Any], VersionState], feedback: FeedbackBook,
-    ) -> None:  # fmt: skip
+        self,
+        settings: ServiceSettings,
+        states: dict[tuple[str, int], VersionState],
+        prepare: Callable[[Any], VersionState],
+        feedback: FeedbackBook,
+    ) -> None:
         self.settings = settings
         self._states = states
         self.prepare = prepare
@@ -69,7 +73,6 @@ class MonitorReadings:
         count = self.feedback.count(model, version)
         return Reading(self.feedback.live_accuracy(model, version), count) if count else None
 
-
     def drift_report(self, version: Any, region: str | None = None) -> dict[str, Any]:
         """The drift endpoint's body for one served version."""
         state = self.prepare(version)
@@ -94,9 +97,14 @@ class MonitorReadings:
             "drifted_features": [row["feature"] for row in table if row["verdict"] == "drift"],
             "features": inputs,
             "predictions": [row for row in table if row["feature"].startswith("prediction.")],
-            "ood": {"items": items, "flagged": flagged, "flagged_share": round(flagged / items, 6) if items else 0.0,
-                    "reasons": reasons, "threshold": state.detector.threshold,
-                    "score": state.detector.score if state.detector.threshold is not None else None},  # fmt: skip
+            "ood": {
+                "items": items,
+                "flagged": flagged,
+                "flagged_share": round(flagged / items, 6) if items else 0.0,
+                "reasons": reasons,
+                "threshold": state.detector.threshold,
+                "score": state.detector.score if state.detector.threshold is not None else None,
+            },
             "performance": {
                 "validation_accuracy": state.validation_accuracy,
                 "estimated_accuracy": None if estimate is None else round(estimate, 6),
@@ -105,4 +113,3 @@ class MonitorReadings:
                 "feedback": self.feedback.count(name, number, region),
             },
         }
-

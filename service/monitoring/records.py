@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import orjson
@@ -38,9 +39,17 @@ def log_record(o: Observation, keep_images: bool, image_max_bytes: int) -> Recor
     ood = [p.get("ood") for p in o.predictions]
     dumps = orjson.dumps
     return (
-        o.request_id, o.created_at, o.state.name, o.state.version, o.region, o.arm,
-        dumps(inputs, default=str).decode(), dumps(outputs).decode(), dumps(ood).decode(), o.latency_ms,
-    )  # fmt: skip
+        o.request_id,
+        o.created_at,
+        o.state.name,
+        o.state.version,
+        o.region,
+        o.arm,
+        dumps(inputs, default=str).decode(),
+        dumps(outputs).decode(),
+        dumps(ood).decode(),
+        o.latency_ms,
+    )
 
 
 def table_records(columns: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:

@@ -29,10 +29,17 @@ def item_reasons(output: dict[str, Any], ood: dict[str, Any] | None, low_confide
 
 
 def review_queue(
-    store: Store, *, model: str | None = None, version: int | None = None, region: str | None = None,
-    reason: str | None = None, flagged: bool = True, reviewed: bool = False, limit: int = 50,
+    store: Store,
+    *,
+    model: str | None = None,
+    version: int | None = None,
+    region: str | None = None,
+    reason: str | None = None,
+    flagged: bool = True,
+    reviewed: bool = False,
+    limit: int = 50,
     low_confidence: float = LOW_CONFIDENCE,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """One entry per logged item, newest first (blocking: run it in a thread)."""
     where, params = [], []
     for column, value in (("model", model), ("version", version), ("region", region)):
@@ -63,12 +70,22 @@ def review_queue(
                 continue
             if ((row["request_id"], item) in answered) != reviewed:
                 continue
-            queue.append({
-                "request_id": row["request_id"], "item": item, "created_at": row["created_at"],
-                "model": row["model"], "version": int(row["version"]), "region": row["region"], "arm": row["arm"],
-                "reasons": reasons, "reviewed": reviewed,
-                "inputs": json.loads(row["inputs"]), "outputs": outputs, "ood": oods,
-            })  # fmt: skip
+            queue.append(
+                {
+                    "request_id": row["request_id"],
+                    "item": item,
+                    "created_at": row["created_at"],
+                    "model": row["model"],
+                    "version": int(row["version"]),
+                    "region": row["region"],
+                    "arm": row["arm"],
+                    "reasons": reasons,
+                    "reviewed": reviewed,
+                    "inputs": json.loads(row["inputs"]),
+                    "outputs": outputs,
+                    "ood": oods,
+                }
+            )
             if len(queue) >= limit:
                 return queue
     return queue

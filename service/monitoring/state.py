@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,7 @@ class VersionState:
         columns = []
         if self.input_features:
             if self.input_kind == "image":
-                summaries = np.array([row for o in observations for row in o.summaries], dtype=np.float64)
+                summaries = np.array([row for o in observations for row in o.summaries or ()], dtype=np.float64)
                 position = {key: i for i, key in enumerate(mon.SUMMARY_KEYS)}
                 columns += [f.bins(summaries[:, position[f.name.split(".", 1)[1]]]) for f in self.input_features]
             else:
@@ -100,18 +101,17 @@ class VersionState:
         return mon.estimated_correct(confidence, *self.knots)
 
 
-
 def _usable(reference: Any) -> bool:
     return isinstance(reference, Mapping) and reference.get("kind") in ("continuous", "categorical")
-
 
 
 def _read_reference(version: Any) -> dict[str, Any]:
     try:
         document = read_reference(version.path, version.manifest)
     except (OSError, ValueError) as exc:
-        log.warning("%s v%d: cannot read its reference statistics (%s); drift is off", version.name,
-                    version.version, exc)  # fmt: skip
+        log.warning(
+            "%s v%d: cannot read its reference statistics (%s); drift is off", version.name, version.version, exc
+        )
         return {}
     return document if isinstance(document, dict) else {}
 
@@ -124,4 +124,3 @@ def _concatenated(observations: list[Observation], name: str) -> np.ndarray:
         n = len(next(iter(table.values()))) if table else 0
         parts.append(table[name] if name in table else np.full(n, None, dtype=object))
     return np.concatenate(parts) if parts else np.array([], dtype=object)
-

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -33,9 +33,13 @@ class MonitorWorker:
     """A bounded queue of observations and the thread that folds them into each version's state."""
 
     def __init__(
-        self, metrics: MonitorMetrics, capacity: int, warn: float, drift: float,
+        self,
+        metrics: MonitorMetrics,
+        capacity: int,
+        warn: float,
+        drift: float,
         log_observation: Callable[[Observation], None] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.metrics = metrics
         self.capacity = capacity
         self.warn, self.drift = warn, drift

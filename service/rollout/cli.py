@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from service.rollout.policy import PolicyError, RolloutFile, iso, load_policy_file, parse_time
 from service.rollout.routing import BUCKETS, bucket, candidate_share, choose_version, step_at, timeline

@@ -96,11 +96,31 @@ class DecisionStore:
     def write(self, change: Change) -> None:
         """The change's audit entry, and its decision row when it is a decision (raises StoreUnavailable)."""
         if change.decision and change.after is not None:
-            self.store.execute(_UPSERT, (change.model, change.after.model_dump_json(), change.file_fingerprint,
-                                         change.at, change.actor, change.reason))  # fmt: skip
+            self.store.execute(
+                _UPSERT,
+                (
+                    change.model,
+                    change.after.model_dump_json(),
+                    change.file_fingerprint,
+                    change.at,
+                    change.actor,
+                    change.reason,
+                ),
+            )
         readings = json.dumps(change.readings) if change.readings is not None else None
-        self.store.execute(_AUDIT, (change.model, change.at, change.actor, change.action, _dump(change.before),
-                                    _dump(change.after), change.reason, readings))  # fmt: skip
+        self.store.execute(
+            _AUDIT,
+            (
+                change.model,
+                change.at,
+                change.actor,
+                change.action,
+                _dump(change.before),
+                _dump(change.after),
+                change.reason,
+                readings,
+            ),
+        )
 
     def read_all(self) -> dict[str, Decision]:
         """Every model's decision; a row that no longer validates is logged and left out."""
@@ -111,8 +131,14 @@ class DecisionStore:
             except ValueError as exc:
                 log.error("ignoring the stored rollout state of %s: %s", row["model"], exc)
                 continue
-            decisions[row["model"]] = Decision(policy, row["file_fingerprint"], int(row["revision"]),
-                                               float(row["updated_at"]), row["updated_by"], row["reason"])  # fmt: skip
+            decisions[row["model"]] = Decision(
+                policy,
+                row["file_fingerprint"],
+                int(row["revision"]),
+                float(row["updated_at"]),
+                row["updated_by"],
+                row["reason"],
+            )
         return decisions
 
     def history(self, name: str, limit: int) -> list[dict[str, Any]]:
@@ -124,8 +150,13 @@ class DecisionStore:
         )
         entries = []
         for row in rows:
-            entry = {"id": row["id"], "at": iso(row["at"]), "actor": row["actor"], "action": row["action"],
-                     "reason": row["reason"]}  # fmt: skip
+            entry = {
+                "id": row["id"],
+                "at": iso(row["at"]),
+                "actor": row["actor"],
+                "action": row["action"],
+                "reason": row["reason"],
+            }
             for key in ("before", "after", "readings"):
                 entry[key] = json.loads(row[key]) if row[key] else None
             entries.append(entry)

@@ -73,8 +73,15 @@ class ArmWindow:
         index = _latency_bucket(seconds)
         slot.latency[index] = slot.latency.get(index, 0) + count
 
-    def comparison(self, now: float, compared: int, disagreed: int, abs_diff: float = 0.0, rel_diff: float = 0.0,
-                   differences: int = 0) -> None:  # fmt: skip
+    def comparison(
+        self,
+        now: float,
+        compared: int,
+        disagreed: int,
+        abs_diff: float = 0.0,
+        rel_diff: float = 0.0,
+        differences: int = 0,
+    ) -> None:
         slot = self._slot(now)
         slot.compared += compared
         slot.disagreed += disagreed
@@ -159,8 +166,12 @@ class ArmObservations:
 
     def evaluate(self, limits: Guardrails, stable: int, candidate: int, now: float) -> Verdict:
         window = limits.window
-        readings = {"window_s": window, "min_requests": limits.min_requests,
-                    "stable": self.stable.summary(now, window), "candidate": self.candidate.summary(now, window)}  # fmt: skip
+        readings: dict[str, Any] = {
+            "window_s": window,
+            "min_requests": limits.min_requests,
+            "stable": self.stable.summary(now, window),
+            "candidate": self.candidate.summary(now, window),
+        }
         s, c = readings["stable"], readings["candidate"]
         judged: dict[str, dict[str, float | None]] = {"stable": {}, "candidate": {}}
         for name, source in self.sources.items():
@@ -172,11 +183,12 @@ class ArmObservations:
                 judged[arm][name] = got.value if got is not None and got.count >= limits.min_requests else None
         if s["requests"] < limits.min_requests or c["requests"] < limits.min_requests:
             return Verdict(
-                "waiting_for_data", None,
+                "waiting_for_data",
+                None,
                 f"waiting for data: {limits.min_requests} requests needed in each arm over "
                 f"{window:g} s (stable {s['requests']}, candidate {c['requests']})",
                 readings,
-            )  # fmt: skip
+            )
         checks: list[tuple[str, float | None, float | None, float | None, bool]] = [
             # (reason, limit, candidate value, stable value, compare with stable)
             ("error_rate", limits.max_error_rate, c["error_rate"], s["error_rate"], True),
@@ -190,10 +202,19 @@ class ArmObservations:
                 continue
             # A candidate over the limit but no worse than stable is a fleet problem, not the candidate's.
             if value > limit and not (relative and baseline is not None and value <= baseline):
-                return Verdict("breach", reason, f"{reason} {value:.4g} is over the limit {limit:g}"
-                               + (f" (stable {baseline:.4g})" if baseline is not None else ""), readings)  # fmt: skip
+                return Verdict(
+                    "breach",
+                    reason,
+                    f"{reason} {value:.4g} is over the limit {limit:g}"
+                    + (f" (stable {baseline:.4g})" if baseline is not None else ""),
+                    readings,
+                )
         accuracy = judged["candidate"].get("live_accuracy")
         if limits.min_live_accuracy is not None and accuracy is not None and accuracy < limits.min_live_accuracy:
-            return Verdict("breach", "live_accuracy",
-                           f"live_accuracy {accuracy:.4g} is under the limit {limits.min_live_accuracy:g}", readings)  # fmt: skip
+            return Verdict(
+                "breach",
+                "live_accuracy",
+                f"live_accuracy {accuracy:.4g} is under the limit {limits.min_live_accuracy:g}",
+                readings,
+            )
         return Verdict("ok", None, "within every limit", readings)

@@ -24,7 +24,8 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 from bundle.store import Store, StoreUnavailable
 from service.rollout.decisions import Change, Decision, DecisionStore
@@ -46,9 +47,14 @@ class RolloutManager:
     """Routes on the effective policy of every model; keeps it current from the file and the store."""
 
     def __init__(
-        self, settings: ServiceSettings, metrics: RolloutMetrics, store: Store, loaded_versions: LoadedVersions,
-        reading_sources: Mapping[str, ReadingSource] | None = None, clock: Clock = time.time,
-    ) -> None:  # fmt: skip
+        self,
+        settings: ServiceSettings,
+        metrics: RolloutMetrics,
+        store: Store,
+        loaded_versions: LoadedVersions,
+        reading_sources: Mapping[str, ReadingSource] | None = None,
+        clock: Clock = time.time,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.metrics = metrics
@@ -127,8 +133,20 @@ class RolloutManager:
         if only_if_changed:
             for name, before, after in edits:
                 log.info("rollout file changed the policy of %s", name)
-                self._pending.append(Change(name, self.clock(), f"file {self.file.path} ({self.replica})", "file",
-                                            before, after, None, None, self.file.fingerprint(name), False))  # fmt: skip
+                self._pending.append(
+                    Change(
+                        name,
+                        self.clock(),
+                        f"file {self.file.path} ({self.replica})",
+                        "file",
+                        before,
+                        after,
+                        None,
+                        None,
+                        self.file.fingerprint(name),
+                        False,
+                    )
+                )
         return True
 
     # -- the store -----------------------------------------------------------------------
@@ -145,8 +163,9 @@ class RolloutManager:
             decisions = await asyncio.to_thread(self.decisions_store.read_all)
         finally:
             self._refresh_store_gauges()
-        changed = [name for name in set(decisions) | set(self.decisions)
-                   if decisions.get(name) != self.decisions.get(name)]  # fmt: skip
+        changed = [
+            name for name in set(decisions) | set(self.decisions) if decisions.get(name) != self.decisions.get(name)
+        ]
         self.decisions = decisions
         for name in changed:
             self.recent[name] = await asyncio.to_thread(self.decisions_store.history, name, DECISIONS_SHOWN)
@@ -165,8 +184,16 @@ class RolloutManager:
 
     # -- changes -------------------------------------------------------------------------
 
-    async def change(self, name: str, action: str, after: ModelPolicy, actor: str, reason: str | None,
-                     readings: dict[str, Any] | None = None, must_persist: bool = True) -> ModelPolicy:  # fmt: skip
+    async def change(
+        self,
+        name: str,
+        action: str,
+        after: ModelPolicy,
+        actor: str,
+        reason: str | None,
+        readings: dict[str, Any] | None = None,
+        must_persist: bool = True,
+    ) -> ModelPolicy:
         """Record a decision: in the store at once (or, for automatic ones, as soon as it answers) and locally."""
         async with self._write_lock:
             before = self.policies.get(name)
@@ -174,7 +201,9 @@ class RolloutManager:
             change = Change(name, self.clock(), actor, action, before, after, reason, readings, fingerprint)
             if must_persist:
                 await self._flush()
-                await asyncio.to_thread(self.decisions_store.write, change)  # raises StoreUnavailable: the caller answers 503
+                await asyncio.to_thread(
+                    self.decisions_store.write, change
+                )  # raises StoreUnavailable: the caller answers 503
             else:
                 self._pending.append(change)
             revision = self.decisions[name].revision + 1 if name in self.decisions else 1
@@ -186,20 +215,29 @@ class RolloutManager:
                 try:
                     await self._flush()
                 except StoreUnavailable:
-                    log.warning("state store unreachable: %s of %s is applied here and will be written later",
-                                action, name)  # fmt: skip
-            self.recent.setdefault(name, []).insert(0, {"at": iso(change.at), "actor": actor, "action": action,
-                                                        "reason": reason, "readings": readings})  # fmt: skip
+                    log.warning(
+                        "state store unreachable: %s of %s is applied here and will be written later", action, name
+                    )
+            self.recent.setdefault(name, []).insert(
+                0, {"at": iso(change.at), "actor": actor, "action": action, "reason": reason, "readings": readings}
+            )
             del self.recent[name][DECISIONS_SHOWN:]
             return after
 
-    async def rollback(self, name: str, actor: str, reason: str | None, readings: dict[str, Any] | None = None,
-                       must_persist: bool = True) -> ModelPolicy:  # fmt: skip
+    async def rollback(
+        self,
+        name: str,
+        actor: str,
+        reason: str | None,
+        readings: dict[str, Any] | None = None,
+        must_persist: bool = True,
+    ) -> ModelPolicy:
         policy = self._require(name)
         if policy.candidate is None:
             raise PolicyError(f"{name}: there is no candidate to roll back")
-        return await self.change(name, "rollback", policy.model_copy(update={"stage": "rolled_back"}), actor,
-                                 reason, readings, must_persist)  # fmt: skip
+        return await self.change(
+            name, "rollback", policy.model_copy(update={"stage": "rolled_back"}), actor, reason, readings, must_persist
+        )
 
     async def promote(self, name: str, actor: str, reason: str | None) -> ModelPolicy:
         policy = self._require(name)
@@ -275,13 +313,20 @@ class RolloutManager:
             if window is not None:
                 window.request(self.clock(), ok, seconds, count)
 
-    def compared(self, name: str, candidate: int, compared: int, disagreed: int, abs_diff: float = 0.0,
-                 rel_diff: float = 0.0, differences: int = 0) -> None:  # fmt: skip
+    def compared(
+        self,
+        name: str,
+        candidate: int,
+        compared: int,
+        disagreed: int,
+        abs_diff: float = 0.0,
+        rel_diff: float = 0.0,
+        differences: int = 0,
+    ) -> None:
         policy = self.policies.get(name)
         if policy is None or policy.candidate != candidate:
             return
-        self.observations[name].candidate.comparison(self.clock(), compared, disagreed, abs_diff, rel_diff,
-                                                     differences)  # fmt: skip
+        self.observations[name].candidate.comparison(self.clock(), compared, disagreed, abs_diff, rel_diff, differences)
 
     # -- guardrails ----------------------------------------------------------------------
 
@@ -290,14 +335,18 @@ class RolloutManager:
             if policy.candidate is None or policy.stage not in ("shadow", "canary"):
                 self.verdicts[name] = Verdict("off", None, f"not judged in stage {policy.stage!r}", {})
                 continue
-            verdict = self.observations[name].evaluate(policy.guardrails, policy.stable, policy.candidate,
-                                                       self.clock())  # fmt: skip
+            verdict = self.observations[name].evaluate(policy.guardrails, policy.stable, policy.candidate, self.clock())
             self.verdicts[name] = verdict
             if verdict.status == "breach" and verdict.reason is not None:
                 log.error("guardrail breach for %s v%d: %s; rolling back", name, policy.candidate, verdict.message)
                 self.metrics.rollbacks.labels(name, verdict.reason).inc()
-                await self.rollback(name, f"guardrails ({self.replica})", f"{verdict.reason}: {verdict.message}",
-                                    _json_safe(verdict.readings), must_persist=False)  # fmt: skip
+                await self.rollback(
+                    name,
+                    f"guardrails ({self.replica})",
+                    f"{verdict.reason}: {verdict.message}",
+                    _json_safe(verdict.readings),
+                    must_persist=False,
+                )
 
     # -- what is shown -------------------------------------------------------------------
 

@@ -14,14 +14,18 @@ from service.rollout.policy import STAGES
 class RolloutMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
-        self.stage = Gauge("serving_rollout_stage", "1 for the model's current rollout stage.", ["model", "stage"],
-                           registry=r)  # fmt: skip
+        self.stage = Gauge(
+            "serving_rollout_stage", "1 for the model's current rollout stage.", ["model", "stage"], registry=r
+        )
         self.share = Gauge(
-            "serving_rollout_candidate_share", "Candidate's share of the region's keys now, 0..1.", ["model", "region"],
+            "serving_rollout_candidate_share",
+            "Candidate's share of the region's keys now, 0..1.",
+            ["model", "region"],
             registry=r,
-        )  # fmt: skip
-        self.rollbacks = Counter("serving_rollbacks", "Candidates rolled back, by reason.", ["model", "reason"],
-                                 registry=r)  # fmt: skip
+        )
+        self.rollbacks = Counter(
+            "serving_rollbacks", "Candidates rolled back, by reason.", ["model", "reason"], registry=r
+        )
         self.policy_errors = Counter(
             "serving_rollout_policy_errors", "Rollout file edits refused (the last good policy kept).", registry=r
         )
@@ -36,29 +40,41 @@ class RolloutMetrics:
             "serving_state_store_last_ok_age_seconds", "Seconds since the state store last answered.", registry=r
         )
         self.shadow_requests = Counter(
-            "serving_shadow_requests", "Shadow runs of the candidate, by outcome (ok, error).",
-            ["model", "version", "outcome"], registry=r,
-        )  # fmt: skip
+            "serving_shadow_requests",
+            "Shadow runs of the candidate, by outcome (ok, error).",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
         self.shadow_shed = Counter(
-            "serving_shadow_shed", "Shadow runs skipped to protect the stable answer under load.", ["model"],
+            "serving_shadow_shed",
+            "Shadow runs skipped to protect the stable answer under load.",
+            ["model"],
             registry=r,
-        )  # fmt: skip
+        )
         self.shadow_comparisons = Counter(
-            "serving_shadow_comparisons", "Items the candidate's shadow answer was compared on.", ["model", "version"],
+            "serving_shadow_comparisons",
+            "Items the candidate's shadow answer was compared on.",
+            ["model", "version"],
             registry=r,
-        )  # fmt: skip
+        )
         self.shadow_disagreements = Counter(
-            "serving_shadow_disagreements", "Compared items where the candidate's labels differ from stable's.",
-            ["model", "version"], registry=r,
-        )  # fmt: skip
-        self.shadow_disagreement = Gauge(
-            "serving_shadow_disagreement", "Disagreement rate over the guardrail window.", ["model", "version"],
+            "serving_shadow_disagreements",
+            "Compared items where the candidate's labels differ from stable's.",
+            ["model", "version"],
             registry=r,
-        )  # fmt: skip
+        )
+        self.shadow_disagreement = Gauge(
+            "serving_shadow_disagreement",
+            "Disagreement rate over the guardrail window.",
+            ["model", "version"],
+            registry=r,
+        )
         self.shadow_abs_difference = Gauge(
-            "serving_shadow_mean_abs_difference", "Regression: mean |candidate - stable| over the guardrail window.",
-            ["model", "version"], registry=r,
-        )  # fmt: skip
+            "serving_shadow_mean_abs_difference",
+            "Regression: mean |candidate - stable| over the guardrail window.",
+            ["model", "version"],
+            registry=r,
+        )
 
     def set_stage(self, model: str, stage: str) -> None:
         for name in STAGES:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,7 +131,7 @@ class ModelPolicy(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ModelPolicy":
+    def _consistent(self) -> ModelPolicy:
         if self.stage in ("shadow", "canary", "promoted") and self.candidate is None:
             raise ValueError(f"stage {self.stage!r} needs a candidate version")
         if self.candidate is not None and self.candidate == self.stable:
@@ -203,15 +203,14 @@ def describe_validation(exc: ValidationError, where: str = "") -> str:
 def iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse_time(text: str) -> float:
     """An ISO time (``2026-12-02T09:00:00Z``) or ``now`` -> epoch seconds."""
     if text == "now":
-        return datetime.now(timezone.utc).timestamp()
+        return datetime.now(UTC).timestamp()
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.timestamp()
-

@@ -9,8 +9,8 @@ changed while it was being read.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from service.rollout.policy import ModelPolicy, PolicyError, RolloutFile, load_policy_file
 
@@ -69,8 +69,11 @@ class PolicyFile:
         self.error = None
         self.loaded_at = self.clock()
         names = sorted(set(previous.models) | set(loaded.models))
-        return [(n, previous.models.get(n), loaded.models.get(n)) for n in names
-                if previous.models.get(n) != loaded.models.get(n)]  # fmt: skip
+        return [
+            (n, previous.models.get(n), loaded.models.get(n))
+            for n in names
+            if previous.models.get(n) != loaded.models.get(n)
+        ]
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -154,10 +154,12 @@ class CompiledRoute:
         # per step: ({region: share}, the share of every other region), each share as (buckets, whole) where
         # buckets is in_share's count (a bucket number below it is in) and whole says 100 % (keyless too)
         self.steps = [
-            ({region: _compiled(share) for region, share in step.regions.items()},
-             _compiled(step.regions.get(ALL_REGIONS, 0.0)))
+            (
+                {region: _compiled(share) for region, share in step.regions.items()},
+                _compiled(step.regions.get(ALL_REGIONS, 0.0)),
+            )
             for step in policy.steps
-        ]  # fmt: skip
+        ]
         self.prefix = _bucket_prefix("", model, policy.candidate) if policy.candidate is not None else b""
         # shadowed's share of stable's requests (stage shadow only), and its salted hash prefix
         mirrors = policy.stage == "shadow" and policy.candidate is not None and policy.shadow.percent > 0
@@ -230,5 +232,3 @@ def timeline(policy: ModelPolicy) -> list[dict[str, Any]]:
         if ends is None or (end is not None and ends >= end):
             break
     return rows
-
-

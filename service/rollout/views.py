@@ -47,8 +47,13 @@ def describe_model(rollout: RolloutManager, name: str) -> dict[str, Any] | None:
         "stage": policy.stage,
         "sticky_key": policy.sticky_key,
         "shadow_percent": policy.shadow.percent,
-        "step": {"index": state.index, "phase": state.phase, "started_at": iso(state.started_at),
-                 "next_at": iso(state.next_at), "of": len(policy.steps)},  # fmt: skip
+        "step": {
+            "index": state.index,
+            "phase": state.phase,
+            "started_at": iso(state.started_at),
+            "next_at": iso(state.next_at),
+            "of": len(policy.steps),
+        },
         "shares": {region: candidate_share(policy, region, now) / 100 for region in regions},
         "problems": problems,
         "guardrails": {
@@ -58,8 +63,14 @@ def describe_model(rollout: RolloutManager, name: str) -> dict[str, Any] | None:
             "readings": verdict.readings if verdict else {},
             "limits": policy.guardrails.model_dump(),
         },
-        "decided": {"revision": decision.revision, "at": iso(decision.updated_at), "by": decision.updated_by,
-                    "reason": decision.reason} if decision else None,  # fmt: skip
+        "decided": {
+            "revision": decision.revision,
+            "at": iso(decision.updated_at),
+            "by": decision.updated_by,
+            "reason": decision.reason,
+        }
+        if decision
+        else None,
         "last_decisions": rollout.recent.get(name, []),
         "timeline": timeline(policy),
         "policy": policy.model_dump(mode="json"),

@@ -23,7 +23,6 @@ from starlette.staticfiles import StaticFiles
 from service.http.errors import NotFound
 from service.models.catalogue import ModelCatalogue
 
-
 STATIC_DIR = Path(__file__).parent / "static"
 MISSING_LEVEL = "#na#"  # index 0 of every category vocabulary: the form's "missing" choice stands for it
 REVIEW_REASONS = ("ood", "low_confidence", "disagreement", "sample")
@@ -131,23 +130,38 @@ class WebPages:
         if model is None:
             return self._unknown_model(request)
         page_data = {"name": model["name"], "versions": [v["version"] for v in model.get("versions", [])]}
-        return self.render(request, "rollout.html", "rollout", title=f"Rollout of {model['name']}", model=model,
-                           page_data=page_data)  # fmt: skip
+        return self.render(
+            request, "rollout.html", "rollout", title=f"Rollout of {model['name']}", model=model, page_data=page_data
+        )
 
     async def monitoring(self, request: Request) -> Response:
         model = self._model(request)
         if model is None:
             return self._unknown_model(request)
         page_data = {"name": model["name"], "versions": [v["version"] for v in model.get("versions", [])]}
-        return self.render(request, "monitoring.html", "monitoring", title=f"Monitoring of {model['name']}",
-                           model=model, page_data=page_data)  # fmt: skip
+        return self.render(
+            request,
+            "monitoring.html",
+            "monitoring",
+            title=f"Monitoring of {model['name']}",
+            model=model,
+            page_data=page_data,
+        )
 
     async def review(self, request: Request) -> Response:
         names = [summary["name"] for summary in self.catalogue.model_list()]
         chosen = request.query_params.get("model", "")
         page_data = {"models": names, "reasons": list(REVIEW_REASONS)}
-        return self.render(request, "review.html", "review", title="Review queue", names=names, chosen=chosen,
-                           reasons=REVIEW_REASONS, page_data=page_data)  # fmt: skip
+        return self.render(
+            request,
+            "review.html",
+            "review",
+            title="Review queue",
+            names=names,
+            chosen=chosen,
+            reasons=REVIEW_REASONS,
+            page_data=page_data,
+        )
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -160,8 +174,9 @@ class WebPages:
     def _unknown_model(self, request: Request) -> Response:
         name = request.path_params["name"]
         served = [summary["name"] for summary in self.catalogue.model_list()]
-        return self.render(request, "not_found.html", "models", title="Model not found", name=name, served=served,
-                           status_code=404)  # fmt: skip
+        return self.render(
+            request, "not_found.html", "models", title="Model not found", name=name, served=served, status_code=404
+        )
 
     def render(
         self, request: Request, template: str, section: str, *, status_code: int = 200, **context: Any

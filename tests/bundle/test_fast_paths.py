@@ -66,14 +66,20 @@ def same_floats(a: np.ndarray, b: np.ndarray) -> bool:
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     missing = np.isnan(a)
-    return bool(np.array_equal(missing, np.isnan(b)) and np.array_equal(a[~missing].view(np.int64), b[~missing].view(np.int64)))
+    return bool(
+        np.array_equal(missing, np.isnan(b)) and np.array_equal(a[~missing].view(np.int64), b[~missing].view(np.int64))
+    )
 
 
 def same_objects(a: np.ndarray, b: np.ndarray) -> bool:
     """Object arrays holding the same values of the same types (None where the other has None)."""
-    return a.dtype == b.dtype == object and a.shape == b.shape and all(
-        type(x) is type(y) and (x is y or x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y)))
-        for x, y in zip(a, b)
+    return (
+        a.dtype == b.dtype == object
+        and a.shape == b.shape
+        and all(
+            type(x) is type(y) and (x is y or x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y)))
+            for x, y in zip(a, b)
+        )
     )
 
 
@@ -231,7 +237,9 @@ def test_plain_levels_are_exactly_the_levels_of_the_general_path(raw: np.ndarray
     values=st.lists(st.integers(0, 2**64 - 1), max_size=8),
     numeric=st.booleans(),
 )
-def test_integer_and_boolean_arrays_get_the_levels_of_their_values(dtype: type, values: list[int], numeric: bool) -> None:
+def test_integer_and_boolean_arrays_get_the_levels_of_their_values(
+    dtype: type, values: list[int], numeric: bool
+) -> None:
     raw = np.array(values, dtype=np.uint64).astype(dtype)
     assert same_objects(category_levels(raw, numeric), levels_by_pandas(raw, numeric))
 
@@ -246,10 +254,14 @@ def test_a_column_of_one_json_type_takes_the_fast_path() -> None:
     vocab=st.lists(st.sampled_from(["#na#", "a", "b", "1", "2", "True"]), min_size=1, max_size=6),
     values=st.lists(st.sampled_from([None, "a", "b", "c", 1, 2.0, True, ""]), max_size=8),
 )
-def test_categorify_codes_are_the_first_position_of_each_level_in_the_vocabulary(vocab: list[str], values: list[Any]) -> None:
+def test_categorify_codes_are_the_first_position_of_each_level_in_the_vocabulary(
+    vocab: list[str], values: list[Any]
+) -> None:
     proc = Categorify.from_dict({"columns": ["c"], "vocab": {"c": vocab}, "numeric": []})
     levels = category_levels(object_array(values))
-    expected = [vocab.index(level) if level in vocab else 0 for level in levels]  # a search, as the dict lookup replaces
+    expected = [
+        vocab.index(level) if level in vocab else 0 for level in levels
+    ]  # a search, as the dict lookup replaces
     assert proc.transform({"c": object_array(values)})[:, 0].tolist() == expected
 
 
@@ -264,8 +276,12 @@ moments = st.datetimes(min_value=datetime(1678, 1, 1), max_value=datetime(2262, 
     unit=st.sampled_from(["ns", "us", "ms", "s"]),
     time=st.booleans(),
 )
-def test_date_parts_from_datetime_arithmetic_are_pandas_dt_accessors(moments: list[datetime | None], unit: str, time: bool) -> None:
-    dates = np.array([np.datetime64(m, unit) if m else np.datetime64("NaT", unit) for m in moments], dtype=f"datetime64[{unit}]")
+def test_date_parts_from_datetime_arithmetic_are_pandas_dt_accessors(
+    moments: list[datetime | None], unit: str, time: bool
+) -> None:
+    dates = np.array(
+        [np.datetime64(m, unit) if m else np.datetime64("NaT", unit) for m in moments], dtype=f"datetime64[{unit}]"
+    )
     numbers, flags, missing = parts_of_dates(dates, time)
     ref_numbers, ref_flags, ref_missing = parts_of_dates_by_pandas(dates, time)
     assert np.array_equal(missing, ref_missing)
@@ -298,7 +314,11 @@ def encoded_images(draw: st.DrawFn, formats: tuple[str, ...] = ("PNG",)) -> byte
     pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     if draw(st.booleans()):  # smooth, as photos are, rather than noise
         pixels = np.sort(pixels, axis=draw(st.sampled_from([0, 1])))
-    img = Image.fromarray(pixels).convert(mode) if mode != "I;16" else Image.fromarray(pixels[..., 0].astype(np.uint16) * 257)
+    img = (
+        Image.fromarray(pixels).convert(mode)
+        if mode != "I;16"
+        else Image.fromarray(pixels[..., 0].astype(np.uint16) * 257)
+    )
     fmt = draw(st.sampled_from(formats))
     options: dict[str, Any] = {}
     if fmt in ("PNG", "JPEG", "WEBP") and draw(st.integers(0, 5)) == 0:
@@ -346,7 +366,9 @@ def test_libspng_gives_exactly_pillows_pixels_for_the_pngs_it_takes(data: bytes,
     method=st.sampled_from(["crop", "squish", "pad"]),
     pad_mode=st.sampled_from(["reflection", "zeros"]),
 )
-def test_preprocess_gives_the_pixels_of_pillow_alone(data: bytes, height: int, width: int, method: str, pad_mode: str) -> None:
+def test_preprocess_gives_the_pixels_of_pillow_alone(
+    data: bytes, height: int, width: int, method: str, pad_mode: str
+) -> None:
     spec = ResizeSpec(height, width, method, pad_mode)
     try:
         expected = preprocess_by_pillow(data, spec, formats=SERVED_FORMATS)
@@ -394,7 +416,9 @@ def test_a_png_size_read_from_its_header_is_the_size_pillow_reads(data: bytes) -
     seed=st.integers(0, 2**32 - 1),
     flat=st.booleans(),
 )
-def test_summary_matrix_is_the_per_image_summaries_to_float32_rounding(n: int, height: int, width: int, seed: int, flat: bool) -> None:
+def test_summary_matrix_is_the_per_image_summaries_to_float32_rounding(
+    n: int, height: int, width: int, seed: int, flat: bool
+) -> None:
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (n, 3, height, width), dtype=np.uint8)
     if flat:  # a uniform image: the variance is all cancellation
@@ -408,4 +432,3 @@ def test_summary_matrix_is_the_per_image_summaries_to_float32_rounding(n: int, h
     # cancellation is all there is, so the contrast, its square root, can read up to about 3e-3 instead of 0).
     np.testing.assert_allclose(fast[:, [0, 2]], reference[:, [0, 2]], rtol=0, atol=1e-6)
     np.testing.assert_allclose(fast[:, 1] ** 2, reference[:, 1] ** 2, rtol=0, atol=1e-5)
-

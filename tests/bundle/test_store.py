@@ -15,7 +15,9 @@ STEPS = [
         "CREATE TABLE notes (id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, body TEXT, at DOUBLE PRECISION)",
         postgres="CREATE TABLE notes (id BIGSERIAL PRIMARY KEY, model TEXT NOT NULL, body TEXT, at DOUBLE PRECISION)",
     ),
-    Migration("0002-kv", "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT); CREATE INDEX notes_model ON notes (model)"),
+    Migration(
+        "0002-kv", "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT); CREATE INDEX notes_model ON notes (model)"
+    ),
 ]
 
 
@@ -55,12 +57,19 @@ def test_migrations_apply_once_in_order(store: Store) -> None:
 
 def test_rows_round_trip_with_one_placeholder_style(store: Store) -> None:
     store.migrate(STEPS)
-    store.executemany("INSERT INTO notes (model, body, at) VALUES (?, ?, ?)", [("digits", "a", 1.5), ("digits", "b", 2.5)])
-    store.execute("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                  ("k", "1"))  # fmt: skip
-    store.execute("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                  ("k", "2"))  # fmt: skip
-    assert [r["body"] for r in store.query("SELECT body FROM notes WHERE model = ? ORDER BY id", ("digits",))] == ["a", "b"]
+    store.executemany(
+        "INSERT INTO notes (model, body, at) VALUES (?, ?, ?)", [("digits", "a", 1.5), ("digits", "b", 2.5)]
+    )
+    store.execute(
+        "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", ("k", "1")
+    )
+    store.execute(
+        "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", ("k", "2")
+    )
+    assert [r["body"] for r in store.query("SELECT body FROM notes WHERE model = ? ORDER BY id", ("digits",))] == [
+        "a",
+        "b",
+    ]
     assert store.query_one("SELECT value FROM kv WHERE key = ?", ("k",)) == {"value": "2"}
     assert store.query_one("SELECT value FROM kv WHERE key = ?", ("missing",)) is None
 

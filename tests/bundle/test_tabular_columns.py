@@ -38,13 +38,15 @@ def example_processor(name: str) -> TabularProcessor:
 
 def dated_processor() -> TabularProcessor:
     """Date fields, gaps in training (so _na flags), a numeric and a text categorical."""
-    train = pd.DataFrame({
-        "colour": ["red", "blue", "red", None, "green", "blue"],
-        "rooms": [1, 2, 3, 2, 10, 1],
-        "size": [50.0, np.nan, 70.0, 80.0, 120.0, 60.0],
-        "age": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-        "sold": ["2020-01-31", "2020-06-15", None, "2021-12-31", "2022-03-01", "2022-07-04"],
-    })  # fmt: skip
+    train = pd.DataFrame(
+        {
+            "colour": ["red", "blue", "red", None, "green", "blue"],
+            "rooms": [1, 2, 3, 2, 10, 1],
+            "size": [50.0, np.nan, 70.0, 80.0, 120.0, 60.0],
+            "age": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "sold": ["2020-01-31", "2020-06-15", None, "2021-12-31", "2022-03-01", "2022-07-04"],
+        }
+    )
     return TabularProcessor(["colour", "rooms"], ["size", "age"], date_fields=["sold"]).fit(train)
 
 
@@ -88,8 +90,11 @@ def assert_same_inputs(processor: TabularProcessor, rows: list[dict[str, Any]]) 
         np.testing.assert_array_equal(from_columns.x_cont, from_frame.x_cont)
 
 
-@pytest.mark.parametrize("make", [lambda: example_processor("penguins"), lambda: example_processor("diamonds"),
-                                  dated_processor], ids=["penguins", "diamonds", "dates"])  # fmt: skip
+@pytest.mark.parametrize(
+    "make",
+    [lambda: example_processor("penguins"), lambda: example_processor("diamonds"), dated_processor],
+    ids=["penguins", "diamonds", "dates"],
+)
 def test_columns_and_frames_give_the_same_inputs_for_varied_rows(make) -> None:
     processor = make()
     rows = varied_rows(processor, 300, seed=0)

@@ -70,10 +70,20 @@ def test_add_datepart_adds_fastai_columns_with_prefix_from_field_name() -> None:
     df = pd.DataFrame({"saledate": ["2021-12-31"], "other": [1]})
     out = add_datepart(df, "saledate")
     expected = [
-        "saleYear", "saleMonth", "saleWeek", "saleDay", "saleDayofweek", "saleDayofyear",
-        "saleIs_month_end", "saleIs_month_start", "saleIs_quarter_end", "saleIs_quarter_start",
-        "saleIs_year_end", "saleIs_year_start", "saleElapsed",
-    ]  # fmt: skip
+        "saleYear",
+        "saleMonth",
+        "saleWeek",
+        "saleDay",
+        "saleDayofweek",
+        "saleDayofyear",
+        "saleIs_month_end",
+        "saleIs_month_start",
+        "saleIs_quarter_end",
+        "saleIs_quarter_start",
+        "saleIs_year_end",
+        "saleIs_year_start",
+        "saleElapsed",
+    ]
     assert list(out.columns) == ["other", *expected]
     row = out.iloc[0]
     assert (row.saleYear, row.saleMonth, row.saleWeek, row.saleDay) == (2021, 12, 52, 31)
@@ -103,12 +113,22 @@ def test_date_parts_agree_with_pandas_calendar_over_many_years() -> None:
     out = add_datepart(pd.DataFrame({"d": dates}), "d", prefix="", time=True)
     dt = dates.dt
     expected = {
-        "Year": dt.year, "Month": dt.month, "Week": dt.isocalendar().week, "Day": dt.day,
-        "Dayofweek": dt.day_of_week, "Dayofyear": dt.day_of_year, "Hour": dt.hour, "Minute": dt.minute,
-        "Second": dt.second, "Is_month_end": dt.is_month_end, "Is_month_start": dt.is_month_start,
-        "Is_quarter_end": dt.is_quarter_end, "Is_quarter_start": dt.is_quarter_start,
-        "Is_year_end": dt.is_year_end, "Is_year_start": dt.is_year_start,
-    }  # fmt: skip
+        "Year": dt.year,
+        "Month": dt.month,
+        "Week": dt.isocalendar().week,
+        "Day": dt.day,
+        "Dayofweek": dt.day_of_week,
+        "Dayofyear": dt.day_of_year,
+        "Hour": dt.hour,
+        "Minute": dt.minute,
+        "Second": dt.second,
+        "Is_month_end": dt.is_month_end,
+        "Is_month_start": dt.is_month_start,
+        "Is_quarter_end": dt.is_quarter_end,
+        "Is_quarter_start": dt.is_quarter_start,
+        "Is_year_end": dt.is_year_end,
+        "Is_year_start": dt.is_year_start,
+    }
     for part, values in expected.items():
         assert out[part].tolist() == values.astype(out[part].dtype).tolist(), part
     assert out["Elapsed"].tolist() == ((dates - pd.Timestamp(0)) / pd.Timedelta(seconds=1)).tolist()
@@ -223,8 +243,14 @@ def test_processor_outputs_int64_codes_and_float32_values_in_manifest_order(trai
     assert proc.raw_columns == ["colour", "rooms", "size", "age", "sold"]
     assert proc.cat_names[:4] == ["colour", "rooms", "soldMonth", "soldDayofweek"]
     # then one _na flag per continuous column that had gaps in training (the bad date gaps all its parts)
-    assert proc.cat_names[10:] == ["size_na", "soldYear_na", "soldWeek_na", "soldDay_na", "soldDayofyear_na",
-                                   "soldElapsed_na"]  # fmt: skip
+    assert proc.cat_names[10:] == [
+        "size_na",
+        "soldYear_na",
+        "soldWeek_na",
+        "soldDay_na",
+        "soldDayofyear_na",
+        "soldElapsed_na",
+    ]
     assert proc.cont_names == ["size", "age", "soldYear", "soldWeek", "soldDay", "soldDayofyear", "soldElapsed"]
 
 
@@ -238,8 +264,13 @@ def test_processor_json_round_trip_reproduces_identical_outputs(train_df: pd.Dat
     proc = fitted(train_df)
     again = json_round_trip(proc)
     new_rows = pd.DataFrame(
-        {"colour": ["blue", "purple", None], "rooms": ["2", 7, None], "size": [None, "65.5", 1e6],
-         "age": [2, None, True], "sold": ["2023-05-05", None, "nope"]}  # fmt: skip
+        {
+            "colour": ["blue", "purple", None],
+            "rooms": ["2", 7, None],
+            "size": [None, "65.5", 1e6],
+            "age": [2, None, True],
+            "sold": ["2023-05-05", None, "nope"],
+        }
     )
     for frame in (train_df, new_rows):
         a, b = proc.transform(frame), again.transform(frame)

@@ -86,7 +86,7 @@ def test_gpu_variant_installs_onnxruntime_gpu_on_a_cuda_base():
 
     assert re.search(r"^ARG VARIANT=cpu$", text, re.M)
     assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+-cudnn-runtime-\S+$", text, re.M)
-    assert 'onnxruntime-gpu' in " ".join(in_stage("build", "RUN"))
+    assert "onnxruntime-gpu" in " ".join(in_stage("build", "RUN"))
 
 
 def test_build_context_holds_only_what_the_image_needs():
@@ -141,14 +141,18 @@ def test_replayed_install_steps_give_a_torch_free_service_that_serves(bundle_lib
     port = free_port()
     server = subprocess.Popen(
         [venv_python, "-m", "service", "--models", str(models), "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path, env={**env, "SERVING_INTRA_OP_THREADS": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env={**env, "SERVING_INTRA_OP_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, server)
-        image = httpx.post(f"{url}/v1/models/digits/predict", content=gradient_image(1),
-                           headers={"Content-Type": "image/png"})  # fmt: skip
+        image = httpx.post(
+            f"{url}/v1/models/digits/predict", content=gradient_image(1), headers={"Content-Type": "image/png"}
+        )
         table = httpx.post(f"{url}/v1/models/penguins/predict", json={"rows": [penguin()]})
         assert image.status_code == 200, image.text
         assert table.status_code == 200, table.text

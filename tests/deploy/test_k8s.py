@@ -27,9 +27,17 @@ def test_overlay_renders_every_kind_the_deployment_needs(overlay):
     kinds = sorted(doc["kind"] for doc in rendered(overlay))
 
     assert kinds == sorted(
-        ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PrometheusRule",
-         "Service", "ServiceAccount", "ServiceMonitor"]
-    )  # fmt: skip
+        [
+            "ConfigMap",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "PrometheusRule",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+        ]
+    )
     assert {doc["metadata"].get("namespace") for doc in rendered(overlay)} == {"fastprod"}
 
 
@@ -140,9 +148,7 @@ def test_every_setting_in_the_manifest_is_one_the_service_reads(overlay):
 
     assert names - known <= NOT_YET_SETTINGS
     values = {
-        name.removeprefix("SERVING_").lower(): value
-        for name, value in env_values(container).items()
-        if name in known
+        name.removeprefix("SERVING_").lower(): value for name, value in env_values(container).items() if name in known
     }
     ServiceSettings(**values)  # the overlay's values are valid settings
 

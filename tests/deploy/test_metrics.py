@@ -4,12 +4,12 @@ Prometheus scraping a live service sees the alerts go pending when things go wro
 from __future__ import annotations
 
 import re
-
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -53,9 +53,13 @@ def service(bundle_library: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "    steps:\n      - {regions: {us-west: 10}}\n    start: 2020-01-01T00:00:00Z\n"
     )
     server = LiveServer(
-        repo, request_timeout_s=TIMEOUT_S, max_batch_size=4, regions=["us-west"], rollout=policy,
+        repo,
+        request_timeout_s=TIMEOUT_S,
+        max_batch_size=4,
+        regions=["us-west"],
+        rollout=policy,
         state_path=repo.parent / "state.sqlite",
-    ).start()  # fmt: skip
+    ).start()
     yield server
     server.stop()
 
@@ -115,10 +119,15 @@ class Prometheus:
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = (workdir / "prometheus.log").open("w")
         self.process = subprocess.Popen(
-            [tool("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                tool("prometheus"),
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self._wait(lambda: httpx.get(f"{self.url}/-/ready").status_code == 200, "Prometheus never became ready")
         self._wait(self._scraped, "Prometheus never scraped the service")
 
@@ -146,9 +155,10 @@ class Prometheus:
 
         def active() -> bool:
             found[:] = [
-                a for a in self.alerts()
+                a
+                for a in self.alerts()
                 if a["labels"]["alertname"] == name and all(a["labels"].get(k) == v for k, v in labels.items())
-            ]  # fmt: skip
+            ]
             return bool(found)
 
         self._wait(active, f"{name}{labels} never became active; alerts: {self.alerts()}")

@@ -25,8 +25,12 @@ def test_the_quick_bench_writes_every_section_and_a_plot(tmp_path: Path) -> None
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
         [sys.executable, "-m", "loadtests.bench", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     document = json.loads((tmp_path / "bench.json").read_text())
     assert {"machine", "run", "workloads", "targets"} <= set(document)
@@ -104,8 +108,13 @@ def test_a_closed_loop_of_several_requests_sends_them_in_turn_on_every_connectio
                 while True:
                     head = await reader.readuntil(b"\r\n\r\n")
                     paths.append(head.split(b" ", 2)[1])
-                    length = int(next(line.split(b":")[1] for line in head.lower().split(b"\r\n")
-                                      if line.startswith(b"content-length")))  # fmt: skip
+                    length = int(
+                        next(
+                            line.split(b":")[1]
+                            for line in head.lower().split(b"\r\n")
+                            if line.startswith(b"content-length")
+                        )
+                    )
                     await reader.readexactly(length)
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
             except (asyncio.IncompleteReadError, ConnectionError):
@@ -114,8 +123,9 @@ def test_a_closed_loop_of_several_requests_sends_them_in_turn_on_every_connectio
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         requests = [build_request("127.0.0.1", port, path, b"x", "text/plain") for path in ("/a", "/b")]
-        result = await run_load("127.0.0.1", port, requests, concurrency=4, seconds=0.2, max_requests=40,
-                                warmup_seconds=0)  # fmt: skip
+        result = await run_load(
+            "127.0.0.1", port, requests, concurrency=4, seconds=0.2, max_requests=40, warmup_seconds=0
+        )
         server.close()
         return result.requests
 

@@ -55,7 +55,9 @@ def test_concurrent_requests_form_batches_and_match_one_at_a_time_results(make_r
 
 
 def test_full_queue_answers_503_with_retry_after(make_repo, live_server):
-    server = live_server(make_repo(("slow", 1)), max_batch_size=1, max_queue_size=1, max_items_per_request=1, retry_after_s=2)
+    server = live_server(
+        make_repo(("slow", 1)), max_batch_size=1, max_queue_size=1, max_items_per_request=1, retry_after_s=2
+    )
 
     def predict(i: int) -> httpx.Response:
         return post_image(httpx, "slow", gradient_image(i), path=f"{server.url}/v1/models/slow/predict")
@@ -134,12 +136,22 @@ def test_hot_reload_under_load_fails_no_request(make_repo, live_server, bundle_l
 def test_sigterm_lets_queued_and_in_flight_requests_finish(make_repo):
     repo = make_repo(("slow", 1))
     port = free_port()
-    env = {**os.environ, "SERVING_INTRA_OP_THREADS": "1", "SERVING_MAX_BATCH_SIZE": "1",
-           "SERVING_WATCH_INTERVAL_S": "0", "SERVING_PREPROCESS_THREADS": "1", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    env = {
+        **os.environ,
+        "SERVING_INTRA_OP_THREADS": "1",
+        "SERVING_MAX_BATCH_SIZE": "1",
+        "SERVING_WATCH_INTERVAL_S": "0",
+        "SERVING_PREPROCESS_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "--models", str(repo), "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

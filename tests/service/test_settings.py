@@ -89,5 +89,8 @@ def test_command_line_takes_models_host_port_and_rollout():
     settings = ServiceSettings(**{k: v for k, v in vars(args).items() if v is not None})
 
     assert (settings.models, settings.host, settings.port, settings.rollout) == (
-        Path("repo/"), "127.0.0.1", 9001, Path("r.yaml")
+        Path("repo/"),
+        "127.0.0.1",
+        9001,
+        Path("r.yaml"),
     )

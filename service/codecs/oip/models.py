@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from service.http.errors import InvalidInput, PayloadTooLarge
 from service.codecs.decoded import RawInputs
 from service.codecs.images import ImageInputs
-from service.codecs.tables import TabularInputs
 from service.codecs.oip.tensors import OutputTensor, RequestedOutput, Tensor, datatype_of
+from service.codecs.tables import TabularInputs
+from service.http.errors import InvalidInput, PayloadTooLarge
 from service.models.registry import ModelVersion
 
 PLATFORM = "onnxruntime_onnx"
@@ -88,10 +88,12 @@ class ProtocolModel:
         parameters: dict[str, Any] = {"task": m.task, "input_kind": m.input_kind, **self.encoder.describe()}
         if m.image is not None:
             parameters["image"] = {
-                "height": m.image.height, "width": m.image.width, "resize_method": m.image.resize_method,
+                "height": m.image.height,
+                "width": m.image.width,
+                "resize_method": m.image.resize_method,
                 "channel_order": m.image.channel_order,
                 "encoded_images": f"send BYTES [N] under {self.inputs[0]['name']!r} to have them decoded and resized",
-            }  # fmt: skip
+            }
         return {
             "name": m.name,
             "versions": [str(v) for v in versions],
@@ -149,8 +151,10 @@ class ProtocolModel:
 
     def _check_column(self, tensor: Tensor) -> int:
         declared = next(spec["datatype"] for spec in self.inputs if spec["name"] == tensor.name)
-        processor = self.version.inputs.processor  # type: ignore[union-attr]
-        accepted = _NUMBER_TYPES if tensor.name in processor.raw_cont_names else _CATEGORY_TYPES
+        decoder = self.version.inputs
+        assert isinstance(decoder, TabularInputs)
+        processor = decoder.processor
+        accepted: tuple[str, ...] = _NUMBER_TYPES if tensor.name in processor.raw_cont_names else _CATEGORY_TYPES
         if tensor.name in processor.date_fields:
             accepted = ("BYTES",)
         if tensor.datatype not in accepted:
@@ -174,8 +178,10 @@ class ProtocolModel:
             tensor = inputs[self.inputs[0]["name"]]
             if tensor.datatype == "UINT8":
                 return [tensor.data]
-            images = [(f"{tensor.name}[{i}]", _image_bytes(value, f"{tensor.name}[{i}]"))
-                      for i, value in enumerate(tensor.data.ravel().tolist())]  # fmt: skip
+            images = [
+                (f"{tensor.name}[{i}]", _image_bytes(value, f"{tensor.name}[{i}]"))
+                for i, value in enumerate(tensor.data.ravel().tolist())
+            ]
             sizes: list[tuple[int, int]] = []
             pixels = decoder.decode_images(images, sizes=sizes)
             if raw is not None:

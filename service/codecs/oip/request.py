@@ -10,8 +10,8 @@ travels with the arrays, so the response can be built from it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from service.codecs.decoded import Decoded, RawInputs
 from service.codecs.oip.models import ProtocolModel

@@ -225,7 +225,7 @@ def test_invalid_json_is_422(client):
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_nan_and_infinity_tokens_are_refused(client, token):
-    body = ('{"rows": [{"island": "Dream", "bill_length_mm": %s}]}' % token).encode()
+    body = ('{"rows": [{"island": "Dream", "bill_length_mm": ' + token + "}]}").encode()
 
     response = client.post("/v1/models/penguins/predict", content=body, headers={"Content-Type": "application/json"})
 

@@ -47,8 +47,11 @@ def test_octet_stream_body_is_read_as_an_image(client):
 
 
 def test_grayscale_rgba_and_palette_images_are_accepted(client):
-    bodies = [image_bytes("PNG", mode="L", color=90), image_bytes("PNG", mode="RGBA", color=(1, 2, 3, 100)),
-              image_bytes("GIF", mode="P", color=7)]  # fmt: skip
+    bodies = [
+        image_bytes("PNG", mode="L", color=90),
+        image_bytes("PNG", mode="RGBA", color=(1, 2, 3, 100)),
+        image_bytes("GIF", mode="P", color=7),
+    ]
 
     for body in bodies:
         assert post_bytes(client, "/v1/models/digits/predict", body).status_code == 200
@@ -243,8 +246,14 @@ def test_models_list_names_versions_task_input_kind_and_state(client):
     models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
 
     assert set(models) == {"digits", "tags", "counts", "boxes", "penguins", "mass", "measures"}
-    assert models["digits"] == {"name": "digits", "versions": [1, 2], "task": "classification", "input_kind": "image",
-                                "state": "serving", "serving_version": 2}  # fmt: skip
+    assert models["digits"] == {
+        "name": "digits",
+        "versions": [1, 2],
+        "task": "classification",
+        "input_kind": "image",
+        "state": "serving",
+        "serving_version": 2,
+    }
     assert models["penguins"]["input_kind"] == "tabular"
 
 
@@ -265,8 +274,12 @@ def test_tabular_model_description_lists_raw_columns_with_kinds_and_vocabularies
 
     assert columns["island"]["kind"] == "categorical"
     assert columns["island"]["vocab"][0] == "#na#"
-    assert columns["bill_length_mm"] == {"name": "bill_length_mm", "kind": "continuous", "minimum": -1e15,
-                                         "maximum": 1e15}  # fmt: skip
+    assert columns["bill_length_mm"] == {
+        "name": "bill_length_mm",
+        "kind": "continuous",
+        "minimum": -1e15,
+        "maximum": 1e15,
+    }
 
 
 def test_unknown_model_description_is_404(client):
@@ -301,8 +314,14 @@ def test_metrics_expose_every_serving_family_of_the_contract(client):
 
     text = client.get("/metrics").text
 
-    families = ("serving_request_duration_seconds", "serving_queue_wait_seconds", "serving_inference_duration_seconds",
-                "serving_batch_size", "serving_queue_depth", "serving_model_info")  # fmt: skip
+    families = (
+        "serving_request_duration_seconds",
+        "serving_queue_wait_seconds",
+        "serving_inference_duration_seconds",
+        "serving_batch_size",
+        "serving_queue_depth",
+        "serving_model_info",
+    )
     for family in families:
         assert f"# TYPE {family} " in text
     assert metric_value(text, "serving_model_info", model="tags", version="1", task="multilabel", provider="cpu") == 1
@@ -320,6 +339,14 @@ def test_openapi_document_describes_every_route(client):
     document = client.get("/openapi.json").json()
 
     assert document["openapi"].startswith("3.")
-    assert {"/healthz", "/readyz", "/metrics", "/v1/models", "/v1/models/{name}", "/v1/models/digits/predict",
-            "/v1/models/digits/versions/{version}/predict", "/v1/models/penguins/predict"} <= set(document["paths"])  # fmt: skip
+    assert {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/models",
+        "/v1/models/{name}",
+        "/v1/models/digits/predict",
+        "/v1/models/digits/versions/{version}/predict",
+        "/v1/models/penguins/predict",
+    } <= set(document["paths"])
     assert "multipart/form-data" in document["paths"]["/v1/models/digits/predict"]["post"]["requestBody"]["content"]

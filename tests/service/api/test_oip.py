@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -185,11 +186,17 @@ def test_tabular_columns_answer_as_the_native_rows(server: LiveServer, triton: A
 
 def test_nulls_in_json_columns_are_missing_values_as_in_native_rows(server: LiveServer) -> None:
     rows = [penguin(sex=None, bill_length_mm=None), penguin(island=None, flipper_length_mm=None)]
-    body = {"inputs": [
-        {"name": column, "datatype": "BYTES" if column in ("island", "sex") else "FP64", "shape": [2, 1],
-         "data": [[r[column]] for r in rows]}
-        for column in ("island", "sex", "bill_length_mm", "bill_depth_mm", "flipper_length_mm")
-    ]}  # fmt: skip
+    body = {
+        "inputs": [
+            {
+                "name": column,
+                "datatype": "BYTES" if column in ("island", "sex") else "FP64",
+                "shape": [2, 1],
+                "data": [[r[column]] for r in rows],
+            }
+            for column in ("island", "sex", "bill_length_mm", "bill_depth_mm", "flipper_length_mm")
+        ]
+    }
     answer = native(server, "/v2/models/penguins/infer", json=body)
     expected = native(server, "/v1/models/penguins/predict", json={"rows": rows})["predictions"]
     outputs = {o["name"]: o["data"] for o in answer["outputs"]}
@@ -199,12 +206,16 @@ def test_nulls_in_json_columns_are_missing_values_as_in_native_rows(server: Live
 
 def test_regression_serves_the_value_with_the_log_target_undone(server: LiveServer, triton: Any) -> None:
     rows = [penguin(), penguin(island="Biscoe", bill_depth_mm=15.0)]
-    body = {"inputs": [
-        {"name": "island", "datatype": "BYTES", "shape": [2], "data": [r["island"] for r in rows]},
-        {"name": "sex", "datatype": "BYTES", "shape": [2], "data": [r["sex"] for r in rows]},
-        *[{"name": c, "datatype": "FP64", "shape": [2], "data": [r[c] for r in rows]}
-          for c in ("bill_length_mm", "bill_depth_mm", "flipper_length_mm")],
-    ]}  # fmt: skip
+    body = {
+        "inputs": [
+            {"name": "island", "datatype": "BYTES", "shape": [2], "data": [r["island"] for r in rows]},
+            {"name": "sex", "datatype": "BYTES", "shape": [2], "data": [r["sex"] for r in rows]},
+            *[
+                {"name": c, "datatype": "FP64", "shape": [2], "data": [r[c] for r in rows]}
+                for c in ("bill_length_mm", "bill_depth_mm", "flipper_length_mm")
+            ],
+        ]
+    }
     answer = native(server, "/v2/models/mass/infer", json=body)
     value = next(o for o in answer["outputs"] if o["name"] == "value")
     expected = native(server, "/v1/models/mass/predict", json={"rows": rows})["predictions"]
@@ -320,8 +331,16 @@ def test_the_item_limit_applies(server: LiveServer) -> None:
 
 def test_binary_data_that_does_not_add_up_is_a_protocol_error(server: LiveServer) -> None:
     header = json.dumps(
-        {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 3, 16, 16],
-                     "parameters": {"binary_data_size": 768}}]}  # fmt: skip
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "datatype": "UINT8",
+                    "shape": [1, 3, 16, 16],
+                    "parameters": {"binary_data_size": 768},
+                }
+            ]
+        }
     ).encode()
     response = httpx.post(
         server.url + "/v2/models/digits/infer",
@@ -333,6 +352,13 @@ def test_binary_data_that_does_not_add_up_is_a_protocol_error(server: LiveServer
 
 def test_the_openapi_document_lists_the_protocol_routes(server: LiveServer) -> None:
     paths = httpx.get(server.url + "/openapi.json").json()["paths"]
-    for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready",
-                 "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):  # fmt: skip
+    for path in (
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{name}",
+        "/v2/models/{name}/ready",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+    ):
         assert path in paths

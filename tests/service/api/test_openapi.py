@@ -8,7 +8,8 @@ import io
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from PIL import Image
 
@@ -42,27 +43,39 @@ def _png(size: tuple[int, int], color: tuple[int, int, int]) -> bytes:
 
 
 # Real images wherever the document says "an image" (schemathesis cannot know that random bytes are no picture).
-_images = st.builds(_png, st.tuples(st.integers(1, 40), st.integers(1, 40)),
-                    st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255)))  # fmt: skip
+_images = st.builds(
+    _png,
+    st.tuples(st.integers(1, 40), st.integers(1, 40)),
+    st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255)),
+)
 
 
 def _register_image_strategies() -> None:
     schemathesis.openapi.format("binary", _images)
     schemathesis.openapi.format("byte", _images.map(lambda data: base64.b64encode(data).decode()))
-    for media_type in ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/x-ms-bmp", "image/gif",
-                       "application/octet-stream"):  # fmt: skip
+    for media_type in (
+        "image/png",
+        "image/jpeg",
+        "image/webp",
+        "image/bmp",
+        "image/x-ms-bmp",
+        "image/gif",
+        "application/octet-stream",
+    ):
         schemathesis.openapi.media_type(media_type, _images)
-    schemathesis.openapi.media_type(
-        "text/csv", st.just(b"island,sex,bill_length_mm\nDream,female,39.5\n,,\n")
-    )
+    schemathesis.openapi.media_type("text/csv", st.just(b"island,sex,bill_length_mm\nDream,female,39.5\n,,\n"))
 
 
 @pytest.mark.timeout(600)
 def test_schemathesis_with_every_check_passes_against_a_live_service(make_repo, live_server, tmp_path):
     from schemathesis import GenerationMode
 
-    server = live_server(make_repo(("digits", 1), ("penguins", 1)), max_items_per_request=4, prediction_log=True,
-                         prediction_log_path=tmp_path / "predictions.sqlite")
+    server = live_server(
+        make_repo(("digits", 1), ("penguins", 1)),
+        max_items_per_request=4,
+        prediction_log=True,
+        prediction_log_path=tmp_path / "predictions.sqlite",
+    )
     _register_image_strategies()
     # The Open Inference Protocol routes (/v2) document the protocol's own error shape; a path their templates
     # match but the router does not (a name with a newline) answers the service's 404: left out here, reported.

@@ -58,12 +58,18 @@ def test_settings_refuse_a_queue_smaller_than_one_request():
 def test_a_multipart_body_with_a_preamble_is_accepted(make_repo, live_server):
     server = live_server(make_repo(("digits", 1)))
     image = image_bytes()
-    body = (b"This is the preamble; it is to be ignored.\r\n--XyZ\r\n"
-            b'Content-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
-            + image + b"\r\n--XyZ--\r\n")  # fmt: skip
+    body = (
+        b"This is the preamble; it is to be ignored.\r\n--XyZ\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+        + image
+        + b"\r\n--XyZ--\r\n"
+    )
     with WellBehavedClient(server.url, "digits") as client:
-        response = httpx.post(f"{server.url}/v1/models/digits/predict", content=body,
-                              headers={"Content-Type": "multipart/form-data; boundary=XyZ"})  # fmt: skip
+        response = httpx.post(
+            f"{server.url}/v1/models/digits/predict",
+            content=body,
+            headers={"Content-Type": "multipart/form-data; boundary=XyZ"},
+        )
     client.assert_served()
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == 1

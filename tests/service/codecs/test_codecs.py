@@ -10,13 +10,13 @@ import pytest
 
 from bundle.images import ResizeSpec, preprocess
 from bundle.manifest import read_manifest
-from service.http.errors import InvalidInput
 from service.codecs.images import ImageInputs
 from service.codecs.media import media_type_of
-from service.codecs.strict_json import parse_json
-from service.codecs.tables import TabularInputs
 from service.codecs.multipart import parse_multipart
 from service.codecs.outputs import PredictionEncoder
+from service.codecs.strict_json import parse_json
+from service.codecs.tables import TabularInputs
+from service.http.errors import InvalidInput
 from tests.conftest import gradient_image, image_bytes, penguin
 
 
@@ -58,9 +58,10 @@ def test_the_decoder_tells_monitoring_each_image_size_as_its_header_states_it(di
         image_bytes(size=(30, 41)),  # a plain PNG: libspng reads it
         image_bytes(size=(33, 17), mode="RGBA", color=(1, 2, 3, 4)),  # not plain: Pillow reads it
     ]
-    body = b"".join(
-        b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n" + data + b"\r\n" for data in bodies
-    ) + b"--b--\r\n"
+    body = (
+        b"".join(b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + data + b"\r\n" for data in bodies)
+        + b"--b--\r\n"
+    )
     raw = ImageInputs(digits, 8, 10**7).decode("multipart/form-data", "multipart/form-data; boundary=b", body).raw
 
     assert raw.images == bodies
@@ -96,7 +97,9 @@ def test_tabular_decoding_always_goes_to_the_pool(model_repo):
 def test_tabular_decoder_gives_the_inputs_the_manifest_lists_in_order(model_repo):
     manifest = read_manifest(model_repo / "penguins" / "1")
 
-    x_cat, x_cont = TabularInputs(manifest, 8).decode("application/json", "application/json", b'{"rows": [{}, {}]}').arrays
+    x_cat, x_cont = (
+        TabularInputs(manifest, 8).decode("application/json", "application/json", b'{"rows": [{}, {}]}').arrays
+    )
 
     assert x_cat.dtype == np.int64 and x_cat.shape == (2, len(manifest.tabular.cat_names))
     assert x_cont.dtype == np.float32 and x_cont.shape == (2, 3)
@@ -142,9 +145,9 @@ def test_strict_json_refuses_nan_and_overflow():
 
 def test_multipart_parts_keep_names_filenames_and_bytes_in_order():
     body = (
-        b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
         b"Content-Type: image/png\r\n\r\nAAA\r\n"
-        b"--xyz\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--xyz--\r\n"
+        b'--xyz\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n--xyz--\r\n'
     )
 
     parts = parse_multipart("multipart/form-data; boundary=xyz", body, max_parts=5)
@@ -153,7 +156,7 @@ def test_multipart_parts_keep_names_filenames_and_bytes_in_order():
 
 
 def test_truncated_multipart_is_invalid():
-    body = b"--xyz\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nAAA"
+    body = b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\nAAA'
 
     with pytest.raises(InvalidInput, match="closing boundary"):
         parse_multipart("multipart/form-data; boundary=xyz", body, max_parts=5)

@@ -42,8 +42,9 @@ def test_a_flooded_thumbnail_is_refused_quickly_and_the_loop_keeps_answering(mak
     server = live_server(make_repo(("digits", 1)))
     with WellBehavedClient(server.url, "digits", interval_s=0.02) as client:
         started = time.perf_counter()
-        response = httpx.post(f"{server.url}/v1/models/digits/predict", content=flood,
-                              headers={"Content-Type": "image/png"}, timeout=30)  # fmt: skip
+        response = httpx.post(
+            f"{server.url}/v1/models/digits/predict", content=flood, headers={"Content-Type": "image/png"}, timeout=30
+        )
         elapsed = time.perf_counter() - started
     client.assert_served(max_latency_s=1.0)
     assert response.status_code == 422, response.text

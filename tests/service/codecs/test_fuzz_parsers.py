@@ -13,13 +13,14 @@ import json
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from bundle.manifest import read_manifest
-from service.http.errors import ServiceError
 from service.codecs.images import ImageInputs
 from service.codecs.tables import TabularInputs
+from service.http.errors import ServiceError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 PER_INPUT_S = 2.0
@@ -27,8 +28,9 @@ PER_INPUT_S = 2.0
 
 @pytest.fixture(scope="module")
 def digits(bundle_library):
-    return ImageInputs(read_manifest(bundle_library / "digits" / "1"), 4, 10**6, inline_max_pixels=4096,
-                       max_request_pixels=2 * 10**6)  # fmt: skip
+    return ImageInputs(
+        read_manifest(bundle_library / "digits" / "1"), 4, 10**6, inline_max_pixels=4096, max_request_pixels=2 * 10**6
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,18 +92,32 @@ def multipart_bodies(draw) -> tuple[str, bytes]:
     parts = []
     for _ in range(draw(st.integers(0, 6))):
         name = draw(st.sampled_from(["file", "file", "other", ""]))
-        headers = draw(st.sampled_from([
-            f'Content-Disposition: form-data; name="{name}"; filename="a.png"\r\nContent-Type: image/png',
-            f"Content-Disposition: form-data; name={name}", "Content-Type: image/png", "", "X: y",
-        ]))  # fmt: skip
+        headers = draw(
+            st.sampled_from(
+                [
+                    f'Content-Disposition: form-data; name="{name}"; filename="a.png"\r\nContent-Type: image/png',
+                    f"Content-Disposition: form-data; name={name}",
+                    "Content-Type: image/png",
+                    "",
+                    "X: y",
+                ]
+            )
+        )
         payload = draw(st.one_of(mutated_images(), st.binary(max_size=64)))
         parts.append(f"--{boundary}\r\n{headers}\r\n\r\n".encode() + payload + b"\r\n")
     body = draw(st.binary(max_size=16)) + b"".join(parts) + draw(st.sampled_from([f"--{boundary}--\r\n".encode(), b""]))
     if draw(st.booleans()):
         at = draw(st.integers(0, len(body)))
         body = body[:at]
-    content_type = draw(st.sampled_from([f"multipart/form-data; boundary={boundary}", "multipart/form-data",
-                                         f'multipart/form-data; boundary="{boundary}"']))  # fmt: skip
+    content_type = draw(
+        st.sampled_from(
+            [
+                f"multipart/form-data; boundary={boundary}",
+                "multipart/form-data",
+                f'multipart/form-data; boundary="{boundary}"',
+            ]
+        )
+    )
     return content_type, body
 
 

@@ -34,8 +34,10 @@ def test_half_sent_headers_get_408_in_json(make_repo, live_server):
 def test_a_body_that_stalls_gets_408_in_json(make_repo, live_server):
     server = live_server(make_repo(("digits", 1)), **FAST)
     sock = raw_connection(server.port)
-    sock.sendall(b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                 b"Content-Length: 1000\r\n\r\n" + b"\x89PNG" + b"\0" * 100)  # fmt: skip
+    sock.sendall(
+        b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 1000\r\n\r\n" + b"\x89PNG" + b"\0" * 100
+    )
     started = time.perf_counter()
     with WellBehavedClient(server.url, "digits") as client:
         status, _, body = read_response(sock)
@@ -90,8 +92,10 @@ def test_connections_beyond_the_cap_get_503_while_others_are_served(make_repo, l
 def test_a_client_stalled_during_shutdown_gets_json_at_once(make_repo, live_server):
     server = live_server(make_repo(("digits", 1)), body_timeout_s=60, graceful_shutdown_s=30)
     sock = raw_connection(server.port)
-    sock.sendall(b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                 b"Content-Length: 1000\r\n\r\n" + b"\x89PNG")  # fmt: skip
+    sock.sendall(
+        b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 1000\r\n\r\n" + b"\x89PNG"
+    )
     time.sleep(0.2)
     started = time.perf_counter()
     server.stop()

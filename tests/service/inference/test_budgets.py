@@ -28,8 +28,14 @@ def test_wide_csv_requests_are_refused_at_once_naming_the_budget(make_repo, live
     results: list[httpx.Response] = []
 
     def attack() -> None:
-        results.append(httpx.post(f"{server.url}/v1/models/penguins/predict", content=body,
-                                  headers={"Content-Type": "text/csv"}, timeout=30))  # fmt: skip
+        results.append(
+            httpx.post(
+                f"{server.url}/v1/models/penguins/predict",
+                content=body,
+                headers={"Content-Type": "text/csv"},
+                timeout=30,
+            )
+        )
 
     with WellBehavedClient(server.url, "digits") as client:
         started = time.perf_counter()

@@ -13,8 +13,13 @@ from tests.hardening_support import WellBehavedClient, raw_connection, read_resp
 
 
 def test_a_flood_beyond_the_queue_is_refused_cheaply_while_others_are_served(make_repo, live_server):
-    server = live_server(make_repo(("slow", 1), ("digits", 1)), max_batch_size=1, max_queue_size=2,
-                         max_items_per_request=1, retry_after_s=3)  # fmt: skip
+    server = live_server(
+        make_repo(("slow", 1), ("digits", 1)),
+        max_batch_size=1,
+        max_queue_size=2,
+        max_items_per_request=1,
+        retry_after_s=3,
+    )
     image = gradient_image(1)
     refused: list[float] = []
     served: list[int] = []
@@ -46,12 +51,16 @@ def test_a_full_queue_refuses_before_the_body_is_sent(make_repo, live_server):
     server = live_server(make_repo(("slow", 1)), max_batch_size=1, max_queue_size=1, max_items_per_request=1)
     image = gradient_image(2)
     holder = raw_connection(server.port)  # takes the one queue place and keeps it while it "uploads"
-    holder.sendall(b"POST /v1/models/slow/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                   b"Content-Length: %d\r\n\r\n" % len(image))  # fmt: skip
+    holder.sendall(
+        b"POST /v1/models/slow/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(image)
+    )
     time.sleep(0.2)
     sock = raw_connection(server.port)
-    sock.sendall(b"POST /v1/models/slow/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                 b"Content-Length: 1000000\r\n\r\n")  # headers only: the million bytes never come
+    sock.sendall(
+        b"POST /v1/models/slow/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 1000000\r\n\r\n"
+    )  # headers only: the million bytes never come
 
     status, headers, body = read_response(sock)
 

@@ -297,7 +297,7 @@ def test_a_burst_is_admitted_but_a_standing_queue_is_refused_at_once() -> None:
         executor = ThreadPoolExecutor(1)
         # 20 ms per item, one at a time: 40 requests queue for up to 0.8 s
         batcher = DynamicBatcher(DoublingModel(0.02), executor, max_batch_size=1, max_queue_size=1024,
-                                 max_queue_wait_s=0.15)  # fmt: skip
+                                 max_queue_wait_s=0.15)
         batcher.start()
 
         async def one(i: int) -> str:

@@ -26,9 +26,12 @@ def tiny_classifier(height: int, width: int, opset: int = 18, logits: bool = Tru
     if logits:
         outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4]))
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", 3, height, width])],
-        outputs, [numpy_helper.from_array(weights, "w")],
-    )  # fmt: skip
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", 3, height, width])],
+        outputs,
+        [numpy_helper.from_array(weights, "w")],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -50,12 +53,14 @@ def photo_pixels(height: int, width: int) -> np.ndarray:
 def test_the_graph_columns_equal_numpy_for_images_of_any_size(size: tuple[int, int], score: str | None) -> None:
     height, width = size
     rng = np.random.default_rng(0)
-    pixels = np.concatenate([
-        rng.integers(0, 256, (5, 3, height, width), dtype=np.uint8),
-        np.zeros((1, 3, height, width), np.uint8),  # black: saturation 0 / max(0, 1)
-        np.full((1, 3, height, width), 255, np.uint8),
-        photo_pixels(height, width),
-    ])  # fmt: skip
+    pixels = np.concatenate(
+        [
+            rng.integers(0, 256, (5, 3, height, width), dtype=np.uint8),
+            np.zeros((1, 3, height, width), np.uint8),  # black: saturation 0 / max(0, 1)
+            np.full((1, 3, height, width), 255, np.uint8),
+            photo_pixels(height, width),
+        ]
+    )
     model = with_columns(tiny_classifier(height, width), score, pixels=True)
     assert model is not None
     probabilities, logits, columns = run(model, pixels)

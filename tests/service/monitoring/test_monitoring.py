@@ -6,8 +6,9 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,15 +115,15 @@ def post_rows(client: Any, rows: list[dict[str, Any]], chunk: int = 50, **header
     predictions = []
     headers = dashed(headers)
     for start in range(0, len(rows), chunk):
-        response = client.post("/v1/models/shapes/predict", json={"rows": rows[start : start + chunk]},
-                               headers=headers)  # fmt: skip
+        response = client.post("/v1/models/shapes/predict", json={"rows": rows[start : start + chunk]}, headers=headers)
         assert response.status_code == 200, response.text
         predictions += response.json()["predictions"]
     return predictions
 
 
-def post_images(client: Any, images: list[bytes], path: str = "/v1/models/digits/predict", chunk: int = 32,
-                **headers: str) -> list[dict[str, Any]]:  # fmt: skip
+def post_images(
+    client: Any, images: list[bytes], path: str = "/v1/models/digits/predict", chunk: int = 32, **headers: str
+) -> list[dict[str, Any]]:
     predictions = []
     headers = dashed(headers)
     for start in range(0, len(images), chunk):
@@ -209,7 +210,9 @@ def test_tabular_rows_outside_training_are_flagged_with_their_reasons(shapes_cli
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_a_few_rows_are_flagged_in_plain_python_exactly_as_numpy_flags_them(monitoring_library: Path, data: Any) -> None:
+def test_a_few_rows_are_flagged_in_plain_python_exactly_as_numpy_flags_them(
+    monitoring_library: Path, data: Any
+) -> None:
     from bundle.manifest import read_reference
     from bundle.tabular import rows_to_columns
     from service.monitoring.ood import OODDetector
@@ -218,7 +221,7 @@ def test_a_few_rows_are_flagged_in_plain_python_exactly_as_numpy_flags_them(moni
     manifest = read_manifest(folder)
     detector = OODDetector(manifest, read_reference(folder, manifest)["features"], image_slack=0.25)
     levels = st.sampled_from(["red", "blue", "green", "circle", "square", "mauve", ""]) | st.integers(-3, 3)
-    numbers = st.floats(allow_infinity=False, width=32) | st.integers(-10**6, 10**6)
+    numbers = st.floats(allow_infinity=False, width=32) | st.integers(-(10**6), 10**6)
     cell = {"color": levels, "shape": levels, "x1": numbers, "x2": numbers, "x3": numbers}
     row = st.fixed_dictionaries({}, optional={name: st.none() | values for name, values in cell.items()})
     rows = data.draw(st.lists(row, min_size=1, max_size=8))
@@ -252,8 +255,9 @@ def test_a_few_images_are_flagged_from_their_batch_columns_in_one_pass_as_flags_
     n = data.draw(st.integers(1, 20))
     value = st.floats(-2.0, 2.0, width=32) | st.sampled_from([0.0, 1.0])
     score = st.floats(-50.0, 50.0, width=32) | st.just(detector.threshold or 0.0)
-    values = [[*([data.draw(score)] if scored else []), *data.draw(st.lists(value, min_size=3, max_size=3))]
-              for _ in range(n)]  # fmt: skip
+    values = [
+        [*([data.draw(score)] if scored else []), *data.draw(st.lists(value, min_size=3, max_size=3))] for _ in range(n)
+    ]
     sizes = [(data.draw(st.integers(1, 4000)), data.draw(st.integers(0, 4000))) for _ in range(n)]
     quick = detector.image_flags(values, sizes, scored)
     if n > 16:
@@ -345,9 +349,9 @@ def test_flags_from_the_batch_columns_equal_flags_computed_per_request(
     from bundle import monitoring as mon
     from bundle.manifest import read_reference
     from service.codecs.inputs import decoder_for
+    from service.models.runtime import OnnxRuntime
     from service.monitoring.batch import BatchColumns
     from service.monitoring.ood import OODDetector
-    from service.models.runtime import OnnxRuntime
 
     folder = monitoring_library / "digits" / str(version)
     manifest = read_manifest(folder)
@@ -355,9 +359,12 @@ def test_flags_from_the_batch_columns_equal_flags_computed_per_request(
     assert (extended is not None) == in_graph
     graph, outputs = extended if extended else (None, None)
     runtime = OnnxRuntime(
-        folder / "model.onnx", manifest.onnx.inputs, [*manifest.onnx.outputs, *([outputs] if outputs else [])],
-        intra_op_threads=1, graph=graph,
-    )  # fmt: skip
+        folder / "model.onnx",
+        manifest.onnx.inputs,
+        [*manifest.onnx.outputs, *([outputs] if outputs else [])],
+        intra_op_threads=1,
+        graph=graph,
+    )
     columns = BatchColumns.for_version(manifest, runtime)
     assert columns is not None and columns.width == 4  # the score, then brightness, contrast, saturation
     assert columns.in_graph == in_graph
@@ -468,8 +475,12 @@ def test_logged_images_keep_summaries_and_a_sha256_and_bytes_only_under_the_cap(
     log = tmp_path / "predictions.sqlite"
     small = png(digit_images(*HELD_OUT)[0][0])
     large = png(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
-    settings = dict(prediction_log=True, prediction_log_path=log, prediction_log_images=True,
-                    prediction_log_image_max_bytes=len(small))  # fmt: skip
+    settings = dict(
+        prediction_log=True,
+        prediction_log_path=log,
+        prediction_log_images=True,
+        prediction_log_image_max_bytes=len(small),
+    )
     with serve(monitoring_repo, **settings) as client:
         post_images(client, [small, large])
     (record,) = logged(log)
@@ -484,8 +495,7 @@ def test_feedback_gives_live_accuracy_and_the_latest_answer_wins(monitoring_repo
     with serve(monitoring_repo, prediction_log=True, prediction_log_path=log, regions=REGIONS) as client:
         answers = []
         for row in shapes_records(3, seed=6):
-            body = client.post("/v1/models/shapes/predict", json={"rows": [row]},
-                               headers={"X-Region": "marin"}).json()  # fmt: skip
+            body = client.post("/v1/models/shapes/predict", json={"rows": [row]}, headers={"X-Region": "marin"}).json()
             answers.append((body["request_id"], body["predictions"][0]["label"]))
         other = {"a": "b", "b": "a"}
         for request_id, label in answers[:2]:
@@ -503,9 +513,7 @@ def test_feedback_gives_live_accuracy_and_the_latest_answer_wins(monitoring_repo
         assert metric_value(text, "serving_live_accuracy", model="shapes", version="1", region="marin") == 1.0
 
 
-def test_feedback_for_an_unknown_request_is_404_and_an_unknown_label_422(
-    monitoring_repo: Path, tmp_path: Path
-) -> None:
+def test_feedback_for_an_unknown_request_is_404_and_an_unknown_label_422(monitoring_repo: Path, tmp_path: Path) -> None:
     with serve(monitoring_repo, prediction_log=True, prediction_log_path=tmp_path / "log.sqlite") as client:
         request_id = client.post("/v1/models/shapes/predict", json={"rows": shapes_records(1, 7)}).json()["request_id"]
         missing = client.post("/v1/feedback", json={"request_id": "no-such-request", "label": "a"})
@@ -526,7 +534,8 @@ def test_a_broken_log_path_does_not_fail_predictions_and_drops_are_counted(
         for row in shapes_records(20, seed=8):
             assert client.post("/v1/models/shapes/predict", json={"rows": [row]}).status_code == 200
         text = metrics_when(
-            client, lambda t: metric_value(t, "serving_prediction_log_dropped_total", reason="buffer_full") >= 15,
+            client,
+            lambda t: metric_value(t, "serving_prediction_log_dropped_total", reason="buffer_full") >= 15,
             "15 dropped log records",
         )
         assert metric_value(text, "serving_prediction_log_written_total") == 0
@@ -618,7 +627,8 @@ def test_a_stopped_postgresql_does_not_fail_predictions_and_drops_are_counted(
                 assert client.post("/v1/models/shapes/predict", json={"rows": [row]}).status_code == 200
                 assert time.perf_counter() - started < 1.0  # never waits for the store
             metrics_when(
-                client, lambda t: metric_value(t, "serving_prediction_log_dropped_total", reason="buffer_full") >= 20,
+                client,
+                lambda t: metric_value(t, "serving_prediction_log_dropped_total", reason="buffer_full") >= 20,
                 "20 dropped log records",
             )
             assert broken_log_status(client)["healthy"] is False
@@ -635,9 +645,17 @@ def start_service(repo: Path, state_url: str) -> tuple[Any, str]:
     from tests.conftest import free_port
 
     port = free_port()
-    env = {**os.environ, "SERVING_STATE_URL": state_url, "SERVING_MODELS": str(repo), "SERVING_PORT": str(port),
-           "SERVING_HOST": "127.0.0.1", "SERVING_REGIONS": ",".join(REGIONS), "SERVING_INTRA_OP_THREADS": "1",
-           "SERVING_WATCH_INTERVAL_S": "0", "SERVING_LOG_LEVEL": "warning"}  # fmt: skip
+    env = {
+        **os.environ,
+        "SERVING_STATE_URL": state_url,
+        "SERVING_MODELS": str(repo),
+        "SERVING_PORT": str(port),
+        "SERVING_HOST": "127.0.0.1",
+        "SERVING_REGIONS": ",".join(REGIONS),
+        "SERVING_INTRA_OP_THREADS": "1",
+        "SERVING_WATCH_INTERVAL_S": "0",
+        "SERVING_LOG_LEVEL": "warning",
+    }
     process = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=Path(__file__).resolve().parents[3])
     return process, f"http://127.0.0.1:{port}"
 
@@ -651,11 +669,12 @@ def test_feedback_reaches_a_prediction_logged_by_another_process_on_postgresql(
     second, second_url = start_service(monitoring_repo, postgres_url)
     try:
         for url in (first_url, second_url):
-            wait_until(lambda: _ready(url), timeout_s=90, what=f"the service at {url}")
+            wait_until(lambda url=url: _ready(url), timeout_s=90, what=f"the service at {url}")
         rows = shapes_records(4, seed=12)
         served = [
-            httpx.post(f"{first_url}/v1/models/shapes/predict", json={"rows": [row]},
-                       headers={"X-Region": "campsite-1"}).json()  # fmt: skip
+            httpx.post(
+                f"{first_url}/v1/models/shapes/predict", json={"rows": [row]}, headers={"X-Region": "campsite-1"}
+            ).json()
             for row in rows
         ]
         other = {"a": "b", "b": "a"}
@@ -667,7 +686,7 @@ def test_feedback_reaches_a_prediction_logged_by_another_process_on_postgresql(
             return reply if reply.status_code == 200 else None
 
         for request_id, label in answers:  # the first replica writes its log in the background: wait for it
-            wait_until(lambda: send(request_id, label), what="the prediction in the shared log")
+            wait_until(lambda r=request_id, a=label: send(r, a), what="the prediction in the shared log")
         report = httpx.get(f"{second_url}/v1/models/shapes/drift", params={"region": "campsite-1"}).json()
         assert report["versions"][0]["performance"]["live_accuracy"] == 0.75
         text = httpx.get(f"{second_url}/metrics").text
@@ -705,8 +724,24 @@ def test_the_classifier_report_tells_shifted_traffic_from_the_reference_but_not_
     results = {}
     for region in REGIONS:
         out = tmp_path / region
-        assert main(["drift-report", "--model", str(bundle), "--log", str(log), "--region", region,
-                     "--since", "1d", "--out", str(out)]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "drift-report",
+                    "--model",
+                    str(bundle),
+                    "--log",
+                    str(log),
+                    "--region",
+                    region,
+                    "--since",
+                    "1d",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         results[region] = json.loads((out / "drift-report.json").read_text())
         page = (out / "drift-report.html").read_text()
         assert "ROC AUC" in page and "data:image/png;base64," in page

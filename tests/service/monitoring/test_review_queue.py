@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tests.conftest import gradient_image, post_bytes
 
 REVIEWER = {"Authorization": "Bearer reviewer-secret"}
 
 
-def logged_client(make_client: Callable[..., Any], make_repo: Callable[..., Path], tmp_path: Path, **settings: Any) -> Any:
+def logged_client(
+    make_client: Callable[..., Any], make_repo: Callable[..., Path], tmp_path: Path, **settings: Any
+) -> Any:
     return make_client(
         make_repo(("digits", 1)), prediction_log=True, prediction_log_path=tmp_path / "predictions.sqlite", **settings
     )
@@ -25,7 +28,9 @@ def test_the_queue_is_refused_without_a_configured_token_and_with_a_wrong_one(ma
 
 def test_logged_predictions_are_listed_newest_first_and_leave_the_queue_once_answered(make_client, make_repo, tmp_path):
     client = logged_client(make_client, make_repo, tmp_path, reviewer_token="reviewer-secret")
-    ids = [post_bytes(client, "/v1/models/digits/predict", gradient_image(seed)).json()["request_id"] for seed in range(3)]
+    ids = [
+        post_bytes(client, "/v1/models/digits/predict", gradient_image(seed)).json()["request_id"] for seed in range(3)
+    ]
 
     listed = client.get("/v1/predictions?flagged=false&model=digits", headers=REVIEWER).json()["predictions"]
     assert [p["request_id"] for p in listed] == ids[::-1]

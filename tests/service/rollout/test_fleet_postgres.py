@@ -15,8 +15,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -54,7 +55,7 @@ class TcpForwarder:
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
 
-    def start(self) -> "TcpForwarder":
+    def start(self) -> TcpForwarder:
         self._call(self._start())
         return self
 
@@ -109,15 +110,24 @@ class ServiceProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
             **os.environ,
-            "SERVING_MODELS": str(models), "SERVING_PORT": str(self.port), "SERVING_HOST": "127.0.0.1",
-            "SERVING_ROLLOUT": str(rollout), "SERVING_STATE_URL": state_url, "SERVING_ADMIN_TOKEN": TOKEN,
-            "SERVING_ROLLOUT_POLL_S": str(POLL_S), "SERVING_ROLLOUT_TICK_S": "0.1", "SERVING_WATCH_INTERVAL_S": "0",
-            "SERVING_INTRA_OP_THREADS": "1", "SERVING_PREPROCESS_THREADS": "1", "SERVING_MAX_BATCH_SIZE": "4",
+            "SERVING_MODELS": str(models),
+            "SERVING_PORT": str(self.port),
+            "SERVING_HOST": "127.0.0.1",
+            "SERVING_ROLLOUT": str(rollout),
+            "SERVING_STATE_URL": state_url,
+            "SERVING_ADMIN_TOKEN": TOKEN,
+            "SERVING_ROLLOUT_POLL_S": str(POLL_S),
+            "SERVING_ROLLOUT_TICK_S": "0.1",
+            "SERVING_WATCH_INTERVAL_S": "0",
+            "SERVING_INTRA_OP_THREADS": "1",
+            "SERVING_PREPROCESS_THREADS": "1",
+            "SERVING_MAX_BATCH_SIZE": "4",
             "SERVING_LOG_LEVEL": "warning",
-        }  # fmt: skip
+        }
         self.log = log
-        self.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
-                                        stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+        )
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -140,8 +150,13 @@ class ServiceProcess:
             self.process.kill()
 
 
-def request(url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None,
-            timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+def request(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
@@ -151,15 +166,23 @@ def request(url: str, method: str = "GET", body: bytes | None = None, headers: d
 
 
 def version_for(service: ServiceProcess, key: str) -> str:
-    status, headers, body = request(service.url + "/v1/models/digits/predict", "POST", gradient_image(1),
-                                    {"Content-Type": "image/png", "X-Request-Key": key, "X-Region": "marin"})  # fmt: skip
+    status, headers, body = request(
+        service.url + "/v1/models/digits/predict",
+        "POST",
+        gradient_image(1),
+        {"Content-Type": "image/png", "X-Request-Key": key, "X-Region": "marin"},
+    )
     assert status == 200, body
     return headers["x-model-version"]
 
 
 def admin(service: ServiceProcess, action: str) -> int:
-    return request(f"{service.url}/v1/rollouts/digits/{action}", "POST", b'{"reason": "fleet test"}',
-                   {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})[0]  # fmt: skip
+    return request(
+        f"{service.url}/v1/rollouts/digits/{action}",
+        "POST",
+        b'{"reason": "fleet test"}',
+        {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )[0]
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float) -> float:
@@ -218,8 +241,10 @@ def test_two_processes_on_one_postgres_obey_each_other_and_survive_the_store_goi
 
     actions = [entry["action"] for entry in json.loads(history[2])["history"]]
     assert actions[:2] == ["promote", "rollback"]
-    assert metric_value(request(b.url + "/metrics")[2].decode(), "serving_rollout_stage", model="digits",
-                        stage="promoted") == 1  # fmt: skip
+    assert (
+        metric_value(request(b.url + "/metrics")[2].decode(), "serving_rollout_stage", model="digits", stage="promoted")
+        == 1
+    )
 
 
 def test_an_automatic_rollback_while_the_store_is_down_is_applied_at_once_and_written_when_it_returns(
@@ -228,13 +253,24 @@ def test_an_automatic_rollback_while_the_store_is_down_is_applied_at_once_and_wr
     import torch
 
     from tests.bundle_factory import _handmade_image_bundle
-    from tests.service.rollout.test_rollout_service import ADMIN, FAST, canary, predict, rollout_of, serve, wait_for, write_policy
+    from tests.service.rollout.test_rollout_service import (
+        ADMIN,
+        FAST,
+        canary,
+        predict,
+        rollout_of,
+        serve,
+        wait_for,
+        write_policy,
+    )
 
     torch.set_num_threads(1)
     repo = tmp_path / "models"
     _handmade_image_bundle(repo, "digits", 1, seed=1)
     _handmade_image_bundle(repo, "digits", 5, seed=1, fails_on_real_input=True)
-    policy_file = write_policy(tmp_path / "rollout.yaml", canary(5, '{"*": 50}', "{min_requests: 10, max_error_rate: 0.05}"))
+    policy_file = write_policy(
+        tmp_path / "rollout.yaml", canary(5, '{"*": 50}', "{min_requests: 10, max_error_rate: 0.05}")
+    )
     forwarder = TcpForwarder().start()
     state_url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{forwarder.port}")
     try:

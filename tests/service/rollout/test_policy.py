@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.rollout.policy import ModelPolicy, PolicyError, parse_duration, parse_policy_text
 from service.rollout.routing import CompiledRoute, bucket, candidate_share, choose_version, shadowed, step_at
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "docs" / "rollouts" / "bear-detector.yaml"
-START = datetime(2026, 12, 1, 8, tzinfo=timezone.utc).timestamp()
+START = datetime(2026, 12, 1, 8, tzinfo=UTC).timestamp()
 DAY = 86_400.0
 
 CAMPSITES = """
@@ -34,8 +35,13 @@ models:
 
 
 def policy(**changes: object) -> ModelPolicy:
-    values = {"stable": 1, "candidate": 2, "stage": "canary", "start": "2026-12-01T08:00:00Z",
-              "steps": [{"regions": {"eu": 10, "us": 50, "*": 1}}]}  # fmt: skip
+    values = {
+        "stable": 1,
+        "candidate": 2,
+        "stage": "canary",
+        "start": "2026-12-01T08:00:00Z",
+        "steps": [{"regions": {"eu": 10, "us": 50, "*": 1}}],
+    }
     values.update(changes)
     return ModelPolicy.model_validate(values)
 
@@ -67,15 +73,22 @@ def test_other_bad_fields_are_named_too() -> None:
 
 
 def test_durations() -> None:
-    assert [parse_duration(d) for d in ("5m", "1d", "7d", "30d", "90s", "2h")] == [300, DAY, 7 * DAY, 30 * DAY, 90,
-                                                                                    7200]  # fmt: skip
+    assert [parse_duration(d) for d in ("5m", "1d", "7d", "30d", "90s", "2h")] == [
+        300,
+        DAY,
+        7 * DAY,
+        30 * DAY,
+        90,
+        7200,
+    ]
     with pytest.raises(ValueError):
         parse_duration("0m")
 
 
 def test_the_documented_example_is_valid() -> None:
-    done = subprocess.run([sys.executable, "-m", "service", "rollout", "check", str(EXAMPLE)], capture_output=True,
-                          text=True, cwd=ROOT)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "rollout", "check", str(EXAMPLE)], capture_output=True, text=True, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
     assert "ok: bears: stable v3, candidate v4, stage canary, 4 steps" in done.stdout
 
@@ -112,8 +125,16 @@ def test_a_region_not_listed_gets_nothing_without_a_star() -> None:
 
 REGIONS = ["eu", "us", "campsite-1", "*"]
 shares = st.sampled_from([0, 0.001, 0.004, 0.005, 1, 33.333, 50, 99.99, 99.996, 100])
-steps = st.lists(st.fixed_dictionaries({"regions": st.dictionaries(st.sampled_from(REGIONS), shares, max_size=3),
-                                        "hold": st.sampled_from(["5m", "1d", "7d"])}), min_size=1, max_size=4)
+steps = st.lists(
+    st.fixed_dictionaries(
+        {
+            "regions": st.dictionaries(st.sampled_from(REGIONS), shares, max_size=3),
+            "hold": st.sampled_from(["5m", "1d", "7d"]),
+        }
+    ),
+    min_size=1,
+    max_size=4,
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -190,7 +211,7 @@ def test_after_the_end_the_candidate_gets_nothing() -> None:
 
 def test_an_end_inside_a_step_cuts_it_short() -> None:
     campsites = parse_policy_text(CAMPSITES).models["digits"]
-    p = campsites.model_copy(update={"end": datetime(2026, 12, 4, 8, tzinfo=timezone.utc)})
+    p = campsites.model_copy(update={"end": datetime(2026, 12, 4, 8, tzinfo=UTC)})
     assert step_at(p, START + DAY).index == 1 and step_at(p, START + DAY).next_at == START + 3 * DAY
     assert step_at(p, START + 3 * DAY).phase == "ended"
 
@@ -199,7 +220,7 @@ def test_a_copy_with_another_start_walks_its_own_clock() -> None:
     """The step times are computed once per plan; a copy with a new start must not reuse the old ones."""
     p = parse_policy_text(CAMPSITES).models["digits"]
     assert step_at(p, START + DAY).index == 1
-    later = p.model_copy(update={"start": datetime(2026, 12, 2, 8, tzinfo=timezone.utc)})
+    later = p.model_copy(update={"start": datetime(2026, 12, 2, 8, tzinfo=UTC)})
     assert step_at(later, START + DAY).index == 0 and step_at(later, START + DAY).next_at == START + 2 * DAY
     assert candidate_share(later, "campsite-2", START + DAY) == 0
     assert candidate_share(p, "campsite-2", START + DAY) == 100
@@ -216,8 +237,7 @@ def test_stages_other_than_canary_route_by_stage() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service", "rollout", *args], capture_output=True, text=True,
-                          cwd=ROOT)  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "service", "rollout", *args], capture_output=True, text=True, cwd=ROOT)
 
 
 def test_cli_plan_and_at(tmp_path: Path) -> None:

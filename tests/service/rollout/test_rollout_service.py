@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -122,12 +123,17 @@ def test_two_app_instances_route_20000_keys_identically(make_repo: Callable[...,
     repo = make_repo(("digits", 1), ("digits", 2))
     policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"eu": 30, "us": 70, "*": 5}'))
     text_policy = parse_policy_text(policy_file.read_text()).models["digits"]
-    with serve(repo, rollout=policy_file, state_path=tmp_path / "a.sqlite") as a, serve(
-        repo, rollout=policy_file, state_path=tmp_path / "b.sqlite"
-    ) as b:
+    with (
+        serve(repo, rollout=policy_file, state_path=tmp_path / "a.sqlite") as a,
+        serve(repo, rollout=policy_file, state_path=tmp_path / "b.sqlite") as b,
+    ):
         regions = ["eu", "us", "asia", None]
-        routed_a = [a.app.state.components.router.route("digits", f"k{i}", regions[i % 4]).version for i in range(20_000)]
-        routed_b = [b.app.state.components.router.route("digits", f"k{i}", regions[i % 4]).version for i in range(20_000)]
+        routed_a = [
+            a.app.state.components.router.route("digits", f"k{i}", regions[i % 4]).version for i in range(20_000)
+        ]
+        routed_b = [
+            b.app.state.components.router.route("digits", f"k{i}", regions[i % 4]).version for i in range(20_000)
+        ]
         assert routed_a == routed_b
         now = time.time()
         assert routed_a == [choose_version("digits", text_policy, f"k{i}", regions[i % 4], now) for i in range(20_000)]
@@ -186,8 +192,14 @@ models:
         model = client.get("/v1/models/digits").json()
         assert model["rollout"]["stage"] == "canary" and model["rollout"]["candidate"] == 2
         metrics = client.get("/metrics").text
-        wait_for(lambda: metric_value(client.get("/metrics").text, "serving_rollout_candidate_share",
-                                      model="digits", region="campsite-1") == 0.0)  # fmt: skip
+        wait_for(
+            lambda: (
+                metric_value(
+                    client.get("/metrics").text, "serving_rollout_candidate_share", model="digits", region="campsite-1"
+                )
+                == 0.0
+            )
+        )
         assert metric_value(metrics, "serving_rollout_stage", model="digits", stage="canary") == 1
 
 
@@ -210,20 +222,28 @@ def test_shadow_leaves_the_response_byte_identical_to_stable_only(
     repo = arms_repo(1, 3)
     shadow_file = write_policy(tmp_path / "shadow.yaml", canary(3, stage="shadow"))
     off_file = write_policy(tmp_path / "off.yaml", canary(3, stage="off"))
-    with serve(repo, rollout=shadow_file, state_path=tmp_path / "s.sqlite") as shadowing, serve(
-        repo, rollout=off_file, state_path=tmp_path / "o.sqlite"
-    ) as stable_only:
+    with (
+        serve(repo, rollout=shadow_file, state_path=tmp_path / "s.sqlite") as shadowing,
+        serve(repo, rollout=off_file, state_path=tmp_path / "o.sqlite") as stable_only,
+    ):
         for i in range(20):
             headers = {"x_request_id": f"req-{i}"}
             a, b = predict(shadowing, f"u{i}", seed=i, **headers), predict(stable_only, f"u{i}", seed=i, **headers)
             assert a.status_code == b.status_code == 200
             assert a.content == b.content
             assert a.headers["X-Model-Version"] == b.headers["X-Model-Version"] == "1"
-        compared = wait_for(lambda: metric_value(shadowing.get("/metrics").text, "serving_shadow_comparisons_total",
-                                                 model="digits", version="3") >= 20)  # fmt: skip
+        compared = wait_for(
+            lambda: (
+                metric_value(
+                    shadowing.get("/metrics").text, "serving_shadow_comparisons_total", model="digits", version="3"
+                )
+                >= 20
+            )
+        )
         assert compared
-        readings = wait_for(lambda: (r := rollout_of(shadowing)["guardrails"]["readings"])["candidate"]["compared"] == 20
-                            and r)  # fmt: skip
+        readings = wait_for(
+            lambda: (r := rollout_of(shadowing)["guardrails"]["readings"])["candidate"]["compared"] == 20 and r
+        )
         assert readings["stable"]["requests"] == 20 and readings["candidate"]["requests"] == 20
 
 
@@ -252,6 +272,7 @@ def test_the_shadow_budget_takes_copies_until_its_share_of_the_window_is_spent()
     assert sum(budget.take(now=1.7) for _ in range(50)) == 2  # 0.125 spent: 0.425, 0.725, then no more
     # the window overran (0.725 s): its excess is carried, so the next one has room for one copy, not two
     assert sum(budget.take(now=2.7) for _ in range(50)) == 1
+
 
 # -- guardrails ---------------------------------------------------------------------------------
 
@@ -376,8 +397,10 @@ def test_admin_endpoints_need_the_token(make_repo: Callable[..., Path], tmp_path
         assert promoted.status_code == 200 and promoted.json()["stage"] == "promoted"
         assert predict(client, "k", "anywhere").headers["X-Model-Version"] == "2"
         history = client.get("/v1/rollouts/digits/history").json()["history"]
-        assert [(h["action"], h["reason"]) for h in history[:2]] == [("promote", "all good"),
-                                                                      ("rollback", "bears look odd")]  # fmt: skip
+        assert [(h["action"], h["reason"]) for h in history[:2]] == [
+            ("promote", "all good"),
+            ("rollback", "bears look odd"),
+        ]
         assert history[0]["actor"].startswith("admin")
         metrics = client.get("/metrics").text
         assert metric_value(metrics, "serving_rollbacks_total", model="digits", reason="manual") == 1
@@ -387,12 +410,27 @@ def test_put_replaces_the_policy_and_names_bad_fields(make_repo: Callable[..., P
     repo = make_repo(("digits", 1), ("digits", 2))
     policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"*": 0}'))
     with serve(repo, rollout=policy_file) as client:
-        bad = client.put("/v1/rollouts/digits", headers=ADMIN, json={"stable": 1, "candidate": 2, "stage": "canary",
-                         "start": PAST, "steps": [{"regions": {"eu": 100}, "hold": "soon"}, {"regions": {"*": 1}}]})  # fmt: skip
+        bad = client.put(
+            "/v1/rollouts/digits",
+            headers=ADMIN,
+            json={
+                "stable": 1,
+                "candidate": 2,
+                "stage": "canary",
+                "start": PAST,
+                "steps": [{"regions": {"eu": 100}, "hold": "soon"}, {"regions": {"*": 1}}],
+            },
+        )
         assert bad.status_code == 422
         assert bad.json()["error"]["message"].startswith("models.digits.steps[0].hold: a duration")
-        new = {"stable": 1, "candidate": 2, "stage": "canary", "start": PAST, "steps": [{"regions": {"eu": 100}}],
-               "reason": "open eu"}  # fmt: skip
+        new = {
+            "stable": 1,
+            "candidate": 2,
+            "stage": "canary",
+            "start": PAST,
+            "steps": [{"regions": {"eu": 100}}],
+            "reason": "open eu",
+        }
         done = client.put("/v1/rollouts/digits", headers=ADMIN, json=new)
         assert done.status_code == 200 and done.json()["shares"] == {"eu": 1.0}
         assert predict(client, "k", "eu").headers["X-Model-Version"] == "2"
@@ -476,8 +514,11 @@ def test_open_inference_protocol_requests_obey_the_rollout_and_pinned_ones_bypas
     repo = make_repo(("digits", 1), ("digits", 2))
     policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"campsite-1": 100}'))
     pixels = np.zeros((1, 3, 16, 16), dtype=np.uint8)
-    body = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape),
-                        "data": pixels.ravel().tolist()}]}  # fmt: skip
+    body = {
+        "inputs": [
+            {"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape), "data": pixels.ravel().tolist()}
+        ]
+    }
     with serve(repo, rollout=policy_file, state_path=tmp_path / "state.sqlite") as client:
         at_campsite = client.post("/v2/models/digits/infer", json=body, headers={"X-Region": "campsite-1"})
         elsewhere = client.post("/v2/models/digits/infer", json=body, headers={"X-Region": "marin"})

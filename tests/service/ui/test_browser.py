@@ -13,8 +13,10 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -25,9 +27,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.live_server]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "ui"
 PHONE = {"width": 390, "height": 844}
 ADMIN_TOKEN = "s3cret-admin-token"
@@ -159,7 +165,9 @@ def expect(locator: Any) -> Any:
     return playwright_expect(locator)
 
 
-def api_predict_file(server: LiveServer, name: str, filename: str, data: bytes, path: str | None = None) -> httpx.Response:
+def api_predict_file(
+    server: LiveServer, name: str, filename: str, data: bytes, path: str | None = None
+) -> httpx.Response:
     """What a script gets for the same upload."""
     url = server.url + (path or f"/v1/models/{name}/predict")
     return httpx.post(url, files={"file": (filename, data, "image/png")}, timeout=30)
@@ -280,13 +288,22 @@ def test_empty_fields_are_sent_as_missing_values(tab):
     page.wait_for_selector("[data-testid=label]")
 
     (row,) = sent.value.post_data_json["rows"]
-    assert row == {"island": "Biscoe", "sex": None, "bill_length_mm": None, "bill_depth_mm": None,
-                   "flipper_length_mm": None}  # fmt: skip
+    assert row == {
+        "island": "Biscoe",
+        "sex": None,
+        "bill_length_mm": None,
+        "bill_depth_mm": None,
+        "flipper_length_mm": None,
+    }
 
 
 def test_a_csv_upload_shows_one_prediction_per_row(tab, tmp_path):
-    csv = write(tmp_path, "penguins.csv", "island,sex,bill_length_mm,bill_depth_mm,flipper_length_mm\n"
-                "Dream,female,39.5,17.4,186\nBiscoe,male,48.1,15.1,220\nTorgersen,,,,\n")  # fmt: skip
+    csv = write(
+        tmp_path,
+        "penguins.csv",
+        "island,sex,bill_length_mm,bill_depth_mm,flipper_length_mm\n"
+        "Dream,female,39.5,17.4,186\nBiscoe,male,48.1,15.1,220\nTorgersen,,,,\n",
+    )
     page = tab.open("/ui/models/penguins")
 
     with page.expect_request(lambda r: r.method == "POST") as sent:
@@ -302,7 +319,9 @@ def test_a_csv_upload_shows_one_prediction_per_row(tab, tmp_path):
 def test_a_csv_with_none_of_the_columns_shows_the_apis_error_next_to_the_csv_field(tab, server, tmp_path):
     body = "name,colour\nPingu,black\n"
     csv = write(tmp_path, "wrong.csv", body)
-    expected = httpx.post(server.url + "/v1/models/penguins/predict", content=body, headers={"Content-Type": "text/csv"})
+    expected = httpx.post(
+        server.url + "/v1/models/penguins/predict", content=body, headers={"Content-Type": "text/csv"}
+    )
     page = tab.open("/ui/models/penguins")
 
     page.set_input_files("#try-csv", str(csv))
@@ -381,7 +400,11 @@ def test_the_review_page_renders_and_says_when_the_queue_is_not_there(tab, serve
 
 
 def test_the_rollout_and_review_pages_fit_a_phone(phone):
-    for path, name in (("/ui/rollouts/digits", "rollout-phone"), ("/ui/review", "review-phone"), ("/ui", "models-phone")):
+    for path, name in (
+        ("/ui/rollouts/digits", "rollout-phone"),
+        ("/ui/review", "review-phone"),
+        ("/ui", "models-phone"),
+    ):
         page = phone.open(path)
         page.wait_for_timeout(300)
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), path
@@ -418,12 +441,16 @@ def test_with_a_canary_policy_the_rollout_page_shows_the_step_and_shares_and_rol
 ):
     if not admin_token_setting():
         pytest.skip("needs the admin token setting (SERVING_ADMIN_TOKEN) and the rollout API")
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    started = (datetime.now(timezone.utc) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")  # one hour into step 1
+    started = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")  # one hour into step 1
     policy = write(tmp_path, "rollout.yaml", CANARY_POLICY.format(start=started))
-    server = live_server(make_repo(("digits", 1), ("digits", 2)), rollout=policy, admin_token=ADMIN_TOKEN,
-                         regions=["campsite-1", "campsite-2"])  # fmt: skip
+    server = live_server(
+        make_repo(("digits", 1), ("digits", 2)),
+        rollout=policy,
+        admin_token=ADMIN_TOKEN,
+        regions=["campsite-1", "campsite-2"],
+    )
     if status_of(server, "/v1/rollouts") in ABSENT:
         pytest.skip("needs the rollout API: GET /v1/rollouts is not served")
     tab = Tab(browser, server.url)
@@ -461,9 +488,13 @@ def test_a_cat_photo_sent_to_digits_is_reviewed_and_live_accuracy_reflects_it(
     if not admin_token_setting():
         pytest.skip("needs the admin token setting (SERVING_ADMIN_TOKEN) that guards the review queue")
     server = live_server(
-        make_repo(("digits", 1)), admin_token=ADMIN_TOKEN, state_path=tmp_path / "state.sqlite",
-        prediction_log=True, prediction_log_path=tmp_path / "predictions.sqlite", prediction_log_images=True,
-    )  # fmt: skip
+        make_repo(("digits", 1)),
+        admin_token=ADMIN_TOKEN,
+        state_path=tmp_path / "state.sqlite",
+        prediction_log=True,
+        prediction_log_path=tmp_path / "predictions.sqlite",
+        prediction_log_images=True,
+    )
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     if status_of(server, "/v1/predictions", **auth) in ABSENT:
         pytest.skip("needs the prediction log listing for the review queue: GET /v1/predictions is not served")

@@ -36,7 +36,9 @@ class Page(HTMLParser):
         return re.sub(r"\s+", " ", " ".join(self.texts))
 
     def find(self, tag: str, **attrs: str) -> list[dict[str, str]]:
-        return [a for t, a in self.elements if t == tag and all(a.get(k.replace("_", "-")) == v for k, v in attrs.items())]
+        return [
+            a for t, a in self.elements if t == tag and all(a.get(k.replace("_", "-")) == v for k, v in attrs.items())
+        ]
 
     def one(self, tag: str, **attrs: str) -> dict[str, str]:
         found = self.find(tag, **attrs)
@@ -91,8 +93,14 @@ def test_every_page_forbids_anything_not_from_this_service(client):
 
 
 def test_pages_link_only_to_this_service(client):
-    for path in ("/ui", "/ui/models/digits", "/ui/models/penguins", "/ui/rollouts/digits", "/ui/monitoring/digits",
-                 "/ui/review"):  # fmt: skip
+    for path in (
+        "/ui",
+        "/ui/models/digits",
+        "/ui/models/penguins",
+        "/ui/rollouts/digits",
+        "/ui/monitoring/digits",
+        "/ui/review",
+    ):
         page = get_page(client, path)
         for tag, attr in (("a", "href"), ("link", "href"), ("script", "src"), ("img", "src"), ("form", "action")):
             for element in page.find(tag):
@@ -163,7 +171,12 @@ def test_a_tabular_models_form_is_generated_from_the_input_schema(client):
             assert control["type"] == "number" and control["step"] == "any"
     html = client.get("/ui/models/penguins").text
     island = re.search(r'name="island".*?</select>', html, re.S).group(0)
-    assert re.findall(r"<option(?: value=\"\")?>([^<]*)</option>", island) == ["(missing)", "Biscoe", "Dream", "Torgersen"]
+    assert re.findall(r"<option(?: value=\"\")?>([^<]*)</option>", island) == [
+        "(missing)",
+        "Biscoe",
+        "Dream",
+        "Torgersen",
+    ]
     assert "#na#" not in html  # the vocabulary's missing level is the "(missing)" choice
     assert page.one("input", id="try-csv")["type"] == "file"
     assert page.label_for("try-csv")
@@ -218,8 +231,14 @@ def test_model_names_are_escaped():
 def test_the_rollout_page_is_a_shell_the_script_fills_from_the_rollout_api(client):
     page = get_page(client, "/ui/rollouts/digits")
 
-    for section in ("rollout-state", "rollout-plan", "rollout-shares", "rollout-guardrails", "rollout-decisions",
-                    "rollout-history"):  # fmt: skip
+    for section in (
+        "rollout-state",
+        "rollout-plan",
+        "rollout-shares",
+        "rollout-guardrails",
+        "rollout-decisions",
+        "rollout-history",
+    ):
         assert page.one("div", id=section)
     assert page.one("body")["data-page"] == "rollout"
     assert page.find("a", href="/v1/rollouts") and page.find("a", href="/v1/rollouts/digits/history")
@@ -247,8 +266,12 @@ def test_the_review_page_filters_by_model_version_region_and_reason(client):
     for control in ("review-model", "review-version", "review-region", "review-reason"):
         assert page.label_for(control)
     assert page.one("option", selected="") == {"selected": ""}  # the model asked for is preselected
-    assert "penguins" in re.search(r"<option selected>([^<]*)</option>", client.get("/ui/review?model=penguins").text).group(1)
-    reasons = [o["value"] for o in page.find("option") if o.get("value") in ("ood", "low_confidence", "disagreement", "sample")]
+    assert "penguins" in re.search(
+        r"<option selected>([^<]*)</option>", client.get("/ui/review?model=penguins").text
+    ).group(1)
+    reasons = [
+        o["value"] for o in page.find("option") if o.get("value") in ("ood", "low_confidence", "disagreement", "sample")
+    ]
     assert reasons == ["ood", "low_confidence", "disagreement", "sample"]
     assert page.label_for("token")
 
