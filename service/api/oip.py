@@ -186,7 +186,7 @@ class OpenInferenceAPI:
             response_headers["Inference-Header-Content-Length"] = str(header_length)
             response = Response(body, media_type="application/octet-stream", headers=response_headers)
         # after the answer is sent: the shadow copy never delays or changes it
-        response.background = BackgroundTask(pipeline.mirror, ctx, codec, answer)
+        response.background = BackgroundTask(_on_the_loop, pipeline.mirror, ctx, codec, answer)
         return response
 
 
@@ -194,3 +194,8 @@ def _version_number(name: str, text: str) -> int:
     if not text.isascii() or not text.isdigit() or len(text) > 18 or int(text) <= 0:
         raise NotFound(f"model {name!r} has no version {text!r}; versions are positive integers")
     return int(text)
+
+
+async def _on_the_loop(call: Callable[..., None], *args: Any) -> None:
+    """Run ``call`` on the event loop after the response (Starlette runs a plain function in a thread)."""
+    call(*args)
