@@ -31,7 +31,7 @@ class ModelRoutes:
         return JSONResponse(self.catalogue.model_document(request.path_params["name"]))
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document(models=self.contracts()))
+        return JSONResponse(openapi_document(request.app.routes, self.contracts()))
 
     def contracts(self) -> list[ModelContract]:
         """What the OpenAPI document states per served model (its newest version's inputs)."""

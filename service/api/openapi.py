@@ -1,19 +1,26 @@
-"""The OpenAPI 3 document of the service: the fixed routes by hand, the predict routes generated per served model.
+"""The OpenAPI 3 document of the service, built from the app's route table.
 
+Every route the app serves (except the pages, ``include_in_schema=False``)
+is documented by an operation written beside its family: the fixed routes
+here, the Open Inference Protocol's in ``openapi_oip``, the rollouts' in
+``openapi_rollouts``. A served route without an operation is an error
+(``UndocumentedRoute``), so the document cannot fall behind the routes.
 Each served model gets its own predict paths, whose request body is what
 that model's decoder accepts (its media types, required fields, item and
 column limits, the columns of a tabular model), so a client generator or a
-schema fuzzer sees the real contract. Routes added by other parts of the
-service (``extra_paths``) are merged in as they are.
+schema fuzzer sees the real contract.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.api.oip_openapi import oip_paths
+from starlette.routing import BaseRoute, Mount, Route
+
+from service.api.openapi_oip import oip_paths
+from service.api.openapi_rollouts import rollout_paths
 
 _ERROR = {
     "type": "object",
@@ -345,11 +352,41 @@ def _model_predict_operation(model: ModelContract, pinned: bool) -> dict[str, An
     }
 
 
+class UndocumentedRoute(LookupError):
+    """A served route that no operation documents."""
+
+
+# The native predict paths are served ahead of Starlette's router (``service.app.ServingApp``), so they are
+# in no route table; they are always part of the document.
+PREDICT_PATHS = ("/v1/models/{name}/predict", "/v1/models/{name}/versions/{version}/predict")
+
+
+def served_operations(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(path, lower-case method) of every route in the table that belongs in the schema, mounts included."""
+    for route in routes:
+        if isinstance(route, Mount) and hasattr(route.app, "routes"):
+            yield from served_operations(route.app.routes, prefix + route.path)
+        elif isinstance(route, Route) and route.include_in_schema:
+            for method in sorted((route.methods or set()) - {"HEAD"}):
+                yield prefix + route.path, method.lower()
+
+
 def openapi_document(
-    version: str = "1", models: Sequence[ModelContract] | None = None, extra_paths: Mapping[str, Any] | None = None
+    routes: Sequence[BaseRoute] | None = None, models: Sequence[ModelContract] | None = None, version: str = "1"
 ) -> dict[str, Any]:
-    """The whole document; with ``models``, one pair of predict paths per served model instead of the templates."""
+    """The document of the operations ``routes`` serve (every known operation without a route table); with
+    ``models``, one pair of predict paths per served model instead of the templates."""
     document = _base_document(version)
+    known = document["paths"]
+    if routes is not None:
+        served = [*served_operations(routes), *((path, "post") for path in PREDICT_PATHS)]
+        paths: dict[str, Any] = {}
+        for path, method in served:
+            operation = known.get(path, {}).get(method)
+            if operation is None:
+                raise UndocumentedRoute(f"{method.upper()} {path} is served but no OpenAPI operation documents it")
+            paths.setdefault(path, {})[method] = operation
+        document["paths"] = paths
     if models is not None:
         paths = document["paths"]
         del paths["/v1/models/{name}/predict"], paths["/v1/models/{name}/versions/{version}/predict"]
@@ -357,7 +394,6 @@ def openapi_document(
             paths[f"/v1/models/{model.name}/predict"] = _model_predict_operation(model, False)
             if model.versions:
                 paths[f"/v1/models/{model.name}/versions/{{version}}/predict"] = _model_predict_operation(model, True)
-    document["paths"].update(extra_paths or {})  # routes other modules add (e.g. the Open Inference Protocol)
     return document
 
 
@@ -399,6 +435,10 @@ def _base_document(version: str) -> dict[str, Any]:
             "/v1/models/{name}/predict": _predict_operation("Predict with the version routing chooses.", False),
             "/v1/models/{name}/versions/{version}/predict": _predict_operation("Predict with a pinned version.", True),
             **oip_paths(),
+            **rollout_paths(),
+            "/openapi.json": {
+                "get": {"summary": "This document.", "responses": {"200": _json("The OpenAPI 3.1 document.")}}
+            },
             # monitoring (docs/monitoring.md)
             "/v1/models/{name}/drift": {
                 "get": {

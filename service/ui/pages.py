@@ -91,12 +91,13 @@ class WebPages:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/", self.home, methods=["GET"]),
-            Route("/ui", self.models, methods=["GET"]),
-            Route("/ui/models/{name}", self.model_card, methods=["GET"]),
-            Route("/ui/rollouts/{name}", self.rollout, methods=["GET"]),
-            Route("/ui/monitoring/{name}", self.monitoring, methods=["GET"]),
-            Route("/ui/review", self.review, methods=["GET"]),
+            # pages, not API: out of the OpenAPI document
+            Route("/", self.home, methods=["GET"], include_in_schema=False),
+            Route("/ui", self.models, methods=["GET"], include_in_schema=False),
+            Route("/ui/models/{name}", self.model_card, methods=["GET"], include_in_schema=False),
+            Route("/ui/rollouts/{name}", self.rollout, methods=["GET"], include_in_schema=False),
+            Route("/ui/monitoring/{name}", self.monitoring, methods=["GET"], include_in_schema=False),
+            Route("/ui/review", self.review, methods=["GET"], include_in_schema=False),
             Mount("/ui/static", app=StaticFiles(directory=STATIC_DIR), name="ui-static"),
         ]
 

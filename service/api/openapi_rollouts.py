@@ -1,0 +1,88 @@
+"""The rollout routes (``service.api.rollouts``) as OpenAPI 3 path items, for the service's OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_BEARER = {
+    "name": "Authorization",
+    "in": "header",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "Bearer <SERVING_ADMIN_TOKEN>.",
+}
+_REASON = {
+    "required": False,
+    "content": {"application/json": {"schema": {"type": "object", "properties": {"reason": {"type": "string"}}}}},
+}
+
+
+def _response(description: str, error: bool = False) -> dict[str, Any]:
+    schema = _ERROR if error else {"type": "object"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_CHANGE_ERRORS = {
+    "401": _response("A missing or wrong admin token.", error=True),
+    "403": _response("Admin endpoints are off: no SERVING_ADMIN_TOKEN is configured.", error=True),
+    "404": _response("No such model, or no rollout policy for it.", error=True),
+    "422": _response("The change is not possible (the field is named).", error=True),
+    "503": _response("The state store is unreachable: the change was not made.", error=True),
+}
+
+
+def rollout_paths() -> dict[str, Any]:
+    """Every rollout route: reading the state, the audit trail, and the admin's changes."""
+    return {
+        "/v1/rollouts": {
+            "get": {
+                "summary": "The rollout state of every model, the policy file's status and the state store's health.",
+                "responses": {"200": _response("Every model's rollout.")},
+            }
+        },
+        "/v1/rollouts/{name}": {
+            "get": {
+                "summary": "One model's rollout: stage, step, shares per region, guardrails, decisions, timeline.",
+                "parameters": [_NAME],
+                "responses": {"200": _response("The rollout."), "404": _response("No policy.", error=True)},
+            },
+            "put": {
+                "summary": "Replace the model's rollout policy (admin token); stored for every replica.",
+                "parameters": [_NAME, _BEARER],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object", "required": ["stable"]}}},
+                },
+                "responses": {"200": _response("The rollout after the change."), **_CHANGE_ERRORS},
+            },
+        },
+        "/v1/rollouts/{name}/history": {
+            "get": {
+                "summary": "The audit trail of the model's rollout, newest first.",
+                "parameters": [_NAME],
+                "responses": {
+                    "200": _response("The audit entries."),
+                    "404": _response("No policy.", error=True),
+                    "503": _response("The state store is unreachable.", error=True),
+                },
+            }
+        },
+        "/v1/rollouts/{name}/promote": {
+            "post": {
+                "summary": "The candidate takes all traffic (admin token).",
+                "parameters": [_NAME, _BEARER],
+                "requestBody": _REASON,
+                "responses": {"200": _response("The rollout after the change."), **_CHANGE_ERRORS},
+            }
+        },
+        "/v1/rollouts/{name}/rollback": {
+            "post": {
+                "summary": "The candidate gets no traffic (admin token).",
+                "parameters": [_NAME, _BEARER],
+                "requestBody": _REASON,
+                "responses": {"200": _response("The rollout after the change."), **_CHANGE_ERRORS},
+            }
+        },
+    }
