@@ -2,11 +2,10 @@
 
 ``service.monitoring.batch`` appends a few columns to every batch's rows:
 the out-of-domain score and, for image models, the pixel summaries. In numpy
-they are some twenty calls per batch, and on a busy event loop, its caches
-full of everything else, each call costs several microseconds: for the
-digits example 93 us of CPU for a batch of one item (one client), more than
-the model's run. Added as nodes after the model's outputs, ONNX Runtime
-computes them in the same run for a fraction of that.
+they are some twenty calls per batch, each costing several microseconds on a
+busy event loop, more than a small model's run; added as nodes after the
+model's outputs, ONNX Runtime computes them in the same run for a fraction
+of that (figures: docs/performance.md, "Monitoring's columns in the graph").
 :func:`with_columns` returns the model with one more output,
 :data:`COLUMNS_OUTPUT` (``[batch, width]``, float32, in ``BatchColumns``'
 order); the bundle's file is not changed, only the copy the service opens
@@ -102,9 +101,8 @@ class _Builder:
         """[N, 3] float32: brightness, contrast, saturation of uint8 [N, 3, H, W] pixels, as ``summary_matrix``.
 
         Written as ``summary_matrix`` is, on the pixels flattened to [N, 3, P]: the gray level is one MatMul
-        and every reduction runs over the last axis. A 1x1 Conv for the gray level cost more than the model
-        (ONNX Runtime re-lays it out in blocked NCHWc form and back): +166 us on a digits batch of 10, where
-        this graph adds 34-38 us (numpy's ``summary_matrix`` alone: 85 us)."""
+        and every reduction runs over the last axis. Not a 1x1 Conv for the gray level: ONNX Runtime re-lays
+        that out in blocked NCHWc form and back, which cost more than the model (docs/performance.md)."""
         step = max(1, max(height, width) // mon.SUMMARY_GRID)
         if step > 1:  # every step-th row and column: pixels[:, :, ::step, ::step]
             pixels = self.node(
