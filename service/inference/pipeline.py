@@ -207,6 +207,7 @@ class PredictPipeline:
                     predictions,
                     logits,
                     columns,
+                    ctx.client_request_id,
                 )
             )
         return Answer(version, predictions, output, decoded, body)
@@ -240,6 +241,4 @@ class PredictPipeline:
     def mirror(self, ctx: RequestContext, codec: RequestCodec, answer: Answer) -> None:
         """After the answer is sent: a copy for the shadow candidate, when the policy shadows this request."""
         if self.shadow is not None and ctx.pinned is None:
-            self.shadow.mirror(
-                ctx.model, ctx.key, answer.version, codec, answer.body, answer.predictions, answer.decoded.arrays
-            )
+            self.shadow.mirror(ctx, answer.version, codec, answer.body, answer.predictions, answer.decoded.arrays)
