@@ -167,6 +167,6 @@ def _flag(value: str, name: str) -> bool:
 
 
 def _bounded_int(value: str, name: str, low: int, high: int) -> int:
-    if not value.isdigit() or len(value) > 10 or not low <= int(value) <= high:
+    if not value.isascii() or not value.isdigit() or len(value) > 10 or not low <= int(value) <= high:
         raise InvalidInput(f"{name}: expected a whole number from {low} to {high}, got {value[:40]!r}")
     return int(value)

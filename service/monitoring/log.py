@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -46,7 +47,9 @@ _FLAGS_UPSERT = _REVIEW_INSERT + (
     "region = excluded.region, arm = excluded.arm, ood = excluded.ood, low_confidence = excluded.low_confidence"
 )
 _DISAGREEMENT_UPSERT = _REVIEW_INSERT + "DO UPDATE SET disagreement = 1"
-_MAX_ROWS_PER_STATEMENT = 256  # 256 x 13 parameters: within SQLite's and PostgreSQL's limits
+_MAX_ROWS_PER_STATEMENT = 256
+# the most parameters one statement may bind: SQLite's limit (999 before 3.32), PostgreSQL's 65,535
+_MAX_PARAMETERS = {"sqlite": 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999, "postgresql": 65_535}
 
 PRUNE_INTERVAL_S = 60.0
 BUDGET_TARGET = 0.9  # a log over its budget is cut to this share of it, so it is not cut again at every check
@@ -160,6 +163,8 @@ class PredictionLog:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        elif self._thread.ident is None:  # never started: write here what was buffered
+            self.flush()
         with self._lock:
             self._closed = True
             left = len(self._buffer)
@@ -243,9 +248,10 @@ class PredictionLog:
         if not rows:
             return
         marks = "(" + ", ".join("?" for _ in rows[0]) + ")"
+        largest = min(_MAX_ROWS_PER_STATEMENT, _MAX_PARAMETERS.get(self.store.dialect, 999) // len(rows[0]))
         start = 0
         while start < len(rows):
-            n = min(_MAX_ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
+            n = min(largest, 1 << ((len(rows) - start).bit_length() - 1))
             chunk = rows[start : start + n]
             inserted = self.store.execute(sql.format(values=", ".join([marks] * n)), [v for r in chunk for v in r])
             if count and inserted > 0:

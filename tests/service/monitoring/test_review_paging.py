@@ -101,6 +101,12 @@ def test_a_cursor_the_service_did_not_give_is_422_naming_it(client: Any) -> None
     assert response.status_code == 422 and "cursor" in response.json()["error"]["message"]
 
 
+def test_filters_that_cannot_be_meant_are_422_naming_them(client: Any) -> None:
+    for params, name in (({"version": "²"}, "version"), ({"reason": "bored"}, "reason"), ({"model": "a\x00"}, "model")):
+        response = client.get("/v1/predictions", params=params, headers=REVIEWER)
+        assert response.status_code == 422 and name in response.json()["error"]["message"], params
+
+
 # -- shadow answers and disagreements ------------------------------------------------------------------
 
 SHADOW = """
