@@ -99,27 +99,43 @@ class Unwritable:
         return "\ud800"
 
 
+def observation(state: Any, request_id: str, row: dict[str, Any], copies: int = 1) -> Observation:
+    """What the pipeline would hand the monitor for one row of shapes (its columns ``copies`` long)."""
+    prediction = {"label": "a", "probabilities": {"a": 0.9, "b": 0.1}, "ood": None}
+    columns = {name: np.array([value] * copies, dtype=object) for name, value in row.items()}
+    output = np.array([[0.9, 0.1]], dtype=np.float32)
+    return Observation(state, "other", "stable", request_id, time.time(), 1.0, output, [prediction], None, columns,
+                       None, True, [row])  # fmt: skip
+
+
 def test_a_record_that_cannot_be_encoded_is_dropped_alone_and_counted(shapes_repo: Path, tmp_path: Path) -> None:
     with serve(shapes_repo, prediction_log=True, prediction_log_path=tmp_path / "log.sqlite") as client:
-        components = client.app.state.components
-        (version,) = components.registry.all_versions()
-        state = components.monitor.prepare(version)
+        monitor = client.app.state.components.monitor
+        state = monitor.prepare(*client.app.state.components.registry.all_versions())
 
-        def observation(request_id: str, row: dict[str, Any]) -> Observation:
-            prediction = {"label": "a", "probabilities": {"a": 0.9, "b": 0.1}, "ood": None}
-            columns = {name: np.array([value], dtype=object) for name, value in row.items()}
-            output = np.array([[0.9, 0.1]], dtype=np.float32)
-            return Observation(state, "other", "stable", request_id, time.time(), 1.0, output, [prediction], None,
-                               columns, None, True, [row])  # fmt: skip
-
-        components.monitor.worker.submit(observation("bad", {**CONFIDENT, "color": Unwritable()}))
-        components.monitor.worker.submit(observation("good", CONFIDENT))
-        components.monitor.wait_idle()
-        components.monitor.log.flush()
+        monitor.worker.submit(observation(state, "bad", {**CONFIDENT, "color": Unwritable()}))
+        monitor.worker.submit(observation(state, "good", CONFIDENT))
+        monitor.wait_idle()
+        monitor.log.flush()
         text = client.get("/metrics").text
 
     assert metric_value(text, "serving_prediction_log_dropped_total", reason="unencodable") == 1
     assert metric_value(text, "serving_prediction_log_written_total") == 1
+
+
+def test_an_observation_that_cannot_be_binned_is_left_out_alone(shapes_repo: Path, tmp_path: Path) -> None:
+    with serve(shapes_repo, prediction_log=True, prediction_log_path=tmp_path / "log.sqlite") as client:
+        monitor = client.app.state.components.monitor
+        state = monitor.prepare(*client.app.state.components.registry.all_versions())
+
+        monitor.worker.submit(observation(state, "bad", CONFIDENT, copies=2))  # two rows of inputs, one output
+        monitor.worker.submit(observation(state, "good", CONFIDENT))
+        monitor.wait_idle()
+        (report,) = client.get("/v1/models/shapes/drift").json()["versions"]
+        text = client.get("/metrics").text
+
+    assert report["window"]["items_seen"] == 1
+    assert metric_value(text, "serving_monitor_failed_total") == 1
 
 
 # -- the log's key is the service's id (item 5) ----------------------------------------------------------
