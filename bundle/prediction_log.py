@@ -18,7 +18,37 @@ from bundle.store import Migration, Store, open_store
 
 PREDICTIONS = "monitoring_predictions"
 FEEDBACK = "monitoring_feedback"
-COLUMNS = ("request_id", "created_at", "model", "version", "region", "arm", "inputs", "outputs", "ood", "latency_ms")
+REVIEW = "monitoring_review"
+# request_id is always an id the service made (the key); client_request_id is the client's X-Request-Id, a label.
+# A shadow record (arm "shadow") is the candidate's answer to a copy of the request named by shadow_of.
+COLUMNS = (
+    "request_id",
+    "created_at",
+    "model",
+    "version",
+    "region",
+    "arm",
+    "inputs",
+    "outputs",
+    "ood",
+    "latency_ms",
+    "client_request_id",
+    "shadow_of",
+    "items",
+)
+# One row per flagged item (out of domain, low confidence, shadow disagreement): the review queue pages these.
+REVIEW_COLUMNS = (
+    "request_id",
+    "item",
+    "created_at",
+    "model",
+    "version",
+    "region",
+    "arm",
+    "ood",
+    "low_confidence",
+    "disagreement",
+)
 
 # The log's schema, in order. Append new steps at the end; never edit an applied one.
 MIGRATIONS: list[Migration] = [
@@ -57,6 +87,33 @@ MIGRATIONS: list[Migration] = [
             received_at DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (request_id, item)
         )
+        """,
+    ),
+    Migration(
+        # Records logged before this step have no item count (the review queue's total counts them as one item)
+        # and no review rows (they are listed with flagged=false).
+        "monitoring-3-client-ids-shadows-review",
+        """
+        ALTER TABLE monitoring_predictions ADD COLUMN client_request_id TEXT;
+        ALTER TABLE monitoring_predictions ADD COLUMN shadow_of TEXT;
+        ALTER TABLE monitoring_predictions ADD COLUMN items BIGINT;
+        CREATE INDEX IF NOT EXISTS monitoring_predictions_by_shadow_of
+            ON monitoring_predictions (shadow_of) WHERE shadow_of IS NOT NULL;
+        CREATE TABLE IF NOT EXISTS monitoring_review (
+            request_id TEXT NOT NULL,
+            item BIGINT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            model TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            region TEXT NOT NULL,
+            arm TEXT NOT NULL,
+            ood BIGINT NOT NULL DEFAULT 0,
+            low_confidence BIGINT NOT NULL DEFAULT 0,
+            disagreement BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (request_id, item)
+        );
+        CREATE INDEX IF NOT EXISTS monitoring_review_by_time ON monitoring_review (created_at, request_id, item);
+        CREATE INDEX IF NOT EXISTS monitoring_feedback_by_time ON monitoring_feedback (received_at)
         """,
     ),
 ]

@@ -87,6 +87,8 @@ def build_monitor(settings: ServiceSettings, metrics: ServingMetrics) -> Monitor
             monitor_metrics.log,
             buffer_size=settings.prediction_log_buffer,
             retention_s=settings.prediction_log_retention_days * 86_400,
+            max_bytes=settings.prediction_log_max_bytes,
+            max_rows=settings.prediction_log_max_rows,
         )
     return Monitor(settings, monitor_metrics, prediction_log)
 
@@ -118,7 +120,7 @@ def build(settings: ServiceSettings, clock: Clock | None = None) -> Components:
     threads = settings.preprocess_threads or cpu_quota()
     decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
     decode_queue = DecodeQueue(threads, settings.max_preprocess_backlog, settings.retry_after_s)
-    shadow = ShadowRunner(settings, registry, rollout, decode_pool) if rollout is not None else None
+    shadow = ShadowRunner(settings, registry, rollout, decode_pool, monitor) if rollout is not None else None
     pipeline = PredictPipeline(settings, router, metrics, decode_queue, decode_pool, monitor, rollout, shadow)
     catalogue = ModelCatalogue(registry, router, partial(describe_model, rollout) if rollout is not None else None)
     return Components(settings, metrics, registry, router, monitor, rollout, shadow, pipeline, catalogue, decode_pool)
@@ -127,7 +129,7 @@ def build(settings: ServiceSettings, clock: Clock | None = None) -> Components:
 def routes(c: Components) -> list[BaseRoute]:
     """Every route but the native predict paths (``ServingApp`` sends those to the predict endpoint first)."""
     return [
-        *OperationRoutes(c.registry, c.metrics, c.rollout).routes(),
+        *OperationRoutes(c.registry, c.metrics, c.rollout, c.monitor).routes(),
         *ModelRoutes(c.settings, c.catalogue).routes(),
         *RolloutAPI(c.settings, c.rollout).routes(),
         *OpenInferenceAPI(c.settings, c.registry, c.router, c.pipeline).routes(),

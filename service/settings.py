@@ -225,6 +225,33 @@ class ServiceSettings(BaseSettings):
     prediction_log_buffer: int = Field(
         10_000, ge=1, description="Records waiting for the log writer; beyond it records are dropped and counted."
     )
+    # who may send ground truth, and how much room the log takes (docs/monitoring.md)
+    feedback_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for POST /v1/feedback only (a system that sends ground truth but must not read "
+        "logged inputs); the reviewer and admin tokens work too. With none of them set, feedback is refused.",
+    )
+    feedback_open: bool = Field(
+        False,
+        description="Take feedback without any token. Anyone who can reach the service can then move the live "
+        "accuracy that the min_live_accuracy guardrail judges: only for a closed network.",
+    )
+    feedback_max_body_bytes: int = Field(
+        65_536, ge=64, description="Largest feedback body in bytes (413 beyond); read before it is parsed."
+    )
+    prediction_log_max_bytes: int = Field(
+        1_073_741_824,
+        ge=65_536,
+        description="Most bytes the prediction log may take (default 1 GiB); beyond it the oldest records and "
+        "their feedback are removed first. SQLite: the file's used pages. PostgreSQL: enforced as a number of "
+        "rows (prediction_log_max_rows).",
+    )
+    prediction_log_max_rows: int = Field(
+        0,
+        ge=0,
+        description="Most records the log keeps on PostgreSQL, oldest removed first; 0: prediction_log_max_bytes "
+        "divided by the average size of the newest records.",
+    )
 
     # -- process -----------------------------------------------------------------------------
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")

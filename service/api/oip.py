@@ -29,7 +29,7 @@ from service.codecs.oip.models import ProtocolModel
 from service.codecs.oip.request import OipRequest, ParsedInference
 from service.codecs.oip.tensors import encode_response
 from service.http.errors import NotFound, ServiceError, Unavailable, error_parts
-from service.http.request_id import assign_request_id
+from service.http.request_id import assign_request_id, client_request_id
 from service.http.responses import JSONResponse
 from service.inference.pipeline import PredictPipeline
 from service.models.registry import ModelRegistry
@@ -163,6 +163,7 @@ class OpenInferenceAPI:
             headers.get(self.settings.region_header),
             headers.get(pipeline.sticky_header(name).decode("latin-1")),
             headers.get("content-length"),
+            client_request_id(request.scope),
         )
         codec = OipRequest(headers.get("content-encoding", "identity"), headers.get(HEADER_LENGTH), self.model)
         answer = await pipeline.run(ctx, codec, request.receive)
@@ -174,6 +175,8 @@ class OpenInferenceAPI:
             "id": parsed.request.id if parsed.request.id is not None else ctx.request_id,
         }
         parameters = dict(parsed.request.parameters)
+        if parsed.request.id is not None:  # "id" is the client's: the service's own, which feedback names, goes here
+            parameters["request_id"] = ctx.request_id
         if any("ood" in p for p in answer.predictions):  # monitoring's out-of-domain flags, one per item
             parameters["ood"] = [p.get("ood") for p in answer.predictions]
         if parameters:

@@ -116,7 +116,8 @@ _FEEDBACK: dict[str, Any] = {
             "type": "string",
             "minLength": 1,
             "maxLength": 200,
-            "description": "The request id the prediction answered with (X-Request-Id).",
+            "description": "The request_id of the prediction's response body (the service's own id; a client's "
+            "X-Request-Id names nothing).",
         },
         "label": {
             "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
@@ -465,7 +466,10 @@ def _base_document(version: str) -> dict[str, Any]:
                         {
                             "name": "reason",
                             "in": "query",
-                            "schema": {"type": "string", "enum": ["ood", "low_confidence", "sample"]},
+                            "schema": {
+                                "type": "string",
+                                "enum": ["ood", "low_confidence", "disagreement", "sample"],
+                            },
                         },
                         {"name": "flagged", "in": "query", "schema": {"type": "boolean", "default": True}},
                         {"name": "reviewed", "in": "query", "schema": {"type": "boolean", "default": False}},
@@ -474,11 +478,18 @@ def _base_document(version: str) -> dict[str, Any]:
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
                         },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "description": "The previous page's next: the page after it.",
+                            "schema": {"type": "string"},
+                        },
                     ],
                     "responses": {
                         "200": _json(
                             "{predictions: [{request_id, item, created_at, model, version, region, "
-                            "arm, reasons, inputs, outputs, ood}]}"
+                            "arm, reasons, inputs, outputs, ood[, shadow]}], total, next}: one page, the queue's "
+                            "size, the cursor of the next page (null on the last)"
                         ),
                         "401": _error("A wrong or missing token."),
                         "403": _error("No reviewer or admin token is configured."),
@@ -489,11 +500,19 @@ def _base_document(version: str) -> dict[str, Any]:
             },
             "/v1/feedback": {
                 "post": {
-                    "summary": "Ground truth for a logged prediction: {request_id, label | value[, item]}.",
+                    "summary": "Ground truth for a logged prediction: {request_id, label | value[, item]} "
+                    "(feedback, reviewer or admin token).",
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _FEEDBACK}}},
                     "responses": {
-                        "200": _json("Whether the prediction was right."),
+                        "200": _json(
+                            "{request_id, item, counted, reason}: whether the answer counted (the first answer "
+                            "for an item), never what was predicted"
+                        ),
+                        "401": _error("A wrong or missing token (feedback, reviewer or admin)."),
+                        "403": _error("No feedback, reviewer or admin token is configured."),
                         "404": _error("No logged prediction has this request id."),
+                        "413": _error("A body over feedback_max_body_bytes."),
+                        "415": _error("A body that is not application/json."),
                         "422": _error("A label the model does not know, or no label."),
                         "503": _error("Monitoring or the prediction log is off, or the log is unreachable."),
                     },

@@ -12,14 +12,22 @@ from service.http.errors import error_body
 from service.http.responses import JSONResponse
 from service.metrics import ServingMetrics
 from service.models.registry import ModelRegistry
+from service.monitoring import Monitor
 from service.rollout.manager import RolloutManager
 
 
 class OperationRoutes:
-    def __init__(self, registry: ModelRegistry, metrics: ServingMetrics, rollout: RolloutManager | None) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: ServingMetrics,
+        rollout: RolloutManager | None,
+        monitor: Monitor | None = None,
+    ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.rollout = rollout
+        self.monitor = monitor
 
     def routes(self) -> list[Route]:
         return [
@@ -39,6 +47,9 @@ class OperationRoutes:
         ready: dict[str, Any] = {"status": "ready", "models": loaded}
         if self.rollout is not None:  # an unreachable store never stops predictions; it is only reported
             ready["state_store"] = self.rollout.store_status()
+        log_status = self.monitor.log_status() if self.monitor is not None else None
+        if log_status is not None:  # a failing log never stops predictions either
+            ready["prediction_log"] = log_status
         return JSONResponse(ready)
 
     async def metrics_text(self, request: Request) -> Response:

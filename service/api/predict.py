@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.codecs.native import NativeRequest
 from service.http.errors import ServiceError, describe_error
-from service.http.request_id import assign_request_id, id_header
+from service.http.request_id import assign_request_id, client_request_id, id_header
 from service.http.responses import send_json
 from service.inference.pipeline import PredictPipeline
 
@@ -44,12 +44,15 @@ class PredictEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, match: re.Match[str]) -> None:
         """Serve one request whose path ``PREDICT_PATH`` matched; every outcome is a response, never an exception."""
-        request_id = assign_request_id(scope)
-        request_id_header = id_header(request_id)
+        request_id = assign_request_id(scope)  # the service's own: the body's request_id, what feedback names
+        client_id = client_request_id(scope)
+        request_id_header = id_header(client_id or request_id)  # the client's X-Request-Id is echoed as sent
         try:
             if scope["method"] != "POST":
                 raise HTTPException(405, headers={"Allow": "POST"})
-            await self._serve(scope, receive, send, match["name"], match["version"], request_id, request_id_header)
+            await self._serve(
+                scope, receive, send, match["name"], match["version"], request_id, client_id, request_id_header
+            )
         except Exception as exc:
             if not isinstance(exc, (ServiceError, HTTPException)):
                 log.exception("predict failed before reaching a model (request %s)", request_id)
@@ -66,6 +69,7 @@ class PredictEndpoint:
         name: str,
         pinned: str | None,
         request_id: str,
+        client_id: str | None,
         request_id_header: tuple[bytes, bytes],
     ) -> None:
         pipeline = self.pipeline
@@ -78,6 +82,7 @@ class PredictEndpoint:
             headers.get(self._region_header),
             headers.get(pipeline.sticky_header(name)),
             headers.get(b"content-length"),
+            client_id,
         )
         codec = NativeRequest(headers.get(b"content-type", ""))
         answer = await pipeline.run(ctx, codec, receive)

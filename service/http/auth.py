@@ -1,9 +1,12 @@
 """Bearer tokens: who may do what. Every check compares in constant time and names the credential it wants.
 
 - the admin token (``SERVING_ADMIN_TOKEN``) steers rollouts and may do what the reviewer does;
-- the reviewer token (``SERVING_REVIEWER_TOKEN``) reads the review queue.
+- the reviewer token (``SERVING_REVIEWER_TOKEN``) reads the review queue and sends ground truth;
+- the feedback token (``SERVING_FEEDBACK_TOKEN``) only sends ground truth: a labelling system holds it,
+  and it reads nothing of the log (feedback answers say whether an answer counted, never what was predicted).
 
-A role with no token configured is switched off (403), never open.
+A role with no token configured is switched off (403), never open; feedback alone can be opened to anyone
+on purpose (``SERVING_FEEDBACK_OPEN``), since its answers move the ``min_live_accuracy`` guardrail.
 """
 
 from __future__ import annotations
@@ -48,3 +51,23 @@ def require_reviewer(admin_token: SecretStr | None, reviewer_token: SecretStr | 
         raise Forbidden("the review queue is disabled: set SERVING_REVIEWER_TOKEN or SERVING_ADMIN_TOKEN")
     if not matches(authorization, tokens):
         raise Unauthorized("Authorization: Bearer <reviewer or admin token> is missing or wrong")
+
+
+def require_feedback(
+    admin_token: SecretStr | None,
+    reviewer_token: SecretStr | None,
+    feedback_token: SecretStr | None,
+    open_to_anyone: bool,
+    authorization: str,
+) -> None:
+    """The feedback, reviewer or admin token, unless feedback is opened on purpose; 403 when none is configured."""
+    if open_to_anyone:
+        return
+    tokens = _configured(admin_token, reviewer_token, feedback_token)
+    if not tokens:
+        raise Forbidden(
+            "feedback is disabled: set SERVING_FEEDBACK_TOKEN (or SERVING_REVIEWER_TOKEN), "
+            "or SERVING_FEEDBACK_OPEN=true on a closed network"
+        )
+    if not matches(authorization, tokens):
+        raise Unauthorized("Authorization: Bearer <feedback, reviewer or admin token> is missing or wrong")

@@ -40,6 +40,7 @@ class RequestContext:
     content_length: str | None  # the Content-Length header as sent
     started: float  # time.perf_counter() when the request arrived
     deadline: float  # time.perf_counter() by which it must be answered
+    client_request_id: str | None = None  # the client's X-Request-Id: logged beside the service's id, never a key
 
     def remaining_s(self, during: str) -> float:
         """Seconds left before the deadline; DeadlineExceeded (504) naming the step when none are."""

@@ -112,6 +112,7 @@ class PredictPipeline:
         client_region: str | None,
         key: str | None,
         content_length: str | None,
+        client_request_id: str | None = None,
     ) -> RequestContext:
         """A request's context from what its protocol read: ``pinned`` is the path's version text, if any."""
         started = time.perf_counter()
@@ -122,10 +123,11 @@ class PredictPipeline:
             request_id,
             client_region,
             self.settings.region_label(client_region),
-            key or request_id,
+            key or client_request_id or request_id,  # a client's own id keeps a retried request on its arm
             content_length,
             started,
             started + self.settings.request_timeout_s,
+            client_request_id,
         )
 
     def _version_number(self, model: str, text: str) -> int:
@@ -205,6 +207,7 @@ class PredictPipeline:
                     predictions,
                     logits,
                     columns,
+                    ctx.client_request_id,
                 )
             )
         return Answer(version, predictions, output, decoded, body)
@@ -238,6 +241,4 @@ class PredictPipeline:
     def mirror(self, ctx: RequestContext, codec: RequestCodec, answer: Answer) -> None:
         """After the answer is sent: a copy for the shadow candidate, when the policy shadows this request."""
         if self.shadow is not None and ctx.pinned is None:
-            self.shadow.mirror(
-                ctx.model, ctx.key, answer.version, codec, answer.body, answer.predictions, answer.decoded.arrays
-            )
+            self.shadow.mirror(ctx, answer.version, codec, answer.body, answer.predictions, answer.decoded.arrays)

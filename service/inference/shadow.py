@@ -20,6 +20,9 @@ copy is not decoded again: stable's decoded arrays wait a moment
 (``FLUSH_S``) with the other requests' copies and run on the candidate as
 one batch, so shadowing every request costs the loop little more than a
 list append per request.
+
+Every shadow answer to a copy of a logged request is logged too (arm ``shadow``, linked to the request it
+copies), and the items where the candidate disagreed with stable are flagged for review (``disagreement``).
 """
 
 from __future__ import annotations
@@ -28,15 +31,17 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from service.codecs.decoded import Decoded
-from service.inference.context import RequestCodec
+from service.inference.context import RequestCodec, RequestContext
 from service.models.registry import ModelRegistry
 from service.models.version import ModelVersion
+from service.monitoring import Monitor
 from service.rollout.manager import RolloutManager
 from service.settings import ServiceSettings
 
@@ -115,20 +120,47 @@ def compare(
     return compared, disagreed, abs_diff, rel_diff, values
 
 
+def disagreeing_items(task: str, stable: list[dict[str, Any]], candidate: list[dict[str, Any]]) -> list[int]:
+    """The items whose label (or set of labels) differs; none for regression, which differs by degree."""
+    if task == "classification":
+        return [i for i, (s, c) in enumerate(zip(stable, candidate)) if s.get("label") != c.get("label")]
+    if task == "multilabel":
+        return [
+            i for i, (s, c) in enumerate(zip(stable, candidate)) if set(s.get("labels", ())) != set(c.get("labels", ()))
+        ]
+    return []
+
+
+@dataclass(frozen=True)
+class ShadowedRequest:
+    """The stable answer a shadow copy is compared with, and what its log record names."""
+
+    request_id: str  # the service's id of the served request
+    version: int  # the stable version that served it (only what stable answered is mirrored)
+    region: str
+    predictions: list[dict[str, Any]]
+
+
 class ShadowRunner:
     """Mirrors shadowed requests to the candidate off the request path, within a bound."""
 
     def __init__(
-        self, settings: ServiceSettings, registry: ModelRegistry, rollout: RolloutManager, decode_pool: Executor
+        self,
+        settings: ServiceSettings,
+        registry: ModelRegistry,
+        rollout: RolloutManager,
+        decode_pool: Executor,
+        monitor: Monitor | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.rollout = rollout
         self.decode_pool = decode_pool
+        self.monitor = monitor  # logs each shadow answer beside the request it copies
         self.in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        # decoded copies waiting to run together, per (model, candidate version): (candidate, arrays, predictions)
-        self._pending: dict[tuple[str, int], list[tuple[ModelVersion, list[Any], list[dict[str, Any]]]]] = {}
+        # decoded copies waiting to run together, per (model, candidate version): (candidate, arrays, stable's answer)
+        self._pending: dict[tuple[str, int], list[tuple[ModelVersion, list[Any], ShadowedRequest]]] = {}
         self._pending_items = 0
         self._flush: asyncio.TimerHandle | None = None
         self._same: dict[tuple[int, int], bool] = {}
@@ -137,8 +169,7 @@ class ShadowRunner:
 
     def mirror(
         self,
-        name: str,
-        key: str,
+        ctx: RequestContext,
         stable: ModelVersion,
         codec: RequestCodec,
         body: bytes,
@@ -146,9 +177,11 @@ class ShadowRunner:
         arrays: list[Any] | None = None,
     ) -> None:
         """Called after stable's answer is sent; starts the shadow run or sheds it. Never raises."""
-        target = self.rollout.shadow_target(name, key, stable.version)
+        name = ctx.model
+        target = self.rollout.shadow_target(name, ctx.key, stable.version)
         if target is None:
             return
+        answered = ShadowedRequest(ctx.request_id, stable.version, ctx.region, stable_predictions)
         try:
             candidate = self.registry.get(name, target)
         except Exception:  # a candidate that is not loaded gets no shadow traffic; the policy reports it
@@ -166,13 +199,13 @@ class ShadowRunner:
             if self._pending_items >= half_queue:
                 self._shed(name)
                 return
-            self._pending.setdefault((name, candidate.version), []).append((candidate, arrays, stable_predictions))
-            self._pending_items += len(stable_predictions)
+            self._pending.setdefault((name, candidate.version), []).append((candidate, arrays, answered))
+            self._pending_items += len(answered.predictions)
             if self._flush is None:
                 self._flush = asyncio.get_running_loop().call_later(FLUSH_S, self._start_batches)
             return
         self.in_flight += 1
-        task = asyncio.create_task(self._run(name, stable, candidate, codec, body, stable_predictions))
+        task = asyncio.create_task(self._run(name, stable, candidate, codec, body, answered))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
@@ -200,7 +233,7 @@ class ShadowRunner:
             self._tasks.add(task)
             task.add_done_callback(self._finished)
 
-    async def _run_batch(self, name: str, copies: list[tuple[ModelVersion, list[Any], list[dict[str, Any]]]]) -> None:
+    async def _run_batch(self, name: str, copies: list[tuple[ModelVersion, list[Any], ShadowedRequest]]) -> None:
         """Stable's decoded arrays of many requests, run on the candidate at once and compared."""
         started = time.perf_counter()
         candidate = copies[0][0]
@@ -240,8 +273,13 @@ class ShadowRunner:
         seconds = time.perf_counter() - started
         self.rollout.observe(name, candidate.version, True, seconds, len(copies))
         self.rollout.metrics.shadow_requests.labels(name, label, "ok").inc(len(copies))
-        stable_predictions = [p for c in copies for p in c[2]]
+        stable_predictions = [p for c in copies for p in c[2].predictions]
         self._compare(name, candidate, stable_predictions, predictions)
+        at = 0
+        for _, _, answered in copies:  # the candidate's answers, split back into the requests they copy
+            n = len(answered.predictions)
+            self._log(name, copies[0][0], answered, predictions[at : at + n])
+            at += n
         self.budget.ran(len(copies), spent + time.perf_counter() - ran)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
@@ -255,7 +293,7 @@ class ShadowRunner:
         candidate: ModelVersion,
         codec: RequestCodec,
         body: bytes,
-        stable_predictions: list[dict[str, Any]],
+        answered: ShadowedRequest,
     ) -> None:
         started = time.perf_counter()
         label = str(candidate.version)
@@ -282,7 +320,8 @@ class ShadowRunner:
             candidate.release()
         self.rollout.observe(name, candidate.version, True, time.perf_counter() - started)
         self.rollout.metrics.shadow_requests.labels(name, label, "ok").inc()
-        self._compare(name, candidate, stable_predictions, predictions)
+        self._compare(name, candidate, answered.predictions, predictions)
+        self._log(name, candidate, answered, predictions)
         self.budget.ran(
             1, decoded - started + len(predictions) * candidate.batcher.seconds_per_item + time.perf_counter() - ran
         )
@@ -301,6 +340,15 @@ class ShadowRunner:
         self.rollout.compared(name, candidate.version, compared, disagreed, abs_diff, rel_diff, values)
         self.rollout.metrics.shadow_comparisons.labels(name, label).inc(compared)
         self.rollout.metrics.shadow_disagreements.labels(name, label).inc(disagreed)
+
+    def _log(
+        self, name: str, candidate: ModelVersion, answered: ShadowedRequest, predictions: list[dict[str, Any]]
+    ) -> None:
+        if self.monitor is None:
+            return
+        stable = (name, answered.version, answered.region, "stable")
+        disagreed = disagreeing_items(candidate.manifest.task, answered.predictions, predictions)
+        self.monitor.log_shadow(answered.request_id, stable, candidate.version, predictions, disagreed)
 
     async def drain(self) -> None:
         if self._flush is not None:

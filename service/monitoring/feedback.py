@@ -1,9 +1,14 @@
 """Feedback: ground truth attached to logged predictions, and the live accuracy or error it gives per version.
 
-An answer names a logged prediction by request id and item; it is judged
-against what the log recorded (``service.monitoring.performance.judge``),
-stored beside the log (``monitoring_feedback``), and folded into a window of
-the version's recent answers per region and for all regions.
+An answer names a served prediction by the service's request id and the item; it is judged against what the
+log recorded (``service.monitoring.performance.judge``), stored beside the log (``monitoring_feedback``), and
+folded into a window of the version's recent answers per region and for all regions.
+
+One answer per item counts, once, in every figure: the first answer for an item (the store's insert decides,
+so two replicas racing on one item count it once) is counted in ``serving_feedback_total`` and the window; a
+later answer for the same item replaces the stored one (and the judgement in this replica's window, when the
+item is there) but counts nothing again. The answer says which happened, never what was predicted: a
+feedback-only credential reads nothing of the log.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,13 +31,28 @@ from service.monitoring.state import ALL_REGIONS
 
 ClassesOf = Callable[[str, int], "list[str] | None"]  # the classes of a loaded version, or None
 
-_PREDICTION = f"SELECT model, version, region, outputs FROM {PREDICTIONS} WHERE request_id = ?"
-_UPSERT = (
-    f"INSERT INTO {FEEDBACK} (request_id, item, model, version, region, label, value, correct, error, received_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, item) DO UPDATE "
-    "SET label = excluded.label, value = excluded.value, correct = excluded.correct, "
-    "error = excluded.error, received_at = excluded.received_at"
+# a served prediction: shadow records (the candidate's answers to copies) are only compared, never answered
+_PREDICTION = f"SELECT model, version, region, outputs FROM {PREDICTIONS} WHERE request_id = ? AND shadow_of IS NULL"
+_COLUMNS = "request_id, item, model, version, region, label, value, correct, error, received_at"
+_INSERT = f"INSERT INTO {FEEDBACK} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, item) DO NOTHING"
+_REPLACE = (
+    f"UPDATE {FEEDBACK} SET label = ?, value = ?, correct = ?, error = ?, received_at = ? "
+    "WHERE request_id = ? AND item = ?"
 )
+
+ALREADY_ANSWERED = "already_answered"
+
+
+@dataclass(frozen=True)
+class FeedbackOutcome:
+    """What became of one answer: ``counted`` the first time an item is answered, else why not."""
+
+    counted: bool
+    reason: str | None
+    model: str
+    version: int
+    region: str
+    judgement: Judgement
 
 
 class FeedbackBook:
@@ -51,9 +72,7 @@ class FeedbackBook:
         self._windows: dict[tuple[str, int, str], FeedbackWindow] = {}
         self._lock = threading.Lock()
 
-    def record(
-        self, request_id: str, item: int, label: Any, value: Any, classes_of: ClassesOf
-    ) -> tuple[dict[str, Any], Judgement]:
+    def record(self, request_id: str, item: int, label: Any, value: Any, classes_of: ClassesOf) -> FeedbackOutcome:
         """Attach ground truth to a logged prediction (blocking: run it in a thread)."""
         if self.log is None:
             raise Unavailable("feedback needs the prediction log, and it is off (prediction_log=false)")
@@ -71,44 +90,42 @@ class FeedbackBook:
             raise NotFound(f"request_id: no logged prediction has id {request_id!r}")
         predictions = orjson.loads(row["outputs"])
         if not 0 <= item < len(predictions):
-            raise InvalidInput(f"item: request {request_id!r} has {len(predictions)} predictions, got item {item}")
+            raise InvalidInput(f"item: the prediction {request_id!r} has no item {item}")
         model, version, region = row["model"], int(row["version"]), row["region"]
         judgement = judge(predictions[item], classes_of(model, version), label, value)
+        correct = None if judgement.correct is None else int(judgement.correct)
+        answer = (judgement.label, judgement.value, correct, judgement.error, time.time())
         try:
-            store.execute(
-                _UPSERT,
-                (
-                    request_id,
-                    item,
-                    model,
-                    version,
-                    region,
-                    judgement.label,
-                    judgement.value,
-                    None if judgement.correct is None else int(judgement.correct),
-                    judgement.error,
-                    time.time(),
-                ),
-            )
+            counted = store.execute(_INSERT, (request_id, item, model, version, region, *answer)) > 0
+            if not counted:
+                store.execute(_REPLACE, (*answer, request_id, item))
         except StoreUnavailable as exc:
             raise Unavailable(f"the prediction log is unavailable: {exc}") from exc
-        self._fold_in(model, version, region, (request_id, item), judgement)
-        return {"model": model, "version": version, "region": region, "prediction": predictions[item]}, judgement
+        self._fold_in(model, version, region, (request_id, item), judgement, counted)
+        return FeedbackOutcome(counted, None if counted else ALREADY_ANSWERED, model, version, region, judgement)
 
-    def _fold_in(self, model: str, version: int, region: str, key: tuple[str, int], judgement: Judgement) -> None:
+    def _fold_in(
+        self, model: str, version: int, region: str, key: tuple[str, int], judgement: Judgement, counted: bool
+    ) -> None:
         labels = (model, str(version), region)
-        self.metrics.feedback.labels(*labels).inc()
-        if judgement.correct:
-            self.metrics.feedback_correct.labels(*labels).inc()
-        if judgement.error is not None:
-            self.metrics.feedback_abs_error.labels(*labels).inc(judgement.error)
+        if counted:
+            self.metrics.feedback.labels(*labels).inc()
+            if judgement.correct:
+                self.metrics.feedback_correct.labels(*labels).inc()
+            if judgement.error is not None:
+                self.metrics.feedback_abs_error.labels(*labels).inc(judgement.error)
         with self._lock:
             for where in (region, ALL_REGIONS):
                 window = self._windows.get((model, version, where))
                 if window is None:
+                    if not counted:
+                        continue
                     window = self._windows[(model, version, where)] = FeedbackWindow(self.window)
-                window.add(key, judgement)
-            window = self._windows[(model, version, region)]
+                if counted or key in window:  # a repeated answer corrects the one this replica holds, if any
+                    window.add(key, judgement)
+            window = self._windows.get((model, version, region))
+            if window is None:
+                return
             accuracy, error = window.accuracy(), window.mean_error()
         if accuracy is not None:
             self.metrics.live_accuracy.labels(*labels).set(accuracy)

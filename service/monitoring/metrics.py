@@ -58,4 +58,9 @@ class MonitorMetrics:
         self.dropped = Counter(
             "serving_monitor_dropped", "Observations dropped because the monitor queue was full.", registry=r
         )
+        self.failed = Counter(
+            "serving_monitor_failed",
+            "Observations the monitor could not fold into its windows (each alone; the others of its batch are).",
+            registry=r,
+        )
         self.log = LogMetrics(r)

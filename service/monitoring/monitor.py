@@ -5,7 +5,9 @@ out-of-domain inputs (the response carries the flags) and hands an
 :class:`Observation` to the worker (``service.monitoring.worker``), which
 bins it into the drift windows of its version, updates the estimated
 accuracy, counts out-of-domain reasons, sets the gauges, and hands a record
-to the prediction log (``service.monitoring.log``). Feedback is kept by
+to the prediction log (``service.monitoring.log``). The shadow runner hands
+the candidate's answers to copies of logged requests to :meth:`Monitor.log_shadow`.
+Feedback is kept by
 ``service.monitoring.feedback``; readings for the guardrails, the drift
 endpoint and the pages by ``service.monitoring.readings``.
 """
@@ -13,20 +15,20 @@ endpoint and the pages by ``service.monitoring.readings``.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
+import zlib
 from typing import Any
 
 from bundle import monitoring as mon
-from service.monitoring.feedback import ClassesOf, FeedbackBook
+from service.http.request_id import new_request_id
+from service.monitoring.feedback import ClassesOf, FeedbackBook, FeedbackOutcome
 from service.monitoring.log import PredictionLog
 from service.monitoring.metrics import MonitorMetrics
 from service.monitoring.observation import Observation, ServedRequest
 from service.monitoring.ood import image_sizes
-from service.monitoring.performance import Judgement
 from service.monitoring.readings import MonitorReadings
-from service.monitoring.records import log_record
+from service.monitoring.records import Unencodable, log_record, shadow_record
 from service.monitoring.state import VersionState
 from service.monitoring.worker import MonitorWorker
 from service.rollout.guardrails import ReadingSource
@@ -109,7 +111,7 @@ class Monitor:
                 flags = state.detector.flags(output, summaries, columns, served.logits, scores, rows)
             for prediction, item_flags in zip(predictions, flags):
                 prediction["ood"] = item_flags
-            logged = self.log is not None and random.random() < self.settings.prediction_log_sample_rate
+            logged = self.log is not None and self.sampled(served.request_id)
             observation = Observation(
                 state,
                 served.region,
@@ -124,16 +126,54 @@ class Monitor:
                 images,
                 logged,
                 rows,
+                served.client_request_id,
             )
         except Exception:  # monitoring must never fail a prediction
             log.exception("monitoring %s v%s failed for request %s", version.name, version.version, served.request_id)
             return
         self.worker.submit(observation)
 
+    def sampled(self, request_id: str) -> bool:
+        """Whether a request is logged: decided by its id, so a shadow copy follows the request it copies."""
+        rate = self.settings.prediction_log_sample_rate
+        return rate >= 1.0 or zlib.crc32(request_id.encode()) < rate * 2**32
+
     def _log(self, observation: Observation) -> None:
+        """Hand one observation's record to the log; never raises (the worker logs the others of its batch)."""
         assert self.log is not None
         s = self.settings
-        self.log.append(log_record(observation, s.prediction_log_images, s.prediction_log_image_max_bytes))
+        try:
+            record = log_record(observation, s.prediction_log_images, s.prediction_log_image_max_bytes)
+        except Unencodable as exc:
+            log.warning("request %s cannot be logged (%s); dropped", observation.request_id, exc)
+            self.log.drop("unencodable")
+            return
+        except Exception:
+            log.exception("request %s cannot be logged; dropped", observation.request_id)
+            self.log.drop("unencodable")
+            return
+        self.log.append(record)
+
+    def log_shadow(
+        self,
+        stable_request_id: str,
+        stable: tuple[str, int, str, str],
+        candidate_version: int,
+        predictions: list[dict[str, Any]],
+        disagreed: list[int],
+    ) -> None:
+        """Log the candidate's answer to a copy of a logged request (arm ``shadow``, linked to it by its id), and
+        flag the stable items it disagreed on for review. ``stable`` is (model, version, region, arm)."""
+        if self.log is None or not self.sampled(stable_request_id):
+            return
+        try:
+            record = shadow_record(
+                new_request_id(), time.time(), stable, candidate_version, stable_request_id, disagreed, predictions
+            )
+        except Unencodable:
+            self.log.drop("unencodable")
+            return
+        self.log.append(record)
 
     def wait_idle(self, timeout_s: float = 2.0) -> bool:
         """Wait (blocking) until every queued observation is processed; False on timeout."""
@@ -143,7 +183,7 @@ class Monitor:
 
     def record_feedback(
         self, request_id: str, item: int, label: Any, value: Any, classes_of: ClassesOf
-    ) -> tuple[dict[str, Any], Judgement]:
+    ) -> FeedbackOutcome:
         """Attach ground truth to a logged prediction (blocking: run it in a thread)."""
         return self.feedback.record(request_id, item, label, value, classes_of)
 
@@ -161,6 +201,10 @@ class Monitor:
 
     def drift_score(self, model: str, version: int, region: str | None = None) -> float | None:
         return self.readings.drift_score(model, version, region)
+
+    def log_status(self) -> dict[str, Any] | None:
+        """The prediction log's health for readiness (None when the log is off)."""
+        return self.log.status() if self.log is not None else None
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -30,6 +30,7 @@ class ServedRequest:
     predictions: list[dict[str, Any]]  # the encoded predictions; ``ood`` is added to each
     logits: np.ndarray | None = None  # the graph's logits output, where it has one (the energy score)
     columns: np.ndarray | None = None  # monitoring's per-batch columns for these items (service.monitoring.batch)
+    client_request_id: str | None = None  # the client's X-Request-Id, logged beside the service's id
 
 
 @dataclass
@@ -49,3 +50,4 @@ class Observation:
     images: list[bytes] | None
     logged: bool
     rows: list[Any] | None = None  # the JSON rows as sent, where the table came as JSON
+    client_request_id: str | None = None

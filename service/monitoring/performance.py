@@ -3,8 +3,8 @@
 :func:`judge` compares an answer with the prediction the log recorded
 (classification: the label; multi-label: the set of labels; regression: the
 absolute error). :class:`FeedbackWindow` keeps the last ``capacity``
-judgements of one version and region; a second answer for the same request
-replaces the first (the latest wins).
+judgements of one version and region, one per item: a second answer for the
+same item replaces the first (the latest wins) and counts once.
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ class FeedbackWindow:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __contains__(self, key: tuple[str, int]) -> bool:
+        return key in self._items
 
     def accuracy(self) -> float | None:
         judged = [j.correct for j in self._items.values() if j.correct is not None]

@@ -4,7 +4,9 @@ Requests only append an :class:`Observation` to a deque (no lock, no thread
 wake-up); the worker drains it every ``DRAIN_INTERVAL_S``, so it processes
 many observations per numpy call and the request path never pays for a
 thread hand-off. A full deque drops the observation and counts it
-(``serving_monitor_dropped_total``).
+(``serving_monitor_dropped_total``). An observation that cannot be binned is
+left out alone and counted (``serving_monitor_failed_total``): the others of
+its batch are folded in and logged.
 """
 
 from __future__ import annotations
@@ -103,28 +105,46 @@ class MonitorWorker:
                 return
 
     def process(self, batch: list[Observation]) -> None:
+        """Fold a batch in, each version's observations together; one that cannot be folded in fails alone."""
         groups: dict[int, list[Observation]] = {}
         for observation in batch:
             groups.setdefault(id(observation.state), []).append(observation)
         for observations in groups.values():
             state = observations[0].state
-            bins = state.bins(observations)
-            estimated = state.estimated_correct(observations)
-            sizes = [len(o.output) for o in observations]
-            starts = np.concatenate([[0], np.cumsum(sizes)])
-            with state.lock:
-                state.window(ALL_REGIONS).add(bins, estimated)
-                regions: dict[str, list[int]] = {}
-                for i, o in enumerate(observations):
-                    regions.setdefault(o.region, []).extend(range(starts[i], starts[i + 1]))
-                for region, rows in regions.items():
-                    state.window(region).add(bins[rows], estimated[rows] if estimated is not None else None)
-                self._count(state, observations, regions)
-            self._set_gauges(state, list(regions))
+            try:
+                binned = [(observations, state.bins(observations), state.estimated_correct(observations))]
+            except Exception:  # find the one that failed: bin the others one by one
+                binned = []
+                for o in observations:
+                    try:
+                        binned.append(([o], state.bins([o]), state.estimated_correct([o])))
+                    except Exception:
+                        log.exception("the monitor could not bin request %s; it is left out", o.request_id)
+                        self.metrics.failed.inc()
+            regions: list[str] = []
+            for group, bins, estimated in binned:
+                regions += self._add(state, group, bins, estimated)
+            self._set_gauges(state, sorted(set(regions)))
             if self.log_observation is not None:
                 for o in observations:
                     if o.logged:
-                        self.log_observation(o)
+                        self.log_observation(o)  # never raises: a record that cannot be written is dropped alone
+
+    def _add(
+        self, state: VersionState, observations: list[Observation], bins: np.ndarray, estimated: np.ndarray | None
+    ) -> list[str]:
+        """Add binned observations to the version's windows and counts; returns their regions."""
+        sizes = [len(o.output) for o in observations]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        with state.lock:
+            state.window(ALL_REGIONS).add(bins, estimated)
+            regions: dict[str, list[int]] = {}
+            for i, o in enumerate(observations):
+                regions.setdefault(o.region, []).extend(range(starts[i], starts[i + 1]))
+            for region, rows in regions.items():
+                state.window(region).add(bins[rows], estimated[rows] if estimated is not None else None)
+            self._count(state, observations, regions)
+        return list(regions)
 
     def _count(self, state: VersionState, observations: list[Observation], regions: Mapping[str, list[int]]) -> None:
         labels = (state.name, str(state.version))

@@ -7,6 +7,7 @@
 
   // The review queue's listing of flagged predictions (the prediction log, from the monitoring work).
   const REVIEW_QUEUE_PATH = "/v1/predictions";
+  const PAGE_SIZE = 50;
 
   // Items from the prediction log, read tolerantly: {request_id, item, created_at, model, version, region, arm,
   // reasons, inputs, outputs, ood}, where inputs/outputs/ood may be the whole request's lists (one entry per item):
@@ -56,7 +57,14 @@
     const list = document.getElementById("review-queue");
     const form = document.getElementById("review-filters");
     const models = {}; // name -> GET /v1/models/{name}, for classes and task
+    const older = document.getElementById("review-older");
+    const newer = document.getElementById("review-newer");
     let current = 0;
+    // Keyset pages: the cursors of the pages before this one (the first page has none), this page's, the next's.
+    let before = [];
+    let cursor = null;
+    let next = null;
+    let total = 0;
 
     async function describe(name) {
       if (!name) return {};
@@ -86,9 +94,16 @@
       }
       const index = Array.from(list.children).indexOf(li);
       li.remove();
-      fill("review-status", `Feedback recorded for ${item.id}: ${fmt(answer.label !== undefined ? answer.label : answer.value)}. ${list.children.length} left.`);
-      if (!list.children.length) fill("review-status", "Queue empty: every flagged prediction here is reviewed.");
-      else focusItem(index);
+      total = Math.max(0, total - 1);
+      fill("review-status", `Feedback recorded for ${item.id}: ${fmt(answer.label !== undefined ? answer.label : answer.value)}. ${counted(total)} left in the queue.`);
+      if (!list.children.length) {
+        if (total) load(cursor); // this page is done: the items after it move up
+        else fill("review-status", "Queue empty: every flagged prediction here is reviewed.");
+      } else focusItem(index);
+    }
+
+    function counted(n) {
+      return `${n} item${n === 1 ? "" : "s"}`;
     }
 
     function itemView(item, model) {
@@ -132,11 +147,13 @@
       return li;
     }
 
-    async function load() {
+    async function load(at) {
       const params = {};
       for (const el of form.elements) if (el.name && el.value.trim()) params[el.name] = el.value.trim();
+      if (at) params.cursor = at;
       fill("review-status", "Loading…");
-      const result = await api("GET", REVIEW_QUEUE_PATH + query(Object.assign({flagged: "true", reviewed: "false", limit: 50}, params)), {auth: true});
+      const result = await api("GET", REVIEW_QUEUE_PATH + query(Object.assign({flagged: "true", reviewed: "false", limit: PAGE_SIZE}, params)), {auth: true});
+      older.hidden = newer.hidden = true;
       if (!result.ok) {
         list.replaceChildren();
         if (result.status === 401 || result.status === 403) {
@@ -155,9 +172,20 @@
       const views = [];
       for (const item of items) views.push(itemView(item, await describe(item.model || params.model)));
       list.replaceChildren(...views);
-      fill("review-status", items.length ? `${items.length} item${items.length === 1 ? "" : "s"} to review.` : "Queue empty: nothing flagged is waiting for review.");
+      // The queue's real size, from the listing; this page shows PAGE_SIZE of it at most.
+      cursor = at || null;
+      next = result.data && typeof result.data.next === "string" ? result.data.next : null;
+      total = result.data && Number.isInteger(result.data.total) ? result.data.total : items.length;
+      const first = before.length * PAGE_SIZE + 1;
+      const shown = items.length ? ` Showing ${first}–${first + items.length - 1}.` : "";
+      fill("review-status", total ? `${counted(total)} to review.${shown}` : "Queue empty: nothing flagged is waiting for review.");
+      older.hidden = !next;
+      newer.hidden = !before.length;
       if (views.length) { current = 0; views[0].classList.add("current"); }
     }
+
+    older.addEventListener("click", () => { before.push(cursor); load(next); });
+    newer.addEventListener("click", () => load(before.pop()));
 
     list.addEventListener("keydown", (event) => {
       if (event.target.tagName === "INPUT" || event.altKey || event.ctrlKey || event.metaKey) return;
@@ -172,9 +200,10 @@
         event.preventDefault(); review(li, item, {label: item.prediction.label});
       } else if (task === "classification" && keys[key] !== undefined) { event.preventDefault(); review(li, item, {label: keys[key]}); }
     });
-    form.addEventListener("submit", (event) => { event.preventDefault(); load(); });
-    initTokenForm(load);
-    load();
+    const fromTheStart = () => { before = []; load(null); };
+    form.addEventListener("submit", (event) => { event.preventDefault(); fromTheStart(); });
+    initTokenForm(fromTheStart);
+    fromTheStart();
   }
 
   initReview();

@@ -20,32 +20,9 @@ from tests.bundle_factory import digit_images, shapes_rows
 from tests.conftest import install_bundle, metric_value, post_bytes, serve
 
 REGIONS = ["campsite-1", "marin"]
+LABELLER = {"Authorization": "Bearer labeller"}
 HELD_OUT = (1200, 1797)  # digits the calibrated digits model never saw
 V1 = "/v1/models/digits/versions/1/predict"  # the false-alarm rate 0.01 export (v2, at 0.1, serves by default)
-
-
-@pytest.fixture(scope="session")
-def monitoring_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """digits v1 (false-alarm rate 0.01) and v2 (0.1): one CNN on 1,200 digits, calibrated on the energy of its
-    logits; v3: the same CNN as bundles were before the logits output (1 - max probability, at 0.1), served only
-    where a test installs it; shapes v1: a tabular model."""
-    import torch
-
-    from tests.bundle_factory import build_calibrated_digits, build_shapes_bundle
-
-    torch.set_num_threads(1)
-    lib = tmp_path_factory.mktemp("monitoring-library")
-    build_calibrated_digits(lib, "digits", [0.01, 0.1], pre_logits_rate=0.1)
-    build_shapes_bundle(lib, "shapes", 1)
-    return lib
-
-
-@pytest.fixture(scope="session")
-def monitoring_repo(monitoring_library: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("monitoring-models")
-    for name, version in (("digits", 1), ("digits", 2), ("shapes", 1)):
-        install_bundle(monitoring_library, repo, name, version)
-    return repo
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -492,35 +469,45 @@ def test_logged_images_keep_summaries_and_a_sha256_and_bytes_only_under_the_cap(
 
 def test_feedback_gives_live_accuracy_and_the_latest_answer_wins(monitoring_repo: Path, tmp_path: Path) -> None:
     log = tmp_path / "predictions.sqlite"
-    with serve(monitoring_repo, prediction_log=True, prediction_log_path=log, regions=REGIONS) as client:
+    settings = dict(prediction_log=True, prediction_log_path=log, regions=REGIONS, feedback_token="labeller")
+    with serve(monitoring_repo, **settings) as client:
         answers = []
         for row in shapes_records(3, seed=6):
             body = client.post("/v1/models/shapes/predict", json={"rows": [row]}, headers={"X-Region": "marin"}).json()
             answers.append((body["request_id"], body["predictions"][0]["label"]))
         other = {"a": "b", "b": "a"}
+
+        def send(request_id: str, label: str) -> Any:
+            return client.post("/v1/feedback", json={"request_id": request_id, "label": label}, headers=LABELLER)
+
         for request_id, label in answers[:2]:
-            assert client.post("/v1/feedback", json={"request_id": request_id, "label": label}).json()["correct"]
+            assert send(request_id, label).json()["counted"] is True
         wrong_id, wrong_label = answers[2]
-        reply = client.post("/v1/feedback", json={"request_id": wrong_id, "label": other[wrong_label]})
-        assert reply.status_code == 200 and reply.json()["correct"] is False
+        reply = send(wrong_id, other[wrong_label])
+        assert reply.status_code == 200 and reply.json()["counted"] is True
         (report,) = drift(client, "shapes", region="marin")["versions"]
         assert report["performance"]["live_accuracy"] == pytest.approx(2 / 3)
-        client.post("/v1/feedback", json={"request_id": wrong_id, "label": wrong_label})  # corrected: latest wins
+        assert send(wrong_id, wrong_label).json()["counted"] is False  # corrected: the latest wins, counted once
         (report,) = drift(client, "shapes", region="marin")["versions"]
         assert report["performance"]["live_accuracy"] == 1.0 and report["performance"]["feedback"] == 3
         text = client.get("/metrics").text
-        assert metric_value(text, "serving_feedback_total", model="shapes", version="1", region="marin") == 4
+        assert metric_value(text, "serving_feedback_total", model="shapes", version="1", region="marin") == 3
         assert metric_value(text, "serving_live_accuracy", model="shapes", version="1", region="marin") == 1.0
 
 
 def test_feedback_for_an_unknown_request_is_404_and_an_unknown_label_422(monitoring_repo: Path, tmp_path: Path) -> None:
-    with serve(monitoring_repo, prediction_log=True, prediction_log_path=tmp_path / "log.sqlite") as client:
+    settings = dict(prediction_log=True, prediction_log_path=tmp_path / "log.sqlite", feedback_token="labeller")
+    with serve(monitoring_repo, **settings) as client:
         request_id = client.post("/v1/models/shapes/predict", json={"rows": shapes_records(1, 7)}).json()["request_id"]
-        missing = client.post("/v1/feedback", json={"request_id": "no-such-request", "label": "a"})
+
+        def send(answer: dict[str, Any]) -> Any:
+            return client.post("/v1/feedback", json=answer, headers=LABELLER)
+
+        missing = send({"request_id": "no-such-request", "label": "a"})
         assert missing.status_code == 404 and "request_id" in missing.json()["error"]["message"]
-        unknown = client.post("/v1/feedback", json={"request_id": request_id, "label": "zebra"})
+        unknown = send({"request_id": request_id, "label": "zebra"})
         assert unknown.status_code == 422 and "zebra" in unknown.json()["error"]["message"]
-        no_label = client.post("/v1/feedback", json={"request_id": request_id})
+        no_label = send({"request_id": request_id})
         assert no_label.status_code == 422 and "label" in no_label.json()["error"]["message"]
 
 
@@ -655,6 +642,7 @@ def start_service(repo: Path, state_url: str) -> tuple[Any, str]:
         "SERVING_INTRA_OP_THREADS": "1",
         "SERVING_WATCH_INTERVAL_S": "0",
         "SERVING_LOG_LEVEL": "warning",
+        "SERVING_FEEDBACK_TOKEN": "labeller",
     }
     process = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=Path(__file__).resolve().parents[3])
     return process, f"http://127.0.0.1:{port}"
@@ -682,7 +670,8 @@ def test_feedback_reaches_a_prediction_logged_by_another_process_on_postgresql(
         answers[3] = (answers[3][0], other[answers[3][1]])  # one wrong prediction in four
 
         def send(request_id: str, label: str) -> Any:
-            reply = httpx.post(f"{second_url}/v1/feedback", json={"request_id": request_id, "label": label})
+            answer = {"request_id": request_id, "label": label}
+            reply = httpx.post(f"{second_url}/v1/feedback", json=answer, headers=LABELLER)
             return reply if reply.status_code == 200 else None
 
         for request_id, label in answers:  # the first replica writes its log in the background: wait for it

@@ -39,7 +39,7 @@ def test_logged_predictions_are_listed_newest_first_and_leave_the_queue_once_ans
     assert first["outputs"][0]["label"] and first["inputs"][0]["sha256"]
 
     label = "0" if first["outputs"][0]["label"] != "0" else "1"
-    assert client.post("/v1/feedback", json={"request_id": ids[0], "label": label}).status_code == 200
+    assert client.post("/v1/feedback", json={"request_id": ids[0], "label": label}, headers=REVIEWER).status_code == 200
     still = client.get("/v1/predictions?flagged=false", headers=REVIEWER).json()["predictions"]
     assert ids[0] not in [p["request_id"] for p in still]
     reviewed = client.get("/v1/predictions?flagged=false&reviewed=true", headers=REVIEWER).json()["predictions"]
