@@ -100,7 +100,7 @@ def request_id_of(response: Any) -> str:
     return response.headers["x-request-id"]
 
 
-def logged(log: Path, request_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
+def logged(log: Path, request_id: str, timeout_s: float = 20.0) -> dict[str, Any]:
     """The prediction log's row for a request, once the writer has written it."""
     deadline = time.monotonic() + timeout_s
     while True:
