@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from bundle.prediction_log import COLUMNS, MIGRATIONS, PREDICTIONS
-from bundle.store import Store, StoreUnavailable
+from bundle.store import InvalidValue, Store, StoreUnavailable
 
 log = logging.getLogger("service.monitoring.log")
 
@@ -142,6 +142,12 @@ class PredictionLog:
         try:
             self.ensure_schema()
             self.store.executemany(_INSERT, batch)
+        except InvalidValue as exc:  # rows no backend can store (a NUL in text): dropped alone, counted
+            bad = set(exc.rows)
+            self.dropped += len(bad)
+            self.metrics.dropped.labels("invalid_text").inc(len(bad))
+            kept = [record for i, record in enumerate(batch) if i not in bad]
+            return self._write(kept) if kept else True
         except StoreUnavailable:
             with self._lock:  # keep them for the next try, as far as the buffer has room
                 room = self.buffer_size - len(self._buffer)
