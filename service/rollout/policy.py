@@ -24,6 +24,9 @@ ALL_REGIONS = "*"
 Stage = Literal["off", "shadow", "canary", "promoted", "rolled_back"]
 STAGES: tuple[str, ...] = ("off", "shadow", "canary", "promoted", "rolled_back")
 
+# RFC 7230 token characters: what an HTTP header name may be made of (ASCII only, so it encodes as latin-1)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+MAX_HEADER_NAME = 64
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
@@ -111,7 +114,9 @@ class ModelPolicy(_Strict):
     stable: int = Field(ge=1)
     candidate: int | None = Field(None, ge=1)
     stage: Stage = "off"
-    sticky_key: str = Field("X-Request-Key", min_length=1, description="Header holding the sticky assignment key.")
+    sticky_key: str = Field(
+        "X-Request-Key", min_length=1, max_length=MAX_HEADER_NAME, description="Header holding the sticky key."
+    )
     shadow: Shadow = Shadow()
     steps: list[Step] = Field(default_factory=list)
     start: datetime | None = None
@@ -122,6 +127,15 @@ class ModelPolicy(_Strict):
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
+    @field_validator("sticky_key")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not _HEADER_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not an HTTP header name: use letters, digits and !#$%&'*+-.^_`|~ only, e.g. X-User-Id"
+            )
+        return value
 
     @field_validator("start", "end")
     @classmethod
