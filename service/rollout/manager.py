@@ -331,12 +331,13 @@ class RolloutManager:
             await self._flush()
             if expected is not None and expected != self.revision(name):
                 await self._read()  # this replica's copy may be behind the admin's
+            attempt: Change | None = None  # the last change tried, recorded when it loses
             for _ in range(_TRIES):
                 based_on, before = self.revision(name), self.policies.get(name)
                 if expected is not None and expected != based_on:
                     break
                 after = decide(before)
-                change = Change(
+                attempt = Change(
                     name,
                     self.clock(),
                     actor,
@@ -349,18 +350,19 @@ class RolloutManager:
                     based_on=based_on,
                 )
                 try:
-                    revision = await asyncio.to_thread(self.decisions_store.write, change)
+                    revision = await asyncio.to_thread(self.decisions_store.write, attempt)
                 except StaleRevision:
                     await self._read()
                     if expected is None and _same_course(before, self.policies.get(name)):
                         continue  # only the plan's details moved: the change still applies to the current state
                     break
-                self._stored(change, revision)
+                self._stored(attempt, revision)
                 self._apply()
-                self._remember(change)
+                self._remember(attempt)
                 self._last_poll = 0.0  # read back soon, with the audit entry
                 return after
-            refused = Change(
+            current = self.revision(name)
+            lost = attempt or Change(
                 name,
                 self.clock(),
                 actor,
@@ -370,10 +372,10 @@ class RolloutManager:
                 reason,
                 None,
                 self.file.fingerprint(name),
-                based_on=expected if expected is not None else self.revision(name),
+                based_on=expected if expected is not None else current,
             )
-            await asyncio.to_thread(self.decisions_store.record, refused, CONFLICT, self.revision(name))
-            raise RevisionConflict(name, refused.based_on, self.revision(name), self.policies.get(name))
+            await asyncio.to_thread(self.decisions_store.record, lost, CONFLICT, current)
+            raise RevisionConflict(name, lost.based_on, current, self.policies.get(name))
 
     async def rollback(self, name: str, actor: str, reason: str | None, expected: int | None = None) -> ModelPolicy:
         def rolled_back(policy: ModelPolicy | None) -> ModelPolicy:
