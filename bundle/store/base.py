@@ -297,19 +297,23 @@ class Watchdog:
 
     Drivers wait on their socket for as long as the server keeps it open; a server-side statement timeout needs a
     server that still answers. Interrupting from outside (closing the socket, ``sqlite3.interrupt``) is what
-    bounds a call against a server that accepted the connection and went silent."""
+    bounds a call against a server that accepted the connection and went silent. The thread starts with the
+    first call and ends when the store is closed."""
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._armed: tuple[float, Callable[[], None]] | None = None
         self._fired = False
-        self._thread: threading.Thread | None = None
+        self._generation = 0  # a thread runs while its generation is the current one
+        self._running = False
 
     def arm(self, interrupt: Callable[[], None], seconds: float) -> None:
         with self._condition:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="store-watchdog", daemon=True)
-                self._thread.start()
+            if not self._running:
+                self._running = True
+                thread = threading.Thread(target=self._run, args=(self._generation,), name="store-watchdog")
+                thread.daemon = True
+                thread.start()
             self._armed = (time.monotonic() + seconds, interrupt)
             self._fired = False
             self._condition.notify()
@@ -320,9 +324,16 @@ class Watchdog:
             self._armed = None
             return self._fired
 
-    def _run(self) -> None:
+    def stop(self) -> None:
         with self._condition:
-            while True:
+            self._generation += 1
+            self._running = False
+            self._armed = None
+            self._condition.notify()
+
+    def _run(self, generation: int) -> None:
+        with self._condition:
+            while generation == self._generation:
                 if self._armed is None:
                     self._condition.wait()
                     continue

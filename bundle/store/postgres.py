@@ -97,6 +97,7 @@ class PostgresStore(Store):
     def close(self) -> None:
         with self._lock:
             self._broken(RuntimeError("closed"))
+        self._watchdog.stop()
 
 
 def _pg_placeholders(sql: str) -> str:

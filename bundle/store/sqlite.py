@@ -108,3 +108,4 @@ class SQLiteStore(Store):
     def close(self) -> None:
         with self._lock:
             self._broken(RuntimeError("closed"))
+        self._watchdog.stop()

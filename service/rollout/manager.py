@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from bundle.store import Store, StoreUnavailable
+from bundle.store import InvalidValue, Store, StoreUnavailable
 from service.rollout.decisions import (
     CONFLICT,
     SUPERSEDED,
@@ -202,12 +202,16 @@ class RolloutManager:
             self._sync_task = asyncio.create_task(self._sync())
 
     async def _sync(self) -> None:
-        try:
-            await self.poll_store()
-        except StoreUnavailable:
-            pass  # keep the last known state; health is in the store, /readyz and the gauges
-        except Exception:  # the next poll tries again
-            log.exception("rollout state store poll failed")
+        for _ in range(2):  # once more when a change was made here while this poll ran
+            try:
+                await self.poll_store()
+            except StoreUnavailable:
+                return  # keep the last known state; health is in the store, /readyz and the gauges
+            except Exception:  # the next poll tries again
+                log.exception("rollout state store poll failed")
+                return
+            if not self._pending:
+                return
 
     async def poll_store(self) -> None:
         """Write pending changes, read every decision, prune old audit entries when due (raises StoreUnavailable)."""
@@ -258,26 +262,32 @@ class RolloutManager:
         written = bool(self._pending)
         while self._pending:
             change = self._pending[0]
-            if not change.decision:
-                await asyncio.to_thread(self.decisions_store.record, change)
-            else:
-                try:
-                    revision = await asyncio.to_thread(self.decisions_store.write, change)
-                except StaleRevision as stale:
-                    await asyncio.to_thread(self.decisions_store.record, change, SUPERSEDED, stale.current)
-                    log.warning(
-                        "the %s of %s made here at revision %d is superseded: the stored decision moved on to "
-                        "revision %d meanwhile; the guardrails judge the current policy again",
-                        change.action,
-                        change.model,
-                        change.based_on,
-                        stale.current,
-                    )
-                else:
-                    self._stored(change, revision)
+            try:
+                await self._write_pending(change)
+            except InvalidValue as exc:  # no store could ever take it: dropped, so it blocks no later change
+                log.error("dropping the %s of %s: the store cannot hold it (%s)", change.action, change.model, exc)
             self._pending.pop(0)
         if written:
             self._apply()
+
+    async def _write_pending(self, change: Change) -> None:
+        if not change.decision:
+            await asyncio.to_thread(self.decisions_store.record, change)
+            return
+        try:
+            revision = await asyncio.to_thread(self.decisions_store.write, change)
+        except StaleRevision as stale:
+            await asyncio.to_thread(self.decisions_store.record, change, SUPERSEDED, stale.current)
+            log.warning(
+                "the %s of %s made here at revision %d is superseded: the stored decision moved on to "
+                "revision %d meanwhile; the guardrails judge the current policy again",
+                change.action,
+                change.model,
+                change.based_on,
+                stale.current,
+            )
+        else:
+            self._stored(change, revision)
 
     async def _prune_audit(self) -> None:
         if time.monotonic() - self._last_prune < AUDIT_PRUNE_INTERVAL_S:
