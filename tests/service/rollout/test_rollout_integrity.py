@@ -67,6 +67,30 @@ def test_a_sticky_key_that_is_no_header_name_is_refused_by_put_and_by_the_cli_al
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"steps": [{"regions": {"*": 1}, "hold": 1e300}, {"regions": {"*": 100}}]}, "steps[0].hold"),
+        (
+            {"start": "8999-12-31T00:00:00Z", "steps": [{"regions": {"*": 1}, "hold": "7d"}, {"regions": {"*": 100}}]},
+            "",
+        ),
+    ],
+    ids=["a hold of 1e300 s", "a plan past the year 9000"],
+)
+def test_a_plan_whose_times_cannot_be_shown_is_refused_before_it_is_stored(
+    make_repo: Callable[..., Path], tmp_path: Path, changes: dict[str, Any], field: str
+) -> None:
+    """Accepted, such a plan made every later read of the rollout answer 500."""
+    repo = make_repo(("digits", 1), ("digits", 2))
+    with serve(repo, rollout=write_policy(tmp_path / "rollout.yaml", canary(2))) as client:
+        refused = client.put("/v1/rollouts/digits", headers=ADMIN, json=policy_body(**changes))
+        assert refused.status_code == 422 and refused.json()["error"]["message"].startswith(
+            f"models.digits{'.' + field if field else ''}"
+        )
+        assert client.get("/v1/rollouts").status_code == 200 and rollout_of(client)["revision"] == 0
+
+
 def test_a_stored_policy_that_no_longer_validates_is_reported_and_stable_serves(
     make_repo: Callable[..., Path], tmp_path: Path
 ) -> None:
