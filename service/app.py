@@ -81,7 +81,7 @@ def build_monitor(settings: ServiceSettings, metrics: ServingMetrics) -> Monitor
     prediction_log = None
     if settings.prediction_log:
         shared = settings.state_url.startswith(("postgresql://", "postgres://"))
-        store = open_store(settings.state_url if shared else "", settings.prediction_log_path)
+        store = open_store(settings.state_url if shared else "", settings.prediction_log_path, settings.store_timeout_s)
         prediction_log = PredictionLog(
             store,
             monitor_metrics.log,
@@ -103,7 +103,7 @@ def build_rollout(
     """Rollouts run when a policy file or a state store is configured; the monitor's readings feed the guardrails."""
     if settings.rollout is None and not settings.state_url and settings.state_path is None:
         return None
-    store = open_store(settings.state_url, settings.sqlite_state_path())
+    store = open_store(settings.state_url, settings.sqlite_state_path(), settings.store_timeout_s)
     readings = monitor.guardrail_readings() if monitor is not None else {}
     return RolloutManager(
         settings, RolloutMetrics(metrics.registry), store, registry.loaded_numbers, readings, clock or time.time
@@ -129,7 +129,7 @@ def build(settings: ServiceSettings, clock: Clock | None = None) -> Components:
 def routes(c: Components) -> list[BaseRoute]:
     """Every route but the native predict paths (``ServingApp`` sends those to the predict endpoint first)."""
     return [
-        *OperationRoutes(c.registry, c.metrics, c.rollout, c.monitor).routes(),
+        *OperationRoutes(c.registry, c.metrics, c.rollout, c.monitor, c.settings.admin_token).routes(),
         *ModelRoutes(c.settings, c.catalogue).routes(),
         *RolloutAPI(c.settings, c.rollout).routes(),
         *OpenInferenceAPI(c.settings, c.registry, c.router, c.pipeline).routes(),

@@ -86,6 +86,17 @@ class ServiceSettings(BaseSettings):
         "second, estimated from what each copy cost); copies beyond it are shed.",
     )
 
+    # -- the state store's bounds and the audit trail's retention (docs/rollout.md) -----------------------
+    store_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Longest any call to a store (rollout state, audit trail, prediction log, feedback) may wait, "
+        "for its turn, a connection or an answer, before it fails: a hung database never holds a thread longer.",
+    )
+    audit_retention_days: float = Field(
+        365.0, gt=0, description="Rollout audit entries are kept this long (pruned by the rollout, at most hourly)."
+    )
+
     # -- ONNX Runtime ------------------------------------------------------------------------
     provider: Provider = Field(
         "auto", description="Execution provider: auto (CUDA when available, else CPU), cpu, or cuda (must get CUDA)."

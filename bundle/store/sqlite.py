@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bundle.store.base import Store
+from bundle.store.base import DEFAULT_TIMEOUT_S, Store
 
 # "... VALUES (?, ?, ...) ..." : an insert SQLite can take many rows of in one statement
 _VALUES = re.compile(r"\bVALUES\s*(\(\s*\?(?:\s*,\s*\?)*\s*\))", re.IGNORECASE)
@@ -21,8 +21,8 @@ class SQLiteStore(Store):
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__()
+    def __init__(self, path: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        super().__init__(timeout_s)
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
 
@@ -32,7 +32,7 @@ class SQLiteStore(Store):
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=self.timeout_s, check_same_thread=False, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -78,6 +78,14 @@ class SQLiteStore(Store):
             conn.execute(statement, [v for row in rows[start : start + n] for v in row])
             start += n
 
+    def _begin(self) -> None:
+        self._connect().execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlock later
+
+    def _interrupt(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.interrupt()  # thread-safe: the running statement fails with "interrupted"
+
     def _begin_migration(self) -> None:
         self._connect().execute("BEGIN IMMEDIATE")
 
@@ -100,3 +108,4 @@ class SQLiteStore(Store):
     def close(self) -> None:
         with self._lock:
             self._broken(RuntimeError("closed"))
+        self._watchdog.stop()

@@ -1,7 +1,7 @@
 """The rollout endpoints: read the state of every rollout, and (with the admin token) change one.
 
     GET  /v1/rollouts                    every model's rollout state, the policy file's status, the store's health
-    GET  /v1/rollouts/{name}             one model's rollout state
+    GET  /v1/rollouts/{name}             one model's rollout state (``ETag``: its revision)
     GET  /v1/rollouts/{name}/history     the audit trail, newest first
     PUT  /v1/rollouts/{name}             replace the policy (JSON body: one model's policy)
     POST /v1/rollouts/{name}/promote     the candidate takes all traffic
@@ -10,30 +10,49 @@
 Changes need ``Authorization: Bearer <SERVING_ADMIN_TOKEN>``, compared in
 constant time; with no token configured they are refused (403). A change
 is written to the state store before it is acknowledged, so it reaches every
-replica; when the store cannot be reached the change is refused (503).
+replica; when the store cannot be reached the change is refused (503). A
+change names the revision it was made from; one that finds the stored
+decision moved on is made again on the current state when it still applies
+(same stable, candidate and stage), else refused with 409 naming the current
+revision. ``If-Match: "<revision>"`` makes any move a 409.
+
+Reads are open to anyone, in the public view: with the admin token they also
+show file paths and errors, the store's location and error, and who exactly
+made each decision (see :mod:`service.rollout.views`).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from bundle.store import StoreUnavailable
-from service.http.auth import require_admin
-from service.http.errors import InvalidInput, NotFound, Unavailable
+from service.codecs.strict_json import parse_json
+from service.http.auth import matches, require_admin
+from service.http.body import read_body
+from service.http.errors import Conflict, InvalidInput, NotFound, Unavailable
 from service.http.responses import JSONResponse
-from service.rollout.manager import RolloutManager
+from service.rollout.manager import RevisionConflict, RolloutManager
 from service.rollout.policy import PolicyError, parse_model_policy
-from service.rollout.views import describe, describe_model
+from service.rollout.views import describe, describe_model, history_entries
 from service.settings import ServiceSettings
 
 _NOT_CONFIGURED = (
     "rollouts are not configured: start the service with --rollout FILE (SERVING_ROLLOUT) or SERVING_STATE_URL"
 )
+MAX_BODY_BYTES = 65_536  # a policy is a few hundred bytes; nothing larger is parsed
+MAX_REASON_CHARS = 1_000
+MAX_ACTOR_CHARS = 64
+
+
+def shows_internals(admin_token: SecretStr | None, authorization: str) -> bool:
+    """Whether a read carries the admin token, and so may see paths, errors, locations and actors."""
+    token = admin_token.get_secret_value() if admin_token is not None else ""
+    return bool(token) and matches(authorization, [token.encode()])
 
 
 class RolloutAPI:
@@ -56,10 +75,10 @@ class RolloutAPI:
     async def list_rollouts(self, request: Request) -> Response:
         if self.rollout is None:
             return JSONResponse({"enabled": False, "detail": _NOT_CONFIGURED, "models": {}})
-        return JSONResponse({"enabled": True, **describe(self.rollout)})
+        return JSONResponse({"enabled": True, **describe(self.rollout, self._internals(request))})
 
     async def get_rollout(self, request: Request) -> Response:
-        return JSONResponse(self._described(request.path_params["name"]))
+        return self._state(request.path_params["name"], self._internals(request))
 
     async def history(self, request: Request) -> Response:
         rollout = self._manager()
@@ -68,7 +87,7 @@ class RolloutAPI:
             entries = await rollout.history(name)
         except StoreUnavailable as exc:
             raise Unavailable(f"the state store is unreachable ({exc}); the audit trail cannot be read now") from None
-        return JSONResponse({"model": name, "history": entries})
+        return JSONResponse({"model": name, "history": history_entries(entries, self._internals(request))})
 
     # -- changing ------------------------------------------------------------------------
 
@@ -78,14 +97,15 @@ class RolloutAPI:
         name = request.path_params["name"]
         if name not in rollout.policies and not rollout.served_versions(name):
             raise NotFound(f"model {name!r} is not served; a policy needs a served model")
+        expected = _if_match(request)
         body = await _json_body(request)
         reason = body.pop("reason", None) if isinstance(body, dict) else None
         try:
             policy = parse_model_policy(body, where=f"models.{name}")
         except PolicyError as exc:
             raise InvalidInput(str(exc)) from None
-        await _stored(rollout.replace(name, policy, actor, _reason(reason)))
-        return JSONResponse(self._described(name))
+        await _stored(rollout.replace(name, policy, actor, _reason(reason), expected))
+        return self._state(name, internals=True)
 
     async def promote(self, request: Request) -> Response:
         return await self._decide(request, "promote")
@@ -98,16 +118,17 @@ class RolloutAPI:
         actor = self._authorize(request)
         rollout = self._manager()
         name = request.path_params["name"]
+        expected = _if_match(request)
         reason = await _reason_of(request)
         self._known(name)
         change = rollout.promote if decision == "promote" else rollout.rollback
         try:
-            await _stored(change(name, actor, reason))
+            await _stored(change(name, actor, reason, expected))
         except PolicyError as exc:
             raise InvalidInput(str(exc)) from None
         if decision == "rollback":
             rollout.metrics.rollbacks.labels(name, "manual").inc()
-        return JSONResponse(self._described(name))
+        return self._state(name, internals=True)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -120,17 +141,30 @@ class RolloutAPI:
         if name not in self._manager().policies:
             raise NotFound(f"model {name!r} has no rollout policy; policies: {sorted(self._manager().policies)}")
 
-    def _described(self, name: str) -> dict[str, Any]:
-        described = describe_model(self._manager(), name)
+    def _state(self, name: str, internals: bool) -> Response:
+        """One model's state, with its revision as the ``ETag`` a later change may send back in ``If-Match``."""
+        rollout = self._manager()
+        described = describe_model(rollout, name, internals)
         if described is None:
-            raise NotFound(f"model {name!r} has no rollout policy; policies: {sorted(self._manager().policies)}")
-        return described
+            raise NotFound(f"model {name!r} has no rollout policy; policies: {sorted(rollout.policies)}")
+        return JSONResponse(described, headers={"ETag": f'"{described["revision"]}"'})
+
+    def _internals(self, request: Request) -> bool:
+        return shows_internals(self.settings.admin_token, request.headers.get("authorization", ""))
 
     def _authorize(self, request: Request) -> str:
         """The actor recorded in the audit trail; raises 403 without a configured token, 401 for a wrong one."""
         require_admin(self.settings.admin_token, request.headers.get("authorization", ""))
         client = request.client.host if request.client else "unknown"
-        return f"admin ({request.headers.get('x-actor', 'token')} from {client})"
+        return f"admin ({actor_label(request.headers.get('x-actor', ''))} from {client})"
+
+
+def actor_label(given: str) -> str:
+    """The ``X-Actor`` header fit for the audit trail: printable characters only, at most ``MAX_ACTOR_CHARS``."""
+    label = "".join(ch if ch.isprintable() else "?" for ch in given.strip())
+    if len(label) > MAX_ACTOR_CHARS:
+        label = label[: MAX_ACTOR_CHARS - 1] + "…"
+    return label or "token"
 
 
 async def _stored(change: Any) -> Any:
@@ -138,16 +172,26 @@ async def _stored(change: Any) -> Any:
         return await change
     except StoreUnavailable as exc:
         raise Unavailable(f"the state store is unreachable ({exc}); the change was not made") from None
+    except RevisionConflict as exc:
+        raise Conflict(str(exc)) from None
     except LookupError as exc:
         raise NotFound(str(exc).strip("'\"")) from None
 
 
+def _if_match(request: Request) -> int | None:
+    """The revision named by ``If-Match`` (``"3"``, ``W/"3"`` or ``3``); None without one, or for ``*``."""
+    given = request.headers.get("if-match")
+    if given is None or given.strip() == "*":
+        return None
+    text = given.strip().removeprefix("W/").strip('"')
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise InvalidInput(f'If-Match: expected the revision an ETag gave, such as "3"; got {given[:40]!r}')
+    return int(text)
+
+
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw) if raw.strip() else {}
-    except ValueError as exc:
-        raise InvalidInput(f"body: not valid JSON ({exc})") from None
+    raw = await read_body(request.receive, request.headers.get("content-length"), MAX_BODY_BYTES)
+    return parse_json(raw) if raw.strip() else {}
 
 
 async def _reason_of(request: Request) -> str | None:
@@ -158,6 +202,12 @@ async def _reason_of(request: Request) -> str | None:
 
 
 def _reason(value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
+    if value is None:
+        return None
+    if not isinstance(value, str):
         raise InvalidInput("reason: must be a string")
+    if len(value) > MAX_REASON_CHARS:
+        raise InvalidInput(f"reason: at most {MAX_REASON_CHARS} characters, got {len(value)}")
+    if "\x00" in value:
+        raise InvalidInput("reason: must not hold a NUL character")
     return value

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from bundle.store.base import InvalidValue
 from service.http.responses import JSONResponse
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -66,6 +67,12 @@ class Forbidden(ServiceError):
 
 class NotFound(ServiceError):
     status, code, outcome = 404, "not_found", "client_error"
+
+
+class Conflict(ServiceError):
+    """The change was based on a state that has moved on since (a stale revision); read it again."""
+
+    status, code, outcome = 409, "conflict", "client_error"
 
 
 class QueueFull(ServiceError):
@@ -134,6 +141,8 @@ def error_parts(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
         status, code, message = exc.status, exc.code, exc.message
         if isinstance(exc, QueueFull):
             headers["Retry-After"] = str(exc.retry_after_s)
+    elif isinstance(exc, InvalidValue):  # text the store cannot hold (a NUL): the client's input
+        status, code, message = 422, "invalid_input", str(exc)
     elif isinstance(exc, HTTPException):
         status = exc.status_code
         code = _HTTP_CODES.get(status, "client_error" if status < 500 else "internal")
@@ -156,4 +165,6 @@ def outcome_of(exc: Exception) -> str:
         return exc.outcome
     if isinstance(exc, HTTPException):
         return "client_error" if exc.status_code < 500 else "server_error"
+    if isinstance(exc, InvalidValue):
+        return "client_error"
     return "server_error"

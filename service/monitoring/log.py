@@ -34,7 +34,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from bundle.prediction_log import COLUMNS, FEEDBACK, MIGRATIONS, PREDICTIONS, REVIEW, REVIEW_COLUMNS
-from bundle.store import Store, StoreUnavailable
+from bundle.store import InvalidValue, Store, StoreUnavailable, check_text
 from service.monitoring.records import LogRecord, Row
 
 log = logging.getLogger("service.monitoring.log")
@@ -242,6 +242,18 @@ class PredictionLog:
                 self.drop("buffer_full", lost)
             return False
         return True
+
+    def _storable(self, batch: list[LogRecord]) -> list[LogRecord]:
+        """The records every backend can store; one with a NUL in its text is dropped alone, counted."""
+        kept = []
+        for record in batch:
+            try:
+                check_text(record.row)
+            except InvalidValue:
+                self.drop("invalid_text", 1)
+                continue
+            kept.append(record)
+        return kept
 
     def _insert(self, sql: str, rows: Sequence[Row], count: bool = False) -> None:
         """Multi-row statements of a power-of-two number of rows, so the few statement texts stay cached."""

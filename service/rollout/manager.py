@@ -6,10 +6,24 @@ decision applies while the file's entry for that model is the one it was
 made on (same fingerprint): a restart with the same file keeps a rollback,
 while editing the model's entry (a new candidate, a new start) begins a new
 plan. Every replica polls the store (``rollout_poll_s``), so a decision made
-on any replica is obeyed by all within one interval. When the store cannot
-be reached the replica keeps routing on its last known state, says so in
-``/readyz`` and metrics, and writes its own pending decisions (automatic
-rollbacks) once the store answers again.
+on any replica is obeyed by all within one interval.
+
+Every write names the stored revision its replica read (compare-and-swap,
+see :mod:`service.rollout.decisions`). An admin change that finds the store
+moved on is made again on the current state when it still applies (the same
+stable, candidate and stage: only the plan's details moved), and refused
+with :class:`RevisionConflict` otherwise, or whenever the admin named the
+revision they read (``If-Match``). An automatic rollback is applied here at
+once and written by a background task; when the store cannot be reached it
+waits, and when it is written over a decision that has moved on since (a new
+policy, a promotion, another candidate) it is dropped and recorded as
+superseded; the guardrails then judge the current policy afresh.
+
+Nothing on the request path or in the tick waits for the store: routing and
+``GET /v1/rollouts`` read the in-memory state, and every store call (bounded
+by ``store_timeout_s``) runs in the background task or in an admin request.
+When the store cannot be reached the replica keeps routing on its last known
+state and says so in ``/readyz`` and metrics.
 
 Guardrail readings are this replica's own observations (see
 ``service.rollout.guardrails``): each replica judges what it serves, and a breach
@@ -27,8 +41,16 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from bundle.store import Store, StoreUnavailable
-from service.rollout.decisions import Change, Decision, DecisionStore
+from bundle.store import InvalidValue, Store, StoreUnavailable
+from service.rollout.decisions import (
+    CONFLICT,
+    SUPERSEDED,
+    Change,
+    Decision,
+    DecisionStore,
+    RefusedDecision,
+    StaleRevision,
+)
 from service.rollout.guardrails import ArmObservations, ArmWindow, ReadingSource, Verdict
 from service.rollout.metrics import RolloutMetrics
 from service.rollout.policy import ModelPolicy, PolicyError, iso
@@ -40,7 +62,25 @@ log = logging.getLogger("service.rollout")
 
 Clock = Callable[[], float]
 LoadedVersions = Callable[[str], Collection[int]]  # a model's loaded version numbers
+Decide = Callable[[ModelPolicy | None], ModelPolicy]  # the policy a change makes of the one it finds
 DECISIONS_SHOWN = 5
+AUDIT_PRUNE_INTERVAL_S = 3600.0
+_TRIES = 3  # an admin change made again on a moved-on state at most this often before it is refused
+
+
+class RevisionConflict(Exception):
+    """An admin change based on a revision the store has moved on from; nothing was written."""
+
+    def __init__(self, model: str, based_on: int, current: int, policy: ModelPolicy | None) -> None:
+        now = f"{policy.stage}, stable v{policy.stable}, candidate {_v(policy.candidate)}" if policy else "no policy"
+        super().__init__(
+            f"the rollout of {model} is at revision {current} ({now}), not at revision {based_on} this change was "
+            f"based on; read it again (GET /v1/rollouts/{model}) and send the change again, with "
+            f'If-Match: "{current}" to be sure nothing moves meanwhile'
+        )
+        self.model = model
+        self.based_on = based_on
+        self.current = current
 
 
 class RolloutManager:
@@ -66,6 +106,7 @@ class RolloutManager:
         self.reading_sources: dict[str, ReadingSource] = dict(reading_sources or {})
         self.file = PolicyFile(settings.rollout, clock)
         self.decisions: dict[str, Decision] = {}
+        self.refused: dict[str, RefusedDecision] = {}  # stored rows that no longer validate, never applied
         self.policies: dict[str, ModelPolicy] = {}  # the effective policy of every model with one
         self._routes: dict[str, CompiledRoute] = {}  # each policy compiled for routing (rebuilt with the policies)
         self._watched: dict[str, dict[int, ArmWindow]] = {}
@@ -76,10 +117,14 @@ class RolloutManager:
         region_header = settings.region_header.lower().encode("latin-1")
         self.header_names = frozenset({b"content-type", b"content-length", region_header, b"x-request-key"})
         self._sticky: dict[str, bytes] = {}
-        self._pending: list[Change] = []
+        self._pending: list[Change] = []  # written by the background task, in order; decisions apply here at once
         self._task: asyncio.Task[None] | None = None
+        self._sync_task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
+        self._migrated = False
         self._last_poll = 0.0
+        self._last_prune = -AUDIT_PRUNE_INTERVAL_S
+        self._refusals_counted: set[tuple[str, int]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -88,7 +133,6 @@ class RolloutManager:
         if self.file.error is not None:  # no last good policy to keep: serving the wrong versions is worse
             raise PolicyError(self.file.error)
         try:
-            await asyncio.to_thread(self.decisions_store.migrate)
             await self.poll_store()
         except StoreUnavailable as exc:
             log.warning("rollout state store unreachable at startup (%s); routing on the rollout file alone", exc)
@@ -96,10 +140,11 @@ class RolloutManager:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in (self._task, self._sync_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._sync_task = None
         await asyncio.to_thread(self.store.close)
 
     async def _run(self) -> None:
@@ -111,14 +156,13 @@ class RolloutManager:
                 log.exception("rollout tick failed")
 
     async def tick(self) -> None:
-        """Reload a changed file, read the store when due, judge the guardrails, refresh the gauges."""
+        """Reload a changed file, start a store poll when due, judge the guardrails, refresh the gauges.
+
+        The poll runs beside the tick: a store that hangs delays neither the guardrails nor the gauges."""
         if await asyncio.to_thread(self._read_file, True):
             self._apply()
         if time.monotonic() - self._last_poll >= self.settings.rollout_poll_s:
-            try:
-                await self.poll_store()
-            except StoreUnavailable:
-                pass  # keep the last known state; health is in the store and in /readyz
+            self._sync_soon()
         await self.check_guardrails()
         self._refresh_gauges()
 
@@ -144,43 +188,137 @@ class RolloutManager:
                         None,
                         None,
                         self.file.fingerprint(name),
-                        False,
+                        decision=False,
                     )
                 )
         return True
 
     # -- the store -----------------------------------------------------------------------
 
-    async def poll_store(self) -> None:
-        """Write pending changes, then read every decision (raises StoreUnavailable)."""
-        async with self._write_lock:  # a change made meanwhile must not be overwritten by an older read
-            await self._poll_store()
+    def _sync_soon(self) -> None:
+        """Poll the store in the background unless a poll is already running."""
+        if self._sync_task is None or self._sync_task.done():
+            self._last_poll = time.monotonic()
+            self._sync_task = asyncio.create_task(self._sync())
 
-    async def _poll_store(self) -> None:
-        self._last_poll = time.monotonic()
-        try:
-            await self._flush()
-            decisions = await asyncio.to_thread(self.decisions_store.read_all)
-        finally:
-            self._refresh_store_gauges()
+    async def _sync(self) -> None:
+        for _ in range(2):  # once more when a change was made here while this poll ran
+            try:
+                await self.poll_store()
+            except StoreUnavailable:
+                return  # keep the last known state; health is in the store, /readyz and the gauges
+            except Exception:  # the next poll tries again
+                log.exception("rollout state store poll failed")
+                return
+            if not self._pending:
+                return
+
+    async def poll_store(self) -> None:
+        """Write pending changes, read every decision, prune old audit entries when due (raises StoreUnavailable)."""
+        async with self._write_lock:  # a change made meanwhile must not be overwritten by an older read
+            self._last_poll = time.monotonic()
+            try:
+                await self._ensure_schema()
+                await self._flush()
+                await self._read()
+                await self._prune_audit()
+            finally:
+                self._refresh_store_gauges()
+
+    async def _ensure_schema(self) -> None:
+        if not self._migrated:  # also when the store was out of reach at startup
+            await asyncio.to_thread(self.decisions_store.migrate)
+            self._migrated = True
+
+    async def _read(self) -> None:
+        state = await asyncio.to_thread(self.decisions_store.read_all)
+        names = set(state.decisions) | set(self.decisions) | set(state.refused) | set(self.refused)
         changed = [
-            name for name in set(decisions) | set(self.decisions) if decisions.get(name) != self.decisions.get(name)
+            name
+            for name in names
+            if state.decisions.get(name) != self.decisions.get(name)
+            or state.refused.get(name) != self.refused.get(name)
         ]
-        self.decisions = decisions
+        self.decisions, self.refused = state.decisions, state.refused
+        for name, refused in state.refused.items():
+            if (name, refused.revision) not in self._refusals_counted:
+                self._refusals_counted.add((name, refused.revision))
+                self.metrics.stored_policy_errors.labels(name).inc()
+                log.error(
+                    "the stored rollout decision of %s (revision %d) is invalid and not applied: %s",
+                    name,
+                    refused.revision,
+                    refused.error,
+                )
         for name in changed:
-            self.recent[name] = await asyncio.to_thread(self.decisions_store.history, name, DECISIONS_SHOWN)
+            self.recent[name] = await asyncio.to_thread(
+                self.decisions_store.history, name, DECISIONS_SHOWN, applied_only=True
+            )
         if changed:
             self._apply()
 
     async def _flush(self) -> None:
+        """Write the pending changes in order; an automatic rollback over a moved-on decision is superseded."""
+        written = bool(self._pending)
         while self._pending:
             change = self._pending[0]
-            await asyncio.to_thread(self.decisions_store.write, change)
+            try:
+                await self._write_pending(change)
+            except InvalidValue as exc:  # no store could ever take it: dropped, so it blocks no later change
+                log.error("dropping the %s of %s: the store cannot hold it (%s)", change.action, change.model, exc)
             self._pending.pop(0)
+        if written:
+            self._apply()
+
+    async def _write_pending(self, change: Change) -> None:
+        if not change.decision:
+            await asyncio.to_thread(self.decisions_store.record, change)
+            return
+        try:
+            revision = await asyncio.to_thread(self.decisions_store.write, change)
+        except StaleRevision as stale:
+            await asyncio.to_thread(self.decisions_store.record, change, SUPERSEDED, stale.current)
+            log.warning(
+                "the %s of %s made here at revision %d is superseded: the stored decision moved on to "
+                "revision %d meanwhile; the guardrails judge the current policy again",
+                change.action,
+                change.model,
+                change.based_on,
+                stale.current,
+            )
+        else:
+            self._stored(change, revision)
+
+    async def _prune_audit(self) -> None:
+        if time.monotonic() - self._last_prune < AUDIT_PRUNE_INTERVAL_S:
+            return
+        self._last_prune = time.monotonic()
+        cutoff = self.clock() - self.settings.audit_retention_days * 86_400
+        removed = await asyncio.to_thread(self.decisions_store.prune, cutoff)
+        if removed:
+            log.info(
+                "rollout audit trail: removed %d entries older than %g days",
+                removed,
+                self.settings.audit_retention_days,
+            )
 
     async def history(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         """The audit trail of one model, newest first (raises StoreUnavailable)."""
         return await asyncio.to_thread(self.decisions_store.history, name, limit)
+
+    def revision(self, name: str) -> int:
+        """The stored revision of ``name``'s decision row as this replica last read it (0: none)."""
+        if name in self.decisions:
+            return self.decisions[name].revision
+        refused = self.refused.get(name)
+        return refused.revision if refused is not None else 0
+
+    def _stored(self, change: Change, revision: int) -> None:
+        if change.after is not None:  # a decision always carries its policy
+            self.decisions[change.model] = Decision(
+                change.after, change.file_fingerprint, revision, change.at, change.actor, change.reason
+            )
+            self.refused.pop(change.model, None)
 
     # -- changes -------------------------------------------------------------------------
 
@@ -188,83 +326,143 @@ class RolloutManager:
         self,
         name: str,
         action: str,
-        after: ModelPolicy,
+        decide: Decide,
         actor: str,
         reason: str | None,
-        readings: dict[str, Any] | None = None,
-        must_persist: bool = True,
+        expected: int | None = None,
     ) -> ModelPolicy:
-        """Record a decision: in the store at once (or, for automatic ones, as soon as it answers) and locally."""
+        """An admin decision, written to the store before it applies here (raises StoreUnavailable).
+
+        ``decide`` makes the new policy from the one in force; ``expected`` is the revision the admin read
+        (``If-Match``). Raises :class:`RevisionConflict` when the store has moved on and the change no longer
+        applies, or when it is not at ``expected``."""
         async with self._write_lock:
-            before = self.policies.get(name)
-            fingerprint = self.file.fingerprint(name)
-            change = Change(name, self.clock(), actor, action, before, after, reason, readings, fingerprint)
-            if must_persist:
-                await self._flush()
-                await asyncio.to_thread(
-                    self.decisions_store.write, change
-                )  # raises StoreUnavailable: the caller answers 503
-            else:
-                self._pending.append(change)
-            revision = self.decisions[name].revision + 1 if name in self.decisions else 1
-            self.decisions[name] = Decision(after, fingerprint, revision, change.at, actor, reason)
-            self._apply()
-            if must_persist:
-                self._last_poll = 0.0  # read back soon, with the audit entry
-            else:
+            await self._ensure_schema()
+            await self._flush()
+            if expected is not None and expected != self.revision(name):
+                await self._read()  # this replica's copy may be behind the admin's
+            attempt: Change | None = None  # the last change tried, recorded when it loses
+            for _ in range(_TRIES):
+                based_on, before = self.revision(name), self.policies.get(name)
+                if expected is not None and expected != based_on:
+                    break
+                after = decide(before)
+                attempt = Change(
+                    name,
+                    self.clock(),
+                    actor,
+                    action,
+                    before,
+                    after,
+                    reason,
+                    None,
+                    self.file.fingerprint(name),
+                    based_on=based_on,
+                )
                 try:
-                    await self._flush()
-                except StoreUnavailable:
-                    log.warning(
-                        "state store unreachable: %s of %s is applied here and will be written later", action, name
-                    )
-            self.recent.setdefault(name, []).insert(
-                0, {"at": iso(change.at), "actor": actor, "action": action, "reason": reason, "readings": readings}
+                    revision = await asyncio.to_thread(self.decisions_store.write, attempt)
+                except StaleRevision:
+                    await self._read()
+                    if expected is None and _same_course(before, self.policies.get(name)):
+                        continue  # only the plan's details moved: the change still applies to the current state
+                    break
+                self._stored(attempt, revision)
+                self._apply()
+                self._remember(attempt)
+                self._last_poll = 0.0  # read back soon, with the audit entry
+                return after
+            current = self.revision(name)
+            lost = attempt or Change(
+                name,
+                self.clock(),
+                actor,
+                action,
+                self.policies.get(name),
+                None,
+                reason,
+                None,
+                self.file.fingerprint(name),
+                based_on=expected if expected is not None else current,
             )
-            del self.recent[name][DECISIONS_SHOWN:]
-            return after
+            await asyncio.to_thread(self.decisions_store.record, lost, CONFLICT, current)
+            raise RevisionConflict(name, lost.based_on, current, self.policies.get(name))
 
-    async def rollback(
-        self,
-        name: str,
-        actor: str,
-        reason: str | None,
-        readings: dict[str, Any] | None = None,
-        must_persist: bool = True,
+    async def rollback(self, name: str, actor: str, reason: str | None, expected: int | None = None) -> ModelPolicy:
+        def rolled_back(policy: ModelPolicy | None) -> ModelPolicy:
+            policy = _require(name, policy)
+            if policy.candidate is None:
+                raise PolicyError(f"{name}: there is no candidate to roll back")
+            return policy.model_copy(update={"stage": "rolled_back"})
+
+        return await self.change(name, "rollback", rolled_back, actor, reason, expected)
+
+    async def promote(self, name: str, actor: str, reason: str | None, expected: int | None = None) -> ModelPolicy:
+        def promoted(policy: ModelPolicy | None) -> ModelPolicy:
+            policy = _require(name, policy)
+            if policy.candidate is None:
+                raise PolicyError(f"{name}: there is no candidate to promote")
+            if policy.candidate not in self.served_versions(name):
+                raise PolicyError(f"{name}: candidate v{policy.candidate} is not loaded; it cannot take all traffic")
+            return policy.model_copy(update={"stage": "promoted"})
+
+        return await self.change(name, "promote", promoted, actor, reason, expected)
+
+    async def replace(
+        self, name: str, policy: ModelPolicy, actor: str, reason: str | None, expected: int | None = None
     ) -> ModelPolicy:
-        policy = self._require(name)
-        if policy.candidate is None:
-            raise PolicyError(f"{name}: there is no candidate to roll back")
-        return await self.change(
-            name, "rollback", policy.model_copy(update={"stage": "rolled_back"}), actor, reason, readings, must_persist
+        return await self.change(name, "replace", lambda _: policy, actor, reason, expected)
+
+    def _roll_back_here(self, name: str, policy: ModelPolicy, verdict: Verdict) -> None:
+        """An automatic rollback: in force here at once, written to the store by the background task."""
+        change = Change(
+            name,
+            self.clock(),
+            f"guardrails ({self.replica})",
+            "rollback",
+            policy,
+            policy.model_copy(update={"stage": "rolled_back"}),
+            f"{verdict.reason}: {verdict.message}",
+            _json_safe(verdict.readings),
+            self.file.fingerprint(name),
+            based_on=self.revision(name),
         )
+        self._pending.append(change)
+        self._apply()
+        self._remember(change)
+        self._sync_soon()
 
-    async def promote(self, name: str, actor: str, reason: str | None) -> ModelPolicy:
-        policy = self._require(name)
-        if policy.candidate is None:
-            raise PolicyError(f"{name}: there is no candidate to promote")
-        if policy.candidate not in self.served_versions(name):
-            raise PolicyError(f"{name}: candidate v{policy.candidate} is not loaded; it cannot take all traffic")
-        return await self.change(name, "promote", policy.model_copy(update={"stage": "promoted"}), actor, reason)
-
-    async def replace(self, name: str, policy: ModelPolicy, actor: str, reason: str | None) -> ModelPolicy:
-        return await self.change(name, "replace", policy, actor, reason)
-
-    def _require(self, name: str) -> ModelPolicy:
-        policy = self.policies.get(name)
-        if policy is None:
-            raise LookupError(f"model {name!r} has no rollout policy")
-        return policy
+    def _remember(self, change: Change) -> None:
+        recent = self.recent.setdefault(change.model, [])
+        recent.insert(
+            0,
+            {
+                "at": iso(change.at),
+                "actor": change.actor,
+                "action": change.action,
+                "reason": change.reason,
+                "readings": change.readings,
+            },
+        )
+        del recent[DECISIONS_SHOWN:]
 
     # -- the effective policies ----------------------------------------------------------
 
     def _apply(self) -> None:
         policies, sources = {}, {}
         in_file = self.file.policies.models
-        for name in sorted(set(in_file) | set(self.decisions)):
-            decision = self.decisions.get(name)
-            if decision is not None and decision.file_fingerprint == self.file.fingerprint(name):
+        pending = {c.model: c.after for c in self._pending if c.decision and c.after is not None}
+        for name in sorted(set(in_file) | set(self.decisions) | set(self.refused) | set(pending)):
+            decision, refused = self.decisions.get(name), self.refused.get(name)
+            fingerprint = self.file.fingerprint(name)
+            if name in pending:
+                policies[name], sources[name] = pending[name], "pending"
+            elif decision is not None and decision.file_fingerprint == fingerprint:
                 policies[name], sources[name] = decision.policy, "store"
+            elif refused is not None and refused.file_fingerprint == fingerprint:
+                # the decision in force cannot be read: stable serves everyone until an admin replaces it
+                stable = refused.stable or (in_file[name].stable if name in in_file else None)
+                if stable is not None:
+                    policies[name], sources[name] = ModelPolicy(stable=stable), "refused"
             elif name in in_file:
                 policies[name], sources[name] = in_file[name], "file"
         for name, policy in policies.items():
@@ -282,6 +480,14 @@ class RolloutManager:
         region_header = self.settings.region_header.lower().encode("latin-1")
         self.header_names = frozenset({b"content-type", b"content-length", region_header, *self._sticky.values()})
         self._refresh_gauges()
+
+    def problems(self) -> dict[str, str]:
+        """Per model, why its stored decision is not applied (a row that no longer validates)."""
+        return {
+            name: f"the stored rollout decision (revision {refused.revision}) is invalid and not applied "
+            f"({refused.error}); stable serves until a valid policy replaces it"
+            for name, refused in sorted(self.refused.items())
+        }
 
     # -- the request path (cheap: no I/O, no awaits) ---------------------------------------
 
@@ -340,13 +546,7 @@ class RolloutManager:
             if verdict.status == "breach" and verdict.reason is not None:
                 log.error("guardrail breach for %s v%d: %s; rolling back", name, policy.candidate, verdict.message)
                 self.metrics.rollbacks.labels(name, verdict.reason).inc()
-                await self.rollback(
-                    name,
-                    f"guardrails ({self.replica})",
-                    f"{verdict.reason}: {verdict.message}",
-                    _json_safe(verdict.readings),
-                    must_persist=False,
-                )
+                self._roll_back_here(name, policy, verdict)
 
     # -- what is shown -------------------------------------------------------------------
 
@@ -370,17 +570,35 @@ class RolloutManager:
         self._refresh_store_gauges()
 
     def _refresh_store_gauges(self) -> None:
-        self.metrics.store_up.set(1 if self.store.healthy else 0)
+        self.metrics.store_up.set(1 if self.store.up() else 0)
         if self.store.last_ok_at is not None:
             self.metrics.store_age.set(max(0.0, time.time() - self.store.last_ok_at))
 
-    def store_status(self) -> dict[str, Any]:
-        described = self.store.describe()
+    def store_status(self, internals: bool = False) -> dict[str, Any]:
+        """The state store's health; where it is and its last error only with ``internals`` (admins)."""
+        described = self.store.describe(internals)
         described["pending_writes"] = len(self._pending)
         described["last_ok_at"] = iso(described["last_ok_at"])
-        if not self.store.healthy:
+        if not described["healthy"]:
             described["detail"] = "state store unreachable: routing on the last known rollout state"
         return described
+
+
+def _require(name: str, policy: ModelPolicy | None) -> ModelPolicy:
+    if policy is None:
+        raise LookupError(f"model {name!r} has no rollout policy")
+    return policy
+
+
+def _same_course(before: ModelPolicy | None, now: ModelPolicy | None) -> bool:
+    """Whether a change made from ``before`` still applies to ``now``: the same versions in the same stage."""
+    if before is None or now is None:
+        return before is now
+    return (before.stable, before.candidate, before.stage) == (now.stable, now.candidate, now.stage)
+
+
+def _v(version: int | None) -> str:
+    return f"v{version}" if version is not None else "none"
 
 
 def _json_safe(value: Any) -> Any:

@@ -29,6 +29,12 @@ class RolloutMetrics:
         self.policy_errors = Counter(
             "serving_rollout_policy_errors", "Rollout file edits refused (the last good policy kept).", registry=r
         )
+        self.stored_policy_errors = Counter(
+            "serving_rollout_stored_policy_errors",
+            "Stored rollout decisions that no longer validate, each counted once (stable serves instead).",
+            ["model"],
+            registry=r,
+        )
         self.guardrail_state = Gauge(
             "serving_rollout_guardrail_state",
             "1 for the guardrails' current verdict (waiting_for_data, ok, breach, off).",

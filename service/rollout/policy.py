@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,11 @@ ALL_REGIONS = "*"
 Stage = Literal["off", "shadow", "canary", "promoted", "rolled_back"]
 STAGES: tuple[str, ...] = ("off", "shadow", "canary", "promoted", "rolled_back")
 
+# RFC 7230 token characters: what an HTTP header name may be made of (ASCII only, so it encodes as latin-1)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+MAX_HEADER_NAME = 64
+MAX_DURATION_S = 3650 * 86_400.0  # ten years: a hold beyond it is a typo, and the plan's times must stay printable
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
@@ -43,8 +49,10 @@ def parse_duration(value: Any) -> float:
         if match is None:
             raise ValueError(f"a duration such as 30s, 5m, 2h, 1d, 7d or 1w is needed, got {value!r}")
         seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
-    if seconds <= 0:
+    if not seconds > 0:  # NaN as well
         raise ValueError(f"a duration must be positive, got {value!r}")
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
+        raise ValueError(f"a duration must be at most {format_duration(MAX_DURATION_S)}, got {value!r}")
     return seconds
 
 
@@ -111,7 +119,9 @@ class ModelPolicy(_Strict):
     stable: int = Field(ge=1)
     candidate: int | None = Field(None, ge=1)
     stage: Stage = "off"
-    sticky_key: str = Field("X-Request-Key", min_length=1, description="Header holding the sticky assignment key.")
+    sticky_key: str = Field(
+        "X-Request-Key", min_length=1, max_length=MAX_HEADER_NAME, description="Header holding the sticky key."
+    )
     shadow: Shadow = Shadow()
     steps: list[Step] = Field(default_factory=list)
     start: datetime | None = None
@@ -122,6 +132,15 @@ class ModelPolicy(_Strict):
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
+    @field_validator("sticky_key")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not _HEADER_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not an HTTP header name: use letters, digits and !#$%&'*+-.^_`|~ only, e.g. X-User-Id"
+            )
+        return value
 
     @field_validator("start", "end")
     @classmethod
@@ -145,6 +164,13 @@ class ModelPolicy(_Strict):
                 raise ValueError(f"steps[{i}].hold: every step but the last needs a hold")
         if self.start is not None and self.end is not None and self.end <= self.start:
             raise ValueError("end must be after start")
+        # every time the plan shows (start, each step's begin, end) must be a date a page and a log can print
+        if self.start is not None:
+            last = self.start + timedelta(seconds=sum(step.hold or 0.0 for step in self.steps))
+            if not EARLIEST <= self.start or last > LATEST:
+                raise ValueError(f"the plan must lie between {EARLIEST.year} and {LATEST.year}")
+        if self.end is not None and not EARLIEST <= self.end <= LATEST:
+            raise ValueError(f"end must lie between {EARLIEST.year} and {LATEST.year}")
         return self
 
     def fingerprint(self) -> str:

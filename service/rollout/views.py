@@ -1,4 +1,13 @@
-"""What the rollout shows: every model's rollout state as the API, the pages and the CLI read it."""
+"""What the rollout shows: every model's rollout state as the API, the pages and the CLI read it.
+
+Two views of the same JSON. Anyone may read the public one; with the admin
+token (``internals``) it also holds what only operators should see: the
+policy file's path and its error, where the state store is and its last
+error, and who exactly made each decision (an admin's ``X-Actor`` and
+address, a replica's host and process). Without it those fields stay, as
+null, a short note, or the actor's role alone (``admin``, ``guardrails``,
+``file``), so pages and scripts read one shape.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +17,33 @@ from service.rollout.manager import RolloutManager
 from service.rollout.policy import iso
 from service.rollout.routing import candidate_share, plan_regions, step_at, timeline
 
+ROLES = ("admin", "guardrails", "file")
+FILE_REFUSED = "the rollout file was refused and the last good policy is kept (the error is shown with the admin token)"
 
-def describe(rollout: RolloutManager) -> dict[str, Any]:
+
+def public_actor(actor: str | None) -> str | None:
+    """The role of an audit actor (``admin``, ``guardrails``, ``file``), without names, addresses or paths."""
+    if actor is None:
+        return None
+    role = actor.split(" ", 1)[0]
+    return role if role in ROLES else "other"
+
+
+def describe(rollout: RolloutManager, internals: bool = False) -> dict[str, Any]:
     """The body of ``GET /v1/rollouts``."""
+    error = rollout.file.error
     return {
-        "policy_file": str(rollout.file.path) if rollout.file.path else None,
-        "policy_error": rollout.file.error,
+        "policy_file": str(rollout.file.path) if rollout.file.path and internals else None,
+        "policy_error": error if internals or error is None else FILE_REFUSED,
         "policy_loaded_at": iso(rollout.file.loaded_at),
-        "state_store": rollout.store_status(),
+        "state_store": rollout.store_status(internals),
+        "stored_policy_errors": rollout.problems(),
         "now": iso(rollout.clock()),
-        "models": {name: describe_model(rollout, name) for name in sorted(rollout.policies)},
+        "models": {name: describe_model(rollout, name, internals) for name in sorted(rollout.policies)},
     }
 
 
-def describe_model(rollout: RolloutManager, name: str) -> dict[str, Any] | None:
+def describe_model(rollout: RolloutManager, name: str, internals: bool = False) -> dict[str, Any] | None:
     """One model's rollout: policy, step, shares, guardrails, decisions, timeline; None without a policy."""
     policy = rollout.policies.get(name)
     if policy is None:
@@ -36,12 +58,17 @@ def describe_model(rollout: RolloutManager, name: str) -> dict[str, Any] | None:
     ]
     if policy.stable not in loaded:
         problems.append("the highest loaded version serves instead of stable")
+    stored_error = rollout.problems().get(name)
+    if stored_error is not None:
+        problems.append(stored_error)
     decision = rollout.decisions.get(name) if rollout.sources.get(name) == "store" else None
     verdict = rollout.verdicts.get(name)
     regions = plan_regions(policy) or ["*"]
+    shown = (lambda actor: actor) if internals else public_actor
     return {
         "model": name,
         "source": rollout.sources.get(name),
+        "revision": rollout.revision(name),
         "stable": policy.stable,
         "candidate": policy.candidate,
         "stage": policy.stage,
@@ -66,12 +93,19 @@ def describe_model(rollout: RolloutManager, name: str) -> dict[str, Any] | None:
         "decided": {
             "revision": decision.revision,
             "at": iso(decision.updated_at),
-            "by": decision.updated_by,
+            "by": shown(decision.updated_by),
             "reason": decision.reason,
         }
         if decision
         else None,
-        "last_decisions": rollout.recent.get(name, []),
+        "last_decisions": [{**entry, "actor": shown(entry["actor"])} for entry in rollout.recent.get(name, [])],
         "timeline": timeline(policy),
         "policy": policy.model_dump(mode="json"),
     }
+
+
+def history_entries(entries: list[dict[str, Any]], internals: bool = False) -> list[dict[str, Any]]:
+    """Audit entries as ``GET /v1/rollouts/{name}/history`` shows them (actors as roles without ``internals``)."""
+    if internals:
+        return entries
+    return [{**entry, "actor": public_actor(entry["actor"])} for entry in entries]

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from bundle.store import Migration, PostgresStore, SQLiteStore, Store, StoreUnavailable, open_store
+from bundle.store import (
+    InvalidValue,
+    Migration,
+    PostgresStore,
+    SQLiteStore,
+    Store,
+    StoreUnavailable,
+    Transaction,
+    open_store,
+    redact_location,
+)
 
 STEPS = [
     Migration(
@@ -120,7 +130,7 @@ def test_a_failing_statement_is_typed_and_the_store_recovers(store: Store) -> No
 
 
 def test_an_unreachable_postgresql_is_unavailable_quickly_not_a_hang() -> None:
-    store = PostgresStore("postgresql://postgres@127.0.0.1:1/none", connect_timeout_s=1)
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/none", timeout_s=1)
     with pytest.raises(StoreUnavailable):
         store.query("SELECT 1")
     assert store.describe()["healthy"] is False
@@ -132,3 +142,89 @@ def test_an_unwritable_sqlite_path_is_unavailable_not_a_crash(tmp_path: Path) ->
     store = open_store("", blocker / "state.sqlite")
     with pytest.raises(StoreUnavailable):
         store.migrate(STEPS)
+
+
+# -- credentials never shown -----------------------------------------------------------------------
+
+LOCATIONS = [
+    "postgresql://svc:s3cr3t-pw@db.example:5432/state",
+    "postgresql://svc@db.example/state?password=s3cr3t-pw",
+    "postgresql:///state?host=db.example&user=svc&password=s3cr3t-pw&sslmode=require",
+    "postgresql://db.example/state?sslpassword=s3cr3t-pw&user=svc",
+    "postgres://svc:s3cr3t-pw@db-1,db-2/state?target_session_attrs=read-write",
+    "postgresql://svc:s3cr3t@pw@db.example/state",  # an unencoded '@' in the password
+    "host=db.example user=svc password=s3cr3t-pw dbname=state",
+    "host=db.example password = 's3cr3t-pw with spaces' dbname=state",
+    "dbname=state PASSWORD=s3cr3t-pw",
+]
+
+
+@pytest.mark.parametrize("location", LOCATIONS)
+def test_a_password_is_redacted_in_every_form_of_location(location: str) -> None:
+    shown = redact_location(location)
+    assert "s3cr3t" not in shown and "***" in shown
+    assert "db.example" in shown or "db-1" in shown or "dbname=state" in shown  # the rest stays readable
+
+
+@pytest.mark.parametrize("location", [loc for loc in LOCATIONS if "://" in loc])
+def test_a_postgresql_store_never_shows_its_password_in_its_location_or_errors(location: str) -> None:
+    store = open_store(location.replace("db.example", "127.0.0.1:1").replace("db-1,db-2", "127.0.0.1:1"), Path("x"))
+    assert "s3cr3t" not in store.location()
+    with pytest.raises(StoreUnavailable) as refused:
+        store.query("SELECT 1")
+    assert "s3cr3t" not in str(refused.value)
+    for internals in (True, False):
+        assert "s3cr3t" not in str(store.describe(internals=internals))
+
+
+def test_without_internals_a_store_shows_its_health_but_not_where_it_is(tmp_path: Path) -> None:
+    store = open_store("", tmp_path / "secret-folder" / "state.sqlite")
+    store.migrate(STEPS)
+    public, admin = store.describe(), store.describe(internals=True)
+    assert public["location"] is None and public["healthy"] is True and public["backend"] == "sqlite"
+    assert admin["location"].endswith("secret-folder/state.sqlite")
+
+
+# -- values no backend can store ------------------------------------------------------------------
+
+
+def test_text_with_a_nul_is_refused_alike_by_both_backends_and_leaves_the_store_healthy(store: Store) -> None:
+    store.migrate(STEPS)
+    with pytest.raises(InvalidValue, match="NUL"):
+        store.execute("INSERT INTO kv (key, value) VALUES (?, ?)", ("k", "a\x00b"))
+    with pytest.raises(InvalidValue):
+        store.query("SELECT value FROM kv WHERE key = ?", ("k\x00",))
+    assert store.healthy and store.last_error is None
+    store.execute("INSERT INTO kv (key, value) VALUES (?, ?)", ("k", "ab"))  # the same connection goes on
+    assert store.query_one("SELECT value FROM kv WHERE key = ?", ("k",)) == {"value": "ab"}
+
+
+def test_a_batch_with_nul_rows_names_them_and_writes_nothing(store: Store) -> None:
+    store.migrate(STEPS)
+    rows = [("m", "fine", 1.0), ("m", "bad\x00", 2.0), ("m", "fine", 3.0), ("m\x00", "bad", 4.0)]
+    with pytest.raises(InvalidValue) as refused:
+        store.executemany("INSERT INTO notes (model, body, at) VALUES (?, ?, ?)", rows)
+    assert refused.value.rows == [1, 3]
+    assert store.healthy and store.query_one("SELECT COUNT(*) AS n FROM notes")["n"] == 0
+
+
+# -- transactions -----------------------------------------------------------------------------------
+
+
+def test_a_transaction_lands_whole_or_not_at_all(store: Store) -> None:
+    store.migrate(STEPS)
+
+    def write_then_fail(tx: Transaction) -> None:
+        tx.execute("INSERT INTO kv (key, value) VALUES (?, ?)", ("a", "1"))
+        raise LookupError("changed my mind")
+
+    with pytest.raises(LookupError):
+        store.transaction(write_then_fail)
+    assert store.query("SELECT key FROM kv") == [] and store.healthy
+
+    def write_two(tx: Transaction) -> int:
+        tx.execute("INSERT INTO kv (key, value) VALUES (?, ?)", ("a", "1"))
+        return tx.execute("INSERT INTO kv (key, value) VALUES (?, ?)", ("b", "2"))
+
+    assert store.transaction(write_two) == 1
+    assert [r["key"] for r in store.query("SELECT key FROM kv ORDER BY key")] == ["a", "b"]

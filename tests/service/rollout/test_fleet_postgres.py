@@ -294,3 +294,116 @@ def test_an_automatic_rollback_while_the_store_is_down_is_applied_at_once_and_wr
             assert rollout_of(other)["stage"] == "rolled_back"
     finally:
         forwarder.close()
+
+
+def put_policy(service: ServiceProcess, policy: dict[str, Any], **headers: str) -> tuple[int, dict[str, Any]]:
+    import json
+
+    status, _, body = request(
+        f"{service.url}/v1/rollouts/digits",
+        "PUT",
+        json.dumps(policy).encode(),
+        {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json", **headers},
+    )
+    return status, json.loads(body)
+
+
+def state_of(service: ServiceProcess) -> dict[str, Any]:
+    import json
+
+    return json.loads(request(f"{service.url}/v1/rollouts/digits")[2])
+
+
+def test_a_put_on_one_replica_and_a_rollback_on_another_end_in_one_state_and_both_are_audited(fleet: Any) -> None:
+    """The rollback, made from the second replica's stale copy, lands on top of the new plan instead of erasing it;
+    a change that no longer applies (a canary PUT from a copy that has not seen the rollback) is refused, 409."""
+    import json
+
+    _, (a, b) = fleet
+    new_plan = {
+        "stable": 1,
+        "candidate": 2,
+        "stage": "canary",
+        "start": "2020-01-01T00:00:00Z",
+        "steps": [{"regions": {"campsite-1": 100}}],
+        "reason": "one campsite only",
+    }
+    status, written = put_policy(a, new_plan)
+    assert status == 200 and written["revision"] == 1  # the first decision over the file's plan
+    assert admin(b, "rollback") == 200  # within milliseconds: b has not polled since the PUT
+
+    def converged() -> bool:
+        states = [state_of(service) for service in (a, b)]
+        return all(s["revision"] == 2 for s in states)
+
+    wait_until(converged, timeout_s=POLL_S + 3.0)
+    for service in (a, b):
+        state = state_of(service)
+        assert state["stage"] == "rolled_back"
+        assert state["policy"]["steps"] == [{"regions": {"campsite-1": 100.0}, "hold": None}]  # the PUT's plan kept
+
+    stale = put_policy(b, {**new_plan, "steps": [{"regions": {"*": 100}}]}, **{"If-Match": '"1"'})
+    assert stale[0] == 409 and stale[1]["error"]["code"] == "conflict"
+    assert "revision 2" in stale[1]["error"]["message"]
+    history = json.loads(request(b.url + "/v1/rollouts/digits/history")[2])["history"]
+    attempts = [(entry["action"], entry["outcome"], entry["revision"]) for entry in history[:3]]
+    assert attempts == [("replace", "conflict", 2), ("rollback", "applied", 2), ("replace", "applied", 1)]
+    assert state_of(a)["stage"] == state_of(b)["stage"] == "rolled_back"
+
+
+def test_a_rollback_made_while_cut_off_never_overwrites_a_newer_decision_when_the_store_returns(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Replica a, cut off, rolls candidate 5 back on its own; meanwhile an operator moves the fleet to candidate 2 on
+    replica b. When a reconnects its rollback is recorded as superseded, not written, and a follows b's plan."""
+    import torch
+
+    from tests.bundle_factory import _handmade_image_bundle
+    from tests.service.rollout.test_rollout_service import (
+        ADMIN,
+        FAST,
+        PAST,
+        canary,
+        predict,
+        rollout_of,
+        serve,
+        wait_for,
+        write_policy,
+    )
+
+    torch.set_num_threads(1)
+    repo = tmp_path / "models"
+    for version in (1, 2):
+        _handmade_image_bundle(repo, "digits", version, seed=1)
+    _handmade_image_bundle(repo, "digits", 5, seed=1, fails_on_real_input=True)
+    policy_file = write_policy(
+        tmp_path / "rollout.yaml", canary(5, '{"*": 50}', "{min_requests: 10, max_error_rate: 0.05}")
+    )
+    forwarder = TcpForwarder().start()
+    cut_off_url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{forwarder.port}")
+    new_plan = {"stable": 1, "candidate": 2, "stage": "canary", "start": PAST, "steps": [{"regions": {"*": 10}}]}
+    try:
+        with (
+            serve(repo, rollout=policy_file, state_url=cut_off_url) as a,
+            serve(repo, rollout=policy_file, state_url=postgres_url, **FAST) as b,
+        ):
+            forwarder.stop()
+            for i in range(200):
+                predict(a, f"user-{i}", seed=i)
+                if rollout_of(a)["stage"] == "rolled_back":
+                    break
+            assert rollout_of(a)["source"] == "pending"  # in force on a at once, not written yet
+            assert b.put("/v1/rollouts/digits", headers=ADMIN, json=new_plan).status_code == 200
+
+            forwarder.start()
+            wait_for(lambda: rollout_of(a)["candidate"] == 2, timeout_s=10)
+            state = rollout_of(a)
+            assert (state["stage"], state["source"], state["revision"]) == ("canary", "store", 1)
+            assert a.get("/v1/rollouts").json()["state_store"]["pending_writes"] == 0
+            assert rollout_of(b)["candidate"] == 2 and rollout_of(b)["revision"] == 1
+            history = b.get("/v1/rollouts/digits/history").json()["history"]
+            attempts = [(e["action"], e["outcome"], e["actor"], e["revision"]) for e in history[:2]]
+            assert attempts == [("rollback", "superseded", "guardrails", 1), ("replace", "applied", "admin", 1)]
+            assert history[0]["reason"].startswith("error_rate")
+    finally:
+        forwarder.close()

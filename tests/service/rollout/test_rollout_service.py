@@ -297,7 +297,7 @@ def drive_until_rolled_back(client: Any, min_requests: int, limit: int = 400) ->
 
 
 def assert_rolled_back(client: Any, reason: str) -> None:
-    state = rollout_of(client)
+    state = wait_for(lambda: (s := rollout_of(client))["source"] == "store" and s)  # written by the background task
     assert state["stage"] == "rolled_back" and state["source"] == "store"
     assert state["last_decisions"][0]["action"] == "rollback"
     assert state["last_decisions"][0]["reason"].startswith(reason)
@@ -453,7 +453,7 @@ def test_a_bad_policy_edit_keeps_the_previous_policy(make_repo: Callable[..., Pa
     with serve(repo, rollout=policy_file) as client:
         assert predict(client, "k", "eu").headers["X-Model-Version"] == "2"
         write_policy(policy_file, canary(2, '{"eu": 100}').replace("start: ", "start: yesterday-ish ") + "\n")
-        listing = wait_for(lambda: (r := client.get("/v1/rollouts").json())["policy_error"] and r)
+        listing = wait_for(lambda: (r := client.get("/v1/rollouts", headers=ADMIN).json())["policy_error"] and r)
         assert "models.digits.start" in listing["policy_error"]
         assert listing["models"]["digits"]["shares"] == {"eu": 1.0}
         assert predict(client, "k", "eu").headers["X-Model-Version"] == "2"
