@@ -15,6 +15,7 @@ from service.http.auth import require_reviewer
 from service.http.errors import InvalidInput, NotFound, Unavailable
 from service.http.responses import JSONResponse
 from service.models.registry import ModelRegistry
+from service.models.repository import shown_version, version_number
 from service.monitoring.monitor import Monitor
 from service.monitoring.review import review_queue
 from service.monitoring.state import ALL_REGIONS
@@ -47,9 +48,10 @@ class MonitoringRoutes:
         versions = self.registry.versions(name)
         wanted = request.query_params.get("version")
         if wanted is not None:
-            if not wanted.isascii() or not wanted.isdigit() or len(wanted) > 18:
-                raise InvalidInput(f"version: expected a positive integer, got {wanted!r}")
-            versions = [v for v in versions if v.version == int(wanted)]
+            number = version_number(wanted)
+            if number is None:
+                raise InvalidInput(f"version: expected a positive integer, got {shown_version(wanted)}")
+            versions = [v for v in versions if v.version == number]
             if not versions:
                 raise NotFound(f"model {name!r} has no loaded version {wanted}")
         region = request.query_params.get("region")
@@ -138,6 +140,6 @@ def _flag(value: str, name: str) -> bool:
 
 
 def _bounded_int(value: str, name: str, low: int, high: int) -> int:
-    if not value.isdigit() or len(value) > 10 or not low <= int(value) <= high:
+    if not value.isascii() or not value.isdigit() or len(value) > 10 or not low <= int(value) <= high:
         raise InvalidInput(f"{name}: expected a whole number from {low} to {high}, got {value[:40]!r}")
     return int(value)
