@@ -110,7 +110,7 @@ class ProtocolModel:
         expected = {spec["name"]: spec for spec in self.inputs}
         unknown = [name for name in inputs if name not in expected]
         if unknown:
-            raise InvalidInput(f"input {unknown[0]!r} is not an input of this model; its inputs: {list(expected)}")
+            raise InvalidInput(f"input {unknown[0][:64]!r} is not an input of this model; its inputs: {list(expected)}")
         missing = [name for name in expected if name not in inputs]
         if missing:
             raise InvalidInput(f"input {missing[0]!r} is missing; this model takes: {list(expected)}")
@@ -177,10 +177,10 @@ class ProtocolModel:
         if isinstance(decoder, ImageInputs):
             tensor = inputs[self.inputs[0]["name"]]
             if tensor.datatype == "UINT8":
-                return [tensor.data]
+                return [tensor.array()]
             images = [
                 (f"{tensor.name}[{i}]", _image_bytes(value, f"{tensor.name}[{i}]"))
-                for i, value in enumerate(tensor.data.ravel().tolist())
+                for i, value in enumerate(tensor.array().ravel().tolist())
             ]
             sizes: list[tuple[int, int]] = []
             pixels = decoder.decode_images(images, sizes=sizes)
@@ -202,7 +202,7 @@ class ProtocolModel:
         for output in requested:
             if output.name not in self.output_names:
                 raise InvalidInput(
-                    f"output {output.name!r} is not an output of this model; its outputs: {self.output_names}"
+                    f"output {output.name[:64]!r} is not an output of this model; its outputs: {self.output_names}"
                 )
             if output.classification and not self.encoder.classes:
                 raise InvalidInput(f"output {output.name!r}: classification needs a model with classes")
@@ -252,7 +252,7 @@ def _image_bytes(value: Any, where: str) -> bytes:
 
 
 def _column(tensor: Tensor) -> np.ndarray:
-    data = tensor.data.reshape(-1)
+    data = tensor.array().reshape(-1)
     if tensor.datatype != "BYTES":
         return data
     values = np.empty(len(data), dtype=object)
