@@ -59,6 +59,7 @@ class ModelVersion:
             inline=loaded.plan.inline,
             retry_after_s=settings.retry_after_s,
             observer=metrics,
+            run_seconds=loaded.plan.seconds_per_run,  # admission's backlog estimate before any traffic
         )
         self._leases = 0
         self._released: asyncio.Event | None = None
