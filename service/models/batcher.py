@@ -190,6 +190,14 @@ class DynamicBatcher:
         elif seconds < self._window_least:
             self._window_least = seconds
 
+    def _clears_in_time(self, items: int, timeout_s: float) -> bool:
+        """Whether a queue of ``items`` gets below ``max_queue_size`` within ``max_queue_wait_s`` (and the deadline).
+
+        Never while no run time is known: then the bound holds as it is."""
+        excess = items - self.max_queue_size + 1
+        limit = min(self.max_queue_wait_s, timeout_s)
+        return self._cost.known and self._wait_seconds(excess) < limit
+
     def _standing_wait(self, now: float) -> float:
         """The standing-queue reading while it is current: it lapses once no request finished for a while."""
         if now - self._window_started >= STALE_WINDOWS * self.wait_window_s:
@@ -204,10 +212,11 @@ class DynamicBatcher:
         (``wait_window_s``) took longer than ``max_queue_wait_s`` from
         admission to answer (a standing queue, not a burst; a reading lapses
         after a quiet spell), when the items ahead would run past the
-        deadline, and beyond ``max_queue_size``, the bound on memory. The
-        backlog is estimated in batches of the cap from the run times, the
-        timings taken at load until live runs are measured, so a cold version
-        admits a burst it can serve and refuses at once one it cannot. A fixed
+        deadline, and beyond ``max_queue_size``, the bound on memory, unless
+        the queue gets below it within ``max_queue_wait_s``. The backlog is
+        estimated in batches of the cap from the run times, the timings taken
+        at load until live runs are measured, so a cold version admits a
+        burst it can serve and refuses at once one it cannot. A fixed
         small queue would refuse clients that could have been served in time,
         and clients that retry at once then spend the server's time on
         refusals instead of answers.
@@ -215,13 +224,17 @@ class DynamicBatcher:
         if self._closing:
             raise Unavailable("this model version is being unloaded; retry to reach the current version")
         ahead = self._queued_items + self._admitted
-        if ahead >= self.max_queue_size:
+        # Requests admitted but not yet queued count at the size requests have had lately.
+        items = self._queued_items + math.ceil(self._admitted * self._items_per_request)
+        # Over the bound, queued items that will have run within the wait limit are no reason to refuse;
+        # requests still sending their bodies are (how long they take is the client's to say).
+        if ahead >= self.max_queue_size and (
+            self._admitted >= self.max_queue_size or not self._clears_in_time(items, timeout_s)
+        ):
             raise QueueFull(
                 f"the queue holds {ahead} items and requests (limit {self.max_queue_size}); retry later",
                 self.retry_after_s,
             )
-        # Requests admitted but not yet queued count at the size requests have had lately.
-        items = self._queued_items + math.ceil(self._admitted * self._items_per_request)
         backlog = self._wait_seconds(items)
         if backlog >= timeout_s:
             raise QueueFull(
@@ -255,14 +268,13 @@ class DynamicBatcher:
             raise Unavailable("this model version is being unloaded; retry to reach the current version")
         if self._queued_items < self.max_queue_size:
             return
-        limit = min(self.max_queue_wait_s, timeout_s)
-        excess = self._queued_items - self.max_queue_size + 1
-        if not self._cost.known or self._wait_seconds(excess) >= limit:
+        if not self._clears_in_time(self._queued_items, timeout_s):
             raise QueueFull(
                 f"the queue holds {self._queued_items} items (limit {self.max_queue_size}); retry later",
                 self.retry_after_s,
             )
         loop = asyncio.get_running_loop()
+        limit = min(self.max_queue_wait_s, timeout_s)
         give_up = loop.time() + limit
         while self._queued_items >= self.max_queue_size:
             self._room.clear()

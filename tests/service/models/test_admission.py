@@ -119,6 +119,32 @@ def test_a_cold_burst_of_large_requests_beyond_the_queue_bound_is_served_when_it
     assert outcomes == ["ok"] * 16
 
 
+def test_a_request_arriving_over_the_bound_is_admitted_when_the_queue_clears_in_time() -> None:
+    async def scenario(batcher: DynamicBatcher) -> list[str]:
+        outcomes = []
+        for i in range(8):  # one after another, each arriving while the one before is queued
+            outcomes.append(asyncio.create_task(serve_one(batcher, i, n=100)))
+            await asyncio.sleep(0)
+        return await asyncio.gather(*outcomes)
+
+    outcomes = with_batcher(
+        scenario, SleepingModel(0.0005), max_batch_size=100, max_queue_size=100, run_seconds={100: 0.0005}
+    )
+    assert outcomes == ["ok"] * 8
+
+
+def test_requests_still_sending_their_bodies_fill_the_bound_whatever_the_run_time() -> None:
+    async def scenario(batcher: DynamicBatcher) -> str:
+        holding = [batcher.admit(30.0) for _ in range(2)]  # admitted, their bodies still on the way
+        outcome = await serve_one(batcher, 0)
+        for admission in holding:
+            admission.__exit__(None, None, None)
+        return outcome
+
+    outcome = with_batcher(scenario, SleepingModel(0), max_batch_size=1, max_queue_size=2, run_seconds={1: 0.0001})
+    assert "queue holds 2 items and requests" in outcome
+
+
 def test_a_decoded_request_is_refused_at_once_when_room_would_come_too_late() -> None:
     async def scenario(batcher: DynamicBatcher) -> tuple[str, float]:
         first, second, third = (batcher.admit(30.0) for _ in range(3))  # all in before any body is decoded
