@@ -27,7 +27,7 @@ import pandas as pd
 from service.codecs.decoded import RawInputs
 from service.codecs.images import ImageInputs
 from service.codecs.oip.tensors import OutputTensor, RequestedOutput, Tensor, datatype_of
-from service.codecs.tables import TabularInputs
+from service.codecs.tables import MAX_CONTINUOUS, TabularInputs
 from service.http.errors import InvalidInput, PayloadTooLarge
 from service.models.registry import ModelVersion
 
@@ -189,6 +189,8 @@ class ProtocolModel:
             return [pixels]
         assert isinstance(decoder, TabularInputs)
         columns = {spec["name"]: _column(inputs[spec["name"]]) for spec in self.inputs}
+        for name in decoder.processor.raw_cont_names:
+            _check_range(name, columns[name])
         if raw is not None:
             raw.columns = columns
         return decoder.process(pd.DataFrame(columns, copy=False), "{column}[{row}]")
@@ -249,6 +251,16 @@ def _image_bytes(value: Any, where: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput(f"{where}: a BYTES image sent as JSON must be base64 ({exc})") from exc
+
+
+def _check_range(name: str, values: np.ndarray) -> None:
+    """A continuous column within the native API's range (``MAX_CONTINUOUS``): far beyond any feature, and far
+    from float32 overflow in normalisation, which would answer NaN instead of refusing."""
+    numbers = values.astype(np.float64, copy=False)
+    outside = np.flatnonzero(np.abs(numbers) > MAX_CONTINUOUS)  # NaN, a missing value, is never outside
+    if len(outside):
+        row = int(outside[0])
+        raise InvalidInput(f"{name}[{row}]: {numbers[row]:g} is out of range (at most {MAX_CONTINUOUS:g})")
 
 
 def _column(tensor: Tensor) -> np.ndarray:

@@ -125,3 +125,13 @@ def test_a_header_length_that_is_no_ascii_number_is_400(client: Any, length: str
         headers=[(b"Inference-Header-Content-Length", length.encode())],
     )
     assert response.status_code == 400 and "Inference-Header-Content-Length" in error(response)
+
+
+@pytest.mark.parametrize("value", [1e300, -1e16, 2**62])
+def test_a_number_beyond_the_native_apis_range_is_refused_naming_the_column(client: Any, value: float) -> None:
+    columns = {"island": ("BYTES", "Dream"), "sex": ("BYTES", "female"), "bill_depth_mm": ("FP64", 17.4)}
+    columns |= {"bill_length_mm": ("FP64" if isinstance(value, float) else "INT64", value)}
+    columns |= {"flipper_length_mm": ("FP32", 186.0)}
+    inputs = [{"name": n, "datatype": t, "shape": [1], "data": [v]} for n, (t, v) in columns.items()]
+    response = client.post("/v2/models/penguins/infer", json={"inputs": inputs})
+    assert response.status_code == 422 and "bill_length_mm[0]" in error(response) and "range" in error(response)
