@@ -57,6 +57,7 @@ INLINE_MAX_RUN_S = 0.001  # models whose largest batch runs faster than this run
 MIN_REPEATS = 3  # timed runs per batch size, at least ...
 BUDGET_S = 0.02  # ... and as many more as fit in this many seconds per size ...
 MAX_REPEATS = 50  # ... up to this many
+MAX_STEP = 4.0  # the most one live run moves the run-time scale, before averaging (RunCost.observe)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,14 @@ class RunCost:
         return self.scale * self.at_load(items) if items > 0 else 0.0
 
     def observe(self, items: int, seconds: float) -> None:
-        """A live run of ``items`` items took ``seconds``."""
+        """A live run of ``items`` items took ``seconds``.
+
+        One run moves the scale by at most a factor ``MAX_STEP`` before averaging: a thread descheduled
+        for a moment must not make one fast run look a thousand times slower and refuse the next burst;
+        a machine that really got slower is followed within a few runs."""
         ratio = seconds / self.at_load(items)
-        self.scale = ratio if not self.known else 0.8 * self.scale + 0.2 * ratio
+        if not self.known:
+            self.scale = ratio
+            return
+        ratio = min(max(ratio, self.scale / MAX_STEP), self.scale * MAX_STEP)
+        self.scale = 0.8 * self.scale + 0.2 * ratio

@@ -67,6 +67,15 @@ def test_run_times_follow_the_curve_timed_at_load_between_and_beyond_its_sizes()
     assert 0.017 < cost.seconds(8) < 0.034 and cost.seconds(32) > 0.040
 
 
+def test_one_stalled_run_does_not_make_the_machine_look_stalled() -> None:
+    cost = RunCost({8: 0.001})
+    cost.observe(8, 2.0)  # descheduled for two seconds in the middle of a millisecond's run
+    assert cost.seconds(8) < 0.002
+    for _ in range(10):  # a machine that really got slower is followed
+        cost.observe(8, 0.01)
+    assert cost.seconds(8) > 0.008
+
+
 def test_without_timings_nothing_is_known_until_a_run() -> None:
     cost = RunCost({})
     assert not cost.known and cost.seconds(10) == 0
