@@ -153,7 +153,10 @@ class ServiceSettings(BaseSettings):
         description="How long a free runtime waits for a batch to fill; 0 takes whatever is queued at once.",
     )
     max_queue_size: int = Field(
-        1024, ge=1, description="Most items waiting per version (a bound on memory); beyond it requests get 503."
+        1024,
+        ge=1,
+        description="Most items waiting per version (a bound on memory); beyond it requests get 503, unless the "
+        "queue gets below it within max_queue_wait_s (requests still sending their bodies always count).",
     )
     max_queue_wait_s: float = Field(
         1.0,

@@ -172,8 +172,14 @@ def _object_levels(values: np.ndarray, numeric: bool) -> np.ndarray:
     text = values.astype(str).astype(object)
     is_text = values == text  # elementwise: only strings equal their own str()
     is_flag = ~is_text & np.isin(text, ("True", "False"))
-    numbers = np.asarray(pd.to_numeric(values, errors="coerce"), dtype=np.float64)
-    as_number = ~np.isnan(numbers) & ~is_flag & (True if numeric else ~is_text)
+    # An integer's level is its digits, as in a column of integers alone; as a float it would lose
+    # digits beyond 2**53, and one beyond float range (a JSON integer may have 310 digits) cannot be one.
+    is_integer = np.fromiter((isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values), bool)
+    numbers = np.full(len(values), np.nan)
+    wanted = ~is_flag & ~is_integer & (True if numeric else ~is_text)
+    if wanted.any():
+        numbers[wanted] = np.asarray(pd.to_numeric(values[wanted], errors="coerce"), dtype=np.float64)
+    as_number = ~np.isnan(numbers)
     if as_number.any():
         text[as_number] = _number_levels(numbers[as_number])
     return text

@@ -20,6 +20,7 @@ from service.http.body import read_json
 from service.http.errors import InvalidInput, NotFound, Unavailable, UnsupportedMediaType
 from service.http.responses import JSONResponse
 from service.models.registry import ModelRegistry
+from service.models.repository import shown_version, version_number
 from service.monitoring.monitor import Monitor
 from service.monitoring.review import REASONS, Cursor, QueueFilter, review_queue
 from service.monitoring.state import ALL_REGIONS
@@ -52,9 +53,10 @@ class MonitoringRoutes:
         versions = self.registry.versions(name)
         wanted = request.query_params.get("version")
         if wanted is not None:
-            if not wanted.isascii() or not wanted.isdigit() or len(wanted) > 18:
-                raise InvalidInput(f"version: expected a positive integer, got {wanted!r}")
-            versions = [v for v in versions if v.version == int(wanted)]
+            number = version_number(wanted)
+            if number is None:
+                raise InvalidInput(f"version: expected a positive integer, got {shown_version(wanted)}")
+            versions = [v for v in versions if v.version == number]
             if not versions:
                 raise NotFound(f"model {name!r} has no loaded version {wanted}")
         region = request.query_params.get("region")

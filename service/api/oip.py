@@ -33,6 +33,7 @@ from service.http.request_id import assign_request_id, client_request_id
 from service.http.responses import JSONResponse
 from service.inference.pipeline import PredictPipeline
 from service.models.registry import ModelRegistry
+from service.models.repository import shown_version, version_number
 from service.models.router import VersionRouter
 from service.models.version import ModelVersion
 from service.settings import ServiceSettings
@@ -165,7 +166,8 @@ class OpenInferenceAPI:
             headers.get("content-length"),
             client_request_id(request.scope),
         )
-        codec = OipRequest(headers.get("content-encoding", "identity"), headers.get(HEADER_LENGTH), self.model)
+        encoding = ", ".join(headers.getlist("content-encoding"))  # every one given: "gzip" behind "identity" too
+        codec = OipRequest(encoding, headers.get(HEADER_LENGTH), self.model)
         answer = await pipeline.run(ctx, codec, request.receive)
         version = answer.version
         parsed: ParsedInference = answer.decoded.request
@@ -194,9 +196,10 @@ class OpenInferenceAPI:
 
 
 def _version_number(name: str, text: str) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 18 or int(text) <= 0:
-        raise NotFound(f"model {name!r} has no version {text!r}; versions are positive integers")
-    return int(text)
+    number = version_number(text)
+    if number is None:
+        raise NotFound(f"model {name!r} has no version {shown_version(text)}; versions are positive integers")
+    return number
 
 
 async def _on_the_loop(call: Callable[..., None], *args: Any) -> None:

@@ -74,7 +74,13 @@ class PredictEndpoint:
     ) -> None:
         pipeline = self.pipeline
         wanted = pipeline.header_names()
-        headers = {key: value.decode("latin-1") for key, value in scope["headers"] if key in wanted}
+        headers: dict[bytes, str] = {}
+        encodings: list[str] = []  # every Content-Encoding header: the codec refuses a compressed body
+        for key, value in scope["headers"]:
+            if key in wanted:
+                headers[key] = value.decode("latin-1")
+            elif key == b"content-encoding":
+                encodings.append(value.decode("latin-1"))
         ctx = pipeline.context(
             name,
             pinned,
@@ -84,7 +90,7 @@ class PredictEndpoint:
             headers.get(b"content-length"),
             client_id,
         )
-        codec = NativeRequest(headers.get(b"content-type", ""))
+        codec = NativeRequest(headers.get(b"content-type", ""), ", ".join(encodings))
         answer = await pipeline.run(ctx, codec, receive)
         version = answer.version
         response = {

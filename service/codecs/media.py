@@ -1,4 +1,4 @@
-"""Media types: which bodies a model takes, named as the request's Content-Type names them."""
+"""Media types: which bodies a model takes, named as the request's Content-Type names them, sent uncompressed."""
 
 from __future__ import annotations
 
@@ -43,3 +43,14 @@ def check_media_type(decoder: AcceptsMedia, media_type: str) -> None:
         shown = media_type or "no Content-Type"
         accepted = ", ".join(decoder.media_types)
         raise UnsupportedMediaType(f"{shown} is not accepted by this model; send one of: {accepted}")
+
+
+def check_content_encoding(content_encoding: str) -> None:
+    """Bodies are read as sent: a compressed one (``gzip``, ``br``...) is refused, never decoded as if it were plain.
+
+    Decompressing would let a small request become a large body after every size limit was checked."""
+    encoding = content_encoding.strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {content_encoding[:40]!r} is not accepted; send the body uncompressed (identity)"
+        )

@@ -45,9 +45,10 @@ batches run.
 
 from __future__ import annotations
 
+import bisect
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from service.models.runtime import OnnxRuntime
 
@@ -56,6 +57,7 @@ INLINE_MAX_RUN_S = 0.001  # models whose largest batch runs faster than this run
 MIN_REPEATS = 3  # timed runs per batch size, at least ...
 BUDGET_S = 0.02  # ... and as many more as fit in this many seconds per size ...
 MAX_REPEATS = 50  # ... up to this many
+MAX_STEP = 4.0  # the most one live run moves the run-time scale, before averaging (RunCost.observe)
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,10 @@ def timed_sizes(allowed: Sequence[int]) -> list[int]:
 
 
 def measure(
-    runtime: OnnxRuntime, sizes: Sequence[int], min_repeats: int = MIN_REPEATS, budget_s: float = BUDGET_S,
+    runtime: OnnxRuntime,
+    sizes: Sequence[int],
+    min_repeats: int = MIN_REPEATS,
+    budget_s: float = BUDGET_S,
     max_repeats: int = MAX_REPEATS,
 ) -> dict[int, float]:
     """Seconds of one run at each batch size: the best of at least ``min_repeats`` runs, and of as many
@@ -127,3 +132,55 @@ def choose(
         cap = max([cap, *(size for size, seconds in timings.items() if seconds < INLINE_MAX_RUN_S)])
     chosen = "settings" if cap_fixed and inline is not None else "measured"
     return BatchPlan(cap, runs_inline, dict(timings), chosen, threads)
+
+
+class RunCost:
+    """Seconds one run of ``n`` items takes: the shape of the curve timed at load, its scale from live runs.
+
+    The timings at load (:func:`measure`) say how a run's time grows with its items; live runs say how
+    much slower or faster than at load the machine is now (a moving average of measured / timed), so the
+    estimate is there before the first request, and follows the machine within a few runs. Between timed
+    sizes the time is interpolated; beyond them it grows per item. Without timings (settings fixed the
+    plan) the curve is one per item and nothing is known until the first run.
+    """
+
+    def __init__(self, timings: Mapping[int, float]) -> None:
+        points = sorted((size, seconds) for size, seconds in timings.items() if size > 0 and seconds > 0)
+        self._sizes = [size for size, _ in points]
+        self._seconds = [seconds for _, seconds in points]
+        self.scale = 1.0 if points else 0.0  # measured / timed; 0 while nothing is known
+
+    @property
+    def known(self) -> bool:
+        return self.scale > 0
+
+    def at_load(self, items: int) -> float:
+        """The time of a run of ``items`` items on the curve timed at load (one unit per item without one)."""
+        sizes, seconds = self._sizes, self._seconds
+        if not sizes:
+            return float(items)
+        if items <= sizes[0]:
+            return seconds[0] * items / sizes[0]
+        if items >= sizes[-1]:
+            return seconds[-1] * items / sizes[-1]
+        i = bisect.bisect_left(sizes, items)
+        low, high = sizes[i - 1], sizes[i]
+        share = (items - low) / (high - low)
+        return seconds[i - 1] + share * (seconds[i] - seconds[i - 1])
+
+    def seconds(self, items: int) -> float:
+        """The expected time of one run of ``items`` items now (0 while nothing is known)."""
+        return self.scale * self.at_load(items) if items > 0 else 0.0
+
+    def observe(self, items: int, seconds: float) -> None:
+        """A live run of ``items`` items took ``seconds``.
+
+        One run moves the scale by at most a factor ``MAX_STEP`` before averaging: a thread descheduled
+        for a moment must not make one fast run look a thousand times slower and refuse the next burst;
+        a machine that really got slower is followed within a few runs."""
+        ratio = seconds / self.at_load(items)
+        if not self.known:
+            self.scale = ratio
+            return
+        ratio = min(max(ratio, self.scale / MAX_STEP), self.scale * MAX_STEP)
+        self.scale = 0.8 * self.scale + 0.2 * ratio

@@ -8,27 +8,32 @@ across batches and reassembled. With ``max_queue_delay_ms = 0`` a lone
 request never waits for company; batches form by themselves under load
 while the previous batch runs. ``service.models.batch_policy`` chooses the size
 limit and whether batches run on the event loop or in a thread, from timings
-taken at load.
+taken at load; the same timings let admission estimate a backlog before any
+traffic has been measured (``RunCost``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
-from types import TracebackType
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 
 from service.http.errors import DeadlineExceeded, InferenceFailed, QueueFull, Unavailable
+from service.models.batch_policy import RunCost
 
 log = logging.getLogger("service.models.batcher")
 
 WAIT_WINDOW_S = 0.5  # the window over which admission looks for a queue that never emptied
+STALE_WINDOWS = 2  # a standing-queue reading older than this many windows describes a queue that has since gone
 RunBatch = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 
@@ -76,7 +81,7 @@ class _Chunk:
     def size(self) -> int:
         return int(self.inputs[0].shape[0])
 
-    def split(self, n: int) -> tuple["_Chunk", "_Chunk"]:
+    def split(self, n: int) -> tuple[_Chunk, _Chunk]:
         head = _Chunk(self.request, [a[:n] for a in self.inputs], self.offset)
         tail = _Chunk(self.request, [a[n:] for a in self.inputs], self.offset + n)
         return head, tail
@@ -108,7 +113,11 @@ class DynamicBatcher:
         inline: bool = False,
         retry_after_s: int = 1,
         observer: BatchObserver | None = None,
+        run_seconds: Mapping[int, float] | None = None,
+        wait_window_s: float = WAIT_WINDOW_S,
     ) -> None:
+        """``run_seconds``: the time of one run by batch size, timed at load (``BatchPlan.seconds_per_run``),
+        so the backlog can be estimated before any traffic; ``wait_window_s``: the standing-queue window."""
         self.run_batch = run_batch
         self.executor = executor
         self.max_batch_size = max_batch_size
@@ -127,9 +136,14 @@ class DynamicBatcher:
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False
         self._admitted = 0  # requests admitted (reading or decoding their body) and not yet queued
-        self._seconds_per_item = 0.0  # moving average of run time per item, for the backlog estimate
+        self._room = asyncio.Event()  # set when the queue drops below max_queue_size
+        self._seconds_per_item = 0.0  # moving average of run time per item (what a shadow copy costs)
+        self._cost = RunCost(run_seconds or {})  # a run's time by its items: the backlog estimate
+        self._items_per_request = 1.0  # moving average, for requests admitted whose items are not known yet
+        self._running = 0  # batches running now
         # The least time a request spent from admission to its answer in the last window, and in the one
         # before (CoDel's standing-queue test): a queue that never emptied in a whole window is overload.
+        self.wait_window_s = wait_window_s
         self._window_started = 0.0
         self._window_least = float("inf")
         self.standing_wait_s = 0.0
@@ -152,49 +166,86 @@ class DynamicBatcher:
         return self._admitted
 
     def backlog_seconds(self, items: int) -> float:
-        """About how long ``items`` queued items take to run, from the recent run times."""
-        return items * self._seconds_per_item / self.batches_in_flight
+        """About how long ``items`` queued items take to run: in batches of the cap, ``batches_in_flight`` at once.
+
+        Run times come from the live runs, and before any from the timings taken at load (0 with neither)."""
+        full, rest = divmod(max(items, 0), self.max_batch_size)
+        runs = full * self._cost.seconds(self.max_batch_size) + self._cost.seconds(rest)
+        return runs / self.batches_in_flight
+
+    def _wait_seconds(self, items: int) -> float:
+        """About how long until ``items`` queued items have been taken: the batches running now, then theirs."""
+        running = self._cost.seconds(self.max_batch_size) if self._running >= self.batches_in_flight else 0.0
+        return running + self.backlog_seconds(items)
 
     def observe_wait(self, seconds: float) -> None:
         """One admitted request's time from admission to its answer (``Admission`` reports it)."""
         now = time.perf_counter()
-        if now - self._window_started >= WAIT_WINDOW_S:
-            self.standing_wait_s = self._window_least if self._window_least != float("inf") else 0.0
+        if now - self._window_started >= self.wait_window_s:
+            # A window closed long ago (a quiet spell since) says nothing of the queue now.
+            fresh = now - self._window_started < STALE_WINDOWS * self.wait_window_s
+            closed = self._window_least != float("inf") and fresh
+            self.standing_wait_s = self._window_least if closed else 0.0
             self._window_started, self._window_least = now, seconds
         elif seconds < self._window_least:
             self._window_least = seconds
 
-    def admit(self, timeout_s: float) -> "Admission":
+    def _clears_in_time(self, items: int, timeout_s: float) -> bool:
+        """Whether a queue of ``items`` gets below ``max_queue_size`` within ``max_queue_wait_s`` (and the deadline).
+
+        Never while no run time is known: then the bound holds as it is."""
+        excess = items - self.max_queue_size + 1
+        limit = min(self.max_queue_wait_s, timeout_s)
+        return self._cost.known and self._wait_seconds(excess) < limit
+
+    def _standing_wait(self, now: float) -> float:
+        """The standing-queue reading while it is current: it lapses once no request finished for a while."""
+        if now - self._window_started >= STALE_WINDOWS * self.wait_window_s:
+            return 0.0
+        return self.standing_wait_s
+
+    def admit(self, timeout_s: float) -> Admission:
         """Take a request in, or refuse it at once: before its body is read or decoded, so a refusal is cheap.
 
         The limit adapts to the latency the queue adds, as CoDel judges a
         queue: refused while even the quickest request of the last window
-        (``WAIT_WINDOW_S``) took longer than ``max_queue_wait_s`` from
-        admission to answer (a standing queue, not a burst), when the queued
-        items would run past the deadline, and always beyond
-        ``max_queue_size``, the bound on memory. A fixed small queue would
-        refuse clients that could have been served in time, and clients that
-        retry at once then spend the server's time on refusals instead of
-        answers.
+        (``wait_window_s``) took longer than ``max_queue_wait_s`` from
+        admission to answer (a standing queue, not a burst; a reading lapses
+        after a quiet spell), when the items ahead would run past the
+        deadline, and beyond ``max_queue_size``, the bound on memory, unless
+        the queue gets below it within ``max_queue_wait_s``. The backlog is
+        estimated in batches of the cap from the run times, the timings taken
+        at load until live runs are measured, so a cold version admits a
+        burst it can serve and refuses at once one it cannot. A fixed
+        small queue would refuse clients that could have been served in time,
+        and clients that retry at once then spend the server's time on
+        refusals instead of answers.
         """
         if self._closing:
             raise Unavailable("this model version is being unloaded; retry to reach the current version")
         ahead = self._queued_items + self._admitted
-        if ahead >= self.max_queue_size:
+        # Requests admitted but not yet queued count at the size requests have had lately.
+        items = self._queued_items + math.ceil(self._admitted * self._items_per_request)
+        # Over the bound, queued items that will have run within the wait limit are no reason to refuse;
+        # requests still sending their bodies are (how long they take is the client's to say).
+        if ahead >= self.max_queue_size and (
+            self._admitted >= self.max_queue_size or not self._clears_in_time(items, timeout_s)
+        ):
             raise QueueFull(
                 f"the queue holds {ahead} items and requests (limit {self.max_queue_size}); retry later",
                 self.retry_after_s,
             )
-        backlog = self.backlog_seconds(ahead)
+        backlog = self._wait_seconds(items)
         if backlog >= timeout_s:
             raise QueueFull(
-                f"the queue's backlog ({ahead} items, about {backlog:.2g} s) would miss "
+                f"the queue's backlog ({items} items, about {backlog:.2g} s) would miss "
                 f"the {timeout_s:.3g} s deadline; retry later",
                 self.retry_after_s,
             )
-        if self.standing_wait_s >= self.max_queue_wait_s and ahead > 0:
+        standing = self._standing_wait(time.perf_counter())
+        if standing >= self.max_queue_wait_s and ahead > 0:
             raise QueueFull(
-                f"requests have been waiting at least {self.standing_wait_s:.2g} s for an answer, over the "
+                f"requests have been waiting at least {standing:.2g} s for an answer, over the "
                 f"{self.max_queue_wait_s:.3g} s the service lets a queue stand; retry later",
                 self.retry_after_s,
             )
@@ -206,20 +257,46 @@ class DynamicBatcher:
         if not self._workers:
             self._workers = [asyncio.create_task(self._work()) for _ in range(self.batches_in_flight)]
 
+    async def wait_for_room(self, timeout_s: float) -> None:
+        """Return once the queue is below ``max_queue_size``: at once, or after the items ahead have run.
+
+        A request already read and decoded waits for room when the runs ahead would make it within
+        ``max_queue_wait_s`` (and its deadline); it is refused at once when they would not, or when no
+        run time is known yet: a refusal means the wait would really exceed the limit.
+        """
+        if self._closing:
+            raise Unavailable("this model version is being unloaded; retry to reach the current version")
+        if self._queued_items < self.max_queue_size:
+            return
+        if not self._clears_in_time(self._queued_items, timeout_s):
+            raise QueueFull(
+                f"the queue holds {self._queued_items} items (limit {self.max_queue_size}); retry later",
+                self.retry_after_s,
+            )
+        loop = asyncio.get_running_loop()
+        limit = min(self.max_queue_wait_s, timeout_s)
+        give_up = loop.time() + limit
+        while self._queued_items >= self.max_queue_size:
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), give_up - loop.time())
+            except TimeoutError:
+                raise QueueFull(
+                    f"the queue stayed at its limit of {self.max_queue_size} items for {limit:.3g} s; retry later",
+                    self.retry_after_s,
+                ) from None
+            if self._closing:
+                raise Unavailable("this model version is being unloaded; retry to reach the current version")
+
     async def submit(self, inputs: Sequence[np.ndarray], timeout_s: float) -> np.ndarray:
         """Queue ``n`` items (rows of each input); return the model output rows in the same order.
 
         A request is queued whenever the queue has room, whatever its size, so
         a large request is not starved by a stream of small ones.
         """
-        if self._closing:
-            raise Unavailable("this model version is being unloaded; retry to reach the current version")
+        await self.wait_for_room(timeout_s)  # returns without yielding when there is room
         size = int(inputs[0].shape[0])
-        if self._queued_items >= self.max_queue_size:
-            raise QueueFull(
-                f"the queue holds {self._queued_items} items (limit {self.max_queue_size}); retry later",
-                self.retry_after_s,
-            )
+        self._items_per_request = 0.8 * self._items_per_request + 0.2 * size
         loop = asyncio.get_running_loop()
         now = loop.time()
         request = _Request(loop.create_future(), size, now, now + timeout_s)
@@ -240,6 +317,7 @@ class DynamicBatcher:
         self._closing = True
         self._has_work.set()
         self._batch_full.set()  # a worker waiting out the delay window runs what it has now
+        self._room.set()  # a request waiting for room is refused now
         if self._workers:
             await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
@@ -263,7 +341,11 @@ class DynamicBatcher:
                         pass
             chunks = self._take(loop.time())
             if chunks:
-                await self._run(chunks, loop)
+                self._running += 1
+                try:
+                    await self._run(chunks, loop)
+                finally:
+                    self._running -= 1
 
     def _take(self, now: float) -> list[_Chunk]:
         """Pop up to ``max_batch_size`` live items; expired or abandoned ones are dropped, not run."""
@@ -287,6 +369,8 @@ class DynamicBatcher:
                 self.observer.queue_wait(now - request.enqueued_at)
             taken.append(chunk)
         self.observer.queue_depth(self._queued_items)
+        if self._queued_items < self.max_queue_size:
+            self._room.set()
         return taken
 
     async def _run(self, chunks: list[_Chunk], loop: asyncio.AbstractEventLoop) -> None:
@@ -296,8 +380,10 @@ class DynamicBatcher:
         else:
             arrays = [np.concatenate([c.inputs[i] for c in chunks]) for i in range(n_inputs)]
         items = int(arrays[0].shape[0])
+        ran = items
         if self.pad_sizes:
-            arrays = _pad(arrays, next(s for s in self.pad_sizes if s >= items))
+            ran = next(s for s in self.pad_sizes if s >= items)
+            arrays = _pad(arrays, ran)
         try:
             if self.inline:
                 output, run_seconds = _timed(self.run_batch, arrays)
@@ -313,6 +399,7 @@ class DynamicBatcher:
                     chunk.request.future.set_exception(InferenceFailed(f"inference failed: {exc}"))
             return
         self.observer.batch(items, run_seconds)
+        self._cost.observe(ran, run_seconds)
         per_item = run_seconds / items
         previous = self._seconds_per_item
         self._seconds_per_item = per_item if not previous else 0.8 * previous + 0.2 * per_item
@@ -331,8 +418,13 @@ class Admission:
         self.admitted_at = time.perf_counter()
 
     async def submit(self, inputs: Sequence[np.ndarray], timeout_s: float) -> np.ndarray:
-        self._release()
-        output = await self.batcher.submit(inputs, timeout_s)
+        waited = time.perf_counter()
+        try:
+            await self.batcher.wait_for_room(timeout_s)  # its place is held while it waits
+        finally:
+            self._release()
+        waited = time.perf_counter() - waited
+        output = await self.batcher.submit(inputs, timeout_s - waited)
         self.batcher.observe_wait(time.perf_counter() - self.admitted_at)
         return output
 
@@ -341,12 +433,10 @@ class Admission:
             self.holding = False
             self.batcher._admitted -= 1
 
-    def __enter__(self) -> "Admission":
+    def __enter__(self) -> Admission:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._release()
 
 

@@ -3,11 +3,12 @@ pages say about the served models, from one place."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from service.http.errors import NotFound, ServiceError, public_message
-from service.models.router import VersionRouter
 from service.models.registry import ModelRegistry
+from service.models.router import VersionRouter
 
 RolloutView = Callable[[str], "dict[str, Any] | None"]  # a model's rollout state, or None without a policy
 

@@ -73,7 +73,6 @@ class LoadedBundle:
 UNREADABLE: Fingerprint = (("<unreadable>", -1, -1),)  # stable, so an unreadable folder settles and is refused
 
 
-
 def warmup_sizes(settings: ServiceSettings) -> list[int]:
     """The batch sizes the batcher will run, so warm-up covers exactly them."""
     if settings.pad_batches:
@@ -111,7 +110,10 @@ def load_bundle(
         raise BundleRefused("checksum", f"{path}: {'; '.join(problems)}")
     try:
         inputs = decoder_for(
-            manifest, settings.max_items_per_request, settings.max_image_pixels, settings.inline_decode_max_pixels,
+            manifest,
+            settings.max_items_per_request,
+            settings.max_image_pixels,
+            settings.inline_decode_max_pixels,
             **input_limits(settings),
         )
         encoder = PredictionEncoder(manifest)
@@ -153,8 +155,12 @@ def load_bundle(
     except Exception as exc:  # any failure to run means the bundle cannot serve
         raise BundleRefused("warmup", f"{path}: warm-up run failed: {exc}") from exc
     log.info(
-        "%s v%d: batches of at most %d items, run on the %s with %d ONNX Runtime thread(s) (%s)", name, version,
-        plan.max_batch_size, "event loop" if plan.inline else "runtime thread", plan.intra_op_threads,
+        "%s v%d: batches of at most %d items, run on the %s with %d ONNX Runtime thread(s) (%s)",
+        name,
+        version,
+        plan.max_batch_size,
+        "event loop" if plan.inline else "runtime thread",
+        plan.intra_op_threads,
         plan.describe()["ms_per_item"],
     )
     return LoadedBundle(path, manifest, runtime, inputs, encoder, time.perf_counter() - started, plan)
@@ -190,4 +196,3 @@ def _check_input_shapes(manifest: Manifest, runtime: OnnxRuntime) -> None:
     for name, shape in expected.items():
         if shapes.get(name) != shape:
             raise RuntimeLoadError(f"input {name!r} has item shape {shapes.get(name)}, preprocessing makes {shape}")
-

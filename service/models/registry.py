@@ -11,7 +11,6 @@ drained before they are unloaded. Which version answers a request is the
 router's to say (``service.models.router``).
 """
 
-
 import asyncio
 import logging
 from pathlib import Path
@@ -125,14 +124,16 @@ class ModelRegistry:
     async def _load(self, key: VersionKey, path: Path, fp: Fingerprint) -> None:
         name, number = key
         try:
-            loaded = await asyncio.to_thread(
-                load_bundle, path, key, self.settings, self.intra_op_threads, self.columns
-            )
+            loaded = await asyncio.to_thread(load_bundle, path, key, self.settings, self.intra_op_threads, self.columns)
         except Exception as exc:  # one bad bundle must never stop the others from serving
             refused = exc if isinstance(exc, BundleRefused) else BundleRefused("error", f"{path}: {exc!r}")
             if self._maybe_still_copying(key, fp, refused):
-                log.info("%s v%d failed to load (%s) and may still be being copied in; retrying at the next scan",
-                         name, number, refused.reason)
+                log.info(
+                    "%s v%d failed to load (%s) and may still be being copied in; retrying at the next scan",
+                    name,
+                    number,
+                    refused.reason,
+                )
                 return
             log.error("refused bundle %s v%d (%s): %s", name, number, refused.reason, refused)
             self.metrics.load_failed(name, refused.reason)
@@ -151,7 +152,11 @@ class ModelRegistry:
             self._retire(replaced)
         log.info(
             "serving %s v%d (%s, %s, provider %s, loaded and warmed in %.2f s)",
-            name, number, loaded.manifest.task, loaded.manifest.input_kind, version.runtime.provider,
+            name,
+            number,
+            loaded.manifest.task,
+            loaded.manifest.input_kind,
+            version.runtime.provider,
             loaded.load_seconds,
         )
 

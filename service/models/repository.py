@@ -14,8 +14,27 @@ from pathlib import Path
 VersionKey = tuple[str, int]
 Fingerprint = tuple[tuple[str, int, int], ...]  # (file name, size, mtime_ns) of every file in the folder
 
+MAX_VERSION_DIGITS = 18  # a version number fits in a signed 64-bit integer (a metric label, a database column)
+
 
 UNREADABLE: Fingerprint = (("<unreadable>", -1, -1),)  # stable, so an unreadable folder settles and is refused
+
+
+def version_number(text: str) -> int | None:
+    """The positive version number ``text`` names (a folder, a path segment, a query value), else None.
+
+    Only ASCII digits count: ``str.isdigit`` accepts ``²`` (which ``int`` refuses) and ``int`` accepts
+    other scripts' digits (``٣`` is 3), so either alone would let one version have two names, or fail.
+    """
+    if not 0 < len(text) <= MAX_VERSION_DIGITS or not text.isascii() or not text.isdigit():
+        return None
+    number = int(text)
+    return number if number > 0 else None
+
+
+def shown_version(text: str) -> str:
+    """A client's version text fit to quote back: cut short, as a Python literal."""
+    return repr(text[:MAX_VERSION_DIGITS] + ("..." if len(text) > MAX_VERSION_DIGITS else ""))
 
 
 def scan_repository(
@@ -38,9 +57,10 @@ def scan_repository(
                 unreadable.append(model_dir)
             continue
         for version_dir in version_dirs:
-            if not version_dir.is_dir() or not version_dir.name.isdigit() or int(version_dir.name) <= 0:
+            number = version_number(version_dir.name)  # anything else in a model folder is not a version: skipped
+            if number is None or not version_dir.is_dir():
                 continue
-            found[(model_dir.name, int(version_dir.name))] = (version_dir, fingerprint(version_dir))
+            found[(model_dir.name, number)] = (version_dir, fingerprint(version_dir))
     return found
 
 
@@ -55,4 +75,3 @@ def fingerprint(folder: Path) -> Fingerprint:
     except OSError:  # the folder is changing under us: the next scan sees it settled
         return (("", -1, time.monotonic_ns()),)
     return tuple(sorted(entries))
-

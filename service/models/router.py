@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Collection, Protocol
+from collections.abc import Collection
+from typing import Protocol
 
 from service.models.registry import ModelRegistry
 from service.models.version import ModelVersion

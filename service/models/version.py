@@ -27,8 +27,13 @@ class ModelVersion:
     """One served version: its manifest, runtime, batcher, input decoder and output encoder."""
 
     def __init__(
-        self, key: VersionKey, loaded: LoadedBundle, fingerprint: Fingerprint, settings: ServiceSettings,
-        metrics: VersionMetrics, columns: BatchColumns | None = None,
+        self,
+        key: VersionKey,
+        loaded: LoadedBundle,
+        fingerprint: Fingerprint,
+        settings: ServiceSettings,
+        metrics: VersionMetrics,
+        columns: BatchColumns | None = None,
     ) -> None:
         self.name, self.version = key
         self.path = loaded.path
@@ -59,6 +64,7 @@ class ModelVersion:
             inline=loaded.plan.inline,
             retry_after_s=settings.retry_after_s,
             observer=metrics,
+            run_seconds=loaded.plan.seconds_per_run,  # admission's backlog estimate before any traffic
         )
         self._leases = 0
         self._released: asyncio.Event | None = None
@@ -108,4 +114,3 @@ class ModelVersion:
             "queue_depth": self.batcher.queue_depth,
             "batching": self.plan.describe(),
         }
-

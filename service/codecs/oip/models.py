@@ -27,7 +27,7 @@ import pandas as pd
 from service.codecs.decoded import RawInputs
 from service.codecs.images import ImageInputs
 from service.codecs.oip.tensors import OutputTensor, RequestedOutput, Tensor, datatype_of
-from service.codecs.tables import TabularInputs
+from service.codecs.tables import MAX_CONTINUOUS, TabularInputs
 from service.http.errors import InvalidInput, PayloadTooLarge
 from service.models.registry import ModelVersion
 
@@ -110,7 +110,7 @@ class ProtocolModel:
         expected = {spec["name"]: spec for spec in self.inputs}
         unknown = [name for name in inputs if name not in expected]
         if unknown:
-            raise InvalidInput(f"input {unknown[0]!r} is not an input of this model; its inputs: {list(expected)}")
+            raise InvalidInput(f"input {unknown[0][:64]!r} is not an input of this model; its inputs: {list(expected)}")
         missing = [name for name in expected if name not in inputs]
         if missing:
             raise InvalidInput(f"input {missing[0]!r} is missing; this model takes: {list(expected)}")
@@ -177,10 +177,10 @@ class ProtocolModel:
         if isinstance(decoder, ImageInputs):
             tensor = inputs[self.inputs[0]["name"]]
             if tensor.datatype == "UINT8":
-                return [tensor.data]
+                return [tensor.array()]
             images = [
                 (f"{tensor.name}[{i}]", _image_bytes(value, f"{tensor.name}[{i}]"))
-                for i, value in enumerate(tensor.data.ravel().tolist())
+                for i, value in enumerate(tensor.array().ravel().tolist())
             ]
             sizes: list[tuple[int, int]] = []
             pixels = decoder.decode_images(images, sizes=sizes)
@@ -189,6 +189,8 @@ class ProtocolModel:
             return [pixels]
         assert isinstance(decoder, TabularInputs)
         columns = {spec["name"]: _column(inputs[spec["name"]]) for spec in self.inputs}
+        for name in decoder.processor.raw_cont_names:
+            _check_range(name, columns[name])
         if raw is not None:
             raw.columns = columns
         return decoder.process(pd.DataFrame(columns, copy=False), "{column}[{row}]")
@@ -202,7 +204,7 @@ class ProtocolModel:
         for output in requested:
             if output.name not in self.output_names:
                 raise InvalidInput(
-                    f"output {output.name!r} is not an output of this model; its outputs: {self.output_names}"
+                    f"output {output.name[:64]!r} is not an output of this model; its outputs: {self.output_names}"
                 )
             if output.classification and not self.encoder.classes:
                 raise InvalidInput(f"output {output.name!r}: classification needs a model with classes")
@@ -251,8 +253,18 @@ def _image_bytes(value: Any, where: str) -> bytes:
         raise InvalidInput(f"{where}: a BYTES image sent as JSON must be base64 ({exc})") from exc
 
 
+def _check_range(name: str, values: np.ndarray) -> None:
+    """A continuous column within the native API's range (``MAX_CONTINUOUS``): far beyond any feature, and far
+    from float32 overflow in normalisation, which would answer NaN instead of refusing."""
+    numbers = values.astype(np.float64, copy=False)
+    outside = np.flatnonzero(np.abs(numbers) > MAX_CONTINUOUS)  # NaN, a missing value, is never outside
+    if len(outside):
+        row = int(outside[0])
+        raise InvalidInput(f"{name}[{row}]: {numbers[row]:g} is out of range (at most {MAX_CONTINUOUS:g})")
+
+
 def _column(tensor: Tensor) -> np.ndarray:
-    data = tensor.data.reshape(-1)
+    data = tensor.array().reshape(-1)
     if tensor.datatype != "BYTES":
         return data
     values = np.empty(len(data), dtype=object)

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.codecs.decoded import Decoded, RawInputs
+from service.codecs.media import check_content_encoding
 from service.codecs.oip.models import ProtocolModel
 from service.codecs.oip.tensors import InferenceRequest, RequestedOutput, parse_request, split_body
-from service.http.errors import UnsupportedMediaType
 from service.models.version import ModelVersion
 
 INLINE_JSON_BYTES = 16_384  # a request header this small parses faster than a thread hand-off
@@ -36,15 +36,12 @@ class OipRequest:
     def __init__(
         self, content_encoding: str, header_length: str | None, model_of: Callable[[ModelVersion], ProtocolModel]
     ) -> None:
-        self.content_encoding = content_encoding.lower()
+        self.content_encoding = content_encoding
         self.header_length = header_length
         self.model_of = model_of
 
     def check(self, version: ModelVersion) -> None:
-        if self.content_encoding != "identity":
-            raise UnsupportedMediaType(
-                f"Content-Encoding {self.content_encoding} is not accepted; send the body uncompressed"
-            )
+        check_content_encoding(self.content_encoding)
 
     def decode(self, version: ModelVersion, body: bytes) -> Decoded | Callable[..., Decoded]:
         header, binary = split_body(body, self.header_length)

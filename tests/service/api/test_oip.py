@@ -304,8 +304,8 @@ def test_a_wrong_datatype_is_a_protocol_error_naming_the_input(server: LiveServe
 def test_a_wrong_shape_is_a_protocol_error(server: LiveServer) -> None:
     body = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 3, 8, 8], "data": [0] * 192}]}
     assert "[N, 3, 16, 16]" in error_of(server, "/v2/models/digits/infer", body).json()["error"]
-    mismatch = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 3, 16, 16], "data": [0] * 10}]}
-    assert "10 data elements" in error_of(server, "/v2/models/digits/infer", mismatch).json()["error"]
+    mismatch = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 3, 16, 16], "data": [0] * 700}]}
+    assert "700 data elements" in error_of(server, "/v2/models/digits/infer", mismatch).json()["error"]
 
 
 def test_a_missing_input_is_a_protocol_error(server: LiveServer) -> None:

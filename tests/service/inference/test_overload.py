@@ -13,10 +13,13 @@ from tests.hardening_support import WellBehavedClient, raw_connection, read_resp
 
 
 def test_a_flood_beyond_the_queue_is_refused_cheaply_while_others_are_served(make_repo, live_server):
+    # Eight clients keep about 0.8 s of work queued at a model of about 0.1 s a run: over the bound of two
+    # items, and over the 0.25 s in which a queue over its bound must clear.
     server = live_server(
         make_repo(("slow", 1), ("digits", 1)),
         max_batch_size=1,
         max_queue_size=2,
+        max_queue_wait_s=0.25,
         max_items_per_request=1,
         retry_after_s=3,
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from service.models.batch_policy import INLINE_MAX_RUN_S, choose, measure, timed_sizes
 

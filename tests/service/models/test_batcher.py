@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.models.batcher import DynamicBatcher, padded_sizes
 from service.http.errors import DeadlineExceeded, InferenceFailed, QueueFull, Unavailable
+from service.models.batcher import DynamicBatcher, padded_sizes
 
 
 class DoublingModel:
@@ -296,8 +296,9 @@ def test_a_burst_is_admitted_but_a_standing_queue_is_refused_at_once() -> None:
     async def scenario() -> tuple[int, int, str, int]:
         executor = ThreadPoolExecutor(1)
         # 20 ms per item, one at a time: 40 requests queue for up to 0.8 s
-        batcher = DynamicBatcher(DoublingModel(0.02), executor, max_batch_size=1, max_queue_size=1024,
-                                 max_queue_wait_s=0.15)
+        batcher = DynamicBatcher(
+            DoublingModel(0.02), executor, max_batch_size=1, max_queue_size=1024, max_queue_wait_s=0.15
+        )
         batcher.start()
 
         async def one(i: int) -> str:

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from service.models.batcher import DynamicBatcher
 from service.metrics import ServingMetrics
+from service.models.batcher import DynamicBatcher
 
 
 class RecordingObserver:

@@ -182,6 +182,17 @@ def test_new_version_is_loaded_once_its_folder_has_settled(make_repo, make_clien
     assert predict_digits(client).json()["version"] == 2
 
 
+def test_a_folder_named_with_a_unicode_digit_does_not_stop_hot_reload(make_repo, make_client, bundle_library):
+    repo = make_repo(("digits", 1))
+    client = make_client(repo)
+    (repo / "digits" / "²").mkdir()  # isdigit() says yes, int() says no: it used to fail every scan
+    install_bundle(bundle_library, repo, "digits", 2)
+
+    refresh(client, settled_only=False)
+
+    assert predict_digits(client).json()["version"] == 2
+
+
 def test_half_copied_bundle_is_not_refused_and_loads_when_complete(make_repo, make_client, bundle_library):
     repo = make_repo(("digits", 1))
     client = make_client(repo)
