@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from service.codecs.decoded import Decoded
+from service.http.errors import InferenceFailed, ServiceError
 from service.inference.context import RequestCodec, RequestContext
 from service.models.registry import ModelRegistry
 from service.models.version import ModelVersion
@@ -264,7 +265,8 @@ class ShadowRunner:
             predictions = candidate.encoder.encode(output)
         except Exception as exc:
             seconds = time.perf_counter() - started
-            self.rollout.observe(name, candidate.version, False, seconds, len(copies))
+            if _versions_fault(exc):
+                self.rollout.observe(name, candidate.version, False, seconds, len(copies))
             self.rollout.metrics.shadow_requests.labels(name, label, "error").inc(len(copies))
             log.debug("shadow run of %s v%d failed: %s", name, candidate.version, exc)
             return
@@ -312,7 +314,8 @@ class ShadowRunner:
             ran = time.perf_counter()
             predictions = candidate.encoder.encode(output)
         except Exception as exc:
-            self.rollout.observe(name, candidate.version, False, time.perf_counter() - started)
+            if _versions_fault(exc):
+                self.rollout.observe(name, candidate.version, False, time.perf_counter() - started)
             self.rollout.metrics.shadow_requests.labels(name, label, "error").inc()
             log.debug("shadow run of %s v%d failed: %s", name, candidate.version, exc)
             return
@@ -356,3 +359,10 @@ class ShadowRunner:
             self._start_batches()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _versions_fault(exc: Exception) -> bool:
+    """Whether a failed shadow copy counts against the candidate: its run failed, or something unexpected did.
+    A copy the candidate could not take (its codec refused the body, its queue was full, the deadline passed
+    before it ran) is counted as a shadow error only, as the predict pipeline counts requests."""
+    return isinstance(exc, InferenceFailed) or not isinstance(exc, ServiceError)
