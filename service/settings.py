@@ -198,8 +198,18 @@ class ServiceSettings(BaseSettings):
         True, description="Out-of-domain flags on every prediction, drift windows and estimated accuracy."
     )
     drift_window: int = Field(1_000, ge=1, description="Items in each drift window (per version and region).")
-    drift_warn: float = Field(0.1, ge=0, description="PSI from which a feature's verdict is 'warn'.")
-    drift_threshold: float = Field(0.25, ge=0, description="PSI from which a feature's verdict is 'drift'.")
+    drift_min_items: int = Field(
+        200,
+        ge=1,
+        description="Items a drift window must hold before its features get a verdict (or the drift window, if "
+        "smaller); until then they are 'collecting', which the guardrails do not judge.",
+    )
+    drift_warn: float = Field(
+        0.1, ge=0, description="PSI from which a feature's verdict is 'warn' (if also above its noise level)."
+    )
+    drift_threshold: float = Field(
+        0.25, ge=0, description="PSI from which a feature's verdict is 'drift' (if also above its noise level)."
+    )
     ood_image_slack: float = Field(
         0.1,
         ge=0,
