@@ -240,7 +240,7 @@ def estimated_correct(confidence: np.ndarray, knots_x: Sequence[float], knots_y:
     return np.interp(np.asarray(confidence, dtype=np.float64), knots_x, knots_y)
 
 
-MIN_CALIBRATION_ERRORS = 10  # fewer wrong validation items than this: estimated accuracy is unknown
+MIN_CALIBRATION_ERRORS = 5  # fewer wrong validation items than this: estimated accuracy is unknown
 INTERVAL_Z = 1.96  # the intervals are 95 %
 
 
@@ -248,9 +248,10 @@ def calibration_problem(items: int, errors: int | None) -> str | None:
     """Why a confidence calibration of ``items`` validation items with ``errors`` wrong ones cannot estimate
     accuracy, or None where it can.
 
-    Isotonic calibration learns where the model goes wrong from the wrong items it saw; with a handful
-    of them it maps nearly every confidence to 1.0 and would report a model that is now wrong most of
-    the time as 100 % accurate. Ten errors give the error rate to about a third of itself (Poisson)."""
+    Isotonic calibration learns where the model goes wrong from the wrong items it saw; with none or a
+    couple of them it maps nearly every confidence to 1.0 and would report a model that is now wrong most
+    of the time as 100 % accurate. Five is the usual least expected count for a binomial proportion's
+    normal approximation (``n * p >= 5``), which the interval rests on."""
     if not items:
         return "the bundle has no confidence calibration"
     if errors is None:

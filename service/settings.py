@@ -208,7 +208,7 @@ class ServiceSettings(BaseSettings):
         0.1, ge=0, description="PSI from which a feature's verdict is 'warn' (if also above its noise level)."
     )
     drift_threshold: float = Field(
-        0.25, ge=0, description="PSI from which a feature's verdict is 'drift' (if also above its noise level)."
+        0.2, ge=0, description="PSI from which a feature's verdict is 'drift' (if also above its noise level)."
     )
     ood_image_slack: float = Field(
         0.1,

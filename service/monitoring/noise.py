@@ -3,7 +3,7 @@
 A window of live items and the training reference are both samples. Even when
 live traffic comes from exactly the training distribution, their PSI is not
 zero: about ``(k - 1) * (1 / n_reference + 1 / n_window)`` for ``k`` bins, 0.16
-for 10 bins, 60 reference items and 1,000 live ones. A fixed line (0.1, 0.25)
+for 10 bins, 60 reference items and 1,000 live ones. A fixed line (0.1, 0.2)
 alone calls that drift for small samples and is needlessly blunt for large
 ones. :func:`psi_null_quantile` draws both samples many times from the
 reference's own bin shares, scores each pair exactly as the online PSI does

@@ -75,7 +75,9 @@ class VersionState:
         self.flagged = 0
         self.reasons = dict.fromkeys(REASONS, 0)
         self.gauges_at = 0.0
-        self.drift_at_refresh: tuple[float | None, int] | None = None  # (drift.significant_psi, items) at the last refresh
+        self.drift_at_refresh: tuple[float | None, int] | None = (
+            None  # (drift.significant_psi, items) at the last refresh
+        )
 
     def window(self, region: str) -> DriftWindow:
         found = self.windows.get(region)
