@@ -113,7 +113,12 @@ def test_noise_photographs_and_inverted_digits_are_flagged_by_the_feature_space_
     assert len(photos) >= 15 and all(share >= 0.9 for share in shares.values()), shares
 
 
-def test_an_energy_bundle_keeps_its_energy_score(digits_client: Any, digits_held_out: Split) -> None:
+def test_a_bundle_exported_with_the_energy_score_keeps_it(digits_client: Any, digits_held_out: Split) -> None:
+    import onnxruntime as ort
+
+    folder = digits_client.app.state.components.registry.get("digits", 2).path
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "logits"]  # no features output
     post_images(digits_client, digits_held_out.items[:10], version=2)
     ood = report(digits_client, "digits", version=2)["ood"]
     assert ood["score"] == "energy" and ood["fallback"] is False and ood["threshold"] < 0
