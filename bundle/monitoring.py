@@ -38,6 +38,7 @@ numpy only: the service imports this without torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -196,14 +197,59 @@ def _plain(matrix: np.ndarray) -> list[list[float]]:
     return [[float(v) for v in row] for row in matrix.astype(np.float32)]
 
 
-def fit_ood_threshold(in_domain_scores: np.ndarray, false_alarm_rate: float) -> float:
-    """The score above which only ``false_alarm_rate`` of in-domain items lie."""
+RATE_CONFIDENCE = 0.9  # the out-of-domain threshold flags at most its rate of in-domain items, this sure
+
+
+def fit_ood_threshold(
+    in_domain_scores: np.ndarray, false_alarm_rate: float, confidence: float = RATE_CONFIDENCE
+) -> float:
+    """The score above which at most ``false_alarm_rate`` of in-domain items lie, with ``confidence``.
+
+    The plain ``1 - rate`` quantile of a few hundred validation scores is itself a sample: at a rate
+    of 0.01 and 250 items it lets through more than 2 % of in-domain traffic about one time in eight
+    (simulated: docs/monitoring.md). Instead the threshold leaves ``k`` validation items above it, the most whose one-sided
+    Clopper-Pearson upper bound on the true rate (at ``confidence``) stays within the rate; where even
+    ``k = 0`` cannot (fewer than about 230 items for 0.01), the highest validation score. Large
+    calibration sets come close to the plain quantile (10,000 items at 0.05: 0.047)."""
     if not 0.0 < false_alarm_rate < 1.0:
         raise ValueError(f"false_alarm_rate must be between 0 and 1, got {false_alarm_rate}")
-    scores = np.asarray(in_domain_scores, dtype=np.float64)
+    scores = np.sort(np.asarray(in_domain_scores, dtype=np.float64))[::-1]
     if scores.size == 0:
         raise ValueError("no in-domain scores to calibrate the out-of-domain threshold on")
-    return float(np.quantile(scores, 1.0 - false_alarm_rate, method="higher"))
+    n = scores.size
+    low, high = 0, n - 1  # the bound grows with k: the largest k within the rate, by bisection
+    while low < high:
+        k = (low + high + 1) // 2
+        if _binomial_upper_bound(k, n, confidence) <= false_alarm_rate:
+            low = k
+        else:
+            high = k - 1
+    return float(scores[low])
+
+
+def _binomial_upper_bound(k: int, n: int, confidence: float) -> float:
+    """The one-sided Clopper-Pearson upper bound of a rate seen ``k`` times in ``n``: the ``p`` at which ``k``
+    or fewer would be seen with probability ``1 - confidence`` (bisection on the binomial CDF)."""
+    low, high = k / n, 1.0
+    for _ in range(60):
+        p = (low + high) / 2
+        if _binomial_cdf(k, n, p) > 1.0 - confidence:
+            low = p
+        else:
+            high = p
+    return high
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0 if k < n else 1.0
+    i = np.arange(k + 1, dtype=np.float64)
+    log_choose = np.concatenate([[0.0], np.cumsum(np.log(n - i[:-1]) - np.log(i[1:]))])  # log C(n, i)
+    terms = log_choose + i * math.log(p) + (n - i) * math.log1p(-p)
+    top = float(terms.max())
+    return math.exp(top) * float(np.exp(terms - top).sum())
 
 
 def fit_confidence_calibration(confidence: np.ndarray, correct: np.ndarray) -> tuple[list[float], list[float]]:

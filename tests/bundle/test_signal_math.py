@@ -96,3 +96,13 @@ def test_intervals_narrow_with_items_and_disagreement_needs_more_than_sampling()
     assert mon.accuracies_disagree(1.0, 300, 0.28, 100)  # the issue's page: 100 % estimated beside 28 % live
     assert not mon.accuracies_disagree(0.95, 300, 0.92, 50)  # 46 of 50 right is what 95 % gives
     assert not mon.accuracies_disagree(0.95, 300, 0.5, 0)  # no feedback, no disagreement
+
+
+def test_the_out_of_domain_threshold_flags_at_most_its_rate_with_confidence_from_few_items() -> None:
+    """250 validation items at a rate of 0.01: the plain quantile let 2 % or more through one time in eight."""
+    from statistics import NormalDist
+
+    rng = np.random.default_rng(0)
+    rates = [NormalDist().cdf(-mon.fit_ood_threshold(rng.normal(size=250), 0.01)) for _ in range(200)]
+    assert np.mean(np.array(rates) > 0.01) <= 0.15 and np.mean(np.array(rates) > 0.02) <= 0.03
+    assert mon.fit_ood_threshold(np.arange(100.0), 0.01) == 99.0  # too few items for any: the highest score
