@@ -377,9 +377,9 @@ def _write_reference(
 ) -> int:
     """Write reference.json; returns the size of the reference sample it holds.
 
-    The prediction reference is binned over the training and validation items' predictions together
-    (``predictions_from`` says how many of each): enough items that its own sampling noise is small
-    next to a drift window's."""
+    The prediction reference is binned over the training and validation items' predictions together where
+    the training items' are like the validation items', else over the validation items'
+    (``monitoring_fit.prediction_references``; ``predictions_from`` says how many of each, per feature)."""
     dls = learn.dls
     features: dict[str, Any] = {}
     summaries = None
@@ -391,14 +391,18 @@ def _write_reference(
         processor = dls.processor
         features = ref.tabular_reference(dls.train_df_raw, processor.raw_cat_names, processor.raw_cont_names)
     activation = activation_for(dls.task)
-    preds = activation(torch.from_numpy(np.concatenate([train.raw, valid.raw]))).numpy()
-    predictions = monitoring_fit.prediction_references(dls.task, dls.vocab, preds)
+    predictions, sources = monitoring_fit.prediction_references(
+        dls.task,
+        dls.vocab,
+        activation(torch.from_numpy(train.raw)).numpy(),
+        activation(torch.from_numpy(valid.raw)).numpy(),
+    )
     sample = monitoring_fit.reference_sample(dls, summaries)
     document: dict[str, Any] = {
         "schema_version": 1,
         "features": features,
         "predictions": predictions,
-        "predictions_from": {"train": len(train.raw), "valid": len(valid.raw)},
+        "predictions_from": sources,
         "sample": sample,
     }
     if space is not None:

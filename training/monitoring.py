@@ -20,9 +20,10 @@ Called by :func:`training.export.export_learner`:
   ``1 - max probability``), and the isotonic map that calibrates confidences
   for estimated accuracy (classification only);
 * :func:`prediction_references` -- the reference bins of the predicted class
-  and confidence (or value), over the training and validation items together:
-  the validation set alone is often too small to bin (60 items read as drift
-  on any traffic).
+  and confidence (or value), over the training and validation items together
+  where the training items' predictions are like the validation items' (the
+  validation set alone is often too small: 60 items read as drift on any
+  traffic), over the validation items where they are not.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Subset
 from bundle import monitoring as mon
 from bundle import reference as ref
 from bundle.manifest import FEATURES_OUTPUT, Monitoring, OodScore
+from bundle.noise import psi_null_quantile, smoothed_psi
 from training.learner import Learner, activation_for, model_device
 
 REFERENCE_SAMPLE_SIZE = 1_000  # rows kept for the classifier drift report; documented in docs/monitoring.md
@@ -158,18 +160,51 @@ def fit_feature_space(features: np.ndarray, targets: np.ndarray, n_classes: int)
     return mon.FeatureSpace(means, whitening, items=len(x), shrinkage=float(shrinkage))
 
 
-def prediction_references(task: str, vocab: list[str] | None, preds: np.ndarray) -> dict[str, Any]:
-    """Reference bins of what the model answers, over activated outputs ``preds`` [N, k]."""
-    predictions: dict[str, Any] = {}
+def prediction_references(
+    task: str, vocab: list[str] | None, train: np.ndarray, valid: np.ndarray
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Reference bins of what the model answers (activated outputs ``train`` and ``valid``, [N, k]), and where each
+    came from.
+
+    A feature's reference is binned over the training and validation items together where the training items'
+    values are like the validation items' (their PSI against the validation bins within its noise at those
+    sizes, the null's 0.99 quantile: ``bundle.noise``), else over the validation items alone: a model is often
+    surer of what it trained on (a confidence of 0.9999 on training items against 0.999 on unseen ones), and
+    live traffic is unseen. The predicted class usually joins; the confidence of a model that fits its training
+    data closely does not."""
+    references: dict[str, Any] = {}
+    sources: dict[str, Any] = {}
+    for name, (kind, train_values, valid_values) in _prediction_values(task, vocab, train, valid).items():
+        fit = ref.categorical_reference if kind == "categorical" else ref.continuous_reference
+        alone = fit(valid_values)
+        expected = ref.expected_shares(alone)
+        counts = ref.bin_shares(alone, train_values) * len(train_values)
+        training_psi = smoothed_psi(expected, len(valid_values), counts)
+        level = psi_null_quantile(expected, len(valid_values), len(train_values), quantile=0.99)
+        if training_psi <= level:
+            references[name] = fit(np.concatenate([train_values, valid_values]))
+            sources[name] = {"train": len(train_values), "valid": len(valid_values)}
+        else:
+            references[name] = alone
+            sources[name] = {
+                "train": 0, "valid": len(valid_values), "training_psi": round(training_psi, 4), "noise": round(level, 4)
+            }  # fmt: skip
+    return references, sources
+
+
+def _prediction_values(
+    task: str, vocab: list[str] | None, train: np.ndarray, valid: np.ndarray
+) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+    """Each prediction feature's kind and its values on the training and validation items."""
     if task == "classification":
-        index = preds.argmax(axis=1)
-        predictions["label"] = ref.categorical_reference(np.array(vocab, dtype=object)[index])
-        predictions["confidence"] = ref.continuous_reference(preds.max(axis=1))
-    elif task == "multilabel":
-        predictions["confidence"] = ref.continuous_reference(preds.max(axis=1))
-    else:
-        predictions["value"] = ref.continuous_reference(preds[:, 0])
-    return predictions
+        labels = np.array(vocab, dtype=object)
+        return {
+            "label": ("categorical", labels[train.argmax(axis=1)], labels[valid.argmax(axis=1)]),
+            "confidence": ("continuous", train.max(axis=1), valid.max(axis=1)),
+        }
+    if task == "multilabel":
+        return {"confidence": ("continuous", train.max(axis=1), valid.max(axis=1))}
+    return {"value": ("continuous", train[:, 0], valid[:, 0])}
 
 
 def image_summaries_of(dls: Any, split: str = "train") -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ both sides), so an empty bin costs a finite, small amount.
 Verdicts account for sampling noise: a feature is ``drift`` (``warn``) only
 when its PSI is above both the configured line and the PSI that in-domain
 samples of the same sizes reach by chance (``noise_psi``, the high quantile
-of its null distribution: ``service.monitoring.noise``). Before a window
+of its null distribution: ``bundle.noise``). Before a window
 holds ``min_items`` items every feature is ``collecting``: no verdict at all.
 """
 
@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bundle.noise import grid_size, psi_null_quantile, smoothed_psi
 from bundle.reference import OTHER_LEVEL
 from bundle.tabular import _plain_numbers, category_levels
-from service.monitoring.noise import SMOOTHING, grid_size, psi_null_quantile
 
 COLLECTING = "collecting"  # the verdict of every feature of a window under its minimum
 VERDICTS = ("ok", "warn", "drift")
@@ -218,16 +218,7 @@ class DriftWindow:
         return rows
 
 
-def psi(expected: np.ndarray, reference_count: int, actual_counts: np.ndarray) -> float:
-    """Population stability index with additive smoothing of both distributions."""
-    k = len(expected)
-    n_ref = max(reference_count, 1)
-    e = (expected * n_ref + SMOOTHING) / (n_ref + SMOOTHING * k)
-    total = float(actual_counts.sum())
-    if total == 0:
-        return 0.0
-    a = (actual_counts + SMOOTHING) / (total + SMOOTHING * k)
-    return float(np.sum((a - e) * np.log(a / e)))
+psi = smoothed_psi  # the population stability index with additive smoothing of both distributions
 
 
 def verdict(score: float, warn: float, drift: float, noise: float = 0.0) -> str:

@@ -16,7 +16,7 @@ from service.monitoring.drift import (
     significant_psi,
     verdict,
 )
-from service.monitoring.noise import grid_size, psi_null_quantile
+from bundle.noise import grid_size, psi_null_quantile
 
 TEN_BINS = np.r_[0.0, np.full(10, 0.1), 0.0, 0.0]  # a continuous reference: outer bins and missing empty
 

@@ -222,8 +222,32 @@ def test_classifiers_export_their_penultimate_features_and_the_mahalanobis_stati
     assert m.monitoring.calibration_errors == int((raw.argmax(1) != valid_targets).sum())
 
 
-def test_the_prediction_reference_is_binned_over_training_and_validation_items(image_bundle: Path) -> None:
+def test_the_prediction_reference_takes_training_items_where_they_predict_like_validation_items(
+    image_bundle: Path,
+) -> None:
     reference = json.loads((image_bundle / "reference.json").read_text())
     sizes = read_manifest(image_bundle).training
-    assert reference["predictions_from"] == {"train": sizes["n_train"], "valid": sizes["n_valid"]}
-    assert reference["predictions"]["confidence"]["count"] == sizes["n_train"] + sizes["n_valid"]
+    for name in ("label", "confidence"):
+        source = reference["predictions_from"][name]
+        assert source["valid"] == sizes["n_valid"] and source["train"] in (0, sizes["n_train"])
+        assert reference["predictions"][name]["count"] == source["train"] + source["valid"]
+        if source["train"] == 0:  # the model is surer of what it trained on: validation items alone
+            assert source["training_psi"] > source["noise"]
+
+
+def test_training_predictions_unlike_validation_ones_stay_out_of_the_prediction_reference() -> None:
+    from training.monitoring import prediction_references
+
+    rng = np.random.default_rng(0)
+
+    def outputs(n: int, sure: float) -> np.ndarray:  # three classes, the first with probability about `sure`
+        first = np.clip(rng.normal(sure, 0.01, n), 0.34, 1.0)
+        return np.stack([first, (1 - first) / 2, (1 - first) / 2], axis=1)
+
+    references, sources = prediction_references(
+        "classification", ["a", "b", "c"], outputs(900, 0.99), outputs(300, 0.9)
+    )
+    assert sources["label"] == {"train": 900, "valid": 300}  # the same answers: they join
+    assert sources["confidence"]["train"] == 0 and references["confidence"]["count"] == 300  # far surer: they do not
+    _, alike = prediction_references("classification", ["a", "b", "c"], outputs(900, 0.9), outputs(300, 0.9))
+    assert alike["confidence"] == {"train": 900, "valid": 300}

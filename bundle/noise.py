@@ -7,9 +7,12 @@ for 10 bins, 60 reference items and 1,000 live ones. A fixed line (0.1, 0.2)
 alone calls that drift for small samples and is needlessly blunt for large
 ones. :func:`psi_null_quantile` draws both samples many times from the
 reference's own bin shares, scores each pair exactly as the online PSI does
-(``service.monitoring.drift.psi``: half an item added to every bin), and
+(:func:`smoothed_psi`: half an item added to every bin), and
 returns a high quantile: the PSI that in-domain traffic exceeds only that
 rarely. A feature's verdict is drift only above both that level and the line.
+Export uses the same test to decide whether the training items' predictions
+may join the validation items' in the prediction reference
+(``training.monitoring.prediction_references``).
 
 The shares it draws from are the reference's, smoothed as the PSI smooths them:
 a bin training never filled (the outer bins beyond its minimum and maximum,
@@ -24,7 +27,7 @@ import math
 
 import numpy as np
 
-SMOOTHING = 0.5  # items added to every bin before shares are taken (the PSI's own, service.monitoring.drift)
+SMOOTHING = 0.5  # items added to every bin before shares are taken (the online PSI's: smoothed_psi)
 NULL_QUANTILE = 0.999  # a feature of in-domain traffic reads above its level in one window of a thousand
 NULL_DRAWS = 4_000  # pairs of samples per level: the 0.999 quantile rests on the 4 largest
 
@@ -52,6 +55,19 @@ def psi_null_quantile(
     a = (rng.multinomial(window, shares, size=draws) + SMOOTHING) / (window + SMOOTHING * k)
     scores = np.sum((a - e) * np.log(a / e), axis=1)
     return float(np.quantile(scores, quantile))
+
+
+def smoothed_psi(expected: np.ndarray, reference_count: int, actual_counts: np.ndarray) -> float:
+    """The online PSI: ``actual_counts`` per bin against ``expected`` shares of ``reference_count`` items, half an
+    item added to every bin on both sides (0 without any count)."""
+    k = len(expected)
+    n_ref = max(reference_count, 1)
+    e = (np.asarray(expected, dtype=np.float64) * n_ref + SMOOTHING) / (n_ref + SMOOTHING * k)
+    total = float(np.sum(actual_counts))
+    if total == 0:
+        return 0.0
+    a = (np.asarray(actual_counts, dtype=np.float64) + SMOOTHING) / (total + SMOOTHING * k)
+    return float(np.sum((a - e) * np.log(a / e)))
 
 
 def grid_size(n: int) -> int:
