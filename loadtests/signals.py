@@ -163,7 +163,8 @@ def send(
     client: Any, subject: Subject, picks: Any, items: Any = None, version: int | None = None, key: str | None = None
 ) -> list[dict[str, Any]]:
     """Predict the held-out items ``picks`` (or ``items``: PNGs, or a frame of rows), in requests of 64 images
-    or 500 rows; ``key`` makes each request's X-Request-Key (the rollout arm)."""
+    or 500 rows, pinned to ``version`` (else as routed); ``key`` makes each request's X-Request-Key (the
+    rollout arm)."""
     path = f"/v1/models/{subject.name}" + (f"/versions/{version}" if version else "") + "/predict"
     predictions: list[dict[str, Any]] = []
     if subject.kind == "image":
@@ -205,9 +206,9 @@ def check_drift(subject: Subject, windows: int) -> None:
     started = time.perf_counter()
     with served(subject.repo) as client:
         for picks in data.bootstrap_windows(subject.items(), 1000, windows, seed=7):
-            send(client, subject, picks)
+            send(client, subject, picks, version=1)
             found = drift_report(client, subject.name)
-            assert found["window"]["size"] == 1000
+            assert found["window"]["size"] == 1000, found["window"]
             for row in found["features"] + found["predictions"]:
                 counts[row["feature"]] = counts.get(row["feature"], 0) + (row["verdict"] == "ok")
                 worst[row["feature"]] = max(worst.get(row["feature"], 0.0), row["psi"] - row["noise_psi"])
@@ -237,7 +238,7 @@ def check_shift(subject: Subject) -> None:
         cases = {f"{name} + 0.5 sd": (name, name) for name in data.DIAMOND_CONTS}
     with served(subject.repo) as client:
         for label, (expected, column) in cases.items():
-            send(client, subject, [], shifted_items(subject, column))
+            send(client, subject, [], shifted_items(subject, column), version=1)
             found = drift_report(client, subject.name)
             got = verdicts(found)
             psi = {row["feature"]: row["psi"] for row in found["features"]}
@@ -252,7 +253,7 @@ def check_shift(subject: Subject) -> None:
             else:
                 report(subject.name, f"shift {label}: other inputs", ", ".join(f"{f} {got[f]}" for f in moved) or
                        "all ok", "no drift elsewhere", all(others[f] != "drift" for f in moved))  # fmt: skip
-            send(client, subject, data.bootstrap_windows(subject.items(), 1000, 1, seed=13)[0])  # back in domain
+            send(client, subject, data.bootstrap_windows(subject.items(), 1000, 1, seed=13)[0], version=1)  # in domain
 
 
 def check_ood(subject: Subject) -> None:
@@ -311,7 +312,7 @@ def check_guardrail(subject: Subject, windows: int) -> None:
 
     worker.GAUGE_INTERVAL_S = 0.0  # a reading per batch, so the guardrail judges every window
     work = Path(tempfile.mkdtemp(prefix="signals-guardrail-"))
-    shutil.copytree(subject.repo, work / "models")
+    shutil.copytree(subject.repo / subject.name / "1", work / "models" / subject.name / "1")
     second = work / "models" / subject.name / "2"
     shutil.copytree(work / "models" / subject.name / "1", second)
     manifest = json.loads((second / "manifest.json").read_text())
