@@ -276,7 +276,7 @@ def test_the_drift_endpoint_checks_its_parameters(shapes_client: Any) -> None:
     bad = shapes_client.get("/v1/models/shapes/drift", params={"region": "atlantis"})
     assert bad.status_code == 422 and "region" in bad.json()["error"]["message"]
     body = drift(shapes_client, "shapes")
-    assert body["thresholds"] == {"warn": 0.1, "drift": 0.25}
+    assert body["thresholds"] == {"warn": 0.1, "drift": 0.2}
     assert body["versions"][0]["reference_size"] == 2400
 
 
