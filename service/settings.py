@@ -216,6 +216,12 @@ class ServiceSettings(BaseSettings):
         description="Images are out-of-domain when a summary lies outside the training range widened by this "
         "share of the range (or of the value, whichever is larger).",
     )
+    ood_range_slack: float = Field(
+        0.1,
+        ge=0,
+        description="Table values are out of range when outside the training minimum..maximum widened by this "
+        "share of it on each side.",
+    )
     monitor_queue_size: int = Field(
         10_000, ge=1, description="Observations waiting for the monitor thread; beyond it they are dropped, counted."
     )

@@ -49,7 +49,7 @@ class VersionState:
         self.features = self.input_features + self.prediction_features
         columns = getattr(version, "columns", None)  # the graph computes the Mahalanobis score, or a fallback
         in_graph = columns is not None and columns.in_graph
-        self.detector = OODDetector(manifest, features, settings.ood_image_slack, in_graph)
+        self.detector = OODDetector(manifest, features, settings.ood_image_slack, in_graph, settings.ood_range_slack)
         self.manifest_score = manifest.monitoring.ood_score if manifest.monitoring is not None else None
         calibration = manifest.monitoring
         self.calibration_items = calibration.calibration_items if calibration is not None else 0

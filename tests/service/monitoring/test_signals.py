@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from loadtests.signal_data import Split, photographs, png, resized
@@ -154,6 +155,15 @@ def test_without_its_feature_statistics_a_bundle_falls_back_to_energy(
     assert ood["score"] == "energy" and ood["fallback"] is True
     assert ood["threshold"] == manifest["monitoring"]["ood_thresholds"]["energy"]
     assert flagged(predictions) <= 0.1
+
+
+def test_a_table_value_just_past_the_training_extremes_is_not_out_of_range(signals_library: Path, tmp_path: Path):
+    """``x2`` was drawn uniformly from 0..10: the extremes of 2,400 training rows are themselves a sample."""
+    install(signals_library, tmp_path, "shapes", 1)
+    row = {"color": "red", "shape": "circle", "x1": 0.1, "x2": 5.0, "x3": 50.0}
+    with serve(tmp_path) as client:
+        near, far = post_rows(client, pd.DataFrame([{**row, "x2": 10.4}, {**row, "x2": 11.5}]))
+    assert "out_of_range" not in near["ood"]["reasons"] and "out_of_range" in far["ood"]["reasons"]
 
 
 # -- estimated accuracy ------------------------------------------------------------------------------
