@@ -116,18 +116,19 @@ def penguins_split(train_share: float = 0.7, seed: int = 0) -> tuple[pd.DataFram
     return frame.iloc[order[:cut]].reset_index(drop=True), frame.iloc[order[cut:]].reset_index(drop=True)
 
 
-def uniform_rows(frame: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
-    """Rows whose every column is drawn on its own: continuous ones uniformly within the column's range, the
-    others from its levels. Each value is one training had; together they are combinations it never saw, which
-    no input check flags (nothing is out of range or unseen)."""
+def uniform_rows(features: dict[str, Any], n: int, seed: int = 0) -> pd.DataFrame:
+    """Rows whose every column is drawn on its own from the bundle's reference (``reference.json`` ``features``):
+    continuous ones uniformly within the training minimum..maximum, categorical ones from the training levels.
+    Each value is one training had; together they are combinations it never saw, which no input check flags
+    (nothing is out of range or unseen)."""
     rng = np.random.default_rng(seed)
-    columns = {}
-    for name in frame.columns:
-        values = frame[name].dropna()
-        if name in PENGUIN_CONTS or name in DIAMOND_CONTS:
-            columns[name] = rng.uniform(values.min(), values.max(), n)
+    columns: dict[str, Any] = {}
+    for name, reference in features.items():
+        if reference["kind"] == "continuous":
+            columns[name] = rng.uniform(reference["min"], reference["max"], n)
         else:
-            columns[name] = rng.choice(values.unique(), n)
+            levels = [level for level in reference["frequencies"] if level != "__other__"]
+            columns[name] = rng.choice(np.array(levels, dtype=object), n)
     return pd.DataFrame(columns)
 
 

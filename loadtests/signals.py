@@ -274,7 +274,8 @@ def check_ood(subject: Subject) -> None:
         }
         encoded = {label: [data.png(x) for x in images] for label, images in cases.items()}
     else:
-        encoded = {"rows uniform within training ranges": data.uniform_rows(subject.held_out, 1000)}
+        reference = json.loads((subject.repo / subject.name / "1" / "reference.json").read_text())
+        encoded = {"rows uniform within training ranges": data.uniform_rows(reference["features"], 1000)}
     with served(subject.repo) as client:
         for version in subject.versions:
             held = send(client, subject, range(subject.items()), version=version)
