@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bundle import monitoring as mon
+from bundle.noise import grid_size, psi_null_quantile
 from service.monitoring.drift import (
     COLLECTING,
     DriftWindow,
@@ -16,7 +17,6 @@ from service.monitoring.drift import (
     significant_psi,
     verdict,
 )
-from bundle.noise import grid_size, psi_null_quantile
 
 TEN_BINS = np.r_[0.0, np.full(10, 0.1), 0.0, 0.0]  # a continuous reference: outer bins and missing empty
 
