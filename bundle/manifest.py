@@ -26,8 +26,9 @@ Task = Literal["classification", "multilabel", "regression"]
 InputKind = Literal["image", "tabular"]
 ResizeMethod = Literal["crop", "squish", "pad"]
 PadMode = Literal["reflection", "zeros"]
-OodScore = Literal["max_softmax", "energy"]  # bundle.monitoring.OOD_SCORES
+OodScore = Literal["max_softmax", "energy", "mahalanobis"]  # bundle.monitoring.OOD_SCORES
 LOGITS_OUTPUT = "logits"  # the second ONNX output of single-label classifiers: the scores before softmax
+FEATURES_OUTPUT = "features"  # a graph output outside ``onnx.outputs``: the input of the model's last Linear layer
 
 
 class _Model(BaseModel):
@@ -120,24 +121,41 @@ METRIC_UNITS = {
 class Monitoring(_Model):
     """What export calibrated for monitoring (see ``bundle.monitoring``); absent in older bundles.
 
-    ``ood_score``: the model-based out-of-domain score (``bundle.monitoring.ood_score``): ``energy``,
-    ``-logsumexp(logits)`` of the graph's ``logits`` output, for bundles that export one; else
-    ``max_softmax``, ``1 - max probability`` (bundles written before the logits output existed).
+    ``ood_score``: the model-based out-of-domain score the bundle uses (``bundle.monitoring.ood_score``):
+    ``mahalanobis``, the distance of the graph's ``feature_output`` (the input of the last Linear layer)
+    to the nearest class mean, with the statistics in ``reference.json`` ``feature_space``; ``energy``,
+    ``-logsumexp(logits)`` of the graph's ``logits`` output; ``max_softmax``, ``1 - max probability``
+    (bundles written before the logits output existed).
     ``ood_threshold``: items whose score exceeds it are flagged out-of-domain; it flags
     ``ood_false_alarm_rate`` of the ``calibration_items`` validation items.
+    ``ood_thresholds``: every score export calibrated, by name, at that rate (``ood_score``'s among them): a
+    service that cannot compute ``ood_score`` falls back to ``energy``'s (absent in older bundles).
     ``calibration_confidence`` -> ``calibration_accuracy`` are the knots of the isotonic map from top
-    probability to the chance of being right, which estimates accuracy on unlabelled traffic.
+    probability to the chance of being right, which estimates accuracy on unlabelled traffic;
+    ``calibration_errors`` the validation items it saw the model get wrong (None in older bundles: read it
+    from ``validation_accuracy``).
     """
 
     ood_score: OodScore = "max_softmax"  # the default reads manifests written before energy existed
     ood_threshold: float | None = None
     ood_false_alarm_rate: float | None = None
+    ood_thresholds: dict[str, float] = Field(default_factory=dict)
+    feature_output: str | None = None
     calibration_confidence: list[float] = Field(default_factory=list)
     calibration_accuracy: list[float] = Field(default_factory=list)
     calibration_items: int = 0
+    calibration_errors: int | None = None
     validation_accuracy: float | None = None
     estimated_validation_accuracy: float | None = None
     reference_sample_size: int = 0
+
+    def errors(self) -> int | None:
+        """How many validation items the calibration saw the model get wrong (older bundles: from the accuracy)."""
+        if self.calibration_errors is not None:
+            return self.calibration_errors
+        if self.validation_accuracy is None or not self.calibration_items:
+            return None
+        return round((1.0 - self.validation_accuracy) * self.calibration_items)
 
 
 class Manifest(_Model):
@@ -161,10 +179,13 @@ class Manifest(_Model):
     monitoring: Monitoring | None = None  # out-of-domain threshold and confidence calibration
 
     @model_validator(mode="after")
-    def _energy_needs_logits(self) -> Manifest:
-        if self.monitoring is not None and self.monitoring.ood_score == "energy":
+    def _scores_need_their_outputs(self) -> Manifest:
+        monitoring = self.monitoring
+        if monitoring is not None and monitoring.ood_score == "energy":
             if LOGITS_OUTPUT not in [spec.name for spec in self.onnx.outputs[1:]]:
                 raise ValueError(f"monitoring.ood_score 'energy' needs a {LOGITS_OUTPUT!r} output after the first")
+        if monitoring is not None and monitoring.ood_score == "mahalanobis" and not monitoring.feature_output:
+            raise ValueError("monitoring.ood_score 'mahalanobis' needs monitoring.feature_output, the features' output")
         return self
 
 

@@ -139,6 +139,23 @@ def drift_verdict(score: float, noise: float) -> str:
     return "stable"
 
 
+def bin_shares(reference: Mapping[str, Any], values: Iterable[Any]) -> np.ndarray:
+    """The share of ``values`` in each of the reference's PSI bins (``expected_shares``' order; zeros for none)."""
+    kind = reference.get("kind")
+    if kind == "continuous":
+        expected, actual = _continuous_shares(reference, values)
+    elif kind == "categorical":
+        expected, actual = _categorical_shares(reference, values)
+    else:
+        raise ValueError(f"unknown reference kind {kind!r}: expected 'continuous' or 'categorical'")
+    return actual if actual is not None else np.zeros_like(expected)
+
+
+def expected_shares(reference: Mapping[str, Any]) -> np.ndarray:
+    """The reference's share of each PSI bin: its bins (or levels, then ``__other__``), then missing."""
+    return _expected_shares(reference)
+
+
 def _expected_shares(reference: Mapping[str, Any]) -> np.ndarray:
     kind = reference.get("kind")
     missing = float(reference["missing"])

@@ -212,13 +212,29 @@ class ServiceSettings(BaseSettings):
         True, description="Out-of-domain flags on every prediction, drift windows and estimated accuracy."
     )
     drift_window: int = Field(1_000, ge=1, description="Items in each drift window (per version and region).")
-    drift_warn: float = Field(0.1, ge=0, description="PSI from which a feature's verdict is 'warn'.")
-    drift_threshold: float = Field(0.25, ge=0, description="PSI from which a feature's verdict is 'drift'.")
+    drift_min_items: int = Field(
+        200,
+        ge=1,
+        description="Items a drift window must hold before its features get a verdict (or the drift window, if "
+        "smaller); until then they are 'collecting', which the guardrails do not judge.",
+    )
+    drift_warn: float = Field(
+        0.1, ge=0, description="PSI from which a feature's verdict is 'warn' (if also above its noise level)."
+    )
+    drift_threshold: float = Field(
+        0.2, ge=0, description="PSI from which a feature's verdict is 'drift' (if also above its noise level)."
+    )
     ood_image_slack: float = Field(
         0.1,
         ge=0,
         description="Images are out-of-domain when a summary lies outside the training range widened by this "
         "share of the range (or of the value, whichever is larger).",
+    )
+    ood_range_slack: float = Field(
+        0.1,
+        ge=0,
+        description="Table values are out of range when outside the training minimum..maximum widened by this "
+        "share of it on each side.",
     )
     monitor_queue_size: int = Field(
         10_000, ge=1, description="Observations waiting for the monitor thread; beyond it they are dropped, counted."

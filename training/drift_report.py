@@ -10,6 +10,17 @@ rows away. For image models the rows are the per-image summaries
 
 The report is an HTML page with the AUC, the importances (table and plot)
 and the PSI of each feature, written beside a JSON summary.
+
+The AUC is cross-validated: each fold's rows are scored by a forest that
+never saw them. It says how far apart the two sets are, and how sure that is:
+the report gives each fold's AUC and their spread. A cross-validated AUC can
+fall below 0.5, and far below it means something specific: live rows that
+repeat reference rows (the same items sent again, as a test replaying
+training data does). A forest memorises the copy it trained on, labelled
+"reference", and so calls its held-out twin, labelled "live", a reference
+row: wrong in a consistent direction, so worse than chance. The report counts
+those copies. Slightly below 0.5 (within about twice the folds' spread) is
+only noise around "indistinguishable".
 """
 
 from __future__ import annotations
@@ -20,9 +31,10 @@ import html
 import io
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,12 +49,22 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
+N_FOLDS = 5
+
+
 @dataclass
 class ClassifierDrift:
-    auc: float
+    auc: float  # over every row's out-of-fold score
     importances: dict[str, float]  # feature -> importance, largest first
     reference_rows: int
     logged_rows: int
+    fold_aucs: list[float] = field(default_factory=list)  # each fold's AUC on the rows it held out
+    copies: int = 0  # logged rows equal to some reference row (on the reference's columns)
+
+    @property
+    def spread(self) -> float:
+        """The standard deviation of the folds' AUCs."""
+        return float(np.std(self.fold_aucs)) if self.fold_aucs else 0.0
 
 
 def parse_duration(text: str) -> float:
@@ -75,7 +97,7 @@ def read_logged_inputs(
 
 
 def classifier_drift(
-    reference_rows: Sequence[dict[str, Any]], logged_rows: Sequence[dict[str, Any]], seed: int = 0
+    reference_rows: Sequence[dict[str, Any]], logged_rows: Sequence[dict[str, Any]], seed: int = 0, trees: int = 200
 ) -> ClassifierDrift:
     """Cross-validated ROC AUC of a random forest telling logged rows from reference rows, and importances."""
     from sklearn.ensemble import RandomForestClassifier
@@ -90,12 +112,23 @@ def classifier_drift(
     columns = [c for c in pd.DataFrame(list(reference_rows)).columns if c in frame.columns]
     x = _encode(frame[columns])
     y = np.r_[np.zeros(len(reference_rows)), np.ones(len(logged_rows))]
-    forest = RandomForestClassifier(n_estimators=200, min_samples_leaf=3, random_state=seed, n_jobs=1)
-    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    forest = RandomForestClassifier(n_estimators=trees, min_samples_leaf=3, random_state=seed, n_jobs=1)
+    folds = list(StratifiedKFold(n_splits=N_FOLDS, shuffle=True, random_state=seed).split(x, y))
     scores = cross_val_predict(forest, x, y, cv=folds, method="predict_proba")[:, 1]
+    fold_aucs = [float(roc_auc_score(y[held], scores[held])) for _, held in folds]
     forest.fit(x, y)
     importances = dict(sorted(zip(columns, forest.feature_importances_.tolist()), key=lambda kv: -kv[1]))
-    return ClassifierDrift(float(roc_auc_score(y, scores)), importances, len(reference_rows), len(logged_rows))
+    return ClassifierDrift(
+        float(roc_auc_score(y, scores)), importances, len(reference_rows), len(logged_rows), fold_aucs,
+        _copies(frame[columns], len(reference_rows)),
+    )  # fmt: skip
+
+
+def _copies(frame: pd.DataFrame, n_reference: int) -> int:
+    """How many of the rows after the first ``n_reference`` equal one of those (missing equals missing)."""
+    keys = frame.astype(object).where(frame.notna(), None).apply(lambda row: tuple(row), axis=1)
+    reference = set(keys.iloc[:n_reference])
+    return int(sum(key in reference for key in keys.iloc[n_reference:]))
 
 
 def _encode(frame: pd.DataFrame) -> np.ndarray:
@@ -138,7 +171,10 @@ def drift_report(args: argparse.Namespace) -> dict[str, Any]:
         "model": manifest.name,
         "version": manifest.version,
         "roc_auc": round(result.auc, 4),
-        "verdict": verdict(result.auc),
+        "roc_auc_folds": [round(a, 4) for a in result.fold_aucs],
+        "roc_auc_spread": round(result.spread, 4),
+        "verdict": verdict(result.auc, result.spread, result.copies, result.logged_rows),
+        "copies_of_reference_rows": result.copies,
         "reference_rows": result.reference_rows,
         "logged_rows": result.logged_rows,
         "importances": {k: round(v, 4) for k, v in result.importances.items()},
@@ -152,7 +188,15 @@ def drift_report(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def verdict(auc: float) -> str:
+def verdict(auc: float, spread: float = 0.0, copies: int = 0, logged: int = 0) -> str:
+    """What an AUC means, given the folds' spread and how many logged rows copy reference rows."""
+    if auc < 0.5 - max(0.05, 2 * spread):
+        found = f"{copies} of the {logged} logged rows are copies of reference rows" if logged else "no rows"
+        return (
+            "below chance: live rows repeat training rows (here "
+            f"{found}); a forest that memorised one copy calls its twin a training row, so it is wrong in a "
+            "consistent direction. Not drift: the same data came back"
+        )
     if auc < 0.6:
         return "indistinguishable: live rows look like the training reference"
     if auc < 0.8:
@@ -182,20 +226,27 @@ def _plot(result: ClassifierDrift) -> str:
 
 def _html(summary: dict[str, Any], png_b64: str) -> str:
     e = html.escape
+    folds = ", ".join(f"{auc:.3f}" for auc in summary["roc_auc_folds"])
     rows = "\n".join(
         f"<tr><td>{e(name)}</td><td>{value:.4f}</td><td>{summary['psi'].get(name, '')}</td></tr>"
         for name, value in summary["importances"].items()
     )
     scope = ", ".join(f"{k} {summary[k]}" for k in ("since", "region") if summary[k]) or "every logged prediction"
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Drift report: {e(summary['model'])} v{summary['version']}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Drift report: {e(summary["model"])} v{summary["version"]}</title>
 <style>body{{font-family:sans-serif;max-width:50em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:left}}</style>
 </head><body>
-<h1>Drift report: {e(summary['model'])} v{summary['version']}</h1>
-<p>A random forest was trained to tell {summary['reference_rows']} training reference rows from
-{summary['logged_rows']} logged rows ({e(scope)}).</p>
-<p><strong>ROC AUC {summary['roc_auc']:.3f}</strong>: {e(summary['verdict'])}.
-0.5 means the two cannot be told apart; above 0.8 live traffic has clearly moved away from training data.</p>
+<h1>Drift report: {e(summary["model"])} v{summary["version"]}</h1>
+<p>A random forest was trained to tell {summary["reference_rows"]} training reference rows from
+{summary["logged_rows"]} logged rows ({e(scope)}).</p>
+<p><strong>ROC AUC {summary["roc_auc"]:.3f}</strong> (folds {folds}; spread {summary["roc_auc_spread"]:.3f}):
+{e(summary["verdict"])}.</p>
+<p>0.5 means the two cannot be told apart; above 0.8 live traffic has clearly moved away from training data.
+The AUC is cross-validated: each fold's rows are scored by a forest that never saw them, so it can fall under 0.5.
+Slightly under (within about twice the folds' spread) is noise around 0.5. Far under means live rows repeat
+training rows: the forest memorises the copy it trained on, labelled training, and calls its held-out twin a
+training row too. {summary["copies_of_reference_rows"]} of the {summary["logged_rows"]} logged rows are copies of
+reference rows.</p>
 <img alt="feature importances" src="data:image/png;base64,{png_b64}">
 <table><tr><th>feature</th><th>importance</th><th>PSI</th></tr>
 {rows}

@@ -20,7 +20,7 @@ import platform
 import shutil
 import tempfile
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from bundle import monitoring as mon
 from bundle import reference as ref
 from bundle.manifest import (
+    FEATURES_OUTPUT,
     LEARNER_FILE,
     LOGITS_OUTPUT,
     METRIC_UNITS,
@@ -40,6 +42,7 @@ from bundle.manifest import (
     ImageSpec,
     Manifest,
     OnnxSpec,
+    OodScore,
     Outputs,
     Parity,
     TabularSpec,
@@ -67,43 +70,59 @@ class ExportError(RuntimeError):
 
 
 class _ImageGraph(nn.Module):
-    """uint8 pixels in, activated outputs out (and, with ``logits``, the raw ones after them): what the service runs."""
+    """uint8 pixels in, activated outputs out (and, with ``logits``, the raw ones after them; with ``features``,
+    what the last Linear layer reads after those): what the service runs."""
 
-    def __init__(self, model: nn.Module, activation: nn.Module, logits: bool = False) -> None:
+    def __init__(self, model: nn.Module, activation: nn.Module, logits: bool = False, features: bool = False) -> None:
         super().__init__()
-        self.model, self.activation, self.logits = model, activation, logits
+        self.model, self.activation, self.logits, self.features = model, activation, logits, features
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        return _outputs(self.model(pixels), self.activation, self.logits)
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        with monitoring_fit.tap_features(self.model) as taken:
+            raw = self.model(pixels)
+        return _outputs(raw, self.activation, self.logits, taken[-1].flatten(1) if self.features else None)
 
 
 class _TabularGraph(nn.Module):
-    """Processed columns in, activated outputs out (and the raw ones, with ``logits``); an input of width 0
-    is left out of the graph."""
+    """Processed columns in, activated outputs out (and the raw ones, with ``logits``; the last Linear's inputs,
+    with ``features``); an input of width 0 is left out of the graph."""
 
-    def __init__(self, model: nn.Module, activation: nn.Module, n_cat: int, n_cont: int, logits: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, activation: nn.Module, n_cat: int, n_cont: int, logits: bool = False,
+        features: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.model, self.activation, self.logits = model, activation, logits
+        self.model, self.activation, self.logits, self.features = model, activation, logits, features
         self.n_cat, self.n_cont = n_cat, n_cont
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         batch = inputs[0].shape[0]
         it = iter(inputs)
         x_cat = next(it) if self.n_cat else torch.zeros(batch, 0, dtype=torch.long)
         x_cont = next(it) if self.n_cont else torch.zeros(batch, 0, dtype=torch.float32)
-        return _outputs(self.model(x_cat, x_cont), self.activation, self.logits)
+        with monitoring_fit.tap_features(self.model) as taken:
+            raw = self.model(x_cat, x_cont)
+        return _outputs(raw, self.activation, self.logits, taken[-1].flatten(1) if self.features else None)
 
 
 def _outputs(
-    raw: torch.Tensor, activation: nn.Module, logits: bool
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    raw: torch.Tensor, activation: nn.Module, logits: bool, features: torch.Tensor | None
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     # the probabilities stay the first output, so every reader of the first output reads what it always did
-    return (activation(raw), raw) if logits else activation(raw)
+    outputs = (activation(raw), *([raw] if logits else []), *([features] if features is not None else []))
+    return outputs if len(outputs) > 1 else outputs[0]
 
 
 def exports_logits(task: str) -> bool:
     """Single-label classifiers export their logits as a second output, for the energy out-of-domain score."""
     return task == "classification"
+
+
+def default_ood_score(learn: Learner) -> OodScore:
+    """The out-of-domain score a bundle uses unless export is told otherwise: the Mahalanobis distance of the
+    penultimate features where the model has them (it flags noise, photographs and inverted images that the
+    logits' energy misses: docs/monitoring.md), else the energy of the logits."""
+    return "mahalanobis" if monitoring_fit.exports_features(learn) else "energy"
 
 
 def next_version(model_dir: Path) -> int:
@@ -122,6 +141,7 @@ def export_learner(
     rtol: float = PARITY_RTOL,
     atol: float = PARITY_ATOL,
     ood_false_alarm_rate: float = monitoring_fit.DEFAULT_FALSE_ALARM_RATE,
+    ood_score: OodScore | None = None,
 ) -> Path:
     """Write ``models_dir/name/<next version>/`` and return its path.
 
@@ -129,7 +149,9 @@ def export_learner(
     every checked batch (``tolerance`` is the old name of ``atol``). On any
     failure no bundle is written, and the learner is saved where the
     :class:`ExportError` message says. ``ood_false_alarm_rate``: the share of
-    in-domain validation items the out-of-domain threshold flags.
+    in-domain validation items the out-of-domain threshold flags; ``ood_score``
+    the score the bundle uses (classification; default :func:`default_ood_score`:
+    ``mahalanobis`` where the model has penultimate features, else ``energy``).
     """
     if tolerance is not None:
         atol = tolerance
@@ -143,18 +165,26 @@ def export_learner(
     metrics = {k: float(v) for k, v in learn.validate().items()}
     learn.model.to("cpu").eval()
 
-    graph, inputs, input_specs = _graph_and_inputs(learn)
+    if dls.task == "classification":
+        ood_score = ood_score or default_ood_score(learn)
+    features = ood_score == "mahalanobis"
+    if features and not monitoring_fit.exports_features(learn):
+        raise ExportError("the mahalanobis score needs a classifier whose last Linear layer makes the logits")
+    graph, inputs, input_specs = _graph_and_inputs(learn, features)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
     try:
-        _export_onnx(graph, inputs, input_specs, tmp / ONNX_FILE, dls.task)
+        _export_onnx(graph, inputs, input_specs, tmp / ONNX_FILE, output_names(dls.task, features))
         parity = _check_parity(graph, tmp / ONNX_FILE, learn, input_specs, max_batch, rtol, atol)
         torch.save(_exportable(learn), tmp / LEARNER_FILE)
-        sample_size = _write_reference(learn, tmp / REFERENCE_FILE)
+        train = monitoring_fit.model_outputs(learn, monitoring_fit.training_loader(dls), features)
+        valid = monitoring_fit.model_outputs(learn, dls.valid, features)
+        space = monitoring_fit.fit_feature_space(train.features, train.targets, dls.n_out) if features else None
+        sample_size = _write_reference(learn, tmp / REFERENCE_FILE, train, valid, space)
         version = next_version(model_dir)
         info = {**(training_info or {}), **_data_sizes(dls)}
         manifest = _manifest(learn, name, version, input_specs, metrics, parity, info)
         manifest.monitoring = monitoring_fit.fit_monitoring(
-            learn, ood_false_alarm_rate, sample_size, ood_score="energy" if exports_logits(dls.task) else "max_softmax"
+            learn, ood_false_alarm_rate, sample_size, ood_score=ood_score or "max_softmax", valid=valid, space=space
         )
         manifest.files = {f: sha256_file(tmp / f) for f in (ONNX_FILE, LEARNER_FILE, REFERENCE_FILE)}
         write_manifest(tmp, manifest)
@@ -187,7 +217,7 @@ def make_readable(folder: Path) -> None:
 
 def _rescue_learner(learn: Learner, name: str) -> Path | None:
     """Save the learner of a failed export so the training is not lost; None if even that fails."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     path = Path(learn.path) / FAILED_EXPORTS_DIR / f"{name}-{stamp}" / LEARNER_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +255,9 @@ def _deepcopy_cpu(learn: Learner) -> Learner:
     return clone
 
 
-def _graph_and_inputs(learn: Learner) -> tuple[nn.Module, tuple[torch.Tensor, ...], list[TensorSpec]]:
+def _graph_and_inputs(
+    learn: Learner, features: bool = False
+) -> tuple[nn.Module, tuple[torch.Tensor, ...], list[TensorSpec]]:
     dls = learn.dls
     activation = activation_for(dls.task)
     logits = exports_logits(dls.task)
@@ -233,14 +265,14 @@ def _graph_and_inputs(learn: Learner) -> tuple[nn.Module, tuple[torch.Tensor, ..
     if dls.input_kind == "image":
         _, c, h, w = sample[0].shape
         specs = [TensorSpec(name="pixels", dtype="uint8", shape=["batch", c, h, w])]
-        return _ImageGraph(learn.model, activation, logits).eval(), (sample[0],), specs
+        return _ImageGraph(learn.model, activation, logits, features).eval(), (sample[0],), specs
     x_cat, x_cont = sample
     specs = []
     if x_cat.shape[1]:
         specs.append(TensorSpec(name="x_cat", dtype="int64", shape=["batch", x_cat.shape[1]]))
     if x_cont.shape[1]:
         specs.append(TensorSpec(name="x_cont", dtype="float32", shape=["batch", x_cont.shape[1]]))
-    graph = _TabularGraph(learn.model, activation, x_cat.shape[1], x_cont.shape[1], logits).eval()
+    graph = _TabularGraph(learn.model, activation, x_cat.shape[1], x_cont.shape[1], logits, features).eval()
     return graph, _graph_inputs(sample), specs
 
 
@@ -263,7 +295,7 @@ def _valid_inputs(learn: Learner, n: int) -> tuple[torch.Tensor, ...]:
     return tuple(torch.cat(cols)[:n].cpu() for cols in zip(*parts))
 
 
-def _export_onnx(graph: nn.Module, inputs: tuple, specs: list[TensorSpec], path: Path, task: str) -> None:
+def _export_onnx(graph: nn.Module, inputs: tuple, specs: list[TensorSpec], path: Path, names: list[str]) -> None:
     if len(inputs[0]) < 2:
         inputs = tuple(torch.cat([x, x]) for x in inputs)  # a batch of 1 would specialise the axis
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
@@ -277,7 +309,7 @@ def _export_onnx(graph: nn.Module, inputs: tuple, specs: list[TensorSpec], path:
             inputs,
             str(path),
             input_names=[s.name for s in specs],
-            output_names=output_names(task),
+            output_names=names,
             dynamic_shapes=dynamic_shapes,
             opset_version=OPSET,
             dynamo=True,
@@ -287,9 +319,13 @@ def _export_onnx(graph: nn.Module, inputs: tuple, specs: list[TensorSpec], path:
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def output_names(task: str) -> list[str]:
-    """The graph's outputs in order: what the task serves, then the logits where it exports them."""
-    return [OUTPUT_NAMES[task], *([LOGITS_OUTPUT] if exports_logits(task) else [])]
+def output_names(task: str, features: bool = False) -> list[str]:
+    """The graph's outputs in order: what the task serves, then the logits where it exports them, then (with
+    ``features``) the penultimate features, which the manifest names in ``monitoring.feature_output`` rather
+    than ``onnx.outputs``: no prediction reads them, so the service never fetches them."""
+    return [OUTPUT_NAMES[task], *([LOGITS_OUTPUT] if exports_logits(task) else [])] + (
+        [FEATURES_OUTPUT] if features else []
+    )
 
 
 def _check_parity(
@@ -332,8 +368,18 @@ def _check_parity(
     )
 
 
-def _write_reference(learn: Learner, path: Path) -> int:
-    """Write reference.json; returns the size of the reference sample it holds."""
+def _write_reference(
+    learn: Learner,
+    path: Path,
+    train: monitoring_fit.ModelOutputs,
+    valid: monitoring_fit.ModelOutputs,
+    space: mon.FeatureSpace | None,
+) -> int:
+    """Write reference.json; returns the size of the reference sample it holds.
+
+    The prediction reference is binned over the training and validation items' predictions together where
+    the training items' are like the validation items', else over the validation items'
+    (``monitoring_fit.prediction_references``; ``predictions_from`` says how many of each, per feature)."""
     dls = learn.dls
     features: dict[str, Any] = {}
     summaries = None
@@ -344,18 +390,23 @@ def _write_reference(learn: Learner, path: Path) -> int:
     else:
         processor = dls.processor
         features = ref.tabular_reference(dls.train_df_raw, processor.raw_cat_names, processor.raw_cont_names)
-    preds, _ = learn.get_preds(activation=True)
-    predictions: dict[str, Any] = {}
-    if dls.task == "classification":
-        index = preds.argmax(dim=1).numpy()
-        predictions["label"] = ref.categorical_reference(np.array(dls.vocab, dtype=object)[index])
-        predictions["confidence"] = ref.continuous_reference(preds.max(dim=1).values.numpy())
-    elif dls.task == "multilabel":
-        predictions["confidence"] = ref.continuous_reference(preds.max(dim=1).values.numpy())
-    else:
-        predictions["value"] = ref.continuous_reference(preds[:, 0].numpy())
+    activation = activation_for(dls.task)
+    predictions, sources = monitoring_fit.prediction_references(
+        dls.task,
+        dls.vocab,
+        activation(torch.from_numpy(train.raw)).numpy(),
+        activation(torch.from_numpy(valid.raw)).numpy(),
+    )
     sample = monitoring_fit.reference_sample(dls, summaries)
-    document = {"schema_version": 1, "features": features, "predictions": predictions, "sample": sample}
+    document: dict[str, Any] = {
+        "schema_version": 1,
+        "features": features,
+        "predictions": predictions,
+        "predictions_from": sources,
+        "sample": sample,
+    }
+    if space is not None:
+        document["feature_space"] = space.to_dict()
     path.write_text(json.dumps(document, indent=1))
     return len(sample)
 
@@ -409,7 +460,7 @@ def _manifest(
     return Manifest(
         name=name,
         version=version,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         task=task,
         input_kind=dls.input_kind,
         image=image,
@@ -444,8 +495,8 @@ def _as_list(x: Any) -> list[float]:
 
 
 def _library_versions() -> dict[str, str]:
-    import PIL
     import pandas
+    import PIL
     import torchvision
 
     return {

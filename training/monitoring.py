@@ -8,29 +8,203 @@ Called by :func:`training.export.export_learner`:
 * :func:`reference_sample` -- a capped sample (``REFERENCE_SAMPLE_SIZE`` rows)
   of raw training rows, or of training image summaries, stored in
   ``reference.json`` for ``python -m training drift-report``;
+* :func:`model_outputs` -- the model's raw outputs, and the features its last
+  Linear layer reads, on the training items (as validation preprocesses them,
+  without augmentation) and on the validation items;
+* :func:`fit_feature_space` -- on the training features: the class means and
+  shared whitening of the Mahalanobis out-of-domain score
+  (``bundle.monitoring.FeatureSpace``);
 * :func:`fit_monitoring` -- on the validation set: the out-of-domain
-  threshold at a chosen in-domain false-alarm rate (on the energy of the
-  validation logits, or on ``1 - max probability``), and the isotonic map
-  that calibrates confidences for estimated accuracy (classification only).
+  thresholds at a chosen in-domain false-alarm rate (on the Mahalanobis
+  distance of the validation features, the energy of their logits and
+  ``1 - max probability``), and the isotonic map that calibrates confidences
+  for estimated accuracy (classification only);
+* :func:`prediction_references` -- the reference bins of the predicted class
+  and confidence (or value), over the training and validation items together
+  where the training items' predictions are like the validation items' (the
+  validation set alone is often too small: 60 items read as drift on any
+  traffic), over the validation items where they are not.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Subset
 
 from bundle import monitoring as mon
 from bundle import reference as ref
-from bundle.manifest import Monitoring, OodScore
-from training.learner import Learner, activation_for
+from bundle.manifest import FEATURES_OUTPUT, Monitoring, OodScore
+from bundle.noise import psi_null_quantile, smoothed_psi
+from training.learner import Learner, activation_for, model_device
 
 REFERENCE_SAMPLE_SIZE = 1_000  # rows kept for the classifier drift report; documented in docs/monitoring.md
 DEFAULT_FALSE_ALARM_RATE = 0.01  # share of in-domain validation items the out-of-domain threshold flags
+MAX_FIT_ITEMS = 20_000  # training items the feature statistics and the prediction reference are taken on
+
+
+@dataclass
+class ModelOutputs:
+    """Raw outputs, targets and (where the model has them) last-Linear features of one split, in float32 numpy."""
+
+    raw: np.ndarray
+    targets: np.ndarray
+    features: np.ndarray | None
+
+
+def last_linear(model: nn.Module) -> nn.Linear | None:
+    """The model's last ``nn.Linear`` (in registration order, which is the order they run in every model
+    ``training.models`` builds); None without one."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+@contextmanager
+def tap_features(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """While open, each forward pass of ``model`` appends the input of its last Linear layer to the list it
+    yields (nothing where it has none). The export graph uses the same hook, so ONNX and PyTorch agree."""
+    taken: list[torch.Tensor] = []
+    layer = last_linear(model)
+    handle = layer.register_forward_hook(lambda _m, inputs, _o: taken.append(inputs[0])) if layer else None
+    try:
+        yield taken
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def exports_features(learn: Learner) -> bool:
+    """Single-label classifiers whose last Linear reads a ``[batch, D]`` input and makes the logits."""
+    layer = last_linear(learn.model)
+    return learn.dls.task == "classification" and layer is not None and layer.out_features == learn.dls.n_out
+
+
+def training_loader(dls: Any, limit: int = MAX_FIT_ITEMS, seed: int = 0) -> Any:
+    """The training items as validation preprocesses them (no augmentation, no shuffling), at most ``limit``
+    of them (a seeded random subset beyond it); the training loader itself for other kinds of loaders."""
+    if getattr(dls, "input_kind", None) == "image" and getattr(dls, "train_ds", None) is not None:
+        dataset = copy.copy(dls.train_ds)
+        dataset.train, dataset.aug = False, None
+        return DataLoader(_subset(dataset, limit, seed), batch_size=dls.bs, shuffle=False)
+    dataset = getattr(dls.train, "dataset", None)
+    if getattr(dls, "input_kind", None) == "tabular" and dataset is not None:
+        subset = _subset(dataset, limit, seed)
+        sampler = BatchSampler(SequentialSampler(subset), getattr(dls, "bs", 64), drop_last=False)
+        return DataLoader(subset, sampler=sampler, batch_size=None, collate_fn=_stack_rows)
+    return dls.train
+
+
+def _subset(dataset: Any, limit: int, seed: int) -> Any:
+    if len(dataset) <= limit:
+        return dataset
+    keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:limit])
+    return Subset(dataset, keep.tolist())
+
+
+def _stack_rows(rows: Any) -> tuple[torch.Tensor, ...]:
+    """A batch of a tabular dataset indexed whole (a list of indices gives tensors) or row by row."""
+    if isinstance(rows, tuple):
+        return rows
+    return tuple(torch.stack(column) for column in zip(*rows))
+
+
+def model_outputs(learn: Learner, loader: Any, features: bool) -> ModelOutputs:
+    """The model's raw outputs (and, with ``features``, its last Linear's inputs) and targets over ``loader``,
+    in eval mode."""
+    model = learn.model
+    device = model_device(model, learn.device)
+    model.eval()
+    raws, targets, taps = [], [], []
+    with torch.no_grad(), tap_features(model) as taken:
+        for batch in loader:
+            *inputs, target = (t.to(device) for t in batch)
+            taken.clear()
+            raws.append(model(*inputs).float().cpu())
+            targets.append(target.cpu())
+            if features:
+                taps.append(taken[-1].float().cpu())
+    if not raws:
+        raise ValueError("the loader is empty: nothing to fit monitoring on")
+    return ModelOutputs(
+        torch.cat(raws).numpy(),
+        torch.cat(targets).numpy(),
+        torch.cat(taps).flatten(1).numpy() if features else None,
+    )
+
+
+def fit_feature_space(features: np.ndarray, targets: np.ndarray, n_classes: int) -> mon.FeatureSpace:
+    """Class means and the shared whitening of ``features`` [N, D] (the training items'): Ledoit-Wolf shrinkage
+    keeps the covariance invertible with fewer items than dimensions; a class training lacks gets the
+    overall mean (it cannot be told apart, but it is not far either)."""
+    from sklearn.covariance import ledoit_wolf
+
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(targets).reshape(-1).astype(np.int64)
+    overall = x.mean(axis=0)
+    means = np.stack([x[y == c].mean(axis=0) if np.any(y == c) else overall for c in range(n_classes)])
+    covariance, shrinkage = ledoit_wolf(x - means[y])
+    values, vectors = np.linalg.eigh(covariance)
+    floor = max(float(values.max()), 1e-12) * 1e-9  # a constant feature must not divide by zero
+    whitening = vectors @ np.diag(1.0 / np.sqrt(np.maximum(values, floor))) @ vectors.T
+    return mon.FeatureSpace(means, whitening, items=len(x), shrinkage=float(shrinkage))
+
+
+def prediction_references(
+    task: str, vocab: list[str] | None, train: np.ndarray, valid: np.ndarray
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Reference bins of what the model answers (activated outputs ``train`` and ``valid``, [N, k]), and where each
+    came from.
+
+    A feature's reference is binned over the training and validation items together where the training items'
+    values are like the validation items' (their PSI against the validation bins within its noise at those
+    sizes, the null's 0.99 quantile: ``bundle.noise``), else over the validation items alone: a model is often
+    surer of what it trained on (a confidence of 0.9999 on training items against 0.999 on unseen ones), and
+    live traffic is unseen. The predicted class usually joins; the confidence of a model that fits its training
+    data closely does not."""
+    references: dict[str, Any] = {}
+    sources: dict[str, Any] = {}
+    for name, (kind, train_values, valid_values) in _prediction_values(task, vocab, train, valid).items():
+        fit = ref.categorical_reference if kind == "categorical" else ref.continuous_reference
+        alone = fit(valid_values)
+        expected = ref.expected_shares(alone)
+        counts = ref.bin_shares(alone, train_values) * len(train_values)
+        training_psi = smoothed_psi(expected, len(valid_values), counts)
+        level = psi_null_quantile(expected, len(valid_values), len(train_values), quantile=0.99)
+        if training_psi <= level:
+            references[name] = fit(np.concatenate([train_values, valid_values]))
+            sources[name] = {"train": len(train_values), "valid": len(valid_values)}
+        else:
+            references[name] = alone
+            sources[name] = {
+                "train": 0, "valid": len(valid_values), "training_psi": round(training_psi, 4), "noise": round(level, 4)
+            }  # fmt: skip
+    return references, sources
+
+
+def _prediction_values(
+    task: str, vocab: list[str] | None, train: np.ndarray, valid: np.ndarray
+) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+    """Each prediction feature's kind and its values on the training and validation items."""
+    if task == "classification":
+        labels = np.array(vocab, dtype=object)
+        return {
+            "label": ("categorical", labels[train.argmax(axis=1)], labels[valid.argmax(axis=1)]),
+            "confidence": ("continuous", train.max(axis=1), valid.max(axis=1)),
+        }
+    if task == "multilabel":
+        return {"confidence": ("continuous", train.max(axis=1), valid.max(axis=1))}
+    return {"value": ("continuous", train[:, 0], valid[:, 0])}
 
 
 def image_summaries_of(dls: Any, split: str = "train") -> dict[str, np.ndarray]:
@@ -70,29 +244,52 @@ def reference_sample(dls: Any, summaries: dict[str, np.ndarray] | None, seed: in
 
 
 def fit_monitoring(
-    learn: Learner, false_alarm_rate: float, sample_size: int, ood_score: OodScore = "energy"
+    learn: Learner,
+    false_alarm_rate: float,
+    sample_size: int,
+    ood_score: OodScore = "energy",
+    valid: ModelOutputs | None = None,
+    space: mon.FeatureSpace | None = None,
 ) -> Monitoring:
-    """Calibrate on the validation set: OOD threshold and confidence calibration (classification), else defaults.
+    """Calibrate on the validation set: OOD thresholds and confidence calibration (classification), else defaults.
 
-    ``ood_score`` names the score the threshold is fitted on (``bundle.monitoring.ood_score``): the
-    service computes the same score from the same graph, whose logits output the parity check covers.
+    ``ood_score`` names the score the bundle uses (``bundle.monitoring.ood_score``); every score the bundle
+    can give is calibrated at the same rate (``ood_thresholds``): ``max_softmax`` always, ``energy``
+    where ``ood_score`` is not ``max_softmax`` (the graph outputs its logits), ``mahalanobis`` with
+    ``space`` and the validation features in ``valid``. The service computes the same scores from the same
+    graph, whose outputs the parity check covers. ``valid``: the validation outputs, where the caller
+    already has them.
     """
     if learn.dls.task != "classification":
         return Monitoring(reference_sample_size=sample_size)
-    raw, targets = learn.get_preds(activation=False)
-    logits = raw.float().numpy()
-    probs = activation_for(learn.dls.task)(raw.float()).numpy()
-    target = targets.long().numpy().reshape(-1)
+    if valid is None:
+        raw, targets = learn.get_preds(activation=False)
+        valid = ModelOutputs(raw.float().numpy(), targets.numpy(), None)
+    logits = valid.raw
+    probs = activation_for(learn.dls.task)(torch.from_numpy(logits)).numpy()
+    target = valid.targets.astype(np.int64).reshape(-1)
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == target
     knots_x, knots_y = mon.fit_confidence_calibration(confidence, correct)
+    scores = ["max_softmax"] + (["energy"] if ood_score != "max_softmax" else [])
+    if space is not None and valid.features is not None:
+        scores.append("mahalanobis")
+    if ood_score not in scores:
+        raise ValueError(f"the {ood_score!r} out-of-domain score needs what this model does not export")
+    thresholds = {
+        name: mon.fit_ood_threshold(mon.ood_score(name, probs, logits, valid.features, space), false_alarm_rate)
+        for name in scores
+    }
     return Monitoring(
         ood_score=ood_score,
-        ood_threshold=mon.fit_ood_threshold(mon.ood_score(ood_score, probs, logits), false_alarm_rate),
+        ood_threshold=thresholds[ood_score],
         ood_false_alarm_rate=false_alarm_rate,
+        ood_thresholds=thresholds,
+        feature_output=FEATURES_OUTPUT if "mahalanobis" in thresholds else None,
         calibration_confidence=knots_x,
         calibration_accuracy=knots_y,
         calibration_items=len(probs),
+        calibration_errors=int((~correct).sum()),
         validation_accuracy=float(correct.mean()),
         estimated_validation_accuracy=float(mon.estimated_correct(confidence, knots_x, knots_y).mean()),
         reference_sample_size=sample_size,

@@ -22,10 +22,18 @@ Columns, in order: ``score`` (where the version has a calibrated threshold),
 then ``brightness``, ``contrast``, ``saturation`` (image models). A version
 with neither, or whose first output is not ``[batch, k]``, gets no columns,
 and the monitor computes what it needs per request instead.
+
+Which score: the manifest's ``monitoring.ood_score``, except that the
+Mahalanobis distance is only computed inside the graph (it reads the
+penultimate features, which the runtime never fetches): where the graph
+cannot take the nodes, or the bundle's feature statistics cannot be read,
+the version falls back to the score export calibrated next (``energy``,
+then ``max_softmax``), with that score's threshold (:func:`model_score`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,21 +52,53 @@ RunBatch = Callable[[Sequence[np.ndarray]], np.ndarray]
 PIXEL_KEYS = mon.SUMMARY_KEYS[:3]  # what pixels alone give; width, height and aspect come from each request
 
 
-def layout(manifest: Manifest) -> tuple[str | None, bool]:
+FALLBACK_SCORES = ("energy", "max_softmax")  # in order, where a bundle's own score cannot be computed
+
+
+def model_score(manifest: Manifest, in_graph: bool) -> tuple[str, float] | None:
+    """The model-based out-of-domain score a version applies, and its threshold; None without one.
+
+    ``in_graph``: whether the version's graph computes the columns (the Mahalanobis score needs it); else
+    the first of :data:`FALLBACK_SCORES` that export calibrated and the graph can give."""
+    calibration = manifest.monitoring
+    if manifest.task != "classification" or calibration is None or calibration.ood_threshold is None:
+        return None
+    if calibration.ood_score != "mahalanobis" or in_graph:
+        return calibration.ood_score, calibration.ood_threshold
+    has_logits = LOGITS_OUTPUT in [spec.name for spec in manifest.onnx.outputs[1:]]
+    for name in FALLBACK_SCORES:
+        if name in calibration.ood_thresholds and (name != "energy" or has_logits):
+            return name, calibration.ood_thresholds[name]
+    return None
+
+
+def layout(manifest: Manifest, in_graph: bool = True) -> tuple[str | None, bool]:
     """A version's columns: its out-of-domain score (None without a calibrated threshold), and whether the
     pixel summaries follow."""
-    calibration = manifest.monitoring
-    scored = manifest.task == "classification" and calibration is not None and calibration.ood_threshold is not None
-    return (calibration.ood_score if scored else None), manifest.input_kind == "image"  # type: ignore[union-attr]
+    score = model_score(manifest, in_graph)
+    return (score[0] if score is not None else None), manifest.input_kind == "image"
+
+
+def read_feature_space(manifest: Manifest, folder: Path) -> mon.FeatureSpace | None:
+    """The bundle's fitted feature statistics (``reference.json`` ``feature_space``); None where it has none or
+    they cannot be read (logged: the version falls back to another score)."""
+    if not manifest.reference_file:
+        return None
+    try:
+        document = json.loads((folder / manifest.reference_file).read_text())
+        return mon.FeatureSpace.from_dict(document["feature_space"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s v%d: no feature statistics (%s)", manifest.name, manifest.version, exc)
+        return None
 
 
 class BatchColumns:
     """Per-batch monitoring columns for one version."""
 
     def __init__(self, manifest: Manifest, runtime: OnnxRuntime) -> None:
-        self.score, self.pixels = layout(manifest)
         names, widths = runtime.output_names, runtime.output_widths
         self.in_graph = COLUMNS_OUTPUT in names  # the runtime's graph computes them (see graph())
+        self.score, self.pixels = layout(manifest, self.in_graph)
         self.first = slice(0, widths[0])  # widths[0] is None for a lone output: all of it
         self.logits: slice | None = None
         if self.score == "energy" and not self.in_graph:
@@ -81,8 +121,13 @@ class BatchColumns:
         score, pixels = layout(manifest)
         if not (score or pixels):
             return None
+        space, features = None, ""
+        if score == "mahalanobis" and manifest.monitoring is not None:
+            space, features = read_feature_space(manifest, model_path.parent), manifest.monitoring.feature_output or ""
+            if space is None:
+                return None  # the numpy columns, with a fallback score
         try:
-            model = with_columns(onnx.load(str(model_path)), score, pixels)
+            model = with_columns(onnx.load(str(model_path)), score, pixels, space, features)
         except Exception:
             log.exception(
                 "%s v%d: monitoring's columns are computed by numpy, not in the graph", manifest.name, manifest.version

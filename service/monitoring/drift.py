@@ -13,13 +13,19 @@ A :class:`DriftWindow` keeps the bin indices of the last ``capacity`` items
 (count-based) in a ring; counts are taken when someone reads them, which is
 rare next to the writes. PSI uses additive smoothing (half an item per bin on
 both sides), so an empty bin costs a finite, small amount.
+
+Verdicts account for sampling noise: a feature is ``drift`` (``warn``) only
+when its PSI is above both the configured line and the PSI that in-domain
+samples of the same sizes reach by chance (``noise_psi``, the high quantile
+of its null distribution: ``bundle.noise``). Before a window
+holds ``min_items`` items every feature is ``collecting``: no verdict at all.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import repeat
 from typing import Any
@@ -27,10 +33,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bundle.noise import grid_size, psi_null_quantile, smoothed_psi
 from bundle.reference import OTHER_LEVEL
 from bundle.tabular import _plain_numbers, category_levels
 
-SMOOTHING = 0.5  # items added to every bin before shares are taken
+COLLECTING = "collecting"  # the verdict of every feature of a window under its minimum
+VERDICTS = ("ok", "warn", "drift")
 
 
 @dataclass
@@ -47,6 +55,7 @@ class FeatureBins:
     minimum: float | None
     maximum: float | None
     reference_missing: float
+    _noise: dict[int, float] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_reference(
@@ -89,6 +98,16 @@ class FeatureBins:
             )
         raise ValueError(f"feature {name!r}: unknown reference kind {reference.get('kind')!r}")
 
+    def noise(self, window: int) -> float:
+        """The PSI that ``window`` in-domain items reach by chance against this reference (the null's
+        ``NULL_QUANTILE``), at the window size rounded down to two digits; cached."""
+        size = grid_size(window)
+        level = self._noise.get(size)
+        if level is None:
+            seed = sum(map(ord, self.name))  # reproducible, and not the same draws for every feature
+            level = self._noise[size] = psi_null_quantile(self.expected, self.reference_count, size, seed=seed)
+        return level
+
     @property
     def n_bins(self) -> int:
         """PSI bins, plus one for unseen levels at index ``n_bins - 1``."""
@@ -129,9 +148,10 @@ class FeatureBins:
 class DriftWindow:
     """The bin indices of the last ``capacity`` items, one column per feature, plus a float per item."""
 
-    def __init__(self, features: Sequence[FeatureBins], capacity: int) -> None:
+    def __init__(self, features: Sequence[FeatureBins], capacity: int, min_items: int = 1) -> None:
         self.features = list(features)
         self.capacity = capacity
+        self.min_items = min(max(min_items, 1), capacity)  # below it, no verdicts: the features are collecting
         self.bins = np.zeros((capacity, len(self.features)), dtype=np.int16)
         self.scores = np.zeros(capacity, dtype=np.float32)  # estimated chance of being right, per item
         self.has_score = np.zeros(capacity, dtype=bool)
@@ -167,20 +187,29 @@ class DriftWindow:
             return None
         return float(self.scores[: self.size][held].mean())
 
+    @property
+    def collecting(self) -> bool:
+        return self.size < self.min_items
+
     def table(self, warn: float, drift: float) -> list[dict[str, Any]]:
-        """One row per feature: PSI, verdict, shares of missing and unseen values."""
+        """One row per feature: PSI, its noise level, verdict, shares of missing and unseen values.
+
+        Under ``min_items`` items every verdict is ``collecting`` and no noise level is computed."""
         rows = []
+        judged = not self.collecting
         for j, feature in enumerate(self.features):
             counts = self.counts(j)
             seen = counts[: feature.unseen_bin]
             score = psi(feature.expected, feature.reference_count, seen) if self.size else 0.0
+            noise = feature.noise(int(seen.sum())) if judged else None
             unseen = int(counts[feature.unseen_bin])
             rows.append(
                 {
                     "feature": feature.name,
                     "kind": feature.kind,
                     "psi": round(score, 6),
-                    "verdict": verdict(score, warn, drift) if self.size else "no_data",
+                    "noise_psi": None if noise is None else round(noise, 6),
+                    "verdict": verdict(score, warn, drift, noise) if noise is not None else COLLECTING,
                     "missing_share": round(float(counts[feature.missing_bin]) / self.size, 6) if self.size else 0.0,
                     "unseen": unseen,
                     "unseen_share": round(unseen / self.size, 6) if self.size else 0.0,
@@ -189,24 +218,34 @@ class DriftWindow:
         return rows
 
 
-def psi(expected: np.ndarray, reference_count: int, actual_counts: np.ndarray) -> float:
-    """Population stability index with additive smoothing of both distributions."""
-    k = len(expected)
-    n_ref = max(reference_count, 1)
-    e = (expected * n_ref + SMOOTHING) / (n_ref + SMOOTHING * k)
-    total = float(actual_counts.sum())
-    if total == 0:
-        return 0.0
-    a = (actual_counts + SMOOTHING) / (total + SMOOTHING * k)
-    return float(np.sum((a - e) * np.log(a / e)))
+psi = smoothed_psi  # the population stability index with additive smoothing of both distributions
 
 
-def verdict(score: float, warn: float, drift: float) -> str:
-    if score >= drift:
+def verdict(score: float, warn: float, drift: float, noise: float = 0.0) -> str:
+    """``drift``/``warn`` only above both the line and the feature's noise level, else ``ok``."""
+    if score >= drift and score > noise:
         return "drift"
-    if score >= warn:
+    if score >= warn and score > noise:
         return "warn"
     return "ok"
+
+
+def overall_verdict(table: list[dict[str, Any]]) -> str:
+    """A window's verdict: its worst feature's, ``collecting`` while its features are (or it has none)."""
+    verdicts = {row["verdict"] for row in table}
+    if not verdicts or COLLECTING in verdicts:
+        return COLLECTING
+    return max(verdicts, key=VERDICTS.index)
+
+
+def significant_psi(table: list[dict[str, Any]]) -> float | None:
+    """The largest PSI among the features above their noise level (0 where none is); None while collecting.
+
+    What the rollout guardrail's ``max_drift`` judges: a breach then means the same as a ``drift`` verdict at
+    the guardrail's line, and in-domain traffic, whose PSI stays within its noise, reads 0."""
+    if not table or any(row["verdict"] == COLLECTING for row in table):
+        return None
+    return max((row["psi"] for row in table if row["psi"] > row["noise_psi"]), default=0.0)
 
 
 def _numbers(values: Any) -> np.ndarray:

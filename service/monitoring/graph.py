@@ -1,7 +1,10 @@
 """Monitoring's per-batch columns computed inside the model's own ONNX graph.
 
 ``service.monitoring.batch`` appends a few columns to every batch's rows:
-the out-of-domain score and, for image models, the pixel summaries. In numpy
+the out-of-domain score and, for image models, the pixel summaries. The
+Mahalanobis score is only computed here: it reads the model's penultimate
+features, a graph output the service never fetches (a few hundred floats per
+item), so only its one column leaves the run. In numpy
 they are some twenty calls per batch, each costing several microseconds on a
 busy event loop, more than a small model's run; added as nodes after the
 model's outputs, ONNX Runtime computes them in the same run for a fraction
@@ -29,25 +32,38 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bundle import monitoring as mon
-from bundle.manifest import LOGITS_OUTPUT
+from bundle.manifest import FEATURES_OUTPUT, LOGITS_OUTPUT
 
 COLUMNS_OUTPUT = "serving_monitoring_columns"
 MIN_OPSET = 18  # from here the Reduce* operators take their axes as an input
 _PREFIX = "serving_monitoring/"
 
 
-def with_columns(model: onnx.ModelProto, score: str | None, pixels: bool) -> onnx.ModelProto | None:
-    """``model`` with :data:`COLUMNS_OUTPUT` added: ``score`` (``energy``, ``max_softmax`` or None), then
-    brightness, contrast and saturation where ``pixels``; None where the graph cannot take the nodes."""
+def with_columns(
+    model: onnx.ModelProto,
+    score: str | None,
+    pixels: bool,
+    space: mon.FeatureSpace | None = None,
+    features: str = FEATURES_OUTPUT,
+) -> onnx.ModelProto | None:
+    """``model`` with :data:`COLUMNS_OUTPUT` added: ``score`` (``mahalanobis``, ``energy``, ``max_softmax`` or
+    None), then brightness, contrast and saturation where ``pixels``; None where the graph cannot take the
+    nodes. ``mahalanobis`` reads the graph output ``features`` with the fitted ``space``."""
     if not (score or pixels) or _opset(model) < MIN_OPSET:
         return None
     graph = model.graph
     first = graph.output[0]
-    if _width(first) is None or (score == "energy" and LOGITS_OUTPUT not in {o.name for o in graph.output}):
+    names = {o.name for o in graph.output}
+    if _width(first) is None or (score == "energy" and LOGITS_OUTPUT not in names):
+        return None
+    if score == "mahalanobis" and (space is None or features not in names):
         return None
     builder = _Builder(graph)
     parts: list[str] = []
-    if score == "energy":  # -logsumexp(logits): bundle.monitoring.energy_score at T = 1
+    if score == "mahalanobis":
+        assert space is not None
+        parts.append(builder.mahalanobis(features, space))
+    elif score == "energy":  # -logsumexp(logits): bundle.monitoring.energy_score at T = 1
         parts.append(builder.node("Neg", [builder.reduce("ReduceLogSumExp", LOGITS_OUTPUT, [1])]))
     elif score == "max_softmax":  # 1 - max p
         parts.append(builder.node("Sub", [builder.constant("one", 1.0), builder.reduce("ReduceMax", first.name, [1])]))
@@ -81,7 +97,7 @@ class _Builder:
     def constant(self, hint: str, value: float | Sequence[int] | np.ndarray) -> str:
         """An initializer: an array as it is, a list as int64 (axes, starts), a number as a float32 scalar."""
         if isinstance(value, np.ndarray):
-            array = value
+            array = value.astype(np.float32) if value.dtype == np.float64 else value
         else:
             array = np.asarray(value, dtype=np.int64 if isinstance(value, (list, tuple)) else np.float32)
         name = self.name(hint)
@@ -96,6 +112,21 @@ class _Builder:
     def reduce(self, op: str, x: str, axes: Sequence[int]) -> str:
         """``op`` over ``axes``, keeping them (a [N, 1, ...] result)."""
         return self.node(op, [x, self.constant("axes", list(axes))], keepdims=1)
+
+    def mahalanobis(self, features: str, space: mon.FeatureSpace) -> str:
+        """[N, 1] float32: ``FeatureSpace.score`` of [N, D] features, the squared distance to the nearest class
+        mean after whitening, expanded as ``|g|^2 - 2 g.m + |m|^2`` so that no [N, classes, D] tensor is made
+        (1,000 classes of 512 features would be 2 MB an item)."""
+        whitening = space.whitening.astype(np.float32)
+        centres = (space.means @ space.whitening).astype(np.float32)  # [C, D], the class means whitened
+        whitened = self.node("MatMul", [features, self.constant("whitening", whitening)])  # [N, D]
+        cross = self.node("MatMul", [whitened, self.constant("centres", np.ascontiguousarray(-2.0 * centres.T))])
+        squares = self.constant("centre_norms", (centres.astype(np.float64) ** 2).sum(axis=1, keepdims=True).T)
+        distances = self.node(
+            "Add", [self.node("Add", [cross, self.reduce("ReduceSumSquare", whitened, [1])]), squares]
+        )  # [N, C]
+        nearest = self.reduce("ReduceMin", distances, [1])
+        return self.node("Max", [nearest, self.constant("zero", 0.0)])  # rounding must not make it negative
 
     def pixel_summaries(self, pixels: str, height: int, width: int) -> str:
         """[N, 3] float32: brightness, contrast, saturation of uint8 [N, 3, H, W] pixels, as ``summary_matrix``.

@@ -3,14 +3,20 @@
 Reasons (a bounded metric label):
 
 * ``unseen_category`` -- a categorical value training never saw;
-* ``out_of_range`` -- a continuous value outside the training minimum..maximum;
+* ``out_of_range`` -- a continuous value outside the training minimum..maximum widened by ``range_slack`` of
+  it on each side (the extremes of a few hundred rows are themselves a sample: a held-out penguin lies
+  beyond the raw range of 192 training rows about one time in 25);
 * ``unexpected_missing`` -- a missing value in a column that never had one in training;
-* ``image_summary`` -- an image whose brightness, contrast, saturation, width, height or aspect lies
-  outside the training range widened by ``slack`` (a share of the range, or of the value, whichever is
-  larger: a training set of one image size flags every other size);
-* ``model_score`` -- the model's own score, ``manifest.monitoring.ood_score``, above the threshold export
-  calibrated on validation data (``ood_threshold``, at ``ood_false_alarm_rate``): the energy
-  ``-logsumexp(logits)`` for bundles whose graph outputs its logits, ``1 - max probability`` for older ones.
+* ``image_summary`` -- an image whose brightness, contrast or saturation lies outside the training range
+  widened by ``slack`` (a share of the range, or of the value, whichever is larger);
+* ``image_aspect`` -- an image whose aspect ratio (width / height) is more than :data:`EXTREME_ASPECT` times
+  outside training's range: resizing it to the model's input distorts or crops away much of what it shows.
+  Width and height alone never flag a prediction (users resize; resizing is preprocessing's job): they are
+  drift features, in the drift windows and the drift report;
+* ``model_score`` -- the model's own score above the threshold export calibrated on validation data (at
+  ``ood_false_alarm_rate``): the Mahalanobis distance of its penultimate features where the bundle exports
+  them, the energy ``-logsumexp(logits)`` where it exports its logits, ``1 - max probability`` for older
+  ones (``service.monitoring.batch.model_score`` says which a version applies).
 
 ``score`` is the model's score where the bundle has a calibrated one
 (classification), else the share of checked inputs that failed a check.
@@ -31,35 +37,61 @@ import pandas as pd
 from bundle import monitoring as mon
 from bundle.manifest import Manifest
 from bundle.tabular import category_levels
+from service.monitoring.batch import model_score
 from service.monitoring.drift import _numbers
 
 _VECTOR_FROM = 16  # items from which one numpy call beats a Python loop
 _PLAIN_ROWS = 8  # a table of at most this many rows is checked in plain Python (see OODDetector.plain_flags)
 _PLAIN_TYPES = frozenset((str, int, float, type(None)))  # what JSON rows hold (bool aside): the plain path's types
-REASONS = ("unseen_category", "out_of_range", "unexpected_missing", "image_summary", "model_score")
+REASONS = ("unseen_category", "out_of_range", "unexpected_missing", "image_summary", "image_aspect", "model_score")
+PIXEL_KEYS = ("brightness", "contrast", "saturation")  # summaries that flag a prediction (reason image_summary)
+EXTREME_ASPECT = 2.0  # an aspect ratio this many times outside training's range flags a prediction (image_aspect)
+_ASPECT = mon.SUMMARY_KEYS.index("aspect")
 
 
 class OODDetector:
-    """Applies one version's reference and calibration to a request's inputs and outputs."""
+    """Applies one version's reference and calibration to a request's inputs and outputs.
 
-    def __init__(self, manifest: Manifest, features: Mapping[str, Any], image_slack: float) -> None:
+    ``in_graph``: whether the version's graph computes its monitoring columns, which decides the model-based
+    score it applies and its threshold (``batch.model_score``: the Mahalanobis score only in the graph)."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        features: Mapping[str, Any],
+        image_slack: float,
+        in_graph: bool = False,
+        range_slack: float = 0.0,
+    ) -> None:
         self.input_kind = manifest.input_kind
-        calibration = manifest.monitoring
-        self.threshold = calibration.ood_threshold if calibration is not None else None
-        self.score = calibration.ood_score if calibration is not None else "max_softmax"
-        if manifest.task != "classification":
-            self.threshold = None
-        # images: [low, high] per summary (in SUMMARY_KEYS order), widened by the slack; unbounded where
-        # the reference has no range
+        applied = model_score(manifest, in_graph)
+        self.score: str = applied[0] if applied is not None else "max_softmax"
+        self.threshold: float | None = applied[1] if applied is not None else None
+        # images: [low, high] per summary (in SUMMARY_KEYS order); unbounded where the reference has no range,
+        # and for width and height. The pixel summaries' training range is widened by the slack, the aspect's
+        # by a factor of EXTREME_ASPECT either way.
         self.image_low = [-math.inf] * len(mon.SUMMARY_KEYS)
         self.image_high = [math.inf] * len(mon.SUMMARY_KEYS)
+        self.image_reasons = ["image_summary"] * len(mon.SUMMARY_KEYS)
+        self.image_reasons[_ASPECT] = "image_aspect"
         self.image_checks = 0
         for i, key in enumerate(mon.SUMMARY_KEYS):
             ref = features.get(f"image.{key}")
-            if ref is not None and _has_range(ref):
+            if ref is None or not _has_range(ref):
+                continue
+            if key in PIXEL_KEYS:
                 margin = image_slack * max(ref["max"] - ref["min"], abs(ref["max"]), 1e-9)
                 self.image_low[i], self.image_high[i] = ref["min"] - margin, ref["max"] + margin
-                self.image_checks += 1
+            elif key == "aspect" and ref["min"] > 0:
+                self.image_low[i], self.image_high[i] = ref["min"] / EXTREME_ASPECT, ref["max"] * EXTREME_ASPECT
+            else:
+                continue
+            self.image_checks += 1
+        self.image_bounds = [  # the bounded summaries only: (index, low, high, reason)
+            (i, self.image_low[i], self.image_high[i], self.image_reasons[i])
+            for i in range(len(mon.SUMMARY_KEYS))
+            if math.isfinite(self.image_low[i]) or math.isfinite(self.image_high[i])
+        ]
         # tables
         self.vocab: dict[str, frozenset[str]] = {}
         self.ranges: dict[str, tuple[float, float]] = {}
@@ -71,7 +103,9 @@ class OODDetector:
                 if ref.get("kind") == "categorical" and name in vocab:
                     self.vocab[name] = frozenset(v for v in vocab[name] if v != "#na#")
                 elif _has_range(ref):
-                    self.ranges[name] = (float(ref["min"]), float(ref["max"]))
+                    low, high = float(ref["min"]), float(ref["max"])
+                    margin = range_slack * (high - low)
+                    self.ranges[name] = (low - margin, high + margin)
                 if ref.get("missing", 0.0) == 0.0 and ref.get("count"):
                     self.never_missing.append(name)
         self.checked_columns = sorted({*self.vocab, *self.ranges, *self.never_missing})
@@ -79,12 +113,16 @@ class OODDetector:
         self.range_low, self.range_high = bounds[:, :1], bounds[:, 1:]  # [columns, 1], against [columns, rows]
         self.checks = self.image_checks if self.input_kind == "image" else len(features)
 
-    def image_failures(self, summaries: Sequence[Sequence[float]]) -> list[int]:
-        """How many of each image's summaries (``SUMMARY_KEYS`` order) lie out of range.
+    def image_failures(self, summaries: Sequence[Sequence[float]]) -> list[tuple[set[str], int]]:
+        """Each image's reasons, and how many of its summaries (``SUMMARY_KEYS`` order) lie out of range.
 
         Plain Python: for the few images of a request it is cheaper than numpy's per-call cost."""
-        low, high = self.image_low, self.image_high
-        return [sum(v < lo or v > hi for v, lo, hi in zip(row, low, high)) for row in summaries]
+        low, high, names = self.image_low, self.image_high, self.image_reasons
+        judged = []
+        for row in summaries:
+            why = {name for v, lo, hi, name in zip(row, low, high, names) if v < lo or v > hi}
+            judged.append((why, sum(v < lo or v > hi for v, lo, hi in zip(row, low, high))))
+        return judged
 
     def image_flags(
         self, values: Sequence[Sequence[float]], sizes: Sequence[tuple[int, int]], scored: bool
@@ -98,7 +136,7 @@ class OODDetector:
         threshold = self.threshold
         if len(values) > _VECTOR_FROM or (threshold is not None and not scored):
             return None
-        low, high = self.image_low, self.image_high
+        bounds = self.image_bounds
         checks = max(self.checks, 1)
         summaries: list[list[float]] = []
         flags: list[dict[str, Any]] = []
@@ -106,16 +144,21 @@ class OODDetector:
             summary = [row[-3], row[-2], row[-1], width, height, width / max(height, 1)]
             summaries.append(summary)
             failed = 0
-            for value, lo, hi in zip(summary, low, high):
+            reasons: list[str] = []
+            for i, lo, hi, name in bounds:
+                value = summary[i]
                 if value < lo or value > hi:
                     failed += 1
-            reasons = ["image_summary"] if failed else []
+                    if name not in reasons:
+                        reasons.append(name)
             if threshold is None:
                 score = failed / checks
             else:
                 score = row[0]
                 if score > threshold:
                     reasons.append("model_score")
+            if len(reasons) > 1:
+                reasons.sort()  # as flags() gives them
             flags.append({"score": round(float(score), 6), "flagged": bool(reasons), "reasons": reasons})
         return summaries, flags
 
@@ -253,10 +296,8 @@ class OODDetector:
         reasons: list[set[str]] = [set() for _ in range(n)]
         failed: Sequence[float] = [0] * n
         if summaries is not None:
-            failed = self.image_failures(summaries)
-            for why, count in zip(reasons, failed):
-                if count:
-                    why.add("image_summary")
+            judged = self.image_failures(summaries)
+            reasons, failed = [why for why, _ in judged], [count for _, count in judged]
         elif columns is not None:
             reasons, failed = self.tabular_flags(columns, rows)
         if self.threshold is not None:

@@ -47,27 +47,42 @@ class VersionState:
             if _usable(ref)
         ]
         self.features = self.input_features + self.prediction_features
-        self.detector = OODDetector(manifest, features, settings.ood_image_slack)
+        columns = getattr(version, "columns", None)  # the graph computes the Mahalanobis score, or a fallback
+        in_graph = columns is not None and columns.in_graph
+        self.detector = OODDetector(manifest, features, settings.ood_image_slack, in_graph, settings.ood_range_slack)
+        self.manifest_score = manifest.monitoring.ood_score if manifest.monitoring is not None else None
         calibration = manifest.monitoring
+        self.calibration_items = calibration.calibration_items if calibration is not None else 0
+        self.calibration_errors = calibration.errors() if calibration is not None else None
+        has_knots = calibration is not None and bool(calibration.calibration_confidence)
+        # classification with a calibration that saw enough errors; else estimated accuracy is unknown, and why
+        self.calibration_problem = (
+            mon.calibration_problem(self.calibration_items, self.calibration_errors) if has_knots else None
+        )
+        if self.task == "classification" and not has_knots:
+            self.calibration_problem = "the bundle has no confidence calibration"
         self.knots = (
             (calibration.calibration_confidence, calibration.calibration_accuracy)
-            if calibration is not None and calibration.calibration_confidence and self.task == "classification"
+            if calibration is not None and has_knots and self.task == "classification" and not self.calibration_problem
             else None
         )
         self.validation_accuracy = calibration.validation_accuracy if calibration is not None else None
         self.capacity = settings.drift_window
+        self.min_items = settings.drift_min_items
         self.windows: dict[str, DriftWindow] = {}
         self.lock = threading.Lock()
         self.items = 0
         self.flagged = 0
         self.reasons = dict.fromkeys(REASONS, 0)
         self.gauges_at = 0.0
-        self.drift_at_refresh: tuple[float, int] | None = None  # (largest PSI, items) at the last gauge refresh
+        self.drift_at_refresh: tuple[float | None, int] | None = (
+            None  # (drift.significant_psi, items) at the last refresh
+        )
 
     def window(self, region: str) -> DriftWindow:
         found = self.windows.get(region)
         if found is None:
-            found = self.windows[region] = DriftWindow(self.features, self.capacity)
+            found = self.windows[region] = DriftWindow(self.features, self.capacity, self.min_items)
         return found
 
     def bins(self, observations: list[Observation]) -> np.ndarray:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from service.monitoring.drift import largest_psi
+from service.monitoring.drift import significant_psi
 from service.monitoring.metrics import MonitorMetrics
 from service.monitoring.observation import Observation
 from service.monitoring.state import ALL_REGIONS, VersionState
@@ -172,7 +172,7 @@ class MonitorWorker:
             window = state.window(ALL_REGIONS)
             table = window.table(self.warn, self.drift)
             estimates = {r: state.window(r).estimated_accuracy() for r in regions}
-            state.drift_at_refresh = (largest_psi(table), window.size)
+            state.drift_at_refresh = (significant_psi(table), window.size)
         labels = (state.name, str(state.version))
         for row in table:
             self.metrics.drift_score.labels(*labels, row["feature"]).set(row["psi"])

@@ -50,3 +50,33 @@ def test_drift_warns_under_the_minimum_sample(bundle, tmp_path, capsys) -> None:
     captured = capsys.readouterr()
     assert "warning: only 30 rows" in captured.err
     assert "shifted" in captured.out
+
+
+# -- the classifier drift report: what its AUC means --------------------------------------------------
+
+
+def _rows(n: int, seed: int) -> list[dict]:
+    from tests.bundle_factory import shapes_rows
+
+    return shapes_rows(n, seed).drop(columns=["label"]).to_dict(orient="records")
+
+
+def test_the_report_gives_each_folds_auc_and_their_spread() -> None:
+    from training.drift_report import N_FOLDS, classifier_drift, verdict
+
+    result = classifier_drift(_rows(400, 0), _rows(150, 1), trees=40)
+    assert len(result.fold_aucs) == N_FOLDS and min(result.fold_aucs) <= result.auc + 0.1
+    assert 0 < result.spread < 0.1 and result.copies == 0
+    assert verdict(result.auc, result.spread, result.copies, result.logged_rows).startswith("indistinguishable")
+
+
+def test_an_auc_far_below_one_half_is_explained_as_live_rows_repeating_training_rows() -> None:
+    """The issue's AUC 0.22 ("indistinguishable"): traffic that replays training rows. A forest that memorised one
+    copy calls its held-out twin a training row, which is consistently wrong."""
+    from training.drift_report import classifier_drift, verdict
+
+    reference = _rows(400, 0)
+    result = classifier_drift(reference, reference[:150], trees=40)
+    assert result.auc < 0.35 and result.copies == 150
+    text = verdict(result.auc, result.spread, result.copies, result.logged_rows)
+    assert text.startswith("below chance") and "150 of the 150 logged rows are copies" in text

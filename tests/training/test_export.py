@@ -15,11 +15,11 @@ from bundle import monitoring as mon
 from bundle.images import ResizeSpec, preprocess
 from bundle.manifest import read_manifest, verify_files
 from bundle.tabular import TabularProcessor
+from training import export as export_module
 from training.builders import tabular_learner, vision_learner
 from training.data.images import ImageDataLoaders
 from training.data.tabular import TabularDataLoaders
 from training.examples import penguins_frame, write_digits_folder
-from training import export as export_module
 from training.export import ExportError, export_learner, load_learner
 
 
@@ -127,16 +127,16 @@ def test_classifiers_export_their_logits_second_and_an_energy_threshold_fitted_o
     assert [(o.name, o.shape) for o in m.onnx.outputs] == [("probabilities", ["batch", 10]), ("logits", ["batch", 10])]
     pixels, _ = next(iter(image_learner.dls.valid))
     session = ort.InferenceSession(str(image_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    probabilities, logits = session.run(None, {"pixels": pixels.numpy()})
+    probabilities, logits = session.run(["probabilities", "logits"], {"pixels": pixels.numpy()})
     with torch.no_grad():
         expected = image_learner.model(pixels).numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(probabilities, torch.softmax(torch.from_numpy(expected), 1).numpy(), atol=1e-5)
 
-    assert m.monitoring.ood_score == "energy" and m.monitoring.ood_false_alarm_rate == 0.01
+    assert m.monitoring.ood_score == "mahalanobis" and m.monitoring.ood_false_alarm_rate == 0.01  # energy: fallback
     raw, _ = image_learner.get_preds(activation=False)
     energy = mon.energy_score(raw.numpy())
-    assert m.monitoring.ood_threshold == mon.fit_ood_threshold(energy, 0.01)
+    assert m.monitoring.ood_thresholds["energy"] == mon.fit_ood_threshold(energy, 0.01)
     assert m.monitoring.calibration_items == len(energy) and np.mean(energy > m.monitoring.ood_threshold) <= 0.01
 
 
@@ -148,9 +148,9 @@ def test_the_parity_check_covers_the_logits_output(
             super().__init__()
             self.graph = graph
 
-        def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            probabilities, logits = self.graph(*inputs)
-            return probabilities, logits + 1.0
+        def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            probabilities, logits, *features = self.graph(*inputs)
+            return probabilities, logits + 1.0, *features
 
     check = export_module._check_parity
     monkeypatch.setattr(export_module, "_check_parity", lambda graph, *args: check(ShiftedLogits(graph), *args))
@@ -168,11 +168,11 @@ def test_tabular_bundle_replays_its_processors_without_torch(penguins_learner, t
     rows = penguins_frame().head(9)
     table = processor.transform(rows)
     session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    onnx_probs, onnx_logits = session.run(None, {"x_cat": table.x_cat, "x_cont": table.x_cont})
+    onnx_probs, onnx_logits = session.run(["probabilities", "logits"], {"x_cat": table.x_cat, "x_cont": table.x_cont})
     learned = [p.numpy() for _, _, p in load_learner(bundle).predict_batch(rows)]
     np.testing.assert_allclose(onnx_probs, np.stack(learned), atol=1e-5)
     np.testing.assert_allclose(torch.softmax(torch.from_numpy(onnx_logits), 1).numpy(), onnx_probs, atol=1e-5)
-    assert m.monitoring.ood_score == "energy"
+    assert m.monitoring.ood_score == "mahalanobis"
     reference = json.loads((bundle / "reference.json").read_text())
     assert reference["features"]["island"]["kind"] == "categorical"
     assert reference["features"]["bill_length_mm"]["kind"] == "continuous"
@@ -191,3 +191,63 @@ def test_regression_bundle_records_log_target_and_y_range(tmp_path: Path) -> Non
     assert m.task == "regression" and m.outputs.log_target and m.outputs.y_range == (0.5, 4.5)
     assert m.onnx.outputs[0].name == "values" and "rmse" in m.metrics
     assert len(m.onnx.outputs) == 1  # only single-label classifiers export their logits
+
+
+def test_classifiers_export_their_penultimate_features_and_the_mahalanobis_statistics(
+    image_bundle: Path, image_learner
+) -> None:
+    """A third graph output the manifest keeps out of ``onnx.outputs`` (nothing reads it per prediction), its class
+    means and whitening in reference.json, fitted on the training items, and a threshold calibrated on validation."""
+    from training.monitoring import last_linear
+
+    m = read_manifest(image_bundle)
+    assert m.monitoring.feature_output == "features" and "features" not in [o.name for o in m.onnx.outputs]
+    pixels, targets = next(iter(image_learner.dls.valid))
+    session = ort.InferenceSession(str(image_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    (features,) = session.run(["features"], {"pixels": pixels.numpy()})
+    taken = []
+    handle = last_linear(image_learner.model).register_forward_hook(lambda _m, i, _o: taken.append(i[0]))
+    with torch.no_grad():
+        image_learner.model.eval()(pixels)
+    handle.remove()
+    np.testing.assert_allclose(features, taken[0].numpy(), rtol=1e-4, atol=1e-4)
+
+    reference = json.loads((image_bundle / "reference.json").read_text())
+    space = mon.FeatureSpace.from_dict(reference["feature_space"])
+    assert space.means.shape == (10, features.shape[1]) and space.items == len(image_learner.dls.train_ds)
+    thresholds = m.monitoring.ood_thresholds
+    assert set(thresholds) == {"mahalanobis", "energy", "max_softmax"}
+    assert m.monitoring.ood_threshold == thresholds["mahalanobis"] > np.median(space.score(features))
+    raw, valid_targets = image_learner.get_preds(activation=False)
+    assert m.monitoring.calibration_errors == int((raw.argmax(1) != valid_targets).sum())
+
+
+def test_the_prediction_reference_takes_training_items_where_they_predict_like_validation_items(
+    image_bundle: Path,
+) -> None:
+    reference = json.loads((image_bundle / "reference.json").read_text())
+    sizes = read_manifest(image_bundle).training
+    for name in ("label", "confidence"):
+        source = reference["predictions_from"][name]
+        assert source["valid"] == sizes["n_valid"] and source["train"] in (0, sizes["n_train"])
+        assert reference["predictions"][name]["count"] == source["train"] + source["valid"]
+        if source["train"] == 0:  # the model is surer of what it trained on: validation items alone
+            assert source["training_psi"] > source["noise"]
+
+
+def test_training_predictions_unlike_validation_ones_stay_out_of_the_prediction_reference() -> None:
+    from training.monitoring import prediction_references
+
+    rng = np.random.default_rng(0)
+
+    def outputs(n: int, sure: float) -> np.ndarray:  # three classes, the first with probability about `sure`
+        first = np.clip(rng.normal(sure, 0.01, n), 0.34, 1.0)
+        return np.stack([first, (1 - first) / 2, (1 - first) / 2], axis=1)
+
+    references, sources = prediction_references(
+        "classification", ["a", "b", "c"], outputs(900, 0.99), outputs(300, 0.9)
+    )
+    assert sources["label"] == {"train": 900, "valid": 300}  # the same answers: they join
+    assert sources["confidence"]["train"] == 0 and references["confidence"]["count"] == 300  # far surer: they do not
+    _, alike = prediction_references("classification", ["a", "b", "c"], outputs(900, 0.9), outputs(300, 0.9))
+    assert alike["confidence"] == {"train": 900, "valid": 300}

@@ -22,8 +22,10 @@
   }
 
   // GET /v1/models/{name}/drift -> {model, region, thresholds {warn, drift}, versions: [{version, window {size,
-  // capacity}, reference_size, drift_score, verdict, features: [{feature, psi, verdict, unseen}], predictions: [...],
-  // ood {items, flagged, flagged_share}, performance {estimated_accuracy, live_accuracy, feedback}}]}, read tolerantly.
+  // capacity, min_items}, reference_size, drift_score, verdict, features: [{feature, psi, noise_psi, verdict, unseen}],
+  // predictions: [...], ood {items, flagged, flagged_share, score, threshold, fallback}, performance
+  // {estimated_accuracy, estimated_accuracy_interval, estimated_accuracy_status, estimated_accuracy_problem,
+  // live_accuracy, live_accuracy_interval, disagreement, feedback}}]}, read tolerantly.
 
   function driftReports(doc) {
     if (!doc || typeof doc !== "object") return [];
@@ -45,7 +47,7 @@
       let verdict = pick(f, "verdict", "status");
       if (!verdict && Number.isFinite(score)) verdict = score >= thresholds.drift ? "drift" : score >= thresholds.warn ? "warn" : "ok";
       return {name: String(pick(f, "feature", "name", "column") || "?"), score, verdict: verdict || "unknown",
-        unseen: pick(f, "unseen", "unseen_count", "unseen_levels")};
+        noise: pick(f, "noise_psi"), unseen: pick(f, "unseen", "unseen_count", "unseen_levels")};
     });
   }
 
@@ -53,11 +55,33 @@
     return value && typeof value === "object" ? pick(value, "size", "n", "count") : value;
   }
 
+  // A feature's note: its verdict, and the noise level its PSI had to pass (none while the window collects).
+  function verdictNote(f) {
+    const noise = Number.isFinite(Number(f.noise)) && f.noise !== null ? `, noise ${fmt(Number(f.noise))}` : "";
+    return `${f.verdict.replace(/_/g, " ")}${noise}`;
+  }
+
   function driftBars(features, t, label) {
     const max = Math.max(t.drift * 1.5, ...features.map((f) => (Number.isFinite(f.score) ? f.score : 0)));
-    return [bars(features.map((f) => [f.name, f.score, {kind: "verdict-" + f.verdict, mark: t.drift, note: f.verdict}]),
+    return [bars(features.map((f) => [f.name, f.score, {kind: "verdict-" + f.verdict, mark: t.drift, note: verdictNote(f)}]),
       {max, label, format: (v) => fmt(v)}),
-    h("p", {class: "meta"}, features.map((f) => `${f.name}: ${f.verdict.replace(/_/g, " ")}` + (f.unseen ? ` (${fmt(f.unseen)} unseen)` : "")).join(" · "))];
+    h("p", {class: "meta"}, features.map((f) => `${f.name}: ${verdictNote(f)}` + (f.unseen ? ` (${fmt(f.unseen)} unseen)` : "")).join(" · "))];
+  }
+
+  function verdictBadge(report) {
+    const verdict = pick(report, "verdict");
+    if (!verdict) return null;
+    const win = pick(report, "window") || {};
+    const text = verdict === "collecting" && win.min_items !== undefined
+      ? `collecting (${fmt(win.size)} of ${fmt(win.min_items)} items)` : String(verdict).replace(/_/g, " ");
+    return [" ", badge(text, "verdict-" + verdict)];
+  }
+
+  function oodLine(report) {
+    const ood = pick(report, "ood") || {};
+    if (!ood.score) return null;
+    const fallback = ood.fallback ? " (a fallback: this service cannot compute the bundle's own score)" : "";
+    return h("p", {class: "meta"}, `Out-of-domain flags: the ${ood.score} score over ${fmt(ood.threshold)}${fallback}, calibrated on validation data to flag a set share of in-domain items.`);
   }
 
   function renderDrift(result) {
@@ -70,12 +94,14 @@
       const predictions = featuresOf(pick(report, "predictions"), t);
       const title = [report.version !== undefined ? `Version ${report.version}` : "Served versions",
         report.region && report.region !== "*" ? `region ${report.region}` : "every region"].join(", ");
-      const verdict = pick(report, "verdict");
+      const win = pick(report, "window") || {};
+      const minimum = win.min_items !== undefined ? `; verdicts once it holds ${fmt(win.min_items)} items (collecting until then)` : "";
       return h("article", {class: "card", "data-testid": "drift-report"},
-        h("h3", {}, title, verdict ? [" ", badge(String(verdict).replace(/_/g, " "), "verdict-" + verdict)] : null),
-        h("p", {class: "meta"}, `Window ${fmt(sizeOf(pick(report, "window_size", "window")))} items, reference ${fmt(sizeOf(pick(report, "reference_size", "reference")))}; PSI warn at ${t.warn}, drift at ${t.drift} (the mark on each bar).`),
+        h("h3", {}, title, verdictBadge(report)),
+        h("p", {class: "meta"}, `Window ${fmt(sizeOf(pick(report, "window_size", "window")))} items${minimum}, reference ${fmt(sizeOf(pick(report, "reference_size", "reference")))}. A feature reads warn from PSI ${t.warn} and drift from ${t.drift} (the mark on each bar), and only above its noise: the PSI in-domain windows of this size reach once in a thousand.`),
         features.length ? driftBars(features, t, "PSI per input feature") : notice("No input features in this report yet."),
-        predictions.length ? [h("h4", {}, "Predictions"), driftBars(predictions, t, "PSI of the predicted classes and confidences")] : null);
+        predictions.length ? [h("h4", {}, "Predictions"), driftBars(predictions, t, "PSI of the predicted classes and confidences")] : null,
+        oodLine(report));
     });
   }
 
@@ -94,7 +120,12 @@
       r.ood = value(pick(report, "ood_rate") ?? pick(ood, "flagged_share", "rate"));
       r.oodItems = pick(ood, "items");
       r.live = value(pick(perf, "live_accuracy"));
+      r.liveInterval = pick(perf, "live_accuracy_interval");
       r.estimated = value(pick(perf, "estimated_accuracy"));
+      r.estimatedInterval = pick(perf, "estimated_accuracy_interval");
+      r.estimatedStatus = pick(perf, "estimated_accuracy_status");
+      r.estimatedProblem = pick(perf, "estimated_accuracy_problem");
+      r.disagreement = pick(perf, "disagreement");
       r.validation = value(pick(perf, "validation_accuracy"));
       r.feedback = value(pick(perf, "feedback", "feedback_count"));
     }
@@ -112,14 +143,28 @@
     if (!list.length) {
       return notice("Out-of-domain rate and accuracy are not available yet: no drift report carries them and /metrics has no serving_live_accuracy for this model.", "unavailable");
     }
-    const headings = ["Version", "Region", "OOD rate", "Live accuracy", "Estimated accuracy", "Validation accuracy", "Feedback"];
-    return h("div", {class: "table-scroll"}, h("table", {"data-testid": "quality"},
+    const headings = ["Version", "Region", "OOD rate", "Estimated accuracy", "Live accuracy", "Estimate vs live", "Validation accuracy", "Feedback"];
+    const interval = (i) => (Array.isArray(i) && i.length === 2 ? h("span", {class: "hint"}, ` (${pct(Number(i[0]))}–${pct(Number(i[1]))})`) : null);
+    const estimated = (r) => {
+      if (r.estimatedStatus === "unknown") return [h("span", {class: "warn"}, "unknown"), r.estimatedProblem ? h("span", {class: "hint"}, ` (${r.estimatedProblem})`) : null];
+      if (r.estimatedStatus === "collecting") return "collecting";
+      return [pct(Number(r.estimated)), interval(r.estimatedInterval)];
+    };
+    const mark = (r) => {
+      if (r.disagreement === true) return badge("disagree", "verdict-drift");
+      if (r.disagreement === false) return badge("agree", "verdict-ok");
+      return "—";
+    };
+    return [h("div", {class: "table-scroll"}, h("table", {"data-testid": "quality"},
       h("thead", {}, h("tr", {}, headings.map((t, i) => h("th", {scope: "col", class: i > 1 ? "num" : ""}, t)))),
       h("tbody", {}, list.map((r) => h("tr", {}, h("td", {}, r.version), h("td", {}, r.region),
         h("td", {class: "num"}, pct(Number(r.ood)), known(r.oodItems) ? h("span", {class: "hint"}, ` of ${fmt(r.oodItems)}`) : null),
-        h("td", {class: "num", "data-testid": "live-accuracy"}, known(r.live) ? pct(Number(r.live)) : "no feedback yet"),
-        h("td", {class: "num"}, pct(Number(r.estimated))), h("td", {class: "num"}, pct(Number(r.validation))),
-        h("td", {class: "num"}, fmt(r.feedback)))))));
+        h("td", {class: "num", "data-testid": "estimated-accuracy"}, estimated(r)),
+        h("td", {class: "num", "data-testid": "live-accuracy"}, known(r.live) ? [pct(Number(r.live)), interval(r.liveInterval)] : "no feedback yet"),
+        h("td", {class: "num", "data-testid": "disagreement"}, mark(r)),
+        h("td", {class: "num"}, pct(Number(r.validation))),
+        h("td", {class: "num"}, fmt(r.feedback))))))),
+    h("p", {class: "meta"}, "Intervals are 95 %: the estimate's from the size of the validation set it was calibrated on and of the window, live accuracy's from the answers received. \"disagree\" marks a difference beyond both; an estimate is unknown where validation had too few wrong items to calibrate on.")];
   }
 
   function renderTraffic(samples, name) {

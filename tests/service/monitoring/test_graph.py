@@ -85,3 +85,28 @@ def test_a_graph_that_cannot_take_the_columns_is_left_to_numpy() -> None:
     assert with_columns(tiny_classifier(8, 8), None, pixels=False) is None  # nothing to compute
     model = with_columns(tiny_classifier(8, 8, logits=False), "max_softmax", pixels=True)
     assert model is not None and model.graph.output[-1].name == COLUMNS_OUTPUT
+
+
+def with_features_output(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The tiny classifier with its pooled colours, the input of its last matrix product, as a third output."""
+    model.graph.output.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3]))
+    return model
+
+
+@pytest.mark.parametrize("classes", [1, 4, 40])
+def test_the_mahalanobis_column_equals_the_feature_space_score_of_numpy(classes: int) -> None:
+    rng = np.random.default_rng(classes)
+    root = rng.normal(size=(3, 3))
+    space = mon.FeatureSpace(rng.normal(100, 30, (classes, 3)), root @ root.T / 50)
+    model = with_columns(with_features_output(tiny_classifier(8, 8)), "mahalanobis", pixels=True, space=space)
+    assert model is not None
+    pixels = np.concatenate([rng.integers(0, 256, (6, 3, 8, 8), dtype=np.uint8), photo_pixels(8, 8)])
+    _, _, features, columns = run(model, pixels)
+    assert columns.shape == (7, 4)
+    np.testing.assert_allclose(columns[:, 0], space.score(features), rtol=1e-4, atol=1e-3)
+
+
+def test_without_a_features_output_or_statistics_the_mahalanobis_column_is_not_built() -> None:
+    space = mon.FeatureSpace(np.zeros((4, 3)), np.eye(3))
+    assert with_columns(tiny_classifier(8, 8), "mahalanobis", pixels=True, space=space) is None  # no features
+    assert with_columns(with_features_output(tiny_classifier(8, 8)), "mahalanobis", pixels=True) is None  # no space
