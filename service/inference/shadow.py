@@ -188,17 +188,17 @@ class ShadowRunner:
         except Exception:  # a candidate that is not loaded gets no shadow traffic; the policy reports it
             return
         half_queue = self.settings.max_queue_size // 2
-        if (
-            self.in_flight >= self.settings.shadow_max_in_flight
-            or stable.batcher.queue_depth > half_queue
-            or candidate.batcher.queue_depth > half_queue
-            or not self.budget.take(time.perf_counter())
-        ):
-            self._shed(name)
+        saturated = self.in_flight >= self.settings.shadow_max_in_flight or candidate.batcher.queue_depth > half_queue
+        if self.rollout.shadows_everything(name):
+            shed = saturated  # every copy runs unless the candidate cannot keep up
+        else:  # a partial share: shadow takes at most its budget of the service's time, and yields to stable
+            shed = saturated or stable.batcher.queue_depth > half_queue or not self.budget.take(time.perf_counter())
+        if shed:
+            self._shed(name, candidate.version)
             return
         if arrays is not None and self._same_inputs(stable, candidate):
             if self._pending_items >= half_queue:
-                self._shed(name)
+                self._shed(name, candidate.version)
                 return
             self._pending.setdefault((name, candidate.version), []).append((candidate, arrays, answered))
             self._pending_items += len(answered.predictions)
@@ -210,11 +210,12 @@ class ShadowRunner:
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
-    def _shed(self, name: str) -> None:
+    def _shed(self, name: str, candidate: int) -> None:
         counter = self._shed_counters.get(name)
         if counter is None:
             counter = self._shed_counters[name] = self.rollout.metrics.shadow_shed.labels(name)
         counter.inc()
+        self.rollout.shed(name, candidate)
 
     def _same_inputs(self, stable: ModelVersion, candidate: ModelVersion) -> bool:
         key = (id(stable), id(candidate))

@@ -45,6 +45,7 @@ class _Slot:
     abs_difference: float = 0.0
     rel_difference: float = 0.0
     differences: int = 0
+    shed: int = 0  # shadow copies not run (the candidate's runtime was saturated, or the budget was spent)
 
 
 class ArmWindow:
@@ -89,6 +90,9 @@ class ArmWindow:
         slot.rel_difference += rel_diff
         slot.differences += differences
 
+    def shed(self, now: float, count: int = 1) -> None:
+        self._slot(now).shed += count
+
     def summary(self, now: float, window_s: float) -> dict[str, Any]:
         since = now - window_s
         slots = [s for s in self._slots.values() if s.second + 1 > since and s.second <= now]
@@ -107,6 +111,7 @@ class ArmWindow:
             "error_rate": errors / requests if requests else None,
             "p99_ms": _quantile(latency, 0.99) * 1000 if requests else None,
             "compared": compared,
+            "shadow_shed": sum(s.shed for s in slots),
             "disagreement": disagreed / compared if compared else None,
             "mean_abs_difference": sum(s.abs_difference for s in slots) / differences if differences else None,
             "mean_rel_difference": sum(s.rel_difference for s in slots) / differences if differences else None,

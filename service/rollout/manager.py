@@ -355,7 +355,7 @@ class RolloutManager:
                     before,
                     after,
                     reason,
-                    None,
+                    self._readings_now(name),
                     self.file.fingerprint(name),
                     based_on=based_on,
                 )
@@ -430,6 +430,11 @@ class RolloutManager:
         self._apply()
         self._remember(change)
         self._sync_soon()
+
+    def _readings_now(self, name: str) -> dict[str, Any] | None:
+        """The guardrails' latest readings of a model's arms, kept with a decision (what it was made on)."""
+        verdict = self.verdicts.get(name)
+        return _json_safe(verdict.readings) if verdict is not None and verdict.readings else None
 
     def _remember(self, change: Change) -> None:
         recent = self.recent.setdefault(change.model, [])
@@ -510,6 +515,19 @@ class RolloutManager:
         if route is None or served != route.stable or not route.shadows(key):
             return None
         return route.candidate
+
+    def shadows_everything(self, name: str) -> bool:
+        """Whether the policy shadows every request (``shadow: {percent: 100}``): then every copy runs unless the
+        candidate's runtime is saturated, whatever the time budget of partial shares says."""
+        route = self._routes.get(name)
+        return route is not None and route.shadow is not None and route.shadow[1]
+
+    def shed(self, name: str, candidate: int, count: int = 1) -> None:
+        """Shadow copies of ``name`` that did not run on ``candidate``, counted in its arm's readings."""
+        windows = self._watched.get(name)
+        window = windows.get(candidate) if windows is not None else None
+        if window is not None:
+            window.shed(self.clock(), count)
 
     def observe(self, name: str, version: int, ok: bool, seconds: float, count: int = 1) -> None:
         """``count`` answered requests of an arm (requests, or shadow copies run together), ``seconds`` each."""

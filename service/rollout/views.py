@@ -65,6 +65,30 @@ def describe_model(rollout: RolloutManager, name: str, internals: bool = False) 
     verdict = rollout.verdicts.get(name)
     regions = plan_regions(policy) or ["*"]
     shown = (lambda actor: actor) if internals else public_actor
+    final = final_decision(rollout, name, policy.stage, shown)
+    step = {
+        "index": state.index,
+        "phase": state.phase,
+        "started_at": iso(state.started_at),
+        "next_at": iso(state.next_at),
+        "of": len(policy.steps),
+    }
+    guardrails = {
+        "status": verdict.status if verdict else "waiting_for_data",
+        "message": verdict.message if verdict else "waiting for data: not judged yet",
+        "breach": verdict.reason if verdict else None,
+        "readings": verdict.readings if verdict else {},
+        "limits": policy.guardrails.model_dump(),
+    }
+    if final is not None:
+        # The plan is over: no current step or next change, and the readings are those the decision was made on.
+        step = {"index": None, "phase": "final", "started_at": final["at"], "next_at": None, "of": len(policy.steps)}
+        guardrails.update(
+            status="decided",
+            message=f"no longer judged: {policy.stage.replace('_', ' ')}; the readings are from the decision",
+            breach=_breach_of(final),
+            readings=final["readings"] or {},
+        )
     return {
         "model": name,
         "source": rollout.sources.get(name),
@@ -74,22 +98,11 @@ def describe_model(rollout: RolloutManager, name: str, internals: bool = False) 
         "stage": policy.stage,
         "sticky_key": policy.sticky_key,
         "shadow_percent": policy.shadow.percent,
-        "step": {
-            "index": state.index,
-            "phase": state.phase,
-            "started_at": iso(state.started_at),
-            "next_at": iso(state.next_at),
-            "of": len(policy.steps),
-        },
+        "step": step,
+        "final": final,
         "shares": {region: candidate_share(policy, region, now) / 100 for region in regions},
         "problems": problems,
-        "guardrails": {
-            "status": verdict.status if verdict else "waiting_for_data",
-            "message": verdict.message if verdict else "waiting for data: not judged yet",
-            "breach": verdict.reason if verdict else None,
-            "readings": verdict.readings if verdict else {},
-            "limits": policy.guardrails.model_dump(),
-        },
+        "guardrails": guardrails,
         "decided": {
             "revision": decision.revision,
             "at": iso(decision.updated_at),
@@ -109,3 +122,33 @@ def history_entries(entries: list[dict[str, Any]], internals: bool = False) -> l
     if internals:
         return entries
     return [{**entry, "actor": public_actor(entry["actor"])} for entry in entries]
+
+
+FINAL_STAGES = {"rolled_back": "rollback", "promoted": "promote"}
+
+
+def final_decision(rollout: RolloutManager, name: str, stage: str, shown: Any) -> dict[str, Any] | None:
+    """For a rolled-back or promoted rollout: the decision that ended it (when, who, why) and the readings it was
+    made on; None while the rollout runs, or when this replica has not read the decision back yet."""
+    action = FINAL_STAGES.get(stage)
+    if action is None:
+        return None
+    entry = next((e for e in rollout.recent.get(name, []) if e.get("action") == action), None)
+    if entry is None:
+        return {"stage": stage, "action": action, "at": None, "actor": None, "reason": None, "readings": None}
+    return {
+        "stage": stage,
+        "action": action,
+        "at": entry.get("at"),
+        "actor": shown(entry.get("actor")),
+        "reason": entry.get("reason"),
+        "readings": entry.get("readings"),
+    }
+
+
+def _breach_of(final: dict[str, Any]) -> str | None:
+    """The guardrail that caused an automatic rollback (its reason reads ``<guardrail>: <message>``)."""
+    actor, reason = final.get("actor") or "", final.get("reason") or ""
+    if final["action"] == "rollback" and actor.startswith("guardrails") and ":" in reason:
+        return reason.split(":", 1)[0]
+    return None

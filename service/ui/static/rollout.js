@@ -52,7 +52,8 @@
   }
 
   const PHASES = {not_started: "the plan has not started", ended: "the plan has ended", no_plan: "no plan",
-    last_step: "on the last step, until someone promotes", step: "walking the plan"};
+    last_step: "on the last step, until someone promotes", step: "walking the plan", final: "over"};
+  const FINAL = {rolled_back: "rolled back: the candidate gets no traffic", promoted: "promoted: the candidate takes all traffic"};
 
   function renderState(state) {
     const stage = pick(state, "stage") || "off";
@@ -61,8 +62,15 @@
     const rows = [["Stage", badge(stage, "stage-" + stage)], ["Stable", fmt(pick(state, "stable"))],
       ["Candidate", fmt(pick(state, "candidate"))]];
     if (Number.isInteger(step.index)) rows.push(["Current step", `${step.index + 1} of ${total || "?"}`]);
-    if (step.phase) rows.push(["Plan", PHASES[step.phase] || step.phase]);
-    if (step.started_at) rows.push(["Step started", when(step.started_at)]);
+    const final = pick(state, "final");
+    if (final) {
+      rows.push(["Plan", `over, ${FINAL[final.stage] || final.stage}`]);
+      const who = final.actor ? ` by ${fmt(final.actor)}` : "";
+      rows.push(["Decision", final.at ? `${fmt(final.action)} ${when(final.at)}${who}${final.reason ? ` (${final.reason})` : ""}` : fmt(final.action)]);
+    } else {
+      if (step.phase) rows.push(["Plan", PHASES[step.phase] || step.phase]);
+      if (step.started_at) rows.push(["Step started", when(step.started_at)]);
+    }
     if (step.next_at) rows.push(["Next change", when(step.next_at)]);
     if (pick(state, "shadow_percent")) rows.push(["Shadow", `${fmt(state.shadow_percent)}% of requests also run on the candidate`]);
     if (pick(state, "sticky_key")) rows.push(["Sticky key", h("code", {}, state.sticky_key)]);
@@ -136,11 +144,17 @@
     const parts = [];
     const status = pick(guard, "status");
     if (status) {
-      const kind = status === "ok" ? "verdict-ok" : status === "breach" ? "verdict-breach" : "verdict-waiting";
+      const breach = pick(guard, "breach");
+      const kind = status === "ok" ? "verdict-ok" : status === "breach" || breach ? "verdict-breach" : status === "decided" ? "" : "verdict-waiting";
       parts.push(h("p", {"data-testid": "guardrail-status"}, badge(status.replace(/_/g, " "), kind), " ", fmt(pick(guard, "message") || "")));
     }
     const window = pick(pick(guard, "readings") || {}, "window_s");
     if (window) parts.push(h("p", {class: "meta"}, `Both arms over the last ${fmt(window)} s.`));
+    const copies = (pick(guard, "readings") || {}).candidate || {};
+    if (copies.compared || copies.shadow_shed) {
+      parts.push(h("p", {class: "meta", "data-testid": "shadow-copies"},
+        `Shadow copies: ${fmt(copies.compared || 0)} compared, ${fmt(copies.shadow_shed || 0)} shed (the candidate was saturated or the budget spent).`));
+    }
     const rows = guardrailRows(state);
     if (!rows.length) { parts.push(notice("No guardrail readings yet.")); return parts; }
     const cell = (a) => h("td", {class: "num"}, fmt(a.value), a.count !== undefined && a.count !== null ? h("span", {class: "hint"}, ` (n=${fmt(a.count)})`) : null);

@@ -250,17 +250,38 @@ def test_shadow_leaves_the_response_byte_identical_to_stable_only(
         assert readings["stable"]["requests"] == 20 and readings["candidate"]["requests"] == 20
 
 
-@pytest.mark.parametrize("limit", [{"shadow_max_in_flight": 0}, {"shadow_max_share": 0.0}], ids=["cap", "time budget"])
+@pytest.mark.parametrize(
+    ("percent", "limit"),
+    [(100, {"shadow_max_in_flight": 0}), (90, {"shadow_max_share": 0.0})],
+    ids=["saturated candidate", "time budget of a partial share"],
+)
 def test_shadow_is_shed_first_when_the_cap_or_the_time_budget_is_reached(
-    arms_repo: Callable[..., Path], tmp_path: Path, limit: dict[str, Any]
+    arms_repo: Callable[..., Path], tmp_path: Path, percent: int, limit: dict[str, Any]
 ) -> None:
     repo = arms_repo(1, 3)
-    shadow_file = write_policy(tmp_path / "shadow.yaml", canary(3, stage="shadow"))
+    policy = canary(3, stage="shadow").replace("percent: 100", f"percent: {percent}")
+    shadow_file = write_policy(tmp_path / "shadow.yaml", policy)
     with serve(repo, rollout=shadow_file, **limit) as client:
-        assert all(predict(client, f"u{i}").status_code == 200 for i in range(5))
+        assert all(predict(client, f"u{i}").status_code == 200 for i in range(5))  # every key in a 90 % share
         metrics = client.get("/metrics").text
         assert metric_value(metrics, "serving_shadow_shed_total", model="digits") == 5
         assert metric_value(metrics, "serving_shadow_comparisons_total") == 0
+        # the readings say so too, beside what was compared
+        readings = wait_for(lambda: rollout_of(client)["guardrails"]["readings"].get("candidate"))
+        assert (readings["shadow_shed"], readings["compared"]) == (5, 0)
+
+
+def test_a_full_shadow_runs_every_copy_whatever_the_time_budget(arms_repo: Callable[..., Path], tmp_path: Path) -> None:
+    repo = arms_repo(1, 2)
+    shadow_file = write_policy(tmp_path / "shadow.yaml", canary(2, stage="shadow"))  # percent: 100
+    with serve(repo, rollout=shadow_file, shadow_max_share=0.0) as client:
+        for i in range(40):
+            assert predict(client, f"u{i}", seed=i).status_code == 200
+        readings = wait_for(
+            lambda: (r := rollout_of(client)["guardrails"]["readings"]["candidate"])["compared"] == 40 and r
+        )
+
+    assert readings["shadow_shed"] == 0
 
 
 def test_the_shadow_budget_takes_copies_until_its_share_of_the_window_is_spent() -> None:
@@ -320,6 +341,45 @@ def test_a_candidate_that_errors_is_rolled_back(arms_repo: Callable[..., Path], 
     with serve(repo, rollout=policy_file) as client:
         drive_until_rolled_back(client, 15)
         assert_rolled_back(client, "error_rate")
+
+
+def test_a_rolled_back_rollout_shows_its_end_the_decision_and_the_readings_it_was_made_on(
+    arms_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    repo = arms_repo(1, 5)
+    policy_file = write_policy(
+        tmp_path / "rollout.yaml", canary(5, '{"*": 50}', "{min_requests: 15, max_error_rate: 0.05}")
+    )
+    with serve(repo, rollout=policy_file) as client:
+        drive_until_rolled_back(client, 15)
+        state = wait_for(lambda: (s := rollout_of(client))["source"] == "store" and s)
+
+    assert state["step"]["phase"] == "final" and state["step"]["index"] is None and state["step"]["next_at"] is None
+    final = state["final"]
+    assert (final["stage"], final["action"], final["actor"]) == ("rolled_back", "rollback", "guardrails")
+    assert final["reason"].startswith("error_rate")
+    guardrails = state["guardrails"]
+    assert guardrails["status"] == "decided" and guardrails["breach"] == "error_rate"
+    assert guardrails["readings"]["candidate"]["error_rate"] > 0.05  # what the decision saw, not "waiting for data"
+
+
+def test_a_promoted_rollout_keeps_the_readings_the_admin_promoted_on(
+    make_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    repo = make_repo(("digits", 1), ("digits", 2))
+    policy_file = write_policy(tmp_path / "rollout.yaml", canary(2, '{"*": 50}', "{min_requests: 5}"))
+    with serve(repo, rollout=policy_file) as client:
+        for i in range(30):
+            predict(client, f"user-{i}", seed=i)
+        wait_for(lambda: rollout_of(client)["guardrails"]["status"] == "ok")
+        assert (
+            client.post("/v1/rollouts/digits/promote", json={"reason": "looks good"}, headers=ADMIN).status_code == 200
+        )
+        state = rollout_of(client)
+
+    assert state["stage"] == "promoted" and state["step"]["phase"] == "final"
+    assert (state["final"]["action"], state["final"]["reason"]) == ("promote", "looks good")
+    assert state["guardrails"]["readings"]["candidate"]["requests"] >= 5
 
 
 def test_a_candidate_that_is_slow_is_rolled_back(arms_repo: Callable[..., Path], tmp_path: Path) -> None:
