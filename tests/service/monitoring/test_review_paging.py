@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import gradient_image, install_bundle, post_bytes
 
 REVIEWER = {"Authorization": "Bearer reviewer-secret"}
-CONFIDENT = {"color": "red", "shape": "circle", "x1": 3.0, "x2": 5.0, "x3": 50.0}  # not flagged
+CONFIDENT = {"color": "red", "shape": "circle", "x1": 1.0, "x2": 5.0, "x3": 50.0}  # typical: not flagged
 UNSEEN = {**CONFIDENT, "color": "mauve"}  # flagged: an unseen category
 PREDICT = "/v1/models/shapes/predict"
 

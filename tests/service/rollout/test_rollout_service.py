@@ -519,7 +519,12 @@ def test_a_bad_policy_edit_keeps_the_previous_policy(make_repo: Callable[..., Pa
         assert predict(client, "k", "eu").headers["X-Model-Version"] == "2"
         assert metric_value(client.get("/metrics").text, "serving_rollout_policy_errors_total") == 1
         write_policy(policy_file, canary(2, '{"eu": 0}'))  # a good edit applies
-        wait_for(lambda: client.get("/v1/rollouts").json()["policy_error"] is None)
+        wait_for(
+            lambda: (
+                (r := client.get("/v1/rollouts").json())["policy_error"] is None
+                and r["models"]["digits"]["shares"] == {"eu": 0.0}
+            )
+        )
         assert predict(client, "k", "eu").headers["X-Model-Version"] == "1"
 
 
