@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from tests._toy_data import ToyTableDataLoaders
+from training.defaults import DEFAULT_LR_RULE
 from training.learner import Learner
-from training.lr_find import suggest_lrs, valley_index
+from training.lr_find import loss_at, plot_lr_find, suggest_lrs, valley_index
 from training.models.tabular import TabularModel
 from training.schedule import exponential_sweep
 
@@ -98,3 +99,35 @@ def test_lr_find_writes_a_png_plot(tmp_path: Path) -> None:
     out = tmp_path / "plots" / "lr_find.png"
     learn.lr_find(num_it=25, save_path=out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_slide_suggests_a_rate_inside_the_descent_before_the_blow_up() -> None:
+    suggestion = suggest_lrs(*synthetic_curve())
+    assert 1e-4 < suggestion.slide < 1e-1
+
+
+def test_chosen_is_the_default_rules_rate() -> None:
+    suggestion = suggest_lrs(*synthetic_curve())
+    assert suggestion.chosen == suggestion.rule(DEFAULT_LR_RULE)
+    with pytest.raises(ValueError, match="unknown learning-rate rule"):
+        suggestion.rule("median")
+
+
+def test_the_plot_marks_the_chosen_rate_on_the_curve() -> None:
+    lrs, losses = synthetic_curve()
+    suggestion = suggest_lrs(lrs, losses)
+    fig = plot_lr_find(lrs, losses, suggestion)
+    marker = next(line for line in fig.axes[0].lines if line.get_label().startswith("chosen"))
+    (x,), (y,) = marker.get_data()
+    assert x == suggestion.chosen
+    assert y == pytest.approx(loss_at(lrs, losses, suggestion.chosen))
+    assert min(losses) <= y <= max(losses)
+
+
+def test_lr_find_without_a_path_writes_no_file_and_keeps_the_curve_to_plot(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    learn = small_learner()
+    learn.path = tmp_path
+    learn.lr_find(num_it=25)
+    assert list(tmp_path.iterdir()) == []
+    assert len(learn.recorder.sweep.plot().axes[0].lines[0].get_xdata()) == 25
