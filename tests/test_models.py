@@ -180,3 +180,15 @@ def test_embedding_sizes_follow_fastais_rule_of_thumb() -> None:
     assert emb_sz_rule(10) == 6
     assert emb_sz_rule(10**6) == 600
     assert get_emb_szs([2, 10]) == [(2, 2), (10, 6)]
+
+
+def test_channels_set_the_from_scratch_block_widths() -> None:
+    model = create_vision_model("simple_cnn", 10, MEAN, STD, channels=(8, 16, 32, 64)).eval()
+    widths = [conv.out_channels for conv in model[1].modules() if isinstance(conv, nn.Conv2d)]
+    assert widths == [8, 16, 32, 64] and model[2][-1].in_features == 64
+    assert model(torch.zeros(2, 3, 28, 28, dtype=torch.uint8)).shape == (2, 10)
+
+
+def test_channels_are_refused_for_a_torchvision_arch() -> None:
+    with pytest.raises(ValueError, match="channels"):
+        create_vision_model("resnet18", 3, MEAN, STD, pretrained=False, channels=(8, 16))

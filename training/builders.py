@@ -28,6 +28,7 @@ def vision_learner(
     pretrained: bool | str | Path | None = True,
     metrics: Sequence[Any] | None = None,
     y_range: tuple[float, float] | None = None,
+    channels: Sequence[int] | None = None,
     **learner_kwargs: Any,
 ) -> Learner:
     """A torchvision body with fastai's head; ImageNet statistics when starting from pretrained weights.
@@ -37,13 +38,16 @@ def vision_learner(
     path loads a local state dict; False trains from scratch (use
     ``arch="small_resnet"`` for that; the from-scratch archs read True as False). Starting from pretrained weights the
     body is frozen, as in fastai, so that ``fine_tune`` first trains the head
-    alone.
+    alone. ``channels``: the block widths of the from-scratch archs
+    (``simple_cnn``, ``small_resnet``; default 32, 64, 128, 256).
     """
     pretrained = resolve_pretrained(arch, pretrained)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if pretrained else dls.stats()
     if dls.task == "regression":
         dls.y_range = y_range
-    model = create_vision_model(arch, dls.n_out, mean=mean, std=std, pretrained=pretrained, y_range=y_range)
+    model = create_vision_model(
+        arch, dls.n_out, mean=mean, std=std, pretrained=pretrained, y_range=y_range, channels=channels
+    )
     learn = Learner(
         dls,
         model,

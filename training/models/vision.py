@@ -73,6 +73,7 @@ def create_vision_model(
     y_range: tuple[float, float] | None = None,
     hidden: int | None = None,
     ps: float = 0.5,
+    channels: Sequence[int] | None = None,
 ) -> nn.Sequential:
     """``nn.Sequential(ImageNormalize, body, head)`` for ``arch`` (one of :data:`ARCHS`).
 
@@ -84,15 +85,21 @@ def create_vision_model(
     them True means False: they have no published weights). Weights
     are loaded before the classifier is cut off. ``hidden`` is the resnet
     head's hidden width (512) and ``ps`` its last dropout; the from-scratch
-    archs end in global average pooling and one Linear.
+    archs end in global average pooling and one Linear. ``channels`` sets the
+    from-scratch archs' block widths (default 32, 64, 128, 256): narrower
+    is cheaper to serve, e.g. (8, 16, 32, 64) for 28 px digits.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}: choose from {', '.join(ARCHS)}")
+    if channels is not None and arch not in FROM_SCRATCH_ARCHS:
+        raise ValueError(f"channels sets the widths of {' and '.join(FROM_SCRATCH_ARCHS)}, not of {arch}")
     if n_out < 1:
         raise ValueError(f"n_out must be at least 1, got {n_out}")
     pretrained = resolve_pretrained(arch, pretrained)
     if arch in FROM_SCRATCH_ARCHS:
-        body, n_features = (simple_cnn_body(), 256) if arch == "simple_cnn" else (small_resnet_body(), 256)
+        widths = tuple(channels) if channels else (32, 64, 128, 256)
+        body = simple_cnn_body(widths) if arch == "simple_cnn" else small_resnet_body(widths)
+        n_features = widths[-1]
         if pretrained:
             load_pretrained(body, pretrained, arch)
     else:
