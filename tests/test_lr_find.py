@@ -131,3 +131,13 @@ def test_lr_find_without_a_path_writes_no_file_and_keeps_the_curve_to_plot(tmp_p
     learn.lr_find(num_it=25)
     assert list(tmp_path.iterdir()) == []
     assert len(learn.recorder.sweep.plot().axes[0].lines[0].get_xdata()) == 25
+
+
+def test_clamped_keeps_minimum_within_the_courses_two_rates() -> None:
+    lrs = exponential_sweep(1e-7, 10.0, 100)
+    low = [1.0 - 0.1 * (lr < 1e-5) for lr in lrs]  # lowest loss at 1e-5: minimum 1e-6, clamped up to 1e-3
+    high = [1.0 - 0.1 * (lr > 0.3) for lr in lrs[:-6]] + [9.0] * 6  # lowest near 1: minimum ~0.1, clamped to 1e-2
+    assert suggest_lrs(lrs, low).clamped == 1e-3
+    assert suggest_lrs(lrs, high).clamped == 1e-2
+    middle = suggest_lrs(*synthetic_curve())
+    assert middle.clamped == middle.minimum  # inside 1e-3..1e-2: minimum as it is

@@ -42,8 +42,12 @@ def _image_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
     p.add_argument("--method", choices=["crop", "squish", "pad"], default="crop", help="resize method (default crop)")
     p.add_argument("--pad-mode", choices=["reflection", "zeros"], default="reflection")
+    p.add_argument("--aug", choices=["auto", "full", "flips"], default="auto", help="training augmentation: full "
+                   "(fastai's aug_transforms: flips, rotation, zoom, warp, lighting, random-resized crop), flips, or "
+                   "auto (default): full from pretrained weights, flips when training from scratch")  # fmt: skip
     p.add_argument("--no-aug", action="store_true", help="no training augmentation")
-    p.add_argument("--min-scale", type=float, default=0.75, help="random-resized crop minimum scale (crop method)")
+    p.add_argument("--min-scale", type=float, default=0.75, help="random-resized crop minimum scale (crop method, "
+                   "full augmentation)")  # fmt: skip
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips (e.g. for digits or text)")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-DEFAULT_LR_RULE = "valley"  # lr_find's rule the CLI trains at; chosen by measurement (docs/training.md)
+DEFAULT_LR_RULE = "clamped"  # lr_find's rule the CLI trains at; chosen by measurement (docs/training.md)
 MIN_STEPS = 200  # from-scratch models on a few hundred items needed 125-300 steps (docs/training.md)
 MAX_EPOCHS = 100  # a table of a few dozen rows stops here rather than at thousands of epochs
 IMAGE_EPOCHS = 4  # the course's defaults, kept whenever they already make MIN_STEPS steps

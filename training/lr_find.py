@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from training.learner import Learner
 
 
-LR_RULES = ("valley", "steep", "slide", "minimum")
+LR_RULES = ("valley", "steep", "slide", "minimum", "clamped")
+CLAMP = (1e-3, 1e-2)  # the course's two fixed rates: images from scratch, tables
 
 
 class SuggestedLRs(NamedTuple):
@@ -38,6 +39,7 @@ class SuggestedLRs(NamedTuple):
     steep: float  # where the loss falls fastest
     minimum: float  # a tenth of the learning rate with the lowest loss
     slide: float  # fastai's interval slide rule: the last rate before the loss curve's slope settles
+    clamped: float  # ``minimum`` kept within :data:`CLAMP`: the default (docs/training.md)
 
     @property
     def chosen(self) -> float:
@@ -141,7 +143,13 @@ def sweep(
 
 
 def suggest_lrs(lrs: Sequence[float], losses: Sequence[float]) -> SuggestedLRs:
-    """fastai's ``valley``, ``steep``, ``minimum`` and ``slide`` suggestions from a (smoothed) loss curve.
+    """fastai's ``valley``, ``steep``, ``minimum`` and ``slide`` suggestions, and ``clamped``, from a loss curve.
+
+    ``clamped`` is ``minimum`` kept within :data:`CLAMP` (1e-3..1e-2): the
+    rule that did best across tables and from-scratch images
+    (docs/training.md). ``minimum`` alone was best on tables but, on images
+    whose loss barely moves in a 100-step sweep, suggested 1e-4 and left the
+    model at chance; on some tables it suggested 5e-2.
 
     Like fastai, the first tenth of the curve (the average is still warming
     up) and the last five points (divergence) are ignored when the curve is
@@ -162,11 +170,13 @@ def suggest_lrs(lrs: Sequence[float], losses: Sequence[float]) -> SuggestedLRs:
     if not finite.all():  # a NaN ends the usable curve (fastai drops everything from the first one)
         cut = int(np.argmin(finite))
         lr_arr, loss_arr, grads = lr_arr[:cut], loss_arr[:cut], grads[: max(cut - 1, 0)]
+    minimum = float(lr_arr[int(np.nanargmin(loss_arr))] / 10)
     return SuggestedLRs(
         valley=float(lr_arr[valley_index(loss_arr)]),
         steep=float(lr_arr[int(np.nanargmin(grads))]) if len(grads) else float(lr_arr[0]),
-        minimum=float(lr_arr[int(np.nanargmin(loss_arr))] / 10),
+        minimum=minimum,
         slide=float(lr_arr[slide_index(loss_arr)]),
+        clamped=float(min(max(minimum, CLAMP[0]), CLAMP[1])),
     )
 
 
@@ -231,7 +241,7 @@ def plot_lr_find(
     chosen = suggestion.rule(rule)
     ax.plot([chosen], [loss_at(lrs, losses, chosen)], "o", color="tab:red", markersize=8,
             label=f"chosen ({rule}): {chosen:.2e}")  # fmt: skip
-    for name, marker in zip((r for r in LR_RULES if r != rule), ("^", "v", "s")):
+    for name, marker in zip((r for r in LR_RULES if r != rule), ("^", "v", "s", "D")):
         value = suggestion.rule(name)
         ax.plot([value], [loss_at(lrs, losses, value)], marker, color="gray", alpha=0.7, label=f"{name}: {value:.2e}")
     ax.set_xscale("log")
