@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from training.data.core import DataError
-from training.defaults import DEFAULT_LR_RULE, IMAGE_EPOCHS, MAX_EPOCHS, MIN_STEPS, TABULAR_EPOCHS
+from training.defaults import DEFAULT_LR_RULE, IMAGE_EPOCHS, MAX_EPOCHS, MIN_IMAGE_STEPS, MIN_STEPS, TABULAR_EPOCHS
 
 
 
@@ -79,10 +79,10 @@ def _arch_args(p: argparse.ArgumentParser) -> None:
                    help="train from scratch (same as --pretrained none)")  # fmt: skip
 
 
-def _fit_args(p: argparse.ArgumentParser, epochs: int, sweep: bool = False) -> None:
+def _fit_args(p: argparse.ArgumentParser, epochs: int, steps: int = MIN_STEPS, sweep: bool = False) -> None:
     if not sweep:
         p.add_argument("--epochs", type=positive_int, default=None, help=f"default: {epochs}, or as many as make "
-                       f"{MIN_STEPS} optimiser steps when training from scratch on little data (at most {MAX_EPOCHS})")  # fmt: skip
+                       f"{steps} optimiser steps when training from scratch on little data (at most {MAX_EPOCHS})")  # fmt: skip
         p.add_argument("--lr", type=float, default=None, help=f"maximum learning rate (default: lr_find's "
                        f"{DEFAULT_LR_RULE} rule, a search of up to 100 training steps)")  # fmt: skip
     p.add_argument("--bs", type=positive_int, default=64, help="batch size")
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("image", help="train an image model and export it")
     _image_data_args(p)
     _arch_args(p)
-    _fit_args(p, epochs=IMAGE_EPOCHS)
+    _fit_args(p, epochs=IMAGE_EPOCHS, steps=MIN_IMAGE_STEPS)
     _export_args(p)
 
     p = sub.add_parser("tabular", help="train a tabular model and export it")

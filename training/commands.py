@@ -20,7 +20,7 @@ from training.data.augment import Augment, aug_transforms
 from training.data.core import DataError, read_csv
 from training.data.images import IMAGE_EXTENSIONS, ImageDataLoaders
 from training.data.tabular import TabularDataLoaders, class_targets
-from training.defaults import IMAGE_EPOCHS, MIN_STEPS, TABULAR_EPOCHS, default_epochs
+from training.defaults import IMAGE_EPOCHS, MIN_IMAGE_STEPS, MIN_STEPS, TABULAR_EPOCHS, default_epochs
 from training.examples import EXAMPLES, build_example
 from training.export import export_learner, load_learner
 from training.finetune import finetune_data, finetune_learner
@@ -159,15 +159,17 @@ def fit_learner(learn: Learner, args: argparse.Namespace, pretrained: bool) -> f
 
 
 def epochs_for(learn: Learner, pretrained: bool) -> int:
-    """The default epochs: the course's, raised to make ``MIN_STEPS`` optimiser steps when training from scratch.
+    """The default epochs: the course's, raised to make ``MIN_STEPS`` optimiser steps (``MIN_IMAGE_STEPS`` for
+    images) when training from scratch.
 
     A pretrained body needs few steps (fastai's four epochs of ``fine_tune``);
     a from-scratch model or a table of a few hundred rows needs hundreds.
     """
     n_batches = len(learn.dls.train)
-    base = IMAGE_EPOCHS if learn.dls.input_kind == "image" else TABULAR_EPOCHS
-    epochs = base if pretrained else default_epochs(n_batches, base)
-    floor = "" if pretrained else f", at least {MIN_STEPS}"
+    image = learn.dls.input_kind == "image"
+    base, min_steps = (IMAGE_EPOCHS, MIN_IMAGE_STEPS) if image else (TABULAR_EPOCHS, MIN_STEPS)
+    epochs = base if pretrained else default_epochs(n_batches, base, min_steps)
+    floor = "" if pretrained else f", at least {min_steps}"
     print(f"training {epochs} epochs of {n_batches} batches: {epochs * n_batches} optimiser steps"
           f"{floor} (--epochs overrides)")  # fmt: skip
     return epochs
