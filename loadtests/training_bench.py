@@ -30,9 +30,10 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -106,12 +107,18 @@ TABLES = (
     Table("carseats-like (400, regression)", carseats_frame, "Sales"),
     Table("penguins (344, classification)", penguins_frame, "species"),
     # price is an integer column: --task says it is a quantity, not 11,000 classes
-    Table("diamonds (20,000, regression)", lambda: diamonds_frame().sample(n=20000, random_state=0), "price",
-          ("--task", "regression")),
-    Table("sales goal (12,000, classif., date)", lambda: sales_frame().drop(columns="amount"), "goal",
-          ("--date", "day")),
-    Table("sales amount (12,000, regr., date)", lambda: sales_frame().drop(columns="goal"), "amount",
-          ("--date", "day")),
+    Table(
+        "diamonds (20,000, regression)",
+        lambda: diamonds_frame().sample(n=20000, random_state=0),
+        "price",
+        ("--task", "regression"),
+    ),
+    Table(
+        "sales goal (12,000, classif., date)", lambda: sales_frame().drop(columns="amount"), "goal", ("--date", "day")
+    ),
+    Table(
+        "sales amount (12,000, regr., date)", lambda: sales_frame().drop(columns="goal"), "amount", ("--date", "day")
+    ),
 )
 
 
@@ -140,7 +147,9 @@ def hist_gradient_boosting(
 
     model_type = HistGradientBoostingRegressor if task == "regression" else HistGradientBoostingClassifier
     model = model_type(categorical_features="from_dtype", random_state=0)
-    model.fit(baseline_frame(train, train, features, dates), train[target].astype(float if task == "regression" else str))
+    model.fit(
+        baseline_frame(train, train, features, dates), train[target].astype(float if task == "regression" else str)
+    )
     return model.predict(baseline_frame(valid, train, features, dates))
 
 
@@ -148,7 +157,18 @@ def table_case(table: Table, workdir: Path, extra: tuple[str, ...] = ()) -> tupl
     """The table written to CSV and a learner made exactly as ``python -m training tabular`` makes it."""
     path = workdir / f"{table.target}.csv"
     table.load().to_csv(path, index=False)
-    argv = ["tabular", str(path), "--target", table.target, "--name", "bench", "--out", str(workdir), *table.flags, *extra]
+    argv = [
+        "tabular",
+        str(path),
+        "--target",
+        table.target,
+        "--name",
+        "bench",
+        "--out",
+        str(workdir),
+        *table.flags,
+        *extra,
+    ]
     args = build_parser().parse_args(argv)
     learn = make_tabular_learner(args)
     learn.show_table = False
@@ -206,8 +226,11 @@ class ImageSet:
 
 IMAGE_SETS = (
     ImageSet("shapes (300, 64 px)", lambda root: write_shapes_folder(root / "shapes", per_class=100, size=64), 64),
-    ImageSet("hard shapes (600, 64 px, noisy)",
-             lambda root: write_hard_shapes_folder(root / "hard", per_class=200, size=64), 64),  # fmt: skip
+    ImageSet(
+        "hard shapes (600, 64 px, noisy)",
+        lambda root: write_hard_shapes_folder(root / "hard", per_class=200, size=64),
+        64,
+    ),  # fmt: skip
 )
 REFERENCE_LR = 3e-3  # the plain CNN's best of 1e-3, 3e-3, 1e-2 on the hard set (1e-2 stays at chance)
 
@@ -252,7 +275,9 @@ def reference_error(learn: Learner, epochs: int, lr: float = REFERENCE_LR, seed:
         return float((model((x_valid - mean) / std).argmax(dim=1) != y_valid).float().mean())
 
 
-def image_case(folder: Path, arch: str, size: int, workdir: Path, extra: tuple[str, ...] = ()) -> tuple[Learner, argparse.Namespace]:
+def image_case(
+    folder: Path, arch: str, size: int, workdir: Path, extra: tuple[str, ...] = ()
+) -> tuple[Learner, argparse.Namespace]:
     """A learner made exactly as ``python -m training image DATA --arch ARCH --size SIZE`` makes it."""
     argv = ["image", str(folder), "--arch", arch, "--size", str(size), "--name", "bench", "--out", str(workdir), *extra]
     args = build_parser().parse_args(argv)

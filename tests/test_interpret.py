@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 import pytest
 import torch
+from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, TensorDataset
 
 from bundle.tabular import TabularProcessor

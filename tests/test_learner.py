@@ -5,9 +5,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from matplotlib.figure import Figure
 import pytest
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 from tests._toy_data import DigitsDataLoaders, ToyTableDataLoaders
