@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from training.data.core import DataLoaders
-from training.learner import Learner, StandardizedMSELoss
+from training.learner import Learner, StandardizedMSELoss, set_seed
 from training.metrics import accuracy_multi, error_rate, rmse, rmse_exp, rmse_log
 from training.models.tabular import TabularModel
 from training.models.vision import create_vision_model, resolve_pretrained, splitter_for
@@ -28,6 +28,7 @@ def vision_learner(
     pretrained: bool | str | Path | None = True,
     metrics: Sequence[Any] | None = None,
     y_range: tuple[float, float] | None = None,
+    channels: Sequence[int] | None = None,
     **learner_kwargs: Any,
 ) -> Learner:
     """A torchvision body with fastai's head; ImageNet statistics when starting from pretrained weights.
@@ -37,13 +38,18 @@ def vision_learner(
     path loads a local state dict; False trains from scratch (use
     ``arch="small_resnet"`` for that; the from-scratch archs read True as False). Starting from pretrained weights the
     body is frozen, as in fastai, so that ``fine_tune`` first trains the head
-    alone.
+    alone. ``channels``: the block widths of the from-scratch archs
+    (``simple_cnn``, ``small_resnet``; default 32, 64, 128, 256).
     """
+    if learner_kwargs.get("seed") is not None:
+        set_seed(learner_kwargs["seed"])  # before the head's (and a from-scratch body's) random init
     pretrained = resolve_pretrained(arch, pretrained)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if pretrained else dls.stats()
     if dls.task == "regression":
         dls.y_range = y_range
-    model = create_vision_model(arch, dls.n_out, mean=mean, std=std, pretrained=pretrained, y_range=y_range)
+    model = create_vision_model(
+        arch, dls.n_out, mean=mean, std=std, pretrained=pretrained, y_range=y_range, channels=channels
+    )
     learn = Learner(
         dls,
         model,
@@ -74,6 +80,8 @@ def tabular_learner(
     training mean and un-standardises its own output (so the ONNX graph
     does too), and the loss is MSE in standard deviations.
     """
+    if learner_kwargs.get("seed") is not None:
+        set_seed(learner_kwargs["seed"])  # before the model's random init: the same seed, the same weights
     dls.y_range = y_range
     stats = dls.target_stats if dls.task == "regression" and standardize_target else None
     if stats is not None and "loss_func" not in learner_kwargs:

@@ -11,7 +11,24 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from training.data.core import DataError
+from training.defaults import DEFAULT_LR_RULE, IMAGE_EPOCHS, MAX_EPOCHS, MIN_IMAGE_STEPS, MIN_STEPS, TABULAR_EPOCHS
 
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (argparse then names the flag in its error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def share(text: str) -> float:
+    """An argparse type: a share strictly between 0 and 1."""
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
+    return value
 
 
 def _image_data_args(p: argparse.ArgumentParser) -> None:
@@ -21,12 +38,16 @@ def _image_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-col", default=1, help="CSV column with labels (name or index)")
     p.add_argument("--label-delim", help="labels separated by this make a multi-label problem")
     p.add_argument("--valid-col", help="CSV boolean column marking validation rows")
-    p.add_argument("--valid-pct", type=float, default=None, help="random validation share (default: train/ valid/ folders if present, else 0.2)")
+    p.add_argument("--valid-pct", type=share, default=None, help="random validation share (default: train/ valid/ folders if present, else 0.2)")
     p.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
     p.add_argument("--method", choices=["crop", "squish", "pad"], default="crop", help="resize method (default crop)")
     p.add_argument("--pad-mode", choices=["reflection", "zeros"], default="reflection")
+    p.add_argument("--aug", choices=["auto", "full", "flips"], default="auto", help="training augmentation: full "
+                   "(fastai's aug_transforms: flips, rotation, zoom, warp, lighting, random-resized crop), flips, or "
+                   "auto (default): full from pretrained weights, flips when training from scratch")  # fmt: skip
     p.add_argument("--no-aug", action="store_true", help="no training augmentation")
-    p.add_argument("--min-scale", type=float, default=0.75, help="random-resized crop minimum scale (crop method)")
+    p.add_argument("--min-scale", type=float, default=0.75, help="random-resized crop minimum scale (crop method, "
+                   "full augmentation)")  # fmt: skip
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips (e.g. for digits or text)")
 
 
@@ -41,7 +62,7 @@ def _tabular_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=["auto", "classification", "regression"], default="auto")
     p.add_argument("--log-target", action="store_true", help="regress log(target), serve exp()")
     p.add_argument("--y-range", default="auto", help="'auto' (regression: target range +-5%%), 'none' or LOW,HIGH")
-    p.add_argument("--valid-pct", type=float, default=0.2)
+    p.add_argument("--valid-pct", type=share, default=0.2)
     p.add_argument("--valid-col", help="boolean column marking validation rows")
     p.add_argument("--split-by", help="time split: sort by this column, validate on the last rows")
     p.add_argument("--max-card", type=int, default=20, help="integer columns with more levels are continuous")
@@ -58,12 +79,13 @@ def _arch_args(p: argparse.ArgumentParser) -> None:
                    help="train from scratch (same as --pretrained none)")  # fmt: skip
 
 
-def _fit_args(p: argparse.ArgumentParser, epochs: int, lr: float | None, sweep: bool = False) -> None:
+def _fit_args(p: argparse.ArgumentParser, epochs: int, steps: int = MIN_STEPS, sweep: bool = False) -> None:
     if not sweep:
-        p.add_argument("--epochs", type=int, default=epochs)
-        p.add_argument("--lr", type=float, default=lr, help="maximum learning rate (default: lr_find's valley, "
-                       "a search of up to 100 training steps)")  # fmt: skip
-    p.add_argument("--bs", type=int, default=64, help="batch size")
+        p.add_argument("--epochs", type=positive_int, default=None, help=f"default: {epochs}, or as many as make "
+                       f"{steps} optimiser steps when training from scratch on little data (at most {MAX_EPOCHS})")  # fmt: skip
+        p.add_argument("--lr", type=float, default=None, help=f"maximum learning rate (default: lr_find's "
+                       f"{DEFAULT_LR_RULE} rule, a search of up to 100 training steps)")  # fmt: skip
+    p.add_argument("--bs", type=positive_int, default=64, help="batch size")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--mixed-precision", action="store_true", help="autocast on CUDA")
@@ -82,12 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("image", help="train an image model and export it")
     _image_data_args(p)
     _arch_args(p)
-    _fit_args(p, epochs=4, lr=None)
+    _fit_args(p, epochs=IMAGE_EPOCHS, steps=MIN_IMAGE_STEPS)
     _export_args(p)
 
     p = sub.add_parser("tabular", help="train a tabular model and export it")
     _tabular_data_args(p)
-    _fit_args(p, epochs=5, lr=None)
+    _fit_args(p, epochs=TABULAR_EPOCHS)
     _export_args(p)
 
     p = sub.add_parser("lr-find", help="run the learning-rate finder and save its plot")
@@ -97,19 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
         data_args(k)
         if kind == "image":
             _arch_args(k)
-        _fit_args(k, epochs=0, lr=None, sweep=True)
+        _fit_args(k, epochs=0, sweep=True)
         k.add_argument("--out", type=Path, help="the plot's path (default reports/lr_find/<data>-<time>.png)")
 
     p = sub.add_parser("finetune", help="continue training an exported model on new data, into a new version")
     p.add_argument("--from", dest="source", type=Path, required=True, help="bundle folder models/<name>/<version>")
     p.add_argument("data", type=Path, help="image folder or CSV with the same labels/columns as the model")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=2e-3, help="fine_tune's base_lr (default 2e-3, as fastai): the head "
-                   "trains at it, the body at a hundredth of it after --freeze-epochs")  # fmt: skip
-    p.add_argument("--freeze-epochs", type=int, default=1, help="epochs training the head alone first (default 1)")
-    p.add_argument("--bs", type=int, default=64)
+    p.add_argument("--epochs", type=positive_int, default=None, help="default: training.finetune.FINETUNE_DEFAULTS "
+                   "(a few epochs, raised to make its minimum of optimiser steps)")  # fmt: skip
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: FINETUNE_DEFAULTS, "
+                   "lr_find's rule on the new data)")  # fmt: skip
+    p.add_argument("--freeze-epochs", type=int, default=None, help="epochs training the head alone first "
+                   "(default: FINETUNE_DEFAULTS)")  # fmt: skip
+    p.add_argument("--bs", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--valid-pct", type=float, default=0.2)
+    p.add_argument("--valid-pct", type=share, default=0.2)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="model repository (default: the source bundle's)")
 
@@ -161,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             result: Any = handler(args)
     except (DataError, ExportError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # errors that suggest an option carry its command-line spelling (--no-pretrained, not pretrained=False)
+        print(f"error: {getattr(exc, 'cli_message', None) or exc}", file=sys.stderr)
         return 2
     if result is not None:
         print(json.dumps(result, indent=2, default=str))

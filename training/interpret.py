@@ -11,6 +11,9 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
+from training import figures
+from training.figures import image_array
+
 if TYPE_CHECKING:
     from training.learner import Learner
 
@@ -78,8 +81,8 @@ class ClassificationInterpretation:
         k = len(self.losses) if k is None else min(k, len(self.losses))
         return torch.topk(self.losses, k, largest=largest)
 
-    def plot_confusion_matrix(self, path: str | Path, normalize: bool = False) -> Path:
-        """The confusion matrix as a PNG, counts (or row shares with ``normalize``) written in each cell."""
+    def plot_confusion_matrix(self, path: str | Path | None = None, normalize: bool = False) -> Figure:
+        """The confusion matrix, counts (or row shares with ``normalize``) in each cell; saved as a PNG when given a path."""
         matrix = self.confusion_matrix().astype(np.float64)
         if normalize:
             matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
@@ -98,12 +101,13 @@ class ClassificationInterpretation:
             for p in range(n):
                 text = f"{matrix[a, p]:.2f}" if normalize else str(int(matrix[a, p]))
                 ax.text(p, a, text, ha="center", va="center", color="white" if matrix[a, p] > threshold else "black")
-        return _save(fig, path)
+        return figures.finish(fig, path)
 
-    def plot_top_losses(self, k: int, path: str | Path) -> Path:
-        """The ``k`` worst predictions as a PNG grid titled prediction / actual, loss / probability of the actual class.
+    def plot_top_losses(self, k: int = 9, path: str | Path | None = None) -> Figure:
+        """The ``k`` worst predictions in a grid titled prediction / actual, loss / probability of the actual class.
 
-        Images are drawn; table rows are written out as text.
+        Images are drawn; table rows are written out as text. Saved as a PNG
+        when given a path.
         """
         if self.dl is None:
             raise ValueError("plot_top_losses needs the loader the predictions came from (dl)")
@@ -127,7 +131,7 @@ class ClassificationInterpretation:
                 ax.text(0, 1, describe_row(item, self.processor), va="top", family="monospace", fontsize=7,
                         transform=ax.transAxes)  # fmt: skip
         fig.suptitle("prediction / actual, loss / probability of the actual class")
-        return _save(fig, path)
+        return figures.finish(fig, path)
 
 
 def inputs_at(dl: DataLoader, indices: Sequence[int]) -> dict[int, tuple[torch.Tensor, ...]]:
@@ -150,14 +154,6 @@ def is_image(item: tuple[torch.Tensor, ...]) -> bool:
     return len(item) == 1 and item[0].ndim == 3 and item[0].shape[0] in (1, 3)
 
 
-def image_array(pixels: torch.Tensor) -> np.ndarray:
-    """[C, H, W] pixels (uint8, or float in 0..255) -> an [H, W, 3] uint8 array for imshow."""
-    pixels = pixels.float().clamp(0, 255).to(torch.uint8)
-    if pixels.shape[0] == 1:
-        pixels = pixels.expand(3, -1, -1)
-    return pixels.permute(1, 2, 0).numpy()
-
-
 def describe_row(item: tuple[torch.Tensor, ...], processor: Any = None) -> str:
     """``name: value`` lines for a tabular row ``(x_cat, x_cont)``, decoded when a fitted processor is known."""
     x_cat, x_cont = (item + (torch.zeros(0), torch.zeros(0)))[:2]
@@ -174,10 +170,3 @@ def describe_row(item: tuple[torch.Tensor, ...], processor: Any = None) -> str:
             value = value * normalize.stds[name] + normalize.means[name]  # back to the column's own units
         lines.append(f"{name}: {value:.4g}")
     return "\n".join(lines)
-
-
-def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    return path

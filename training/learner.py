@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader
 
+from training import figures
 from training.data.core import DataLoaders
 from training.lr_find import SuggestedLRs, lr_find
 from training.progress import EpochTable, format_time, progress_bar
@@ -120,8 +121,8 @@ class Recorder:
     def log_epoch(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
 
-    def plot_loss(self, path: str | Path) -> Path:
-        """Training loss per step (and validation loss at the end of each epoch) as a PNG."""
+    def plot_loss(self, path: str | Path | None = None) -> Figure:
+        """Training loss per step and validation loss at the end of each epoch; saved as a PNG when given a path."""
         fig = Figure(figsize=(6, 4))
         ax = fig.add_subplot()
         ax.plot(range(len(self.losses)), self.losses, label="train")
@@ -132,10 +133,7 @@ class Recorder:
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.legend()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        return path
+        return figures.finish(fig, path)
 
 
 class Learner:
@@ -231,10 +229,15 @@ class Learner:
         end_lr: float = 10.0,
         num_it: int = 100,
         stop_div: bool = True,
-        show_plot: bool = False,
+        show_plot: bool = True,
         save_path: str | Path | None = None,
     ) -> SuggestedLRs:
-        """Sweep the learning rate exponentially and suggest one; the weights are restored afterwards."""
+        """Sweep the learning rate exponentially and suggest rates (``.chosen`` is the default rule's).
+
+        The weights are restored afterwards. The plot is drawn inline in a
+        notebook and saved when ``save_path`` is given;
+        ``learn.recorder.sweep.plot()`` returns it again.
+        """
         return lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot, save_path)
 
     def _fit(self, n_epoch: int, group_lrs: list[list[float]], moms: list[float] | None, wd: float | None) -> None:
@@ -411,6 +414,12 @@ class Learner:
         if not chunks:
             return []
         return [self.dls.decode_prediction(row) for row in torch.cat(chunks)]
+
+    def show_results(self, max_n: int = 9, path: str | Path | None = None) -> Figure | Any:
+        """Validation items with actual and predicted labels: a figure of images, or a DataFrame of rows."""
+        from training.show import show_results
+
+        return show_results(self, max_n, path)
 
     def tune_threshold(self, dl: DataLoader | None = None, min_positives: int = 5) -> list[float]:
         """Multilabel: per-class thresholds maximising validation accuracy_multi, stored in ``dls.thresholds``.

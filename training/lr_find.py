@@ -19,6 +19,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
+from training import figures
+from training.defaults import DEFAULT_LR_RULE
 from training.progress import progress_bar
 from training.schedule import exponential_sweep
 
@@ -26,24 +28,49 @@ if TYPE_CHECKING:
     from training.learner import Learner
 
 
+LR_RULES = ("valley", "steep", "slide", "minimum", "clamped")
+CLAMP = (1e-3, 1e-2)  # the course's two fixed rates: images from scratch, tables
+
+
 class SuggestedLRs(NamedTuple):
-    valley: float  # fastai's default: the middle of the longest descending stretch
+    """Each rule's learning rate for one loss curve; ``suggestion.chosen`` is the default rule's."""
+
+    valley: float  # fastai's default: a third of the way down the longest descending stretch
     steep: float  # where the loss falls fastest
     minimum: float  # a tenth of the learning rate with the lowest loss
+    slide: float  # fastai's interval slide rule: the last rate before the loss curve's slope settles
+    clamped: float  # ``minimum`` kept within :data:`CLAMP`: the default (docs/training.md)
+
+    @property
+    def chosen(self) -> float:
+        """The rate of :data:`DEFAULT_LR_RULE`."""
+        return self.rule(DEFAULT_LR_RULE)
+
+    def rule(self, name: str) -> float:
+        """The rate one rule suggests, by name (one of :data:`LR_RULES`)."""
+        if name not in LR_RULES:
+            raise ValueError(f"unknown learning-rate rule {name!r}: choose from {', '.join(LR_RULES)}")
+        return float(getattr(self, name))
 
 
 @dataclass(frozen=True)
 class SweepReport:
-    """What the last sweep cost: steps run of those planned, seconds, and whether the loss diverged."""
+    """What the last sweep cost (steps run of those planned, seconds, whether the loss diverged) and its curve."""
 
     steps: int
     planned: int
     seconds: float
     diverged: bool
+    lrs: tuple[float, ...] = ()
+    losses: tuple[float, ...] = ()
 
     def describe(self) -> str:
         end = ", stopped early: the loss diverged" if self.diverged else ""
         return f"{self.steps} of {self.planned} steps in {self.seconds:.1f} s{end}"
+
+    def plot(self, path: str | Path | None = None, rule: str = DEFAULT_LR_RULE) -> Figure:
+        """The sweep's loss curve with the rate ``rule`` chose marked; saved too when ``path`` is given."""
+        return plot_lr_find(self.lrs, self.losses, suggest_lrs(self.lrs, self.losses), path, rule)
 
 
 def lr_find(
@@ -52,15 +79,15 @@ def lr_find(
     end_lr: float = 10.0,
     num_it: int = 100,
     stop_div: bool = True,
-    show_plot: bool = False,
+    show_plot: bool = True,
     save_path: str | Path | None = None,
 ) -> SuggestedLRs:
     """Sweep the learning rate, restore the weights and optimiser state, and suggest learning rates.
 
     The curve lands in ``learn.recorder.lrs``/``losses`` and its cost in
-    ``learn.recorder.sweep`` (a :class:`SweepReport`). With ``save_path``
-    the plot is written there; ``show_plot`` without a path writes it to
-    ``learn.path / "lr_find.png"`` (training runs headless, so "showing" means a file).
+    ``learn.recorder.sweep`` (a :class:`SweepReport`, whose ``plot()`` draws
+    it again). In a Jupyter notebook the plot is drawn inline (``show_plot``,
+    as fastai); with ``save_path`` it is written there as a PNG.
     """
     if learn.dls.train is None:
         raise ValueError("lr_find needs training data; this learner holds none (an exported learner?)")
@@ -77,10 +104,13 @@ def lr_find(
         learn.model.train(was_training)
     learn.recorder.reset()
     learn.recorder.lrs, learn.recorder.losses = lrs, losses
-    learn.recorder.sweep = SweepReport(len(lrs), num_it, time.perf_counter() - started, diverged)
+    report = SweepReport(len(lrs), num_it, time.perf_counter() - started, diverged, tuple(lrs), tuple(losses))
+    learn.recorder.sweep = report
     suggestion = suggest_lrs(lrs, losses)
     if save_path is not None or show_plot:
-        plot_lr_find(lrs, losses, suggestion, Path(save_path) if save_path else Path(learn.path) / "lr_find.png")
+        fig = plot_lr_find(lrs, losses, suggestion, save_path)
+        if show_plot:
+            figures.show(fig)
     return suggestion
 
 
@@ -113,7 +143,13 @@ def sweep(
 
 
 def suggest_lrs(lrs: Sequence[float], losses: Sequence[float]) -> SuggestedLRs:
-    """fastai's ``valley``, ``steep`` and ``minimum`` suggestions from a (smoothed) loss curve.
+    """fastai's ``valley``, ``steep``, ``minimum`` and ``slide`` suggestions, and ``clamped``, from a loss curve.
+
+    ``clamped`` is ``minimum`` kept within :data:`CLAMP` (1e-3..1e-2): the
+    rule that did best across tables and from-scratch images
+    (docs/training.md). ``minimum`` alone was best on tables but, on images
+    whose loss barely moves in a 100-step sweep, suggested 1e-4 and left the
+    model at chance; on some tables it suggested 5e-2.
 
     Like fastai, the first tenth of the curve (the average is still warming
     up) and the last five points (divergence) are ignored when the curve is
@@ -130,10 +166,17 @@ def suggest_lrs(lrs: Sequence[float], losses: Sequence[float]) -> SuggestedLRs:
     if not np.isfinite(loss_arr).any():
         raise ValueError("the loss curve has no finite values: training diverged from the first step")
     grads = np.diff(loss_arr) / np.diff(np.log(lr_arr))
+    finite = np.isfinite(loss_arr)
+    if not finite.all():  # a NaN ends the usable curve (fastai drops everything from the first one)
+        cut = int(np.argmin(finite))
+        lr_arr, loss_arr, grads = lr_arr[:cut], loss_arr[:cut], grads[: max(cut - 1, 0)]
+    minimum = float(lr_arr[int(np.nanargmin(loss_arr))] / 10)
     return SuggestedLRs(
         valley=float(lr_arr[valley_index(loss_arr)]),
-        steep=float(lr_arr[int(np.nanargmin(grads))]),
-        minimum=float(lr_arr[int(np.nanargmin(loss_arr))] / 10),
+        steep=float(lr_arr[int(np.nanargmin(grads))]) if len(grads) else float(lr_arr[0]),
+        minimum=minimum,
+        slide=float(lr_arr[slide_index(loss_arr)]),
+        clamped=float(min(max(minimum, CLAMP[0]), CLAMP[1])),
     )
 
 
@@ -157,21 +200,60 @@ def valley_index(losses: Sequence[float]) -> int:
     return start + int(sections) + int(sections / 2)
 
 
-def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestion: SuggestedLRs, path: Path) -> Path:
-    """Loss against learning rate (log scale) with the valley and steep points marked, as a PNG."""
+def slide_index(losses: Sequence[float], lr_diff: int = 15, thresh: float = 0.005) -> int:
+    """Index of fastai's ``slide`` suggestion: walking left from the end, the last point before the slope settles.
+
+    Two points ``lr_diff`` apart whose slopes (per step) differ by more than
+    ``thresh`` mean the curve is still bending; the rule stops at the first
+    pair that agrees, a flat stretch, and suggests the left point of the pair
+    before it.
+    """
+    n = len(losses)
+    if n <= lr_diff:
+        return 0
+    grad = np.gradient(np.asarray(losses, dtype=np.float64))
+    right = n - 1
+    left = right - lr_diff
+    index = left
+    while left >= 0 and abs(grad[right] - grad[left]) > thresh:
+        index = left
+        right -= 1
+        left -= 1
+    return index
+
+
+def plot_lr_find(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    suggestion: SuggestedLRs,
+    path: str | Path | None = None,
+    rule: str = DEFAULT_LR_RULE,
+) -> Figure:
+    """Loss against learning rate (log scale), the chosen rate marked on the curve and the other rules' rates as ticks.
+
+    The marker's height is the curve interpolated at the chosen rate (in log
+    rate), so it sits on the line even for a rate between two sweep points
+    (``minimum`` is a tenth of one). Saved as a PNG when ``path`` is given.
+    """
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    ax.plot(lrs, losses)
-    for name, value, marker in (("valley", suggestion.valley, "o"), ("steep", suggestion.steep, "^")):
-        index = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - math.log(value))))
-        ax.plot(lrs[index], losses[index], marker, label=f"{name}: {value:.2e}")
+    ax.plot(lrs, losses, color="tab:blue")
+    chosen = suggestion.rule(rule)
+    ax.plot([chosen], [loss_at(lrs, losses, chosen)], "o", color="tab:red", markersize=8,
+            label=f"chosen ({rule}): {chosen:.2e}")  # fmt: skip
+    for name, marker in zip((r for r in LR_RULES if r != rule), ("^", "v", "s", "D")):
+        value = suggestion.rule(name)
+        ax.plot([value], [loss_at(lrs, losses, value)], marker, color="gray", alpha=0.7, label=f"{name}: {value:.2e}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss (smoothed)")
-    ax.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    return path
+    ax.legend(fontsize=8)
+    return figures.finish(fig, path)
+
+
+def loss_at(lrs: Sequence[float], losses: Sequence[float], lr: float) -> float:
+    """The curve's loss at ``lr``, interpolated linearly in log(lr) and clamped to the swept range."""
+    return float(np.interp(math.log(lr), np.log(np.asarray(lrs, dtype=np.float64)), np.asarray(losses)))
 
 
 def _forever(dl: DataLoader) -> Iterator:

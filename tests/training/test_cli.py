@@ -139,3 +139,65 @@ def test_digits_images_are_real_png_files(digits: Path) -> None:
     image = Image.open(next(digits.rglob("*.png")))
     assert image.format == "PNG" and image.size == (8, 8)
     assert np.asarray(image).max() > 100
+
+
+def test_image_command_without_lr_saves_its_lr_find_plot_beside_the_other_reports(digits: Path, tmp_path: Path, capsys) -> None:
+    code = run_cli("image", digits, "--arch", "simple_cnn", "--size", "16", "--method", "squish", "--no-flip",
+                   "--epochs", "1", "--bs", "32", "--name", "digits", "--out", tmp_path / "models")  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert Path(result["lr_find_plot"]) == Path("reports") / "digits" / "1" / "lr_find.png"
+    assert Path(result["lr_find_plot"]).read_bytes()[:4] == b"\x89PNG"
+    assert Path(result["loss_plot"]).parent == Path(result["lr_find_plot"]).parent
+
+
+def test_interpret_writes_its_own_report_folder_and_prints_the_accuracy(penguins_csv: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "models"
+    assert run_cli("tabular", penguins_csv, "--target", "species", *FAST, "--name", "penguins", "--out", out,
+                   "--interpret") == 0  # fmt: skip
+    trained = json.loads(capsys.readouterr().out)["reports"]
+    training_matrix = Path(trained["confusion_matrix"]).read_bytes()
+
+    assert run_cli("interpret", out / "penguins" / "1", penguins_csv) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert Path(result["confusion_matrix"]).parent.parent == Path("reports") / "penguins" / "1" / "interpret"
+    assert Path(trained["confusion_matrix"]).read_bytes() == training_matrix  # the training-time report is kept
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["items"] == len(penguins_frame().dropna(subset=["species"]))
+    assert f"accuracy {result['accuracy']:.4f}" in captured.err
+
+
+def test_tabular_defaults_train_small_data_for_enough_optimiser_steps(tmp_path: Path, capsys) -> None:
+    from training.defaults import MIN_STEPS
+    from training.examples import carseats_frame
+
+    carseats_frame().to_csv(tmp_path / "carseats.csv", index=False)
+    assert run_cli("tabular", tmp_path / "carseats.csv", "--target", "Sales", "--name", "carseats",
+                   "--out", tmp_path / "models") == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    manifest = read_manifest(result["bundle"])
+    batches = 320 // 64  # 400 rows, 20% held out, batches of 64
+    assert manifest.training["epochs"] * batches >= MIN_STEPS
+    assert result["metrics"]["rmse"] < 2.0  # predicting the mean scores about 2.9 on these rows
+
+
+def test_a_missing_weights_error_names_the_commands_flags(digits: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    import urllib.error
+
+    def offline(url: str, *args, **kwargs) -> None:
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache, and no network
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    code = run_cli("image", digits, "--arch", "resnet18", "--size", "16", *FAST, "--name", "x", "--out", tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--pretrained path/to/resnet18-f37072fd.pth" in err and "--no-pretrained" in err
+    assert "pretrained=" not in err
+
+
+@pytest.mark.parametrize("flag, value", [("--bs", "0"), ("--valid-pct", "1.5"), ("--epochs", "0")])
+def test_out_of_range_numbers_are_refused_naming_the_flag(flag: str, value: str, digits: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        run_cli("image", digits, flag, value, "--name", "x")
+    assert flag in capsys.readouterr().err

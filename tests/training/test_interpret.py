@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, TensorDataset
 
 from bundle.tabular import TabularProcessor
@@ -53,8 +54,13 @@ def test_top_losses_are_the_largest_losses_with_their_rows() -> None:
 
 
 def test_plot_confusion_matrix_writes_a_png(tmp_path: Path) -> None:
-    out = hand_made().plot_confusion_matrix(tmp_path / "reports" / "cm.png")
-    assert out.read_bytes()[:8] == PNG
+    hand_made().plot_confusion_matrix(tmp_path / "reports" / "cm.png")
+    assert (tmp_path / "reports" / "cm.png").read_bytes()[:8] == PNG
+
+
+def test_plot_confusion_matrix_without_a_path_returns_the_figure() -> None:
+    fig = hand_made().plot_confusion_matrix()
+    assert isinstance(fig, Figure) and fig.axes[0].get_title() == "confusion matrix"
 
 
 def digits_interpretation() -> ClassificationInterpretation:
@@ -74,16 +80,18 @@ def test_from_learner_covers_the_whole_validation_set() -> None:
 
 
 def test_plot_top_losses_draws_images_to_a_png(tmp_path: Path) -> None:
-    out = digits_interpretation().plot_top_losses(4, tmp_path / "top.png")
-    assert out.read_bytes()[:8] == PNG
+    fig = digits_interpretation().plot_top_losses(4, tmp_path / "top.png")
+    assert (tmp_path / "top.png").read_bytes()[:8] == PNG
+    assert sum(1 for ax in fig.axes if ax.images) == 4
 
 
 def test_plot_top_losses_writes_table_rows_as_text(tmp_path: Path) -> None:
     set_seed(0)
     dls = ToyTableDataLoaders("classification", n_rows=64)
     learn = Learner(dls, TabularModel(dls.emb_szs(), dls.n_cont, dls.n_out, layers=(8,)), seed=0)
-    out = ClassificationInterpretation.from_learner(learn).plot_top_losses(3, tmp_path / "top.png")
-    assert out.read_bytes()[:8] == PNG
+    fig = ClassificationInterpretation.from_learner(learn).plot_top_losses(3, tmp_path / "top.png")
+    assert (tmp_path / "top.png").read_bytes()[:8] == PNG
+    assert len(fig.axes) == 3 and not any(ax.images for ax in fig.axes)
 
 
 def test_from_learner_accepts_another_loader() -> None:

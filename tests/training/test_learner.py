@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 from tests._toy_data import DigitsDataLoaders, ToyTableDataLoaders
@@ -86,11 +87,11 @@ def test_training_a_frozen_model_changes_only_the_head_and_batchnorm() -> None:
     learn = digits_learner()
     learn.freeze()
     conv, bn = body_conv_weight(learn).clone(), learn.model[1][1].weight.clone()
-    head = learn.model[2][4].weight.clone()
+    head = learn.model[2][-1].weight.clone()
     learn.fit(1, lr=1e-2)
     assert torch.equal(body_conv_weight(learn), conv)
     assert not torch.equal(learn.model[1][1].weight, bn)
-    assert not torch.equal(learn.model[2][4].weight, head)
+    assert not torch.equal(learn.model[2][-1].weight, head)
 
 
 def test_unfreeze_trains_every_parameter() -> None:
@@ -171,8 +172,17 @@ def test_fit_prints_fastais_epoch_table(capsys: pytest.CaptureFixture[str]) -> N
 def test_recorder_plots_the_loss_curve(tmp_path: Path) -> None:
     learn = table_learner()
     learn.fit(1)
-    out = learn.recorder.plot_loss(tmp_path / "loss.png")
-    assert out.read_bytes()[:4] == b"\x89PNG"
+    learn.recorder.plot_loss(tmp_path / "loss.png")  # the old call form: a path saves the PNG
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_loss_without_a_path_returns_the_figure_and_writes_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    learn = table_learner()
+    learn.fit(1)
+    fig = learn.recorder.plot_loss()
+    assert isinstance(fig, Figure) and fig.axes[0].get_ylabel() == "loss"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_validate_reports_the_loss_and_every_metric() -> None:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from tests._toy_data import ToyTableDataLoaders
+from training.defaults import DEFAULT_LR_RULE
 from training.learner import Learner
-from training.lr_find import suggest_lrs, valley_index
+from training.lr_find import loss_at, plot_lr_find, suggest_lrs, valley_index
 from training.models.tabular import TabularModel
 from training.schedule import exponential_sweep
 
@@ -98,3 +99,45 @@ def test_lr_find_writes_a_png_plot(tmp_path: Path) -> None:
     out = tmp_path / "plots" / "lr_find.png"
     learn.lr_find(num_it=25, save_path=out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_slide_suggests_a_rate_inside_the_descent_before_the_blow_up() -> None:
+    suggestion = suggest_lrs(*synthetic_curve())
+    assert 1e-4 < suggestion.slide < 1e-1
+
+
+def test_chosen_is_the_default_rules_rate() -> None:
+    suggestion = suggest_lrs(*synthetic_curve())
+    assert suggestion.chosen == suggestion.rule(DEFAULT_LR_RULE)
+    with pytest.raises(ValueError, match="unknown learning-rate rule"):
+        suggestion.rule("median")
+
+
+def test_the_plot_marks_the_chosen_rate_on_the_curve() -> None:
+    lrs, losses = synthetic_curve()
+    suggestion = suggest_lrs(lrs, losses)
+    fig = plot_lr_find(lrs, losses, suggestion)
+    marker = next(line for line in fig.axes[0].lines if line.get_label().startswith("chosen"))
+    (x,), (y,) = marker.get_data()
+    assert x == suggestion.chosen
+    assert y == pytest.approx(loss_at(lrs, losses, suggestion.chosen))
+    assert min(losses) <= y <= max(losses)
+
+
+def test_lr_find_without_a_path_writes_no_file_and_keeps_the_curve_to_plot(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    learn = small_learner()
+    learn.path = tmp_path
+    learn.lr_find(num_it=25)
+    assert list(tmp_path.iterdir()) == []
+    assert len(learn.recorder.sweep.plot().axes[0].lines[0].get_xdata()) == 25
+
+
+def test_clamped_keeps_minimum_within_the_courses_two_rates() -> None:
+    lrs = exponential_sweep(1e-7, 10.0, 100)
+    low = [1.0 - 0.1 * (lr < 1e-5) for lr in lrs]  # lowest loss at 1e-5: minimum 1e-6, clamped up to 1e-3
+    high = [1.0 - 0.1 * (lr > 0.3) for lr in lrs[:-6]] + [9.0] * 6  # lowest near 1: minimum ~0.1, clamped to 1e-2
+    assert suggest_lrs(lrs, low).clamped == 1e-3
+    assert suggest_lrs(lrs, high).clamped == 1e-2
+    middle = suggest_lrs(*synthetic_curve())
+    assert middle.clamped == middle.minimum  # inside 1e-3..1e-2: minimum as it is

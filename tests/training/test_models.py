@@ -45,7 +45,7 @@ def test_simple_cnn_maps_uint8_images_to_one_output_per_class() -> None:
 
 
 def test_vision_model_is_normalize_then_body_then_fastai_head() -> None:
-    model = create_vision_model("simple_cnn", 3, MEAN, STD)
+    model = create_vision_model("resnet18", 3, MEAN, STD, pretrained=False)
     normalize, body, head = model
     assert isinstance(normalize, ImageNormalize)
     assert isinstance(head[0], AdaptiveConcatPool2d)
@@ -53,6 +53,26 @@ def test_vision_model_is_normalize_then_body_then_fastai_head() -> None:
     assert kinds == [AdaptiveConcatPool2d, nn.Flatten, nn.BatchNorm1d, nn.Dropout, nn.Linear, nn.ReLU,
                      nn.BatchNorm1d, nn.Dropout, nn.Linear]  # fmt: skip
     assert [layer.p for layer in head if isinstance(layer, nn.Dropout)] == [0.25, 0.5]
+
+
+@pytest.mark.parametrize("arch", ["simple_cnn", "small_resnet"])
+def test_from_scratch_archs_end_in_global_average_pooling_and_one_linear(arch: str) -> None:
+    head = create_vision_model(arch, 3, MEAN, STD)[2]
+    kinds = [type(layer) for layer in head]
+    assert kinds == [nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Linear]
+
+
+def test_simple_cnn_convolves_at_full_resolution_and_max_pools_between_blocks() -> None:
+    body = create_vision_model("simple_cnn", 3, MEAN, STD)[1]
+    kinds = [type(layer) for layer in body[:4]]
+    assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
+    assert all(conv.stride == (1, 1) for conv in body.modules() if isinstance(conv, nn.Conv2d))
+    assert [conv.out_channels for conv in body.modules() if isinstance(conv, nn.Conv2d)] == [32, 64, 128, 256]
+
+
+def test_small_resnet_blocks_start_with_every_batchnorm_at_one() -> None:
+    body = create_vision_model("small_resnet", 3, MEAN, STD)[1]
+    assert all(torch.all(bn.weight == 1) for bn in body.modules() if isinstance(bn, nn.BatchNorm2d))
 
 
 def test_resnet_body_keeps_everything_but_the_pool_and_classifier() -> None:
@@ -160,3 +180,15 @@ def test_embedding_sizes_follow_fastais_rule_of_thumb() -> None:
     assert emb_sz_rule(10) == 6
     assert emb_sz_rule(10**6) == 600
     assert get_emb_szs([2, 10]) == [(2, 2), (10, 6)]
+
+
+def test_channels_set_the_from_scratch_block_widths() -> None:
+    model = create_vision_model("simple_cnn", 10, MEAN, STD, channels=(8, 16, 32, 64)).eval()
+    widths = [conv.out_channels for conv in model[1].modules() if isinstance(conv, nn.Conv2d)]
+    assert widths == [8, 16, 32, 64] and model[2][-1].in_features == 64
+    assert model(torch.zeros(2, 3, 28, 28, dtype=torch.uint8)).shape == (2, 10)
+
+
+def test_channels_are_refused_for_a_torchvision_arch() -> None:
+    with pytest.raises(ValueError, match="channels"):
+        create_vision_model("resnet18", 3, MEAN, STD, pretrained=False, channels=(8, 16))

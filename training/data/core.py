@@ -21,7 +21,17 @@ TASKS = ("classification", "multilabel", "regression")
 
 
 class DataError(ValueError):
-    """Input data that cannot be trained on; the message names the problem."""
+    """Input data that cannot be trained on; the message names the problem.
+
+    ``cli_message``, when given, says the same with the command line's flags
+    in place of the Python arguments the message suggests (``--task
+    classification`` for ``y_block='category'``); ``python -m training``
+    prints it instead.
+    """
+
+    def __init__(self, message: str, cli_message: str | None = None) -> None:
+        super().__init__(message)
+        self.cli_message = cli_message or message
 
 
 def read_csv(path: Any) -> pd.DataFrame:
@@ -72,6 +82,15 @@ class DataLoaders:
     def one_batch(self) -> tuple[torch.Tensor, ...]:
         assert self.train is not None, "this DataLoaders holds no data (exported learner)"
         return next(iter(self.train))
+
+    def show_batch(self, max_n: int = 9, path: Any = None) -> Any:
+        """Up to ``max_n`` training items with their labels: a figure of images, or a DataFrame of rows.
+
+        The figure is drawn inline in a notebook and saved when given a path.
+        """
+        from training.show import show_batch
+
+        return show_batch(self, max_n, path)
 
     def new_empty(self) -> "DataLoaders":
         """A copy with the data dropped: what an exported learner keeps."""

@@ -287,14 +287,15 @@ def _regression_targets(df: pd.DataFrame, target_names: list[str], log_target: b
         numbers = pd.to_numeric(raw.astype(object), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         bad = np.flatnonzero(~np.isfinite(numbers))
         if bad.size:
-            raise DataError(
-                f"regression target {name!r} must be numeric: {raw.iloc[bad[0]]!r} at row {raw.index[bad[0]]!r} "
-                f"({bad.size} bad value(s)); use y_block='category' for class labels"
-            )
+            problem = (f"regression target {name!r} must be numeric: {raw.iloc[bad[0]]!r} at row "
+                       f"{raw.index[bad[0]]!r} ({bad.size} bad value(s))")  # fmt: skip
+            raise DataError(f"{problem}; use y_block='category' for class labels",
+                            f"{problem}; use --task classification for class labels")  # fmt: skip
         if log_target:
             nonpositive = int((numbers <= 0).sum())
             if nonpositive:
-                raise DataError(f"log_target needs positive targets: {name!r} has {nonpositive} value(s) <= 0")
+                problem = f"needs positive targets: {name!r} has {nonpositive} value(s) <= 0"
+                raise DataError(f"log_target {problem}", f"--log-target {problem}")
             numbers = np.log(numbers)
         columns.append(numbers)
     return torch.from_numpy(np.stack(columns, axis=1).astype(np.float32))
