@@ -189,7 +189,15 @@ def export_to(learn: Any, repo: Path, name: str, version: int = 1, **options: An
 
 
 def train_images(
-    split: Split, size: int, arch: str, epochs: int, lr: float, seed: int = 42, bs: int = 64, aug: Any = None
+    split: Split,
+    size: int,
+    arch: str,
+    epochs: int,
+    lr: float,
+    seed: int = 42,
+    bs: int = 64,
+    aug: Any = None,
+    channels: Any = None,
 ) -> Any:
     from training import ImageDataLoaders, vision_learner
     from training.learner import set_seed
@@ -198,7 +206,7 @@ def train_images(
     dls = ImageDataLoaders.from_arrays(
         split.items, split.labels, valid_pct=0.2, seed=seed, size=size, method="squish", aug=aug, bs=bs
     )
-    learn = vision_learner(dls, arch=arch, pretrained=False, seed=seed, device="cpu")
+    learn = vision_learner(dls, arch=arch, pretrained=False, seed=seed, device="cpu", channels=channels)
     learn.progress = False
     learn.fit_one_cycle(epochs, lr)
     return learn
@@ -208,8 +216,10 @@ def train_digits(split: Split, epochs: int = 8) -> Any:
     """The digits example's recipe (``training.examples.train_digits``) on ``split``."""
     from training.data.augment import aug_transforms
 
+    from training.examples import DIGITS_CHANNELS
+
     aug = aug_transforms(do_flip=False, max_rotate=10.0, max_zoom=1.1, max_warp=0.0, max_lighting=0.1)
-    return train_images(split, 28, "simple_cnn", epochs, 1e-2, aug=aug)
+    return train_images(split, 28, "simple_cnn", epochs, 1e-2, aug=aug, channels=DIGITS_CHANNELS)
 
 
 def train_shapes(split: Split, size: int = 64, arch: str = "small_resnet", epochs: int = 8) -> Any:
