@@ -50,8 +50,7 @@ class SQLiteStore(Store):
 
         Python's sqlite3 lets go of the GIL around every statement step, and ``executemany`` steps once per
         row: while the event loop is busy, each row then waits for the GIL to come back (a forced switch,
-        up to the switch interval). With a busy thread beside the writer that cost 36-41 us of CPU and
-        2.2 ms of wall time per row; with up to 256 rows per statement, 9 us and 91 us.
+        up to the switch interval). Many rows per statement pay that once (docs/performance.md).
         """
         conn = self._connect()
         conn.execute("BEGIN")

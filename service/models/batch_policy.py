@@ -26,21 +26,18 @@ service's own ONNX Runtime settings (:func:`measure`: the best of at least
   a batch runs on the loop, so no overlap is lost), and each batch's work
   outside the timed run (taking the queue, slicing and resolving every
   request's rows, metrics: tens of microseconds) is paid on the loop, by
-  fewer batches the bigger they are. For the digits CNN, whose time per
-  item is flat from 4 to 32 items, a cap of 32 instead of 4 served 6,212 to
-  6,449 req/s against 4,318 to 4,484 (32 clients, monitoring off).
+  fewer batches the bigger they are.
 * **Runtime threads**: a model whose batches run on the event loop is
   reopened with one ONNX Runtime thread (unless ``SERVING_INTRA_OP_THREADS``
   is set). Splitting a sub-millisecond run over several threads barely
-  shortens it while costing much more CPU: the digits CNN at batch 16 on
-  2 cores took 556 us with 2 threads against 583 us with one, but 918 us of
-  CPU against 583, CPU that the event loop, decoding and the clients need.
+  shortens it while costing much more CPU, which the event loop, decoding
+  and the clients need.
   Slower models keep the container's CPU quota of threads, where the
   parallel speed-up is real.
 
 Explicit settings win: ``SERVING_MAX_BATCH_SIZE`` set by hand is used as the
 cap as it is, and ``SERVING_INLINE_INFERENCE`` (true/false) forces where
-batches run.
+batches run. The figures behind each rule are in docs/batching.md.
 """
 
 from __future__ import annotations
@@ -97,9 +94,9 @@ def measure(
     """Seconds of one run at each batch size: the best of at least ``min_repeats`` runs, and of as many
     more as fit in ``budget_s`` per size (at most ``max_repeats``; warm-up has already run each size).
 
-    Noise on a shared machine only ever adds time, so the best of many runs is the steady figure; a
-    fast model's time per item is nearly flat over sizes (digits: 18.5, 19.3 and 17.4 us per item at
-    8, 16 and 32), and the best of two flipped its cap between 8 and 16 from one start to the next."""
+    Noise on a shared machine only ever adds time, so the best of many runs is the steady figure; a fast
+    model's time per item is nearly flat over sizes, and the best of two flipped its cap from one start to
+    the next (docs/batching.md)."""
     timings: dict[int, float] = {}
     for size in sizes:
         inputs = runtime.example_inputs(size)
