@@ -46,6 +46,10 @@ from service.monitoring import Monitor
 from service.monitoring.batch import BatchColumns
 from service.monitoring.log import PredictionLog
 from service.monitoring.metrics import MonitorMetrics
+from service.monitoring.monitor import MonitorSink
+from service.parallel.channel import ChannelSender
+from service.parallel.roles import ProcessRole, WorkerRole
+from service.parallel.rollout import WorkerRolloutManager
 from service.rollout.manager import RolloutManager
 from service.rollout.metrics import RolloutMetrics
 from service.rollout.views import describe_model
@@ -71,15 +75,19 @@ class Components:
     pipeline: PredictPipeline
     catalogue: ModelCatalogue
     decode_pool: ThreadPoolExecutor
+    role: ProcessRole | None = None  # one process of several (service.parallel); None: the only one
 
 
-def build_monitor(settings: ServiceSettings, metrics: ServingMetrics) -> Monitor | None:
-    """Monitoring, with its prediction log: in the shared PostgreSQL when there is one, else a SQLite file."""
+def build_monitor(
+    settings: ServiceSettings, metrics: ServingMetrics, sink: MonitorSink | None = None
+) -> Monitor | None:
+    """Monitoring, with its prediction log: in the shared PostgreSQL when there is one, else a SQLite file.
+    A worker of several sends its observations to ``sink`` (the control process keeps the windows and the log)."""
     if not settings.monitoring:
         return None
     monitor_metrics = MonitorMetrics(metrics.registry)
     prediction_log = None
-    if settings.prediction_log:
+    if settings.prediction_log and sink is None:
         shared = settings.state_url.startswith(("postgresql://", "postgres://"))
         store = open_store(settings.state_url if shared else "", settings.prediction_log_path, settings.store_timeout_s)
         prediction_log = PredictionLog(
@@ -90,7 +98,7 @@ def build_monitor(settings: ServiceSettings, metrics: ServingMetrics) -> Monitor
             max_bytes=settings.prediction_log_max_bytes,
             max_rows=settings.prediction_log_max_rows,
         )
-    return Monitor(settings, monitor_metrics, prediction_log)
+    return Monitor(settings, monitor_metrics, prediction_log, sink)
 
 
 def build_rollout(
@@ -99,23 +107,29 @@ def build_rollout(
     registry: ModelRegistry,
     monitor: Monitor | None,
     clock: Clock | None,
+    channel: ChannelSender | None = None,
 ) -> RolloutManager | None:
-    """Rollouts run when a policy file or a state store is configured; the monitor's readings feed the guardrails."""
+    """Rollouts run when a policy file or a state store is configured; the monitor's readings feed the guardrails.
+    A worker of several routes but leaves the guardrails to the control process."""
     if settings.rollout is None and not settings.state_url and settings.state_path is None:
         return None
     store = open_store(settings.state_url, settings.sqlite_state_path(), settings.store_timeout_s)
+    rollout_metrics = RolloutMetrics(metrics.registry)
+    if channel is not None:
+        return WorkerRolloutManager(
+            settings, rollout_metrics, store, registry.loaded_numbers, {}, clock or time.time, channel=channel
+        )
     readings = monitor.guardrail_readings() if monitor is not None else {}
-    return RolloutManager(
-        settings, RolloutMetrics(metrics.registry), store, registry.loaded_numbers, readings, clock or time.time
-    )
+    return RolloutManager(settings, rollout_metrics, store, registry.loaded_numbers, readings, clock or time.time)
 
 
-def build(settings: ServiceSettings, clock: Clock | None = None) -> Components:
-    """Every component, each given what it needs."""
+def build(settings: ServiceSettings, clock: Clock | None = None, role: ProcessRole | None = None) -> Components:
+    """Every component, each given what it needs; ``role`` when this is one process of several."""
     metrics = ServingMetrics()
-    monitor = build_monitor(settings, metrics)
+    sink = role.sender(metrics.registry) if isinstance(role, WorkerRole) else None
+    monitor = build_monitor(settings, metrics, sink)
     registry = ModelRegistry(settings, metrics, BatchColumns if monitor is not None else None)
-    rollout = build_rollout(settings, metrics, registry, monitor, clock)
+    rollout = build_rollout(settings, metrics, registry, monitor, clock, sink)
     router = VersionRouter(registry, rollout)
     threads = settings.preprocess_threads or cpu_quota()
     decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
@@ -123,13 +137,17 @@ def build(settings: ServiceSettings, clock: Clock | None = None) -> Components:
     shadow = ShadowRunner(settings, registry, rollout, decode_pool, monitor) if rollout is not None else None
     pipeline = PredictPipeline(settings, router, metrics, decode_queue, decode_pool, monitor, rollout, shadow)
     catalogue = ModelCatalogue(registry, router, partial(describe_model, rollout) if rollout is not None else None)
-    return Components(settings, metrics, registry, router, monitor, rollout, shadow, pipeline, catalogue, decode_pool)
+    return Components(
+        settings, metrics, registry, router, monitor, rollout, shadow, pipeline, catalogue, decode_pool, role
+    )
 
 
 def routes(c: Components) -> list[BaseRoute]:
     """Every route but the native predict paths (``ServingApp`` sends those to the predict endpoint first)."""
     return [
-        *OperationRoutes(c.registry, c.metrics, c.rollout, c.monitor, c.settings.admin_token).routes(),
+        *OperationRoutes(
+            c.registry, c.metrics, c.rollout, c.monitor, c.settings.admin_token, c.role.group if c.role else None
+        ).routes(),
         *ModelRoutes(c.settings, c.catalogue).routes(),
         *RolloutAPI(c.settings, c.rollout).routes(),
         *OpenInferenceAPI(c.settings, c.registry, c.router, c.pipeline).routes(),
@@ -154,10 +172,14 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
     problems = c.registry.problems()
     if problems:
         log.warning("not ready: %s", "; ".join(problems))
+    if c.role is not None:
+        c.role.started(c)
     try:
         yield
     finally:
         log.info("shutting down: draining every batcher")
+        if c.role is not None:
+            c.role.stopping(c)
         if c.shadow is not None:
             await c.shadow.drain()
         if c.rollout is not None:
@@ -191,6 +213,9 @@ class ServingApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: ServiceSettings | None = None, clock: Clock | None = None) -> ServingApp:
-    """A ready-to-run ASGI app serving ``settings.models``; ``clock`` (epoch seconds) drives the rollout plan."""
-    return ServingApp(build(settings or ServiceSettings(), clock))
+def create_app(
+    settings: ServiceSettings | None = None, clock: Clock | None = None, role: ProcessRole | None = None
+) -> ServingApp:
+    """A ready-to-run ASGI app serving ``settings.models``; ``clock`` (epoch seconds) drives the rollout plan;
+    ``role`` makes it a worker or the control process of several (``service.parallel``)."""
+    return ServingApp(build(settings or ServiceSettings(), clock, role))

@@ -1,5 +1,8 @@
 """Prometheus metrics of one app, in its own CollectorRegistry (never the global one).
 
+With several worker processes every value lives in prometheus-client's multiprocess files and ``/metrics``
+reads them all; each gauge names how its processes' values combine (``multiprocess_mode``).
+
 Label values are bounded: model and version come from loaded bundles only
 (requests for unknown models count under ``model="unknown"``), region is a
 configured region or ``other``, outcome is one of five words.
@@ -7,7 +10,10 @@ configured region or ``other``, outcome is one of five words.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 UNKNOWN_MODEL = "unknown"
 OUTCOMES = ("ok", "client_error", "server_error", "rejected", "timeout")
@@ -55,12 +61,17 @@ class ServingMetrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "serving_queue_depth", "Items waiting in the batcher queue.", ["model", "version"], registry=r
+            "serving_queue_depth",
+            "Items waiting in the batcher queue.",
+            ["model", "version"],
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.model_info = Gauge(
             "serving_model_info",
             "1 for every loaded model version.",
             ["model", "version", "task", "provider", "sha256"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.load_failures = Counter(
@@ -81,6 +92,13 @@ class ServingMetrics:
         self.load_failures.labels(model, reason).inc()
 
     def render(self) -> tuple[bytes, str]:
+        """This app's metrics; with several worker processes (prometheus-client's multiprocess mode, see
+        ``service.parallel``) those of every process of the group, each gauge aggregated by its mode."""
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if folder:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, folder)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

@@ -81,11 +81,15 @@ class LogMetrics:
             registry=registry,
         )
         self.pending = Gauge(
-            "serving_prediction_log_pending", "Records waiting in the prediction log buffer.", registry=registry
+            "serving_prediction_log_pending",
+            "Records waiting in the prediction log buffer.",
+            multiprocess_mode="livesum",
+            registry=registry,
         )
         self.up = Gauge(
             "serving_prediction_log_up",
             "1 while the prediction log's store answers, 0 while it fails (predictions are still served).",
+            multiprocess_mode="livemin",
             registry=registry,
         )
 

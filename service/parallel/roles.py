@@ -1,0 +1,59 @@
+"""What makes one process of the group a worker or the control process (``service.app.build`` takes one)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from multiprocessing.queues import Queue
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+
+from service.parallel.channel import ChannelMetrics, ChannelReceiver, ChannelSender
+from service.parallel.group import CONTROL, ProcessGroup, worker_name
+
+if TYPE_CHECKING:
+    from service.app import Components
+
+
+@dataclass
+class WorkerRole:
+    """Serves the whole API on the shared socket; sends monitoring and guardrail readings to the control process."""
+
+    index: int
+    group: ProcessGroup
+    channel: Queue[tuple[Any, ...]]
+
+    def sender(self, registry: CollectorRegistry) -> ChannelSender:
+        return ChannelSender(self.channel, ChannelMetrics(registry))
+
+    def started(self, components: Components) -> None:
+        self.group.started(worker_name(self.index))
+
+    def stopping(self, components: Components) -> None:
+        self.group.stopped(worker_name(self.index))
+
+
+@dataclass
+class ControlRole:
+    """Runs the monitor and the guardrails over every worker's traffic; answers forwarded routes on a unix socket."""
+
+    group: ProcessGroup
+    channel: Queue[tuple[Any, ...]]
+
+    def __post_init__(self) -> None:
+        self.receiver = ChannelReceiver(self.channel)
+
+    def started(self, c: Components) -> None:
+        def version_of(name: str, number: int) -> Any:
+            return c.registry.versions_of(name).get(number)
+
+        self.receiver.start(version_of, c.monitor, c.rollout, asyncio.get_running_loop())
+        self.group.started(CONTROL)
+
+    def stopping(self, components: Components) -> None:
+        self.group.stopped(CONTROL)
+        self.receiver.stop()
+
+
+ProcessRole = WorkerRole | ControlRole
