@@ -48,7 +48,7 @@ from service.monitoring.log import PredictionLog
 from service.monitoring.metrics import MonitorMetrics
 from service.monitoring.monitor import MonitorSink
 from service.parallel.channel import ChannelSender
-from service.parallel.roles import ProcessRole, WorkerRole
+from service.parallel.roles import ControlRole, ProcessRole, WorkerRole
 from service.parallel.rollout import WorkerRolloutManager
 from service.rollout.manager import RolloutManager
 from service.rollout.metrics import RolloutMetrics
@@ -79,7 +79,7 @@ class Components:
 
 
 def build_monitor(
-    settings: ServiceSettings, metrics: ServingMetrics, sink: MonitorSink | None = None
+    settings: ServiceSettings, metrics: ServingMetrics, role: ProcessRole | None = None, sink: MonitorSink | None = None
 ) -> Monitor | None:
     """Monitoring, with its prediction log: in the shared PostgreSQL when there is one, else a SQLite file.
     A worker of several sends its observations to ``sink`` (the control process keeps the windows and the log)."""
@@ -98,7 +98,8 @@ def build_monitor(
             max_bytes=settings.prediction_log_max_bytes,
             max_rows=settings.prediction_log_max_rows,
         )
-    return Monitor(settings, monitor_metrics, prediction_log, sink)
+    upstream_idle = role.receiver.wait_idle if isinstance(role, ControlRole) else None
+    return Monitor(settings, monitor_metrics, prediction_log, sink, upstream_idle)
 
 
 def build_rollout(
@@ -127,7 +128,7 @@ def build(settings: ServiceSettings, clock: Clock | None = None, role: ProcessRo
     """Every component, each given what it needs; ``role`` when this is one process of several."""
     metrics = ServingMetrics()
     sink = role.sender(metrics.registry) if isinstance(role, WorkerRole) else None
-    monitor = build_monitor(settings, metrics, sink)
+    monitor = build_monitor(settings, metrics, role, sink)
     registry = ModelRegistry(settings, metrics, BatchColumns if monitor is not None else None)
     rollout = build_rollout(settings, metrics, registry, monitor, clock, sink)
     router = VersionRouter(registry, rollout)

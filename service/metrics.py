@@ -19,6 +19,7 @@ UNKNOWN_MODEL = "unknown"
 OUTCOMES = ("ok", "client_error", "server_error", "rejected", "timeout")
 LOAD_FAILURE_REASONS = ("manifest", "checksum", "onnx", "warmup")
 
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # prometheus-client reads it at import too
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -94,10 +95,9 @@ class ServingMetrics:
     def render(self) -> tuple[bytes, str]:
         """This app's metrics; with several worker processes (prometheus-client's multiprocess mode, see
         ``service.parallel``) those of every process of the group, each gauge aggregated by its mode."""
-        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        if folder:
+        if MULTIPROCESS:
             registry = CollectorRegistry()
-            MultiProcessCollector(registry, folder)
+            MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
@@ -115,9 +115,11 @@ class VersionMetrics:
         self._inference = metrics.inference_duration.labels(model, version)
         self._batch_size = metrics.batch_size.labels(model, version)
         # The batcher reports its depth on every submit and take; storing an int is all that costs,
-        # the gauge reads it when scraped.
+        # the gauge reads it when scraped. With several processes a scrape reads the shared files: set it there.
         self._depth = 0
-        metrics.queue_depth.labels(model, version).set_function(self._current_depth)
+        self._shared_depth = metrics.queue_depth.labels(model, version) if MULTIPROCESS else None
+        if self._shared_depth is None:
+            metrics.queue_depth.labels(model, version).set_function(self._current_depth)
         self._requests: dict[tuple[str, str], Counter] = {}
 
     def _current_depth(self) -> int:
@@ -133,6 +135,8 @@ class VersionMetrics:
 
     def queue_depth(self, items: int) -> None:
         self._depth = items
+        if self._shared_depth is not None:
+            self._shared_depth.set(items)
 
     def queue_wait(self, seconds: float) -> None:
         self._queue_wait.observe(seconds)

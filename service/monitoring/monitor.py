@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from bundle import monitoring as mon
@@ -57,11 +58,13 @@ class Monitor:
         metrics: MonitorMetrics,
         prediction_log: PredictionLog | None,
         sink: MonitorSink | None = None,
+        upstream_idle: Callable[[float], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.log = prediction_log
         self.sink = sink
+        self.upstream_idle = upstream_idle  # the control process: waits for what the workers sent to arrive
         self.logs = prediction_log is not None or (sink is not None and settings.prediction_log)
         self._states: dict[tuple[str, int], VersionState] = {}
         self._prepare_lock = threading.Lock()
@@ -72,7 +75,7 @@ class Monitor:
             settings.drift_threshold,
             self._log if prediction_log is not None else None,
         )
-        self.feedback = FeedbackBook(prediction_log, metrics, settings.feedback_window, self.worker.wait_idle)
+        self.feedback = FeedbackBook(prediction_log, metrics, settings.feedback_window, self.wait_idle)
         self.readings = MonitorReadings(settings, self._states, self.prepare, self.feedback)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -201,6 +204,8 @@ class Monitor:
 
     def wait_idle(self, timeout_s: float = 2.0) -> bool:
         """Wait (blocking) until every queued observation is processed; False on timeout."""
+        if self.upstream_idle is not None and not self.upstream_idle(timeout_s):
+            return False
         return self.worker.wait_idle(timeout_s)
 
     # -- feedback and readings -------------------------------------------------------------

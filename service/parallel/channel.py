@@ -13,6 +13,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import fields
 from multiprocessing.queues import Queue
@@ -69,6 +70,7 @@ class ChannelReceiver:
     def __init__(self, channel: Queue[tuple[Any, ...]]) -> None:
         self.channel = channel
         self._thread: threading.Thread | None = None
+        self._handling = False  # between taking a message and handing it over
 
     def start(
         self,
@@ -89,9 +91,21 @@ class ChannelReceiver:
             self.channel.put(STOP)
             self._thread.join(10.0)
 
+    def wait_idle(self, timeout_s: float = 2.0) -> bool:
+        """Wait (blocking) until every message sent so far is handed over (a worker's ``put`` counts at once,
+        so an answered request's observation is waited for); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self.channel.qsize() > 0 or self._handling:
+            if time.monotonic() > deadline or self._thread is None or not self._thread.is_alive():
+                return False
+            time.sleep(0.002)
+        return True
+
     def _run(self, version_of: Callable[[str, int], Any | None], monitor: Any, rollout: Any, loop: Any) -> None:
         while True:
+            self._handling = False
             message = self.channel.get()
+            self._handling = True
             if message == STOP:
                 return
             try:

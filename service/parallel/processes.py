@@ -13,16 +13,19 @@ import uvicorn
 
 from service.settings import ServiceSettings
 
+PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
 FORWARD_TIMEOUT_S = 30.0
 
 
-def _detach(name: str, settings: ServiceSettings) -> None:
+def _detach(name: str, comm: str, settings: ServiceSettings) -> None:
     """Own process group (a terminal's Ctrl-C reaches the supervisor only, which stops the group in order);
-    gone when the supervisor is gone, even killed."""
+    gone when the supervisor is gone, even killed; named ``comm`` in ps and /proc/<pid>/comm."""
     os.setpgrp()
     try:
-        ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_NAME, comm.encode()[:15])
     except (OSError, AttributeError):  # not Linux: the supervisor's SIGTERM still stops it
         pass
     logging.basicConfig(
@@ -39,7 +42,7 @@ def run_worker(settings: ServiceSettings, sock: socket.socket, role: object) -> 
     from service.parallel.roles import WorkerRole
 
     assert isinstance(role, WorkerRole)
-    _detach(f"worker {role.index}", settings)
+    _detach(f"worker {role.index}", f"serving-w{role.index}", settings)
     app = ForwardToControl(create_app(settings, role=role), role.group.control_socket, FORWARD_TIMEOUT_S)
     uvicorn.Server(server_config(app, settings)).run(sockets=[sock])
 
@@ -50,6 +53,6 @@ def run_control(settings: ServiceSettings, role: object) -> None:
     from service.parallel.roles import ControlRole
 
     assert isinstance(role, ControlRole)
-    _detach("control", settings)
+    _detach("control", "serving-control", settings)
     app = create_app(settings, role=role)
     uvicorn.Server(server_config(app, settings, uds=role.group.control_socket)).run()

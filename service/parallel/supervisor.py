@@ -65,7 +65,7 @@ class Supervisor:
         self.stopping = False
 
     def run(self) -> int:
-        config = uvicorn.Config(app=None, host=self.settings.host, port=self.settings.port)
+        config = uvicorn.Config("service.app:create_app", host=self.settings.host, port=self.settings.port)
         self.sock = config.bind_socket()
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
