@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from multiprocessing.sharedctypes import Synchronized
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -109,6 +110,7 @@ def build_rollout(
     monitor: Monitor | None,
     clock: Clock | None,
     channel: ChannelSender | None = None,
+    generation: Synchronized[int] | None = None,
 ) -> RolloutManager | None:
     """Rollouts run when a policy file or a state store is configured; the monitor's readings feed the guardrails.
     A worker of several routes but leaves the guardrails to the control process."""
@@ -118,7 +120,14 @@ def build_rollout(
     rollout_metrics = RolloutMetrics(metrics.registry)
     if channel is not None:
         return WorkerRolloutManager(
-            settings, rollout_metrics, store, registry.loaded_numbers, {}, clock or time.time, channel=channel
+            settings,
+            rollout_metrics,
+            store,
+            registry.loaded_numbers,
+            {},
+            clock or time.time,
+            channel=channel,
+            generation=generation,
         )
     readings = monitor.guardrail_readings() if monitor is not None else {}
     return RolloutManager(settings, rollout_metrics, store, registry.loaded_numbers, readings, clock or time.time)
@@ -130,7 +139,8 @@ def build(settings: ServiceSettings, clock: Clock | None = None, role: ProcessRo
     sink = role.sender(metrics.registry) if isinstance(role, WorkerRole) else None
     monitor = build_monitor(settings, metrics, role, sink)
     registry = ModelRegistry(settings, metrics, BatchColumns if monitor is not None else None)
-    rollout = build_rollout(settings, metrics, registry, monitor, clock, sink)
+    generation = role.rollout_generation if isinstance(role, WorkerRole) else None
+    rollout = build_rollout(settings, metrics, registry, monitor, clock, sink, generation)
     router = VersionRouter(registry, rollout)
     threads = settings.preprocess_threads or cpu_quota()
     decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")

@@ -43,7 +43,9 @@ def run_worker(settings: ServiceSettings, sock: socket.socket, role: object) -> 
 
     assert isinstance(role, WorkerRole)
     _detach(f"worker {role.index}", f"serving-w{role.index}", settings)
-    app = ForwardToControl(create_app(settings, role=role), role.group.control_socket, FORWARD_TIMEOUT_S)
+    inner = create_app(settings, role=role)
+    rollout = inner.state.components.rollout
+    app = ForwardToControl(inner, role.group.control_socket, FORWARD_TIMEOUT_S, role.rollout_generation, rollout)
     uvicorn.Server(server_config(app, settings)).run(sockets=[sock])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
+from multiprocessing.sharedctypes import Synchronized
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -23,6 +24,7 @@ class WorkerRole:
     index: int
     group: ProcessGroup
     channel: Queue[tuple[Any, ...]]
+    rollout_generation: Synchronized[int]  # bumped when an admin changes a rollout (service.parallel.forward)
 
     def sender(self, registry: CollectorRegistry) -> ChannelSender:
         return ChannelSender(self.channel, ChannelMetrics(registry))

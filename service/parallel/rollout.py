@@ -8,6 +8,7 @@ worker obeys at its next poll (``rollout_poll_s``), as replicas do.
 
 from __future__ import annotations
 
+from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
 from service.parallel.channel import ChannelSender
@@ -17,9 +18,28 @@ from service.rollout.manager import RolloutManager
 class WorkerRolloutManager(RolloutManager):
     """Routing here; readings to the control process (``channel``); no guardrail verdicts of its own."""
 
-    def __init__(self, *args: Any, channel: ChannelSender, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, channel: ChannelSender, generation: Synchronized[int] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.channel = channel
+        self.generation = generation  # the group's rollout generation (service.parallel.forward)
+        self._generation_seen = generation.value if generation is not None else 0
+
+    async def _read(self) -> None:
+        """A decision this worker's poll found first is read by every other worker at its next tick."""
+        before = self.decisions
+        await super()._read()
+        if self.generation is not None and self.decisions != before:
+            with self.generation.get_lock():
+                self.generation.value += 1
+                self._generation_seen = self.generation.value
+
+    async def tick(self) -> None:
+        if self.generation is not None and self.generation.value != self._generation_seen:
+            self._generation_seen = self.generation.value
+            self._sync_soon()
+        await super().tick()
 
     def _watches(self, name: str, version: int) -> bool:
         windows = self._watched.get(name)  # only while a candidate runs, as the manager's own check

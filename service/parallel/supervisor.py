@@ -53,6 +53,7 @@ class Supervisor:
         self.run_dir = Path(tempfile.mkdtemp(prefix="serving-run-"))
         self.group = ProcessGroup(self.run_dir, workers)
         self.channel = self.context.Queue(settings.monitor_queue_size)
+        self.rollout_generation = self.context.Value("Q", 0)
         registry = CollectorRegistry()
         self.restarts = Counter(
             "serving_worker_restarts", "Worker or control processes restarted after dying.", registry=registry
@@ -94,7 +95,7 @@ class Supervisor:
             role: object = ControlRole(self.group, self.channel)
             process = self.context.Process(target=run_control, args=(self.control_settings, role), name=member)
         else:
-            role = WorkerRole(int(member.split("-")[1]), self.group, self.channel)
+            role = WorkerRole(int(member.split("-")[1]), self.group, self.channel, self.rollout_generation)
             process = self.context.Process(target=run_worker, args=(self.settings, self.sock, role), name=member)
         process.start()
         self.processes[member] = process

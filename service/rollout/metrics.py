@@ -50,13 +50,13 @@ class RolloutMetrics:
         self.store_up = Gauge(
             "serving_state_store_up",
             "1 when the last state store call succeeded.",
-            multiprocess_mode="mostrecent",
+            multiprocess_mode="livemin",
             registry=r,
         )
         self.store_age = Gauge(
             "serving_state_store_last_ok_age_seconds",
             "Seconds since the state store last answered.",
-            multiprocess_mode="mostrecent",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.shadow_requests = Counter(
