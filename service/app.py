@@ -50,7 +50,7 @@ from service.monitoring.metrics import MonitorMetrics
 from service.monitoring.monitor import MonitorSink
 from service.parallel.channel import ChannelSender
 from service.parallel.roles import ControlRole, ProcessRole, WorkerRole
-from service.parallel.rollout import WorkerRolloutManager
+from service.parallel.rollout import ControlRolloutManager, WorkerRolloutManager
 from service.rollout.manager import RolloutManager
 from service.rollout.metrics import RolloutMetrics
 from service.rollout.views import describe_model
@@ -130,6 +130,16 @@ def build_rollout(
             generation=generation,
         )
     readings = monitor.guardrail_readings() if monitor is not None else {}
+    if generation is not None:  # the control process of several: its decisions reach every worker at once
+        return ControlRolloutManager(
+            settings,
+            rollout_metrics,
+            store,
+            registry.loaded_numbers,
+            readings,
+            clock or time.time,
+            generation=generation,
+        )
     return RolloutManager(settings, rollout_metrics, store, registry.loaded_numbers, readings, clock or time.time)
 
 
@@ -139,7 +149,7 @@ def build(settings: ServiceSettings, clock: Clock | None = None, role: ProcessRo
     sink = role.sender(metrics.registry) if isinstance(role, WorkerRole) else None
     monitor = build_monitor(settings, metrics, role, sink)
     registry = ModelRegistry(settings, metrics, BatchColumns if monitor is not None else None)
-    generation = role.rollout_generation if isinstance(role, WorkerRole) else None
+    generation = role.rollout_generation if role is not None else None
     rollout = build_rollout(settings, metrics, registry, monitor, clock, sink, generation)
     router = VersionRouter(registry, rollout)
     threads = settings.preprocess_threads or cpu_quota()
@@ -196,6 +206,8 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
         if c.rollout is not None:
             await c.rollout.stop()
         await c.registry.stop()
+        if c.role is not None:
+            await asyncio.to_thread(c.role.stopped, c)
         if c.monitor is not None:
             await asyncio.to_thread(c.monitor.stop)
         c.decode_pool.shutdown(wait=True)

@@ -23,11 +23,17 @@ class WorkerRole:
 
     index: int
     group: ProcessGroup
-    channel: Queue[tuple[Any, ...]]
+    channel: Queue[Any]
+    sent: Any  # shared array: messages each worker has sent (service.parallel.channel)
     rollout_generation: Synchronized[int]  # bumped when an admin changes a rollout (service.parallel.forward)
+    capacity: int = 10_000
+
+    def __post_init__(self) -> None:
+        self._sender: ChannelSender | None = None
 
     def sender(self, registry: CollectorRegistry) -> ChannelSender:
-        return ChannelSender(self.channel, ChannelMetrics(registry))
+        self._sender = ChannelSender(self.channel, ChannelMetrics(registry), self.index, self.sent, self.capacity)
+        return self._sender
 
     def started(self, components: Components) -> None:
         self.group.started(worker_name(self.index))
@@ -35,16 +41,22 @@ class WorkerRole:
     def stopping(self, components: Components) -> None:
         self.group.stopped(worker_name(self.index))
 
+    def stopped(self, components: Components) -> None:
+        if self._sender is not None:  # what the drained requests left
+            self._sender.close()
+
 
 @dataclass
 class ControlRole:
     """Runs the monitor and the guardrails over every worker's traffic; answers forwarded routes on a unix socket."""
 
     group: ProcessGroup
-    channel: Queue[tuple[Any, ...]]
+    channel: Queue[Any]
+    sent: Any
+    rollout_generation: Synchronized[int]
 
     def __post_init__(self) -> None:
-        self.receiver = ChannelReceiver(self.channel)
+        self.receiver = ChannelReceiver(self.channel, self.sent)
 
     def started(self, c: Components) -> None:
         def version_of(name: str, number: int) -> Any:
@@ -56,6 +68,9 @@ class ControlRole:
     def stopping(self, components: Components) -> None:
         self.group.stopped(CONTROL)
         self.receiver.stop()
+
+    def stopped(self, components: Components) -> None:
+        pass
 
 
 ProcessRole = WorkerRole | ControlRole

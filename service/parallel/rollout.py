@@ -67,3 +67,17 @@ class WorkerRolloutManager(RolloutManager):
 
     async def check_guardrails(self) -> None:
         """Judged once, in the control process."""
+
+
+class ControlRolloutManager(RolloutManager):
+    """The control process's manager: judges every worker's readings; a change it writes (an automatic
+    rollback) bumps the group's ``generation``, so every worker reads the store before its next request."""
+
+    def __init__(self, *args: Any, generation: Synchronized[int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.generation = generation
+
+    async def _write_pending(self, change: Any) -> None:
+        await super()._write_pending(change)
+        with self.generation.get_lock():
+            self.generation.value += 1

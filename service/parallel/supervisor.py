@@ -30,6 +30,7 @@ log = logging.getLogger("service.parallel")
 
 RESTART_BACKOFF_S = 1.0  # a process that keeps dying is restarted at most this often
 POLL_S = 0.1
+CHANNEL_BATCHES = 256  # batches of messages waiting for the control process (each worker sends ~50 a second)
 
 
 def divided(settings: ServiceSettings, workers: int, quota: int) -> ServiceSettings:
@@ -52,7 +53,8 @@ class Supervisor:
         self.context = multiprocessing.get_context("spawn")
         self.run_dir = Path(tempfile.mkdtemp(prefix="serving-run-"))
         self.group = ProcessGroup(self.run_dir, workers)
-        self.channel = self.context.Queue(settings.monitor_queue_size)
+        self.channel = self.context.Queue(CHANNEL_BATCHES)
+        self.sent = self.context.Array("Q", workers, lock=False)
         self.rollout_generation = self.context.Value("Q", 0)
         registry = CollectorRegistry()
         self.restarts = Counter(
@@ -92,10 +94,12 @@ class Supervisor:
 
     def _start(self, member: str) -> None:
         if member == CONTROL:
-            role: object = ControlRole(self.group, self.channel)
+            role: object = ControlRole(self.group, self.channel, self.sent, self.rollout_generation)
             process = self.context.Process(target=run_control, args=(self.control_settings, role), name=member)
         else:
-            role = WorkerRole(int(member.split("-")[1]), self.group, self.channel, self.rollout_generation)
+            index = int(member.split("-")[1])
+            capacity = self.settings.monitor_queue_size
+            role = WorkerRole(index, self.group, self.channel, self.sent, self.rollout_generation, capacity)
             process = self.context.Process(target=run_worker, args=(self.settings, self.sock, role), name=member)
         process.start()
         self.processes[member] = process
