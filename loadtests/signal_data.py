@@ -215,7 +215,6 @@ def train_images(
 def train_digits(split: Split, epochs: int = 8) -> Any:
     """The digits example's recipe (``training.examples.train_digits``) on ``split``."""
     from training.data.augment import aug_transforms
-
     from training.examples import DIGITS_CHANNELS
 
     aug = aug_transforms(do_flip=False, max_rotate=10.0, max_zoom=1.1, max_warp=0.0, max_lighting=0.1)

@@ -170,8 +170,10 @@ def epochs_for(learn: Learner, pretrained: bool) -> int:
     base, min_steps = (IMAGE_EPOCHS, MIN_IMAGE_STEPS) if image else (TABULAR_EPOCHS, MIN_STEPS)
     epochs = base if pretrained else default_epochs(n_batches, base, min_steps)
     floor = "" if pretrained else f", at least {min_steps}"
-    print(f"training {epochs} epochs of {n_batches} batches: {epochs * n_batches} optimiser steps"
-          f"{floor} (--epochs overrides)")  # fmt: skip
+    print(
+        f"training {epochs} epochs of {n_batches} batches: {epochs * n_batches} optimiser steps"
+        f"{floor} (--epochs overrides)"
+    )
     return epochs
 
 
@@ -197,8 +199,10 @@ def _export(learn: Learner, args: argparse.Namespace, lr: float) -> dict[str, An
 
 def parity_line(manifest: Any) -> str:
     p = manifest.parity
-    return (f"parity: ONNX Runtime vs PyTorch max |diff| {p.max_abs_diff:.2g}, max relative {p.max_rel_diff or 0:.2g} "
-            f"(allowed rtol {p.rtol:g} + atol {p.tolerance:g}; batch sizes {p.batch_sizes})")  # fmt: skip
+    return (
+        f"parity: ONNX Runtime vs PyTorch max |diff| {p.max_abs_diff:.2g}, max relative {p.max_rel_diff or 0:.2g} "
+        f"(allowed rtol {p.rtol:g} + atol {p.tolerance:g}; batch sizes {p.batch_sizes})"
+    )
 
 
 def train_image(args: argparse.Namespace) -> dict[str, Any]:
@@ -215,8 +219,12 @@ def train_tabular(args: argparse.Namespace) -> dict[str, Any]:
 
 def _sweep_info(learn: Learner) -> dict[str, Any]:
     report = learn.recorder.sweep
-    return {"steps": report.steps, "planned": report.planned, "seconds": round(report.seconds, 2),
-            "diverged": report.diverged}  # fmt: skip
+    return {
+        "steps": report.steps,
+        "planned": report.planned,
+        "seconds": round(report.seconds, 2),
+        "diverged": report.diverged,
+    }
 
 
 def lr_find(args: argparse.Namespace) -> dict[str, Any]:
@@ -224,8 +232,13 @@ def lr_find(args: argparse.Namespace) -> dict[str, Any]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or REPORTS_DIR / "lr_find" / f"{Path(args.data).stem or 'data'}-{stamp}.png"
     suggestion = _find_lr(learn, save_path=out)
-    return {"chosen": suggestion.chosen, "rule": DEFAULT_LR_RULE, **suggestion._asdict(), "plot": str(out),
-            "cost": _sweep_info(learn)}  # fmt: skip
+    return {
+        "chosen": suggestion.chosen,
+        "rule": DEFAULT_LR_RULE,
+        **suggestion._asdict(),
+        "plot": str(out),
+        "cost": _sweep_info(learn),
+    }
 
 
 def write_interpretation(learn: Learner, out: Path, dl: DataLoader | None = None, k: int = 9) -> dict[str, Any]:
@@ -284,8 +297,10 @@ def interpret(args: argparse.Namespace) -> dict[str, Any]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or REPORTS_DIR / manifest.name / str(manifest.version) / "interpret" / f"{args.data.stem}-{stamp}"
     result = write_interpretation(learn, out, _encoded_loader(learn, args.data), k=args.k)
-    print(f"{manifest.name} v{manifest.version} on {args.data}: accuracy {result['accuracy']:.4f} "
-          f"(error_rate {1 - result['accuracy']:.4f}) over {result['items']} labelled items; reports in {out}")  # fmt: skip
+    print(
+        f"{manifest.name} v{manifest.version} on {args.data}: accuracy {result['accuracy']:.4f} "
+        f"(error_rate {1 - result['accuracy']:.4f}) over {result['items']} labelled items; reports in {out}"
+    )
     return result
 
 
@@ -302,10 +317,18 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
     dls = finetune_data(learn, args.data, valid_pct=args.valid_pct, seed=args.seed, bs=args.bs)
     learn.to_device(args.device)
     report = finetune_learner(learn, dls, lr=args.lr, epochs=args.epochs, freeze_epochs=args.freeze_epochs)
-    print(f"fine-tuned {report.epochs} epochs at lr {report.lr:.2e} ({report.lr_source}); "
-          f"on the new validation rows: {report.before} -> {report.after}")  # fmt: skip
-    info = dict(manifest.training, finetuned_from=manifest.version, epochs=report.epochs, lr=report.lr,
-                freeze_epochs=report.freeze_epochs, lr_source=report.lr_source)  # fmt: skip
+    print(
+        f"fine-tuned {report.epochs} epochs at lr {report.lr:.2e} ({report.lr_source}); "
+        f"on the new validation rows: {report.before} -> {report.after}"
+    )
+    info = dict(
+        manifest.training,
+        finetuned_from=manifest.version,
+        epochs=report.epochs,
+        lr=report.lr,
+        freeze_epochs=report.freeze_epochs,
+        lr_source=report.lr_source,
+    )
     bundle = export_learner(learn, args.out or args.source.parent.parent, manifest.name, training_info=info)
     new = read_manifest(bundle)
     print(parity_line(new))
@@ -315,8 +338,12 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
         "metrics": new.metrics,
         "on_the_new_validation_rows": {"before": report.before, "after": new.metrics},
         "old_version_metrics_on_its_own_validation_rows": manifest.metrics,
-        "training": {"epochs": report.epochs, "lr": report.lr, "lr_source": report.lr_source,
-                     "freeze_epochs": report.freeze_epochs},  # fmt: skip
+        "training": {
+            "epochs": report.epochs,
+            "lr": report.lr,
+            "lr_source": report.lr_source,
+            "freeze_epochs": report.freeze_epochs,
+        },
         "parity": new.parity,
     }
 
@@ -420,4 +447,3 @@ def examples(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name}: {result.bundle} {result.metrics} (target: {result.target})", file=sys.stderr, flush=True)
         results[name] = {"bundle": str(result.bundle), "metrics": result.metrics, "target": result.target}
     return results
-

@@ -88,9 +88,14 @@ class _TabularGraph(nn.Module):
     with ``features``); an input of width 0 is left out of the graph."""
 
     def __init__(
-        self, model: nn.Module, activation: nn.Module, n_cat: int, n_cont: int, logits: bool = False,
+        self,
+        model: nn.Module,
+        activation: nn.Module,
+        n_cat: int,
+        n_cont: int,
+        logits: bool = False,
         features: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.model, self.activation, self.logits, self.features = model, activation, logits, features
         self.n_cat, self.n_cont = n_cat, n_cont

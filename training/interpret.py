@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -128,8 +129,15 @@ class ClassificationInterpretation:
             if is_image(item):
                 ax.imshow(image_array(item[0]))
             else:
-                ax.text(0, 1, describe_row(item, self.processor), va="top", family="monospace", fontsize=7,
-                        transform=ax.transAxes)  # fmt: skip
+                ax.text(
+                    0,
+                    1,
+                    describe_row(item, self.processor),
+                    va="top",
+                    family="monospace",
+                    fontsize=7,
+                    transform=ax.transAxes,
+                )
         fig.suptitle("prediction / actual, loss / probability of the actual class")
         return figures.finish(fig, path)
 

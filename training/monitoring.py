@@ -187,8 +187,11 @@ def prediction_references(
         else:
             references[name] = alone
             sources[name] = {
-                "train": 0, "valid": len(valid_values), "training_psi": round(training_psi, 4), "noise": round(level, 4)
-            }  # fmt: skip
+                "train": 0,
+                "valid": len(valid_values),
+                "training_psi": round(training_psi, 4),
+                "noise": round(level, 4),
+            }
     return references, sources
 
 

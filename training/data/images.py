@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,12 +31,12 @@ from bundle.images import (
     ImageError,
     ImageTooLarge,
     ResizeSpec,
-    to_rgb,  # the service's RGB conversion (alpha over white), so in-memory images match served bytes
     decode_image,
     image_summary,
     preprocess,
     resize,
     to_chw,
+    to_rgb,  # the service's RGB conversion (alpha over white), so in-memory images match served bytes
 )
 from training.data.augment import Augment
 from training.data.core import DataError, DataLoaders, read_csv
@@ -175,9 +176,7 @@ class ImageDataLoaders(DataLoaders):
         bs: int = 64,
         num_workers: int = 0,
     ) -> None:
-        train = DataLoader(
-            train_ds, batch_size=bs, shuffle=True, drop_last=len(train_ds) > bs, num_workers=num_workers
-        )
+        train = DataLoader(train_ds, batch_size=bs, shuffle=True, drop_last=len(train_ds) > bs, num_workers=num_workers)
         valid = DataLoader(valid_ds, batch_size=bs, shuffle=False, num_workers=num_workers)
         super().__init__(train, valid, task, vocab)
         self.train_ds: ImageDataset | None = train_ds
@@ -200,7 +199,7 @@ class ImageDataLoaders(DataLoaders):
         seed: int = 42,
         label_func: Callable[[Path], str] | None = None,
         **options: Any,
-    ) -> "ImageDataLoaders":
+    ) -> ImageDataLoaders:
         """Label each image by its parent folder (or ``label_func``).
 
         Uses the ``path/train`` and ``path/valid`` folders when both exist and
@@ -242,14 +241,24 @@ class ImageDataLoaders(DataLoaders):
         valid_pct: float = 0.2,
         seed: int = 42,
         **options: Any,
-    ) -> "ImageDataLoaders":
+    ) -> ImageDataLoaders:
         """Read file names and labels from ``path/csv_fname``; see :meth:`from_df`."""
         root = _existing_dir(path)
         csv_path = root / csv_fname
         if not csv_path.is_file():
             raise DataError(f"label file {csv_path} does not exist")
         return cls.from_df(
-            read_csv(csv_path), root, fn_col, label_col, valid_col, label_delim, folder, suffix, valid_pct, seed, **options
+            read_csv(csv_path),
+            root,
+            fn_col,
+            label_col,
+            valid_col,
+            label_delim,
+            folder,
+            suffix,
+            valid_pct,
+            seed,
+            **options,
         )
 
     @classmethod
@@ -266,7 +275,7 @@ class ImageDataLoaders(DataLoaders):
         valid_pct: float = 0.2,
         seed: int = 42,
         **options: Any,
-    ) -> "ImageDataLoaders":
+    ) -> ImageDataLoaders:
         """File names (relative to ``path/folder``, plus ``suffix``) and labels from a DataFrame.
 
         ``label_delim`` makes it multi-label (labels split on it; an empty
@@ -305,7 +314,7 @@ class ImageDataLoaders(DataLoaders):
         seed: int = 42,
         label_delim: str | None = None,
         **options: Any,
-    ) -> "ImageDataLoaders":
+    ) -> ImageDataLoaders:
         """Files (relative to ``path``) with their labels, split at random."""
         if len(fnames) != len(labels):
             raise DataError(f"{len(fnames)} file names but {len(labels)} labels")
@@ -321,7 +330,7 @@ class ImageDataLoaders(DataLoaders):
         seed: int = 42,
         label_delim: str | None = None,
         **options: Any,
-    ) -> "ImageDataLoaders":
+    ) -> ImageDataLoaders:
         """In-memory uint8 images, [N, H, W] grayscale or [N, H, W, 3] RGB, split at random."""
         arrays = [_check_array(np.asarray(a), f"image {i}") for i, a in enumerate(images)]
         if not arrays:
@@ -340,7 +349,7 @@ class ImageDataLoaders(DataLoaders):
         train_idx: Sequence[int],
         valid_idx: Sequence[int],
         **options: Any,
-    ) -> "ImageDataLoaders":
+    ) -> ImageDataLoaders:
         """``_build`` from one list of items and labels and the positions of each split."""
         return cls._build(
             [items[i] for i in train_idx],
@@ -367,7 +376,7 @@ class ImageDataLoaders(DataLoaders):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         vocab: Sequence[str] | None = None,
-    ) -> "ImageDataLoaders":
+    ) -> ImageDataLoaders:
         if not train_items:
             raise DataError("the training split is empty")
         if not valid_items:
@@ -502,7 +511,7 @@ class ImageDataLoaders(DataLoaders):
                 continue
         return summaries
 
-    def new_empty(self) -> "ImageDataLoaders":
+    def new_empty(self) -> ImageDataLoaders:
         """Drop the datasets; keep the resize spec, vocab, stats and augmentation settings."""
         empty = super().new_empty()
         empty.train_ds = None
