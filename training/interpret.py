@@ -178,3 +178,18 @@ def describe_row(item: tuple[torch.Tensor, ...], processor: Any = None) -> str:
             value = value * normalize.stds[name] + normalize.means[name]  # back to the column's own units
         lines.append(f"{name}: {value:.4g}")
     return "\n".join(lines)
+
+
+def write_interpretation(learn: Learner, out: Path, dl: DataLoader | None = None, k: int = 9) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    interp = ClassificationInterpretation.from_learner(learn, dl)
+    interp.plot_confusion_matrix(out / "confusion_matrix.png")
+    interp.plot_top_losses(k, out / "top_losses.png")
+    matrix = interp.confusion_matrix()
+    return {
+        "accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)),
+        "items": int(matrix.sum()),
+        "most_confused": interp.most_confused(min_val=1)[:10],
+        "confusion_matrix": str(out / "confusion_matrix.png"),
+        "top_losses": str(out / "top_losses.png"),
+    }

@@ -15,7 +15,7 @@ import torchvision
 
 from bundle.manifest import read_manifest
 from training.cli import main
-from training.examples import penguins_frame, write_digits_folder
+from training.cli.examples import penguins_frame, write_digits_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--epochs", "1", "--lr", "1e-2", "--bs", "32"]
@@ -221,8 +221,8 @@ def test_interpret_writes_its_own_report_folder_and_prints_the_accuracy(
 
 
 def test_tabular_defaults_train_small_data_for_enough_optimiser_steps(tmp_path: Path, capsys) -> None:
+    from training.cli.examples import carseats_frame
     from training.defaults import MIN_STEPS
-    from training.examples import carseats_frame
 
     carseats_frame().to_csv(tmp_path / "carseats.csv", index=False)
     assert (

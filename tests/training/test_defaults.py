@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 
 from training import TabularDataLoaders, tabular_learner
+from training.cli.examples import SHAPES, carseats_frame, write_hard_shapes_folder
 from training.defaults import MAX_EPOCHS, MIN_STEPS, default_epochs
-from training.examples import SHAPES, carseats_frame, write_hard_shapes_folder
 from training.finetune import FINETUNE_DEFAULTS, FinetuneDefaults, finetune_learner
 
 

@@ -41,8 +41,8 @@ import pandas as pd
 
 from bundle import reference as ref
 from bundle.manifest import read_manifest, read_reference
+from training.defaults import REPORTS_DIR
 
-REPORTS_DIR = Path("reports")
 MAX_LOGGED_ROWS = 5_000  # the most recent logged rows the forest sees
 _IMAGE_FIELDS_SKIPPED = ("sha256", "bytes", "b64")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")

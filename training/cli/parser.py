@@ -1,17 +1,10 @@
-"""``python -m training``: train, export, fine-tune, interpret, find a learning rate, build the examples."""
+"""The ``python -m training`` command line: its sub-commands, their options and help."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from training.data.core import DataError
 from training.defaults import DEFAULT_LR_RULE, IMAGE_EPOCHS, MAX_EPOCHS, MIN_IMAGE_STEPS, MIN_STEPS, TABULAR_EPOCHS
 
 
@@ -137,7 +130,10 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train, export, fine-tune, interpret, find a learning rate, build the examples.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("image", help="train an image model and export it")
@@ -216,33 +212,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("models"), help="model repository (default models/)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="where the digits PNGs are written")
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from training import commands
-    from training.export import ExportError
-
-    handler = {
-        "image": commands.train_image,
-        "tabular": commands.train_tabular,
-        "lr-find": commands.lr_find,
-        "finetune": commands.finetune,
-        "interpret": commands.interpret,
-        "drift": commands.drift,
-        "drift-report": commands.drift_report,
-        "examples": commands.examples,
-    }[args.command]
-    started = time.perf_counter()
-    try:
-        # progress and epoch tables go to stderr so that stdout is the JSON result alone
-        with contextlib.redirect_stdout(sys.stderr):
-            result: Any = handler(args)
-    except (DataError, ExportError, FileNotFoundError, ValueError) as exc:
-        # errors that suggest an option carry its command-line spelling (--no-pretrained, not pretrained=False)
-        print(f"error: {getattr(exc, 'cli_message', None) or exc}", file=sys.stderr)
-        return 2
-    if result is not None:
-        print(json.dumps(result, indent=2, default=str))
-    print(f"done in {time.perf_counter() - started:.1f}s", file=sys.stderr)
-    return 0
