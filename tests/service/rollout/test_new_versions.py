@@ -199,3 +199,14 @@ def test_replicas_on_one_postgresql_store_agree_on_the_held_version(make_repo, b
         assert shadowed.status_code == 200, shadowed.text
         assert third.post("/v1/rollouts/digits/promote", headers=ADMIN).json()["stage"] == "promoted"
         wait_for(lambda: predict(second).json()["version"] == 2)  # read from the store within a poll
+
+
+def test_shadow_mode_uses_the_new_versions_template_when_the_file_has_one(make_repo, bundle_library, tmp_path):
+    (tmp_path / "rollout.yaml").write_text(TEMPLATES.replace("  quick:", "  new_versions:"))
+    repo = make_repo(("digits", 1))
+    with serve(repo, rollout=tmp_path / "rollout.yaml", watch_interval_s=0.05, new_versions="shadow") as client:
+        install_bundle(bundle_library, repo, "digits", 2)
+
+        wait_for(lambda: client.get("/v1/rollouts/digits").json()["candidate"] == 2)
+        wait_for(lambda: client.get("/v1/rollouts/digits").json()["stage"] == "canary")  # its auto_advance after 1s
+        assert client.get("/v1/rollouts/digits").json()["last_decisions"][0]["action"] == "advance"
