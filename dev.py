@@ -71,7 +71,7 @@ def lint(args: list[str]) -> None:
 
 
 def main() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 -- dev.py may be started by an older python3
         sys.exit("dev.py needs Python 3.11 or newer")
     verbs = {"serve": serve, "test": test, "lint": lint}
     if len(sys.argv) < 2 or sys.argv[1] not in verbs:

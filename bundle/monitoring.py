@@ -149,7 +149,7 @@ class FeatureSpace:
     identity, so that it is well conditioned with fewer items than dimensions). The score of a feature
     vector ``f`` is ``min_c |(f - means[c]) @ whitening|^2``, the squared Mahalanobis distance to the
     nearest class mean: about ``D`` for training-like items, far more for what no class describes.
-    Fitting happens at export (``training.monitoring``); this only applies it (the service computes the
+    Fitting happens at export (``training.export.references``); this only applies it (the service computes the
     same inside the model's graph: ``service.monitoring.graph``).
     """
 

@@ -12,7 +12,7 @@ returns a high quantile: the PSI that in-domain traffic exceeds only that
 rarely. A feature's verdict is drift only above both that level and the line.
 Export uses the same test to decide whether the training items' predictions
 may join the validation items' in the prediction reference
-(``training.monitoring.prediction_references``).
+(``training.export.references.prediction_references``).
 
 The shares it draws from are the reference's, smoothed as the PSI smooths them:
 a bin training never filled (the outer bins beyond its minimum and maximum,

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from training.cli import build_parser  # noqa: E402
-from training.commands import fit_learner, make_tabular_learner  # noqa: E402
+from training.cli.train import fit_learner, make_tabular_learner  # noqa: E402
 
 
 def diabetes() -> pd.DataFrame:

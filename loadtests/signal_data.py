@@ -213,10 +213,9 @@ def train_images(
 
 
 def train_digits(split: Split, epochs: int = 8) -> Any:
-    """The digits example's recipe (``training.examples.train_digits``) on ``split``."""
+    """The digits example's recipe (``training.cli.examples.train_digits``) on ``split``."""
+    from training.cli.examples import DIGITS_CHANNELS
     from training.data.augment import aug_transforms
-
-    from training.examples import DIGITS_CHANNELS
 
     aug = aug_transforms(do_flip=False, max_rotate=10.0, max_zoom=1.1, max_warp=0.0, max_lighting=0.1)
     return train_images(split, 28, "simple_cnn", epochs, 1e-2, aug=aug, channels=DIGITS_CHANNELS)
@@ -227,7 +226,7 @@ def train_shapes(split: Split, size: int = 64, arch: str = "small_resnet", epoch
 
 
 def train_diamonds(frame: pd.DataFrame, epochs: int = 6, seed: int = 42) -> Any:
-    """The diamonds example's recipe (``training.examples.train_diamonds``) on ``frame``."""
+    """The diamonds example's recipe (``training.cli.examples.train_diamonds``) on ``frame``."""
     import math
 
     from training import TabularDataLoaders, tabular_learner
@@ -246,7 +245,7 @@ def train_diamonds(frame: pd.DataFrame, epochs: int = 6, seed: int = 42) -> Any:
 
 
 def train_penguins(frame: pd.DataFrame, epochs: int = 8, seed: int = 42) -> Any:
-    """The penguins example's recipe (``training.examples.train_penguins``) on ``frame``."""
+    """The penguins example's recipe (``training.cli.examples.train_penguins``) on ``frame``."""
     from training import TabularDataLoaders, tabular_learner
     from training.learner import set_seed
 

@@ -41,14 +41,14 @@ import torch
 from torch import nn
 
 from training.cli import build_parser
-from training.commands import fit_learner, make_image_learner, make_tabular_learner
-from training.examples import (
+from training.cli.examples import (
     carseats_frame,
     diamonds_frame,
     penguins_frame,
     write_hard_shapes_folder,
     write_shapes_folder,
 )
+from training.cli.train import fit_learner, make_image_learner, make_tabular_learner
 from training.finetune import FINETUNE_DEFAULTS, FinetuneDefaults, finetune_data, finetune_learner
 from training.learner import Learner, set_seed
 
@@ -351,7 +351,7 @@ def lr_cases(workdir: Path, archs: tuple[str, ...]) -> list[tuple[str, Callable[
 
     def from_cli(make: Callable[[], tuple[Learner, argparse.Namespace]], pretrained: bool = False):
         def build() -> tuple[Learner, int]:
-            from training.commands import epochs_for
+            from training.cli.train import epochs_for
 
             learn, _ = make()
             return learn, epochs_for(learn, pretrained)
@@ -367,7 +367,7 @@ def lr_cases(workdir: Path, archs: tuple[str, ...]) -> list[tuple[str, Callable[
                           from_cli(lambda f=folder, a=arch, s=image_set.size: image_case(f, a, s, workdir))))  # fmt: skip
 
     def digits() -> tuple[Learner, int]:
-        from training.examples import train_digits
+        from training.cli.examples import train_digits
 
         learn = train_digits(workdir, epochs=0)  # the example's data, model and augmentation, untrained
         return learn, 8
@@ -509,7 +509,7 @@ def bench_finetune(args: argparse.Namespace) -> list[Figure]:
 
 def bench_examples(args: argparse.Namespace) -> list[Figure]:
     from bundle.manifest import read_manifest
-    from training.examples import EXAMPLES, build_example
+    from training.cli.examples import EXAMPLES, build_example
 
     checks = {"digits": ("error_rate", lambda v: v <= 0.03, "<= 0.03"),
               "diamonds": ("rmse_log", lambda v: v <= 0.15, "<= 0.15"),

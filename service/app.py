@@ -112,9 +112,11 @@ def build_rollout(
     channel: ChannelSender | None = None,
     generation: Synchronized[int] | None = None,
 ) -> RolloutManager | None:
-    """Rollouts run when a policy file or a state store is configured; the monitor's readings feed the guardrails.
-    A worker of several routes but leaves the guardrails to the control process."""
-    if settings.rollout is None and not settings.state_url and settings.state_path is None:
+    """Rollouts run when a policy file or a state store is configured, or new versions are held or shadowed (the
+    serving version is remembered in the store); the monitor's readings feed the guardrails. A worker of several
+    routes but leaves the guardrails to the control process."""
+    configured = settings.rollout is not None or settings.state_url or settings.state_path is not None
+    if not configured and settings.new_versions == "latest":
         return None
     store = open_store(settings.state_url, settings.sqlite_state_path(), settings.store_timeout_s)
     rollout_metrics = RolloutMetrics(metrics.registry)
@@ -126,6 +128,7 @@ def build_rollout(
             registry.loaded_numbers,
             {},
             clock or time.time,
+            served_models=registry.model_names,
             channel=channel,
             generation=generation,
         )
@@ -138,9 +141,18 @@ def build_rollout(
             registry.loaded_numbers,
             readings,
             clock or time.time,
+            served_models=registry.model_names,
             generation=generation,
         )
-    return RolloutManager(settings, rollout_metrics, store, registry.loaded_numbers, readings, clock or time.time)
+    return RolloutManager(
+        settings,
+        rollout_metrics,
+        store,
+        registry.loaded_numbers,
+        readings,
+        clock or time.time,
+        served_models=registry.model_names,
+    )
 
 
 def build(settings: ServiceSettings, clock: Clock | None = None, role: ProcessRole | None = None) -> Components:

@@ -598,7 +598,7 @@ def as_pre_logits_bundle(folder: Path, learn: Any, false_alarm_rate: float) -> P
     import onnx
 
     from bundle.manifest import LOGITS_OUTPUT, read_manifest
-    from training.monitoring import fit_monitoring
+    from training.export.references import fit_monitoring
 
     model = onnx.load(str(folder / ONNX_FILE))
     kept = [output for output in model.graph.output if output.name != LOGITS_OUTPUT]

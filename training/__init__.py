@@ -1,10 +1,10 @@
 """Offline training: fast.ai-style learners for images and tables, exported as pickle + ONNX + manifest.
 
-    from training import ImageDataLoaders, vision_learner
-    dls = ImageDataLoaders.from_folder("bears/", valid_pct=0.2, size=128)
-    learn = vision_learner(dls, "resnet18")  # ImageNet weights from the torch cache (or one download)
-    learn.fine_tune(4)
-    learn.export("models/", "bears")        # models/bears/<next version>/
+from training import ImageDataLoaders, vision_learner
+dls = ImageDataLoaders.from_folder("bears/", valid_pct=0.2, size=128)
+learn = vision_learner(dls, "resnet18")  # ImageNet weights from the torch cache (or one download)
+learn.fine_tune(4)
+learn.export("models/", "bears")        # models/bears/<next version>/
 """
 
 from training.builders import tabular_learner, vision_learner

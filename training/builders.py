@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from training.data.core import DataLoaders
 from training.learner import Learner, StandardizedMSELoss, set_seed

@@ -10,6 +10,7 @@ that is fewer steps, as many epochs as make :data:`MIN_STEPS` steps
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 DEFAULT_LR_RULE = "clamped"  # lr_find's rule the CLI trains at; chosen by measurement (docs/training.md)
 MIN_STEPS = 200  # tables of a few hundred rows needed 125-300 steps (docs/training.md)
@@ -25,3 +26,6 @@ def default_epochs(n_batches: int, epochs: int, min_steps: int = MIN_STEPS, max_
         raise ValueError(f"the training data makes no batch (n_batches={n_batches}): nothing to train on")
     needed = math.ceil(min_steps / n_batches)
     return max(epochs, min(needed, max_epochs))
+
+
+REPORTS_DIR = Path("reports")  # where commands write their plots and reports unless told --out

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -128,8 +129,15 @@ class ClassificationInterpretation:
             if is_image(item):
                 ax.imshow(image_array(item[0]))
             else:
-                ax.text(0, 1, describe_row(item, self.processor), va="top", family="monospace", fontsize=7,
-                        transform=ax.transAxes)  # fmt: skip
+                ax.text(
+                    0,
+                    1,
+                    describe_row(item, self.processor),
+                    va="top",
+                    family="monospace",
+                    fontsize=7,
+                    transform=ax.transAxes,
+                )
         fig.suptitle("prediction / actual, loss / probability of the actual class")
         return figures.finish(fig, path)
 
@@ -170,3 +178,18 @@ def describe_row(item: tuple[torch.Tensor, ...], processor: Any = None) -> str:
             value = value * normalize.stds[name] + normalize.means[name]  # back to the column's own units
         lines.append(f"{name}: {value:.4g}")
     return "\n".join(lines)
+
+
+def write_interpretation(learn: Learner, out: Path, dl: DataLoader | None = None, k: int = 9) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    interp = ClassificationInterpretation.from_learner(learn, dl)
+    interp.plot_confusion_matrix(out / "confusion_matrix.png")
+    interp.plot_top_losses(k, out / "top_losses.png")
+    matrix = interp.confusion_matrix()
+    return {
+        "accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)),
+        "items": int(matrix.sum()),
+        "most_confused": interp.most_confused(min_val=1)[:10],
+        "confusion_matrix": str(out / "confusion_matrix.png"),
+        "top_losses": str(out / "top_losses.png"),
+    }

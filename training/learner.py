@@ -14,9 +14,10 @@ import numbers
 import random
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -330,7 +331,9 @@ class Learner:
         groups = self.layer_groups()
         frozen = n if n >= 0 else len(groups) + n
         if frozen >= len(groups):
-            warnings.warn(f"freezing {frozen} of {len(groups)} parameter groups: the whole model is frozen")
+            warnings.warn(
+                f"freezing {frozen} of {len(groups)} parameter groups: the whole model is frozen", stacklevel=2
+            )
         # As fastai: frozen BatchNorm layers still adapt to the new data's statistics.
         norm_params = {id(p) for m in self.model.modules() if isinstance(m, BN_TYPES) for p in m.parameters()}
         for index, params in enumerate(groups):
@@ -491,7 +494,7 @@ class Learner:
         if not self.mixed_precision:
             return None
         if self.device.type != "cuda":
-            warnings.warn(f"mixed_precision needs CUDA; training in float32 on {self.device}")
+            warnings.warn(f"mixed_precision needs CUDA; training in float32 on {self.device}", stacklevel=2)
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 

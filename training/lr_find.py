@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -239,8 +240,14 @@ def plot_lr_find(
     ax = fig.add_subplot()
     ax.plot(lrs, losses, color="tab:blue")
     chosen = suggestion.rule(rule)
-    ax.plot([chosen], [loss_at(lrs, losses, chosen)], "o", color="tab:red", markersize=8,
-            label=f"chosen ({rule}): {chosen:.2e}")  # fmt: skip
+    ax.plot(
+        [chosen],
+        [loss_at(lrs, losses, chosen)],
+        "o",
+        color="tab:red",
+        markersize=8,
+        label=f"chosen ({rule}): {chosen:.2e}",
+    )
     for name, marker in zip((r for r in LR_RULES if r != rule), ("^", "v", "s", "D")):
         value = suggestion.rule(name)
         ax.plot([value], [loss_at(lrs, losses, value)], marker, color="gray", alpha=0.7, label=f"{name}: {value:.2e}")

@@ -8,7 +8,7 @@ Classes rather than lambdas so a learner holding them pickles into
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

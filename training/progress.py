@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Iterable, Sequence, TextIO, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import TextIO, TypeVar
 
 from tqdm import tqdm
 

@@ -72,7 +72,7 @@ def _build_quick_example(repo: Path, name: str, cache: Path) -> None:
     """One epoch on a little data: a real bundle of the example's shape, in a second or two."""
     import torch
 
-    from training.examples import train_diamonds, train_digits, train_penguins
+    from training.cli.examples import train_diamonds, train_digits, train_penguins
     from training.export import export_learner
 
     torch.set_num_threads(2)

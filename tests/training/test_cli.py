@@ -15,7 +15,7 @@ import torchvision
 
 from bundle.manifest import read_manifest
 from training.cli import main
-from training.examples import penguins_frame, write_digits_folder
+from training.cli.examples import penguins_frame, write_digits_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--epochs", "1", "--lr", "1e-2", "--bs", "32"]
@@ -43,8 +43,23 @@ def run_cli(*args: str | Path) -> int:
 
 
 def test_image_command_trains_and_exports_with_interpretation(digits: Path, tmp_path: Path, capsys) -> None:
-    code = run_cli("image", digits, "--arch", "simple_cnn", "--size", "16", "--method", "squish", "--no-flip",
-                   *FAST, "--name", "digits", "--out", tmp_path / "models", "--interpret")
+    code = run_cli(
+        "image",
+        digits,
+        "--arch",
+        "simple_cnn",
+        "--size",
+        "16",
+        "--method",
+        "squish",
+        "--no-flip",
+        *FAST,
+        "--name",
+        "digits",
+        "--out",
+        tmp_path / "models",
+        "--interpret",
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert Path(result["bundle"]) == tmp_path / "models" / "digits" / "1"
@@ -99,7 +114,10 @@ def bad_input_cases(tmp_path: Path, digits: Path) -> dict[str, tuple[list, str]]
         "single class": (["image", tmp_path / "single"], "class"),
         "unreadable csv": (["tabular", tmp_path / "broken.csv", "--target", "a"], "broken.csv"),
         "missing target": (["tabular", tmp_path / "t.csv", "--target", "price"], "price"),
-        "non-numeric regression target": (["tabular", tmp_path / "t.csv", "--target", "b", "--task", "regression"], "numeric"),
+        "non-numeric regression target": (
+            ["tabular", tmp_path / "t.csv", "--target", "b", "--task", "regression"],
+            "numeric",
+        ),
         "unknown architecture": (["image", digits, "--arch", "resnet9000"], "resnet9000"),
         "weights that do not fit": (["image", digits, "--arch", "resnet18", "--pretrained", mismatched], "weights.pth"),
     }
@@ -107,14 +125,24 @@ def bad_input_cases(tmp_path: Path, digits: Path) -> dict[str, tuple[list, str]]
 
 @pytest.mark.parametrize(
     "case",
-    ["empty folder", "single class", "unreadable csv", "missing target", "non-numeric regression target",
-     "unknown architecture", "weights that do not fit"],
+    [
+        "empty folder",
+        "single class",
+        "unreadable csv",
+        "missing target",
+        "non-numeric regression target",
+        "unknown architecture",
+        "weights that do not fit",
+    ],
 )
 def test_bad_input_is_a_clear_error_and_leaves_no_bundle(case: str, digits: Path, tmp_path: Path, capsys) -> None:
     args, expected = bad_input_cases(tmp_path, digits)[case]
     out = tmp_path / "models"
-    code = run_cli(*args, "--size", "16", *FAST, "--name", "bad", "--out", out) if args[0] == "image" else \
-        run_cli(*args, *FAST, "--name", "bad", "--out", out)  # fmt: skip
+    code = (
+        run_cli(*args, "--size", "16", *FAST, "--name", "bad", "--out", out)
+        if args[0] == "image"
+        else run_cli(*args, *FAST, "--name", "bad", "--out", out)
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and expected.lower() in err.lower()
@@ -141,9 +169,28 @@ def test_digits_images_are_real_png_files(digits: Path) -> None:
     assert np.asarray(image).max() > 100
 
 
-def test_image_command_without_lr_saves_its_lr_find_plot_beside_the_other_reports(digits: Path, tmp_path: Path, capsys) -> None:
-    code = run_cli("image", digits, "--arch", "simple_cnn", "--size", "16", "--method", "squish", "--no-flip",
-                   "--epochs", "1", "--bs", "32", "--name", "digits", "--out", tmp_path / "models")  # fmt: skip
+def test_image_command_without_lr_saves_its_lr_find_plot_beside_the_other_reports(
+    digits: Path, tmp_path: Path, capsys
+) -> None:
+    code = run_cli(
+        "image",
+        digits,
+        "--arch",
+        "simple_cnn",
+        "--size",
+        "16",
+        "--method",
+        "squish",
+        "--no-flip",
+        "--epochs",
+        "1",
+        "--bs",
+        "32",
+        "--name",
+        "digits",
+        "--out",
+        tmp_path / "models",
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert Path(result["lr_find_plot"]) == Path("reports") / "digits" / "1" / "lr_find.png"
@@ -151,10 +198,16 @@ def test_image_command_without_lr_saves_its_lr_find_plot_beside_the_other_report
     assert Path(result["loss_plot"]).parent == Path(result["lr_find_plot"]).parent
 
 
-def test_interpret_writes_its_own_report_folder_and_prints_the_accuracy(penguins_csv: Path, tmp_path: Path, capsys) -> None:
+def test_interpret_writes_its_own_report_folder_and_prints_the_accuracy(
+    penguins_csv: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "models"
-    assert run_cli("tabular", penguins_csv, "--target", "species", *FAST, "--name", "penguins", "--out", out,
-                   "--interpret") == 0  # fmt: skip
+    assert (
+        run_cli(
+            "tabular", penguins_csv, "--target", "species", *FAST, "--name", "penguins", "--out", out, "--interpret"
+        )
+        == 0
+    )
     trained = json.loads(capsys.readouterr().out)["reports"]
     training_matrix = Path(trained["confusion_matrix"]).read_bytes()
 
@@ -168,12 +221,23 @@ def test_interpret_writes_its_own_report_folder_and_prints_the_accuracy(penguins
 
 
 def test_tabular_defaults_train_small_data_for_enough_optimiser_steps(tmp_path: Path, capsys) -> None:
+    from training.cli.examples import carseats_frame
     from training.defaults import MIN_STEPS
-    from training.examples import carseats_frame
 
     carseats_frame().to_csv(tmp_path / "carseats.csv", index=False)
-    assert run_cli("tabular", tmp_path / "carseats.csv", "--target", "Sales", "--name", "carseats",
-                   "--out", tmp_path / "models") == 0  # fmt: skip
+    assert (
+        run_cli(
+            "tabular",
+            tmp_path / "carseats.csv",
+            "--target",
+            "Sales",
+            "--name",
+            "carseats",
+            "--out",
+            tmp_path / "models",
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     manifest = read_manifest(result["bundle"])
     batches = 320 // 64  # 400 rows, 20% held out, batches of 64

@@ -30,12 +30,19 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
     repo = tmp_path_factory.mktemp("repo") / "models"
     build_tabular_bundle(repo, "penguins", 1)
     port = free_port()
-    env = {**os.environ, "SERVING_WATCH_INTERVAL_S": "0.3", "SERVING_PREDICTION_LOG": "false",
-           "SERVING_INTRA_OP_THREADS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "SERVING_WATCH_INTERVAL_S": "0.3",
+        "SERVING_PREDICTION_LOG": "false",
+        "SERVING_INTRA_OP_THREADS": "1",
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "--models", str(repo), "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -68,8 +75,9 @@ def executed(service: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory
         env.setenv("FASTPROD_DATA", str(work / "data"))
         env.setenv("PYTHONPATH", str(ROOT))  # the kernel imports this checkout's training package
         env.setenv("OMP_NUM_THREADS", "1")
-        client = nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
-                                         resources={"metadata": {"path": str(work)}})  # fmt: skip
+        client = nbclient.NotebookClient(
+            notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(work)}}
+        )
         client.execute()
     return notebook, repo
 

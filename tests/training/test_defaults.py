@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 
 from training import TabularDataLoaders, tabular_learner
+from training.cli.examples import SHAPES, carseats_frame, write_hard_shapes_folder
 from training.defaults import MAX_EPOCHS, MIN_STEPS, default_epochs
-from training.examples import SHAPES, carseats_frame, write_hard_shapes_folder
 from training.finetune import FINETUNE_DEFAULTS, FinetuneDefaults, finetune_learner
 
 
@@ -45,8 +45,19 @@ def test_finetune_learner_reports_the_same_rows_before_and_after_and_takes_overr
 
 def test_carseats_like_table_has_islrs_columns_and_a_strong_linear_signal() -> None:
     df = carseats_frame()
-    assert list(df.columns) == ["Sales", "CompPrice", "Income", "Advertising", "Population", "Price", "ShelveLoc",
-                                "Age", "Education", "Urban", "US"]  # fmt: skip
+    assert list(df.columns) == [
+        "Sales",
+        "CompPrice",
+        "Income",
+        "Advertising",
+        "Population",
+        "Price",
+        "ShelveLoc",
+        "Age",
+        "Education",
+        "Urban",
+        "US",
+    ]
     assert len(df) == 400 and set(df["ShelveLoc"]) == {"Bad", "Medium", "Good"}
     assert np.corrcoef(df["Price"], df["Sales"])[0, 1] < -0.3
 

@@ -43,7 +43,7 @@ def test_drift_on_a_csv_sharing_no_columns_is_an_error(bundle, tmp_path, capsys)
 
 
 def test_drift_warns_under_the_minimum_sample(bundle, tmp_path, capsys) -> None:
-    from training.examples import penguins_frame
+    from training.cli.examples import penguins_frame
 
     penguins_frame().sample(30, random_state=0).to_csv(tmp_path / "few.csv", index=False)
     assert main(["drift", str(bundle), str(tmp_path / "few.csv"), "--out", str(tmp_path / "r")]) == 0
@@ -62,7 +62,7 @@ def _rows(n: int, seed: int) -> list[dict]:
 
 
 def test_the_report_gives_each_folds_auc_and_their_spread() -> None:
-    from training.drift_report import N_FOLDS, classifier_drift, verdict
+    from training.cli.drift_report import N_FOLDS, classifier_drift, verdict
 
     result = classifier_drift(_rows(400, 0), _rows(150, 1), trees=40)
     assert len(result.fold_aucs) == N_FOLDS and min(result.fold_aucs) <= result.auc + 0.1
@@ -73,7 +73,7 @@ def test_the_report_gives_each_folds_auc_and_their_spread() -> None:
 def test_an_auc_far_below_one_half_is_explained_as_live_rows_repeating_training_rows() -> None:
     """The issue's AUC 0.22 ("indistinguishable"): traffic that replays training rows. A forest that memorised one
     copy calls its held-out twin a training row, which is consistently wrong."""
-    from training.drift_report import classifier_drift, verdict
+    from training.cli.drift_report import classifier_drift, verdict
 
     reference = _rows(400, 0)
     result = classifier_drift(reference, reference[:150], trees=40)

@@ -15,12 +15,12 @@ from bundle import monitoring as mon
 from bundle.images import ResizeSpec, preprocess
 from bundle.manifest import read_manifest, verify_files
 from bundle.tabular import TabularProcessor
-from training import export as export_module
 from training.builders import tabular_learner, vision_learner
+from training.cli.examples import penguins_frame, write_digits_folder
 from training.data.images import ImageDataLoaders
 from training.data.tabular import TabularDataLoaders
-from training.examples import penguins_frame, write_digits_folder
 from training.export import ExportError, export_learner, load_learner
+from training.export import bundle as export_module
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +152,8 @@ def test_the_parity_check_covers_the_logits_output(
             probabilities, logits, *features = self.graph(*inputs)
             return probabilities, logits + 1.0, *features
 
-    check = export_module._check_parity
-    monkeypatch.setattr(export_module, "_check_parity", lambda graph, *args: check(ShiftedLogits(graph), *args))
+    check = export_module.check_parity
+    monkeypatch.setattr(export_module, "check_parity", lambda graph, *args: check(ShiftedLogits(graph), *args))
     monkeypatch.setattr(image_learner, "path", tmp_path / "work")
     with pytest.raises(ExportError, match="disagree"):
         export_learner(image_learner, tmp_path / "models", "digits")
@@ -198,7 +198,7 @@ def test_classifiers_export_their_penultimate_features_and_the_mahalanobis_stati
 ) -> None:
     """A third graph output the manifest keeps out of ``onnx.outputs`` (nothing reads it per prediction), its class
     means and whitening in reference.json, fitted on the training items, and a threshold calibrated on validation."""
-    from training.monitoring import last_linear
+    from training.export.references import last_linear
 
     m = read_manifest(image_bundle)
     assert m.monitoring.feature_output == "features" and "features" not in [o.name for o in m.onnx.outputs]
@@ -236,7 +236,7 @@ def test_the_prediction_reference_takes_training_items_where_they_predict_like_v
 
 
 def test_training_predictions_unlike_validation_ones_stay_out_of_the_prediction_reference() -> None:
-    from training.monitoring import prediction_references
+    from training.export.references import prediction_references
 
     rng = np.random.default_rng(0)
 

@@ -225,7 +225,7 @@ def test_labels_outside_a_given_vocab_are_a_data_error(bears):
 
 def csv_fixture(root: Path) -> pd.DataFrame:
     rows = []
-    for i, (name, color) in enumerate(COLORS.items()):
+    for name, color in COLORS.items():
         for j in range(3):
             write_image(root / "images" / f"{name}_{j}.png", color)
             tags = f"{name} bear" if j else ""  # the first image of each class has no tags
@@ -252,8 +252,15 @@ def test_from_csv_reads_names_and_labels_and_splits_by_a_valid_column(tmp_path):
 def test_from_csv_with_label_delim_is_multilabel_with_multi_hot_targets(tmp_path):
     csv_fixture(tmp_path).to_csv(tmp_path / "labels.csv", index=False)
     dls = quietly(
-        ImageDataLoaders.from_csv, tmp_path, folder="images", suffix=".png", label_col="tags", label_delim=" ",
-        valid_pct=0.3, size=8, bs=4,
+        ImageDataLoaders.from_csv,
+        tmp_path,
+        folder="images",
+        suffix=".png",
+        label_col="tags",
+        label_delim=" ",
+        valid_pct=0.3,
+        size=8,
+        bs=4,
     )
     assert dls.task == "multilabel"
     assert dls.vocab == ["bear", "black", "grizzly", "teddy"]
@@ -444,7 +451,7 @@ def test_new_empty_pickles_without_data_and_still_encodes(tmp_path, bears):
     file = dls.valid_items[0]
     assert torch.equal(empty.encode_items([file])[0], dls.encode_items([file])[0])
     with pytest.raises(DataError, match="holds no data"):
-        empty.valid_items
+        _ = empty.valid_items
 
 
 def test_the_whole_dataloaders_pickles_with_its_data(bears):
@@ -534,9 +541,7 @@ def test_augment_pickles():
     aug = aug_transforms(min_scale=0.5)
     restored = torch.load(_saved(aug), weights_only=False)
     image = random_image()
-    assert torch.equal(
-        restored(image, torch.Generator().manual_seed(1)), aug(image, torch.Generator().manual_seed(1))
-    )
+    assert torch.equal(restored(image, torch.Generator().manual_seed(1)), aug(image, torch.Generator().manual_seed(1)))
     assert restored.random_resized_crop
 
 

@@ -50,8 +50,17 @@ def test_vision_model_is_normalize_then_body_then_fastai_head() -> None:
     assert isinstance(normalize, ImageNormalize)
     assert isinstance(head[0], AdaptiveConcatPool2d)
     kinds = [type(layer) for layer in head]
-    assert kinds == [AdaptiveConcatPool2d, nn.Flatten, nn.BatchNorm1d, nn.Dropout, nn.Linear, nn.ReLU,
-                     nn.BatchNorm1d, nn.Dropout, nn.Linear]  # fmt: skip
+    assert kinds == [
+        AdaptiveConcatPool2d,
+        nn.Flatten,
+        nn.BatchNorm1d,
+        nn.Dropout,
+        nn.Linear,
+        nn.ReLU,
+        nn.BatchNorm1d,
+        nn.Dropout,
+        nn.Linear,
+    ]
     assert [layer.p for layer in head if isinstance(layer, nn.Dropout)] == [0.25, 0.5]
 
 

@@ -10,8 +10,8 @@ import torch
 import torchvision
 
 from training.builders import vision_learner
+from training.cli.examples import write_shapes_folder
 from training.data.images import ImageDataLoaders
-from training.examples import write_shapes_folder
 from training.models.vision import imagenet_weights_path
 
 

@@ -9,7 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from training import ImageDataLoaders, TabularDataLoaders, tabular_learner, vision_learner
-from training.examples import penguins_frame, write_shapes_folder
+from training.cli.examples import penguins_frame, write_shapes_folder
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -111,9 +111,7 @@ class Augment:
         zoom = _uniform(self.min_zoom, self.max_zoom, generator)  # > 1 shows less of the image: zoom in
         cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
         aspect = height / width  # normalised x and y differ in pixel length by this factor
-        return torch.tensor(
-            [[cos, -sin * aspect, 0.0], [sin / aspect, cos, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64
-        )
+        return torch.tensor([[cos, -sin * aspect, 0.0], [sin / aspect, cos, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
 
     def _warp(self, generator: torch.Generator | None) -> torch.Tensor:
         """fastai's warp: corners pushed in or out by up to ``max_warp``, as one perspective map."""

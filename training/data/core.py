@@ -11,7 +11,8 @@ Targets: int64 class indices (classification), float32 multi-hot [B,C]
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -92,7 +93,7 @@ class DataLoaders:
 
         return show_batch(self, max_n, path)
 
-    def new_empty(self) -> "DataLoaders":
+    def new_empty(self) -> DataLoaders:
         """A copy with the data dropped: what an exported learner keeps."""
         empty = copy.copy(self)
         empty.train = None

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,33 +28,42 @@ from torchvision.transforms import v2
 
 from bundle.images import (
     DEFAULT_MAX_PIXELS,
-    ImageError,
-    ImageTooLarge,
     ResizeSpec,
-    to_rgb,  # the service's RGB conversion (alpha over white), so in-memory images match served bytes
     decode_image,
     image_summary,
     preprocess,
     resize,
     to_chw,
+    to_rgb,  # the service's RGB conversion (alpha over white), so in-memory images match served bytes
 )
 from training.data.augment import Augment
 from training.data.core import DataError, DataLoaders, read_csv
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+from training.data.image_files import (
+    IMAGE_EXTENSIONS,
+    UNREADABLE,
+    Item,
+    SkippedImagesWarning,
+    describe_item,
+    existing_dir,
+    parent_name,
+    readable_images,
+    walk_files,
+    warn_skipped,
 )
+from training.data.labels import (
+    Label,
+    bool_column,
+    column_name,
+    fixed_vocab,
+    infer_vocab,
+    label_targets,
+    parse_labels,
+    random_split,
+)
+
 RESIZE_METHODS = ("crop", "squish", "pad")
 PAD_MODES = ("reflection", "zeros")
 DEFAULT_CACHE_BYTES = 256 * 2**20  # validation pixels kept in memory per dataset
-_UNREADABLE = (ImageError, ImageTooLarge, OSError)
-
-Item = Path | np.ndarray  # an image file, or the pixels of an in-memory image
-Label = str | list[str]  # one class, or the classes of a multi-label item
-
-
-class SkippedImagesWarning(UserWarning):
-    """Some files were not readable images and were left out."""
 
 
 class ImageDataset(Dataset):
@@ -102,10 +112,10 @@ class ImageDataset(Dataset):
                 continue
             try:
                 pixels = self._train_pixels(j) if self.train else self.pixels(j)
-            except _UNREADABLE as exc:
+            except UNREADABLE as exc:
                 self._bad.add(j)
                 warnings.warn(
-                    f"cannot read image {_describe(self.items[j])}: {exc}; using another image in its place",
+                    f"cannot read image {describe_item(self.items[j])}: {exc}; using another image in its place",
                     SkippedImagesWarning,
                     stacklevel=2,
                 )
@@ -175,9 +185,7 @@ class ImageDataLoaders(DataLoaders):
         bs: int = 64,
         num_workers: int = 0,
     ) -> None:
-        train = DataLoader(
-            train_ds, batch_size=bs, shuffle=True, drop_last=len(train_ds) > bs, num_workers=num_workers
-        )
+        train = DataLoader(train_ds, batch_size=bs, shuffle=True, drop_last=len(train_ds) > bs, num_workers=num_workers)
         valid = DataLoader(valid_ds, batch_size=bs, shuffle=False, num_workers=num_workers)
         super().__init__(train, valid, task, vocab)
         self.train_ds: ImageDataset | None = train_ds
@@ -200,20 +208,20 @@ class ImageDataLoaders(DataLoaders):
         seed: int = 42,
         label_func: Callable[[Path], str] | None = None,
         **options: Any,
-    ) -> "ImageDataLoaders":
+    ) -> ImageDataLoaders:
         """Label each image by its parent folder (or ``label_func``).
 
         Uses the ``path/train`` and ``path/valid`` folders when both exist and
         ``valid_pct`` is None; otherwise every image under ``path`` split at
         random (``valid_pct`` defaults to 0.2) with ``seed``.
         """
-        root = _existing_dir(path)
-        label = label_func or _parent_name
+        root = existing_dir(path)
+        label = label_func or parent_name
         max_pixels = options.get("max_pixels", DEFAULT_MAX_PIXELS)
         if valid_pct is None and (root / train).is_dir() and (root / valid).is_dir():
-            train_files, train_bad = _readable_images(_walk(root / train), max_pixels)
-            valid_files, valid_bad = _readable_images(_walk(root / valid), max_pixels)
-            _warn_skipped(train_bad + valid_bad, len(train_files) + len(valid_files) + len(train_bad) + len(valid_bad))
+            train_files, train_bad = readable_images(walk_files(root / train), max_pixels)
+            valid_files, valid_bad = readable_images(walk_files(root / valid), max_pixels)
+            warn_skipped(train_bad + valid_bad, len(train_files) + len(valid_files) + len(train_bad) + len(valid_bad))
             if not train_files:
                 raise DataError(f"no readable images in the training folder {root / train}")
             if not valid_files:
@@ -221,11 +229,11 @@ class ImageDataLoaders(DataLoaders):
             return cls._build(
                 train_files, [label(f) for f in train_files], valid_files, [label(f) for f in valid_files], **options
             )
-        files, bad = _readable_images(_walk(root), max_pixels)
-        _warn_skipped(bad, len(files) + len(bad))
+        files, bad = readable_images(walk_files(root), max_pixels)
+        warn_skipped(bad, len(files) + len(bad))
         if not files:
             raise DataError(f"no readable images found under {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-        train_idx, valid_idx = _random_split(len(files), 0.2 if valid_pct is None else valid_pct, seed)
+        train_idx, valid_idx = random_split(len(files), 0.2 if valid_pct is None else valid_pct, seed)
         return cls._build_split(files, [label(f) for f in files], train_idx, valid_idx, **options)
 
     @classmethod
@@ -242,14 +250,24 @@ class ImageDataLoaders(DataLoaders):
         valid_pct: float = 0.2,
         seed: int = 42,
         **options: Any,
-    ) -> "ImageDataLoaders":
+    ) -> ImageDataLoaders:
         """Read file names and labels from ``path/csv_fname``; see :meth:`from_df`."""
-        root = _existing_dir(path)
+        root = existing_dir(path)
         csv_path = root / csv_fname
         if not csv_path.is_file():
             raise DataError(f"label file {csv_path} does not exist")
         return cls.from_df(
-            read_csv(csv_path), root, fn_col, label_col, valid_col, label_delim, folder, suffix, valid_pct, seed, **options
+            read_csv(csv_path),
+            root,
+            fn_col,
+            label_col,
+            valid_col,
+            label_delim,
+            folder,
+            suffix,
+            valid_pct,
+            seed,
+            **options,
         )
 
     @classmethod
@@ -266,21 +284,21 @@ class ImageDataLoaders(DataLoaders):
         valid_pct: float = 0.2,
         seed: int = 42,
         **options: Any,
-    ) -> "ImageDataLoaders":
+    ) -> ImageDataLoaders:
         """File names (relative to ``path/folder``, plus ``suffix``) and labels from a DataFrame.
 
         ``label_delim`` makes it multi-label (labels split on it; an empty
         cell means no label). ``valid_col`` is a boolean column marking the
         validation rows; without it rows are split at random by ``valid_pct``.
         """
-        root = _existing_dir(path)
+        root = existing_dir(path)
         base = root / folder if folder else root
-        fn_name, label_name = _column(df, fn_col), _column(df, label_col)
+        fn_name, label_name = column_name(df, fn_col), column_name(df, label_col)
         files = [base / f"{name}{suffix}" for name in df[fn_name].astype(str)]
-        labels = _parse_labels(df[label_name].tolist(), label_delim, label_name)
-        is_valid = _bool_column(df, _column(df, valid_col)) if valid_col is not None else None
-        readable, bad = _readable_images(files, options.get("max_pixels", DEFAULT_MAX_PIXELS))
-        _warn_skipped(bad, len(files))
+        labels = parse_labels(df[label_name].tolist(), label_delim, label_name)
+        is_valid = bool_column(df, column_name(df, valid_col)) if valid_col is not None else None
+        readable, bad = readable_images(files, options.get("max_pixels", DEFAULT_MAX_PIXELS))
+        warn_skipped(bad, len(files))
         readable_set = set(readable)
         keep = [i for i, f in enumerate(files) if f in readable_set]
         if not keep:
@@ -288,7 +306,7 @@ class ImageDataLoaders(DataLoaders):
                 f"none of the {len(files)} files named in column {fn_name!r} is a readable image under {base}"
             )
         if is_valid is None:
-            train_pos, valid_pos = _random_split(len(keep), valid_pct, seed)
+            train_pos, valid_pos = random_split(len(keep), valid_pct, seed)
             train_idx, valid_idx = [keep[i] for i in train_pos], [keep[i] for i in valid_pos]
         else:
             train_idx = [i for i in keep if not is_valid[i]]
@@ -305,7 +323,7 @@ class ImageDataLoaders(DataLoaders):
         seed: int = 42,
         label_delim: str | None = None,
         **options: Any,
-    ) -> "ImageDataLoaders":
+    ) -> ImageDataLoaders:
         """Files (relative to ``path``) with their labels, split at random."""
         if len(fnames) != len(labels):
             raise DataError(f"{len(fnames)} file names but {len(labels)} labels")
@@ -321,15 +339,15 @@ class ImageDataLoaders(DataLoaders):
         seed: int = 42,
         label_delim: str | None = None,
         **options: Any,
-    ) -> "ImageDataLoaders":
+    ) -> ImageDataLoaders:
         """In-memory uint8 images, [N, H, W] grayscale or [N, H, W, 3] RGB, split at random."""
         arrays = [_check_array(np.asarray(a), f"image {i}") for i, a in enumerate(images)]
         if not arrays:
             raise DataError("no images given")
         if len(arrays) != len(labels):
             raise DataError(f"{len(arrays)} images but {len(labels)} labels")
-        parsed = _parse_labels(list(labels), label_delim, "labels")
-        train_idx, valid_idx = _random_split(len(arrays), valid_pct, seed)
+        parsed = parse_labels(list(labels), label_delim, "labels")
+        train_idx, valid_idx = random_split(len(arrays), valid_pct, seed)
         return cls._build_split(arrays, parsed, train_idx, valid_idx, **options)
 
     @classmethod
@@ -340,7 +358,7 @@ class ImageDataLoaders(DataLoaders):
         train_idx: Sequence[int],
         valid_idx: Sequence[int],
         **options: Any,
-    ) -> "ImageDataLoaders":
+    ) -> ImageDataLoaders:
         """``_build`` from one list of items and labels and the positions of each split."""
         return cls._build(
             [items[i] for i in train_idx],
@@ -367,7 +385,7 @@ class ImageDataLoaders(DataLoaders):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         vocab: Sequence[str] | None = None,
-    ) -> "ImageDataLoaders":
+    ) -> ImageDataLoaders:
         if not train_items:
             raise DataError("the training split is empty")
         if not valid_items:
@@ -377,13 +395,13 @@ class ImageDataLoaders(DataLoaders):
         spec = _resize_spec(size, method, pad_mode)
         multilabel = any(isinstance(label, list) for label in list(train_labels) + list(valid_labels))
         labels = list(train_labels) + list(valid_labels)
-        vocab = _vocab(labels, multilabel) if vocab is None else _fixed_vocab(vocab, labels, multilabel)
+        vocab = infer_vocab(labels, multilabel) if vocab is None else fixed_vocab(vocab, labels, multilabel)
         index = {name: i for i, name in enumerate(vocab)}
         datasets = [
             ImageDataset(
                 items,
                 labels,
-                _targets(labels, index, multilabel),
+                label_targets(labels, index, multilabel),
                 spec,
                 train=is_train,
                 aug=aug,
@@ -443,7 +461,7 @@ class ImageDataLoaders(DataLoaders):
         for i in sample:
             try:
                 pixels = ds.pixels(int(i)).numpy().reshape(3, -1).astype(np.float64) / 255.0
-            except _UNREADABLE:
+            except UNREADABLE:
                 continue
             total += pixels.sum(axis=1)
             total_sq += (pixels**2).sum(axis=1)
@@ -498,11 +516,11 @@ class ImageDataLoaders(DataLoaders):
         for i in range(len(ds)):
             try:
                 summaries.append(image_summary(ds.decoded(i, ds.spec)))
-            except _UNREADABLE:
+            except UNREADABLE:
                 continue
         return summaries
 
-    def new_empty(self) -> "ImageDataLoaders":
+    def new_empty(self) -> ImageDataLoaders:
         """Drop the datasets; keep the resize spec, vocab, stats and augmentation settings."""
         empty = super().new_empty()
         empty.train_ds = None
@@ -516,175 +534,6 @@ class ImageDataLoaders(DataLoaders):
         if ds is None:
             raise DataError("this DataLoaders holds no data (exported learner)")
         return ds
-
-
-# ---- finding and checking files ------------------------------------------------------------------
-
-
-def get_image_files(path: str | Path) -> list[Path]:
-    """Every file under ``path`` with an image extension, sorted (hidden files ignored)."""
-    return [f for f in _walk(Path(path)) if f.suffix.lower() in IMAGE_EXTENSIONS]
-
-
-def _walk(root: Path) -> list[Path]:
-    return sorted(f for f in root.rglob("*") if f.is_file() and not _is_hidden(f, root))
-
-
-def _is_hidden(file: Path, root: Path) -> bool:
-    """A dot-file or anything inside a dot-folder (.DS_Store, .ipynb_checkpoints, .git)."""
-    return any(part.startswith(".") for part in file.relative_to(root).parts)
-
-
-def _readable_images(files: Sequence[Path], max_pixels: int) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Split files into readable images and (file, reason) for the rest, reading headers only."""
-    good: list[Path] = []
-    bad: list[tuple[Path, str]] = []
-    for file in files:
-        reason = _unreadable_reason(file, max_pixels)
-        if reason is None:
-            good.append(file)
-        else:
-            bad.append((file, reason))
-    return good, bad
-
-
-def _unreadable_reason(file: Path, max_pixels: int) -> str | None:
-    if file.suffix.lower() not in IMAGE_EXTENSIONS:
-        return "not an image file"
-    if not file.is_file():
-        return "file not found"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
-            with Image.open(file) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    return f"{width}x{height} is over the {max_pixels}-pixel limit"
-                img.verify()
-    except Exception as exc:  # Pillow raises many types for corrupt files
-        return f"unreadable ({type(exc).__name__}: {exc})"
-    return None
-
-
-def _warn_skipped(bad: list[tuple[Path, str]], total: int) -> None:
-    if not bad:
-        return
-    examples = "; ".join(f"{file}: {reason}" for file, reason in bad[:3])
-    warnings.warn(
-        f"skipped {len(bad)} of {total} files that are not readable images, e.g. {examples}",
-        SkippedImagesWarning,
-        stacklevel=3,
-    )
-
-
-def _existing_dir(path: str | Path) -> Path:
-    root = Path(path)
-    if not root.exists():
-        raise DataError(f"path {root} does not exist")
-    if not root.is_dir():
-        raise DataError(f"path {root} is not a folder")
-    return root
-
-
-def _parent_name(file: Path) -> str:
-    return file.parent.name
-
-
-def _describe(item: Item) -> str:
-    return str(item) if isinstance(item, Path) else f"array {item.shape}"
-
-
-# ---- labels and splits ---------------------------------------------------------------------------
-
-
-def _random_split(n: int, valid_pct: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded random split; at least one item in each part."""
-    if not 0.0 < valid_pct < 1.0:
-        raise DataError(f"valid_pct must be between 0 and 1 (exclusive), got {valid_pct}")
-    if n < 2:
-        raise DataError(f"need at least 2 images to make a training and a validation split, found {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    n_valid = min(n - 1, max(1, round(n * valid_pct)))
-    return sorted(order[n_valid:].tolist()), sorted(order[:n_valid].tolist())
-
-
-def _column(df: pd.DataFrame, col: int | str) -> str:
-    if isinstance(col, int):
-        if not -len(df.columns) <= col < len(df.columns):
-            raise DataError(f"column index {col} is out of range: the table has {len(df.columns)} columns")
-        return df.columns[col]
-    if col not in df.columns:
-        raise DataError(f"no column {col!r}; the table has {', '.join(map(str, df.columns))}")
-    return col
-
-
-def _bool_column(df: pd.DataFrame, name: str) -> list[bool]:
-    values = df[name]
-    if values.dtype == bool or set(values.dropna().unique()) <= {0, 1}:
-        if values.isna().any():
-            raise DataError(f"validation column {name!r} has missing values")
-        return [bool(v) for v in values]
-    raise DataError(f"validation column {name!r} must be boolean (True/False or 1/0), got {values.dtype}")
-
-
-def _parse_labels(values: list[Any], label_delim: str | None, where: str) -> list[Label]:
-    """Labels as strings; lists of names (given as lists, or split on ``label_delim``) for multi-label data."""
-    listed = [isinstance(v, (list, tuple, set, frozenset)) for v in values]
-    if any(listed):
-        if not all(listed):
-            raise DataError(f"{where!r} mixes label lists with single labels: give every item a list")
-        return [_unique(str(name) for name in v) for v in values]
-    if label_delim is not None:
-        return [[] if _missing(v) else _unique(str(v).split(label_delim)) for v in values]
-    missing = [i for i, v in enumerate(values) if _missing(v) or str(v).strip() == ""]
-    if missing:
-        raise DataError(f"{len(missing)} rows of {where!r} have no label (first rows: {missing[:5]})")
-    return [str(v).strip() for v in values]
-
-
-def _unique(names: Any) -> list[str]:
-    """Stripped, non-empty names, each once, in the order given."""
-    return list(dict.fromkeys(name.strip() for name in names if name.strip()))
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
-
-
-def _vocab(labels: list[Label], multilabel: bool) -> list[str]:
-    names = {name for label in labels for name in label} if multilabel else set(labels)
-    if multilabel and not names:
-        raise DataError("no labels found: every item has an empty label list")
-    if not multilabel and len(names) < 2:
-        found = f"only one class {next(iter(names))!r}" if names else "no classes"
-        raise DataError(f"found {found}: single-label classification needs at least two classes")
-    # numbers sort as numbers ("2" before "10"), so the digits' class index equals the digit
-    if all(name.lstrip("-").isdigit() for name in names):
-        return sorted(names, key=int)
-    return sorted(names)
-
-
-def _fixed_vocab(vocab: Sequence[str], labels: list[Label], multilabel: bool) -> list[str]:
-    """A given class list: every label must be in it."""
-    vocab = [str(name) for name in vocab]
-    if len(set(vocab)) != len(vocab):
-        raise DataError("the given vocab repeats a class")
-    if not multilabel and len(vocab) < 2:
-        raise DataError(f"single-label classification needs at least two classes, the vocab has {len(vocab)}")
-    names = {name for label in labels for name in label} if multilabel else set(labels)
-    unknown = sorted(names - set(vocab))
-    if unknown:
-        raise DataError(f"labels not in the given vocab: {', '.join(unknown[:10])}")
-    return vocab
-
-
-def _targets(labels: Sequence[Label], index: dict[str, int], multilabel: bool) -> np.ndarray:
-    if not multilabel:
-        return np.array([index[label] for label in labels], dtype=np.int64)
-    hot = np.zeros((len(labels), len(index)), dtype=np.float32)
-    for row, names in enumerate(labels):
-        hot[row, [index[name] for name in names]] = 1.0
-    return hot
 
 
 # ---- pixels --------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ its ``to_dict()`` in the manifest, in the service.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,8 +29,12 @@ from bundle.tabular import (
 )
 from training.data.core import DataError, DataLoaders, read_csv
 
-Y_BLOCKS = {"category": "classification", "classification": "classification",
-            "regression": "regression", "multilabel": "multilabel"}  # fmt: skip
+Y_BLOCKS = {
+    "category": "classification",
+    "classification": "classification",
+    "regression": "regression",
+    "multilabel": "multilabel",
+}
 
 
 class TabularDataLoaders(DataLoaders):
@@ -287,10 +292,14 @@ def _regression_targets(df: pd.DataFrame, target_names: list[str], log_target: b
         numbers = pd.to_numeric(raw.astype(object), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         bad = np.flatnonzero(~np.isfinite(numbers))
         if bad.size:
-            problem = (f"regression target {name!r} must be numeric: {raw.iloc[bad[0]]!r} at row "
-                       f"{raw.index[bad[0]]!r} ({bad.size} bad value(s))")  # fmt: skip
-            raise DataError(f"{problem}; use y_block='category' for class labels",
-                            f"{problem}; use --task classification for class labels")  # fmt: skip
+            problem = (
+                f"regression target {name!r} must be numeric: {raw.iloc[bad[0]]!r} at row "
+                f"{raw.index[bad[0]]!r} ({bad.size} bad value(s))"
+            )
+            raise DataError(
+                f"{problem}; use y_block='category' for class labels",
+                f"{problem}; use --task classification for class labels",
+            )
         if log_target:
             nonpositive = int((numbers <= 0).sum())
             if nonpositive:
@@ -391,9 +400,7 @@ def _process(step: Any, frame: pd.DataFrame) -> Any:
         raise DataError(f"cannot preprocess the data: {exc}{where}") from exc
 
 
-def _loader(
-    x_cat: np.ndarray, x_cont: np.ndarray, y: torch.Tensor, bs: int, shuffle: bool, seed: int
-) -> DataLoader:
+def _loader(x_cat: np.ndarray, x_cont: np.ndarray, y: torch.Tensor, bs: int, shuffle: bool, seed: int) -> DataLoader:
     """Batches indexed whole (no per-row collate); drops a last batch of 1 in training (batchnorm)."""
     dataset = TensorDataset(torch.from_numpy(x_cat), torch.from_numpy(x_cont), y)
     if shuffle:

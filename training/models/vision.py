@@ -15,8 +15,8 @@ it once otherwise. ``pretrained="file.pth"`` reads a local state dict instead;
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torchvision
@@ -177,7 +177,9 @@ def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
     except OSError as exc:  # URLError, timeouts, no DNS: offline
         raise WeightsUnavailable(arch, cached, weights.url, exc) from exc
     except (RuntimeError, EOFError, ValueError) as exc:  # a cached file that is not a checkpoint
-        raise ValueError(f"ImageNet weights for {arch}: cannot read {cached} ({exc}); delete it to download again") from exc
+        raise ValueError(
+            f"ImageNet weights for {arch}: cannot read {cached} ({exc}); delete it to download again"
+        ) from exc
 
 
 def simple_cnn_body(channels: Sequence[int] = (32, 64, 128, 256)) -> nn.Sequential:
@@ -234,7 +236,11 @@ def small_resnet_body(channels: Sequence[int] = (32, 64, 128, 256), stem: int = 
     stride-2 stem would skip; overall stride 16, and the head pools globally,
     so any input size works.
     """
-    layers: list[nn.Module] = [nn.Conv2d(3, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, stem, 3, padding=1, bias=False),
+        nn.BatchNorm2d(stem),
+        nn.ReLU(inplace=True),
+    ]
     n_in = stem
     for n_out in channels:
         layers += [nn.MaxPool2d(2, ceil_mode=True), ResBlock(n_in, n_out)]

@@ -41,8 +41,8 @@ import pandas as pd
 
 from bundle import reference as ref
 from bundle.manifest import read_manifest, read_reference
+from training.defaults import REPORTS_DIR
 
-REPORTS_DIR = Path("reports")
 MAX_LOGGED_ROWS = 5_000  # the most recent logged rows the forest sees
 _IMAGE_FIELDS_SKIPPED = ("sha256", "bytes", "b64")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -76,9 +76,13 @@ def parse_duration(text: str) -> float:
 
 
 def read_logged_inputs(
-    log: str, model: str, version: int, since_s: float | None = None, region: str | None = None,
+    log: str,
+    model: str,
+    version: int,
+    since_s: float | None = None,
+    region: str | None = None,
     limit: int = MAX_LOGGED_ROWS,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """The input rows of the logged predictions of one version, newest first (one per item)."""
     from bundle.prediction_log import logged_inputs, open_log
     from bundle.store import StoreUnavailable
@@ -119,9 +123,13 @@ def classifier_drift(
     forest.fit(x, y)
     importances = dict(sorted(zip(columns, forest.feature_importances_.tolist()), key=lambda kv: -kv[1]))
     return ClassifierDrift(
-        float(roc_auc_score(y, scores)), importances, len(reference_rows), len(logged_rows), fold_aucs,
+        float(roc_auc_score(y, scores)),
+        importances,
+        len(reference_rows),
+        len(logged_rows),
+        fold_aucs,
         _copies(frame[columns], len(reference_rows)),
-    )  # fmt: skip
+    )
 
 
 def _copies(frame: pd.DataFrame, n_reference: int) -> int:

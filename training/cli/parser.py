@@ -1,18 +1,11 @@
-"""``python -m training``: train, export, fine-tune, interpret, find a learning rate, build the examples."""
+"""The ``python -m training`` command line: its sub-commands, their options and help."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import sys
-import time
 from pathlib import Path
-from typing import Any, Sequence
 
-from training.data.core import DataError
 from training.defaults import DEFAULT_LR_RULE, IMAGE_EPOCHS, MAX_EPOCHS, MIN_IMAGE_STEPS, MIN_STEPS, TABULAR_EPOCHS
-
 
 
 def positive_int(text: str) -> int:
@@ -38,16 +31,30 @@ def _image_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-col", default=1, help="CSV column with labels (name or index)")
     p.add_argument("--label-delim", help="labels separated by this make a multi-label problem")
     p.add_argument("--valid-col", help="CSV boolean column marking validation rows")
-    p.add_argument("--valid-pct", type=share, default=None, help="random validation share (default: train/ valid/ folders if present, else 0.2)")
+    p.add_argument(
+        "--valid-pct",
+        type=share,
+        default=None,
+        help="random validation share (default: train/ valid/ folders if present, else 0.2)",
+    )
     p.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
     p.add_argument("--method", choices=["crop", "squish", "pad"], default="crop", help="resize method (default crop)")
     p.add_argument("--pad-mode", choices=["reflection", "zeros"], default="reflection")
-    p.add_argument("--aug", choices=["auto", "full", "flips"], default="auto", help="training augmentation: full "
-                   "(fastai's aug_transforms: flips, rotation, zoom, warp, lighting, random-resized crop), flips, or "
-                   "auto (default): full from pretrained weights, flips when training from scratch")  # fmt: skip
+    p.add_argument(
+        "--aug",
+        choices=["auto", "full", "flips"],
+        default="auto",
+        help="training augmentation: full "
+        "(fastai's aug_transforms: flips, rotation, zoom, warp, lighting, random-resized crop), flips, or "
+        "auto (default): full from pretrained weights, flips when training from scratch",
+    )
     p.add_argument("--no-aug", action="store_true", help="no training augmentation")
-    p.add_argument("--min-scale", type=float, default=0.75, help="random-resized crop minimum scale (crop method, "
-                   "full augmentation)")  # fmt: skip
+    p.add_argument(
+        "--min-scale",
+        type=float,
+        default=0.75,
+        help="random-resized crop minimum scale (crop method, full augmentation)",
+    )
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips (e.g. for digits or text)")
 
 
@@ -57,8 +64,11 @@ def _tabular_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cat", nargs="*", default=None, help="categorical columns (default: cont_cat_split)")
     p.add_argument("--cont", nargs="*", default=None, help="continuous columns (default: cont_cat_split)")
     p.add_argument("--date", nargs="*", default=(), help="date columns expanded with add_datepart")
-    p.add_argument("--date-format", help="strftime pattern of the --date columns, e.g. %%d.%%m.%%Y "
-                   "(default ISO 8601; recorded in the bundle, so the service reads them the same way)")  # fmt: skip
+    p.add_argument(
+        "--date-format",
+        help="strftime pattern of the --date columns, e.g. %%d.%%m.%%Y "
+        "(default ISO 8601; recorded in the bundle, so the service reads them the same way)",
+    )
     p.add_argument("--task", choices=["auto", "classification", "regression"], default="auto")
     p.add_argument("--log-target", action="store_true", help="regress log(target), serve exp()")
     p.add_argument("--y-range", default="auto", help="'auto' (regression: target range +-5%%), 'none' or LOW,HIGH")
@@ -70,21 +80,43 @@ def _tabular_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _arch_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", default="resnet34", help="resnet18, resnet34, resnet50 (ImageNet weights), "
-                   "small_resnet (made to train from scratch) or simple_cnn")  # fmt: skip
-    p.add_argument("--pretrained", default="imagenet", help="'imagenet' (default: torchvision's weights, from the "
-                   "torch cache or downloaded once; ignored by the from-scratch archs), 'none' (train from scratch) "
-                   "or a .pth state dict file")  # fmt: skip
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_const", const="none",
-                   help="train from scratch (same as --pretrained none)")  # fmt: skip
+    p.add_argument(
+        "--arch",
+        default="resnet34",
+        help="resnet18, resnet34, resnet50 (ImageNet weights), small_resnet (made to train from scratch) or simple_cnn",
+    )
+    p.add_argument(
+        "--pretrained",
+        default="imagenet",
+        help="'imagenet' (default: torchvision's weights, from the "
+        "torch cache or downloaded once; ignored by the from-scratch archs), 'none' (train from scratch) "
+        "or a .pth state dict file",
+    )
+    p.add_argument(
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_const",
+        const="none",
+        help="train from scratch (same as --pretrained none)",
+    )
 
 
 def _fit_args(p: argparse.ArgumentParser, epochs: int, steps: int = MIN_STEPS, sweep: bool = False) -> None:
     if not sweep:
-        p.add_argument("--epochs", type=positive_int, default=None, help=f"default: {epochs}, or as many as make "
-                       f"{steps} optimiser steps when training from scratch on little data (at most {MAX_EPOCHS})")  # fmt: skip
-        p.add_argument("--lr", type=float, default=None, help=f"maximum learning rate (default: lr_find's "
-                       f"{DEFAULT_LR_RULE} rule, a search of up to 100 training steps)")  # fmt: skip
+        p.add_argument(
+            "--epochs",
+            type=positive_int,
+            default=None,
+            help=f"default: {epochs}, or as many as make "
+            f"{steps} optimiser steps when training from scratch on little data (at most {MAX_EPOCHS})",
+        )
+        p.add_argument(
+            "--lr",
+            type=float,
+            default=None,
+            help=f"maximum learning rate (default: lr_find's "
+            f"{DEFAULT_LR_RULE} rule, a search of up to 100 training steps)",
+        )
     p.add_argument("--bs", type=positive_int, default=64, help="batch size")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -98,7 +130,10 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train, export, fine-tune, interpret, find a learning rate, build the examples.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("image", help="train an image model and export it")
@@ -125,12 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="continue training an exported model on new data, into a new version")
     p.add_argument("--from", dest="source", type=Path, required=True, help="bundle folder models/<name>/<version>")
     p.add_argument("data", type=Path, help="image folder or CSV with the same labels/columns as the model")
-    p.add_argument("--epochs", type=positive_int, default=None, help="default: training.finetune.FINETUNE_DEFAULTS "
-                   "(a few epochs, raised to make its minimum of optimiser steps)")  # fmt: skip
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: FINETUNE_DEFAULTS, "
-                   "lr_find's rule on the new data)")  # fmt: skip
-    p.add_argument("--freeze-epochs", type=int, default=None, help="epochs training the head alone first "
-                   "(default: FINETUNE_DEFAULTS)")  # fmt: skip
+    p.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="default: training.finetune.FINETUNE_DEFAULTS "
+        "(a few epochs, raised to make its minimum of optimiser steps)",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default: FINETUNE_DEFAULTS, lr_find's rule on the new data)",
+    )
+    p.add_argument(
+        "--freeze-epochs",
+        type=int,
+        default=None,
+        help="epochs training the head alone first (default: FINETUNE_DEFAULTS)",
+    )
     p.add_argument("--bs", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--valid-pct", type=share, default=0.2)
@@ -146,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drift", help="compare new data against an exported model's training reference (PSI)")
     p.add_argument("bundle", type=Path, help="bundle folder models/<name>/<version>")
     p.add_argument("data", type=Path, help="image folder or CSV of recent inputs")
-    p.add_argument("--out", type=Path, help="where to write drift.json and drift.png (default reports/<name>/<version>)")
+    p.add_argument(
+        "--out", type=Path, help="where to write drift.json and drift.png (default reports/<name>/<version>)"
+    )
 
     p = sub.add_parser(
         "drift-report", help="classifier drift report: can a random forest tell logged rows from training rows?"
@@ -162,33 +212,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("models"), help="model repository (default models/)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="where the digits PNGs are written")
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from training import commands
-    from training.export import ExportError
-
-    handler = {
-        "image": commands.train_image,
-        "tabular": commands.train_tabular,
-        "lr-find": commands.lr_find,
-        "finetune": commands.finetune,
-        "interpret": commands.interpret,
-        "drift": commands.drift,
-        "drift-report": commands.drift_report,
-        "examples": commands.examples,
-    }[args.command]
-    started = time.perf_counter()
-    try:
-        # progress and epoch tables go to stderr so that stdout is the JSON result alone
-        with contextlib.redirect_stdout(sys.stderr):
-            result: Any = handler(args)
-    except (DataError, ExportError, FileNotFoundError, ValueError) as exc:
-        # errors that suggest an option carry its command-line spelling (--no-pretrained, not pretrained=False)
-        print(f"error: {getattr(exc, 'cli_message', None) or exc}", file=sys.stderr)
-        return 2
-    if result is not None:
-        print(json.dumps(result, indent=2, default=str))
-    print(f"done in {time.perf_counter() - started:.1f}s", file=sys.stderr)
-    return 0

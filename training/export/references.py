@@ -29,6 +29,7 @@ Called by :func:`training.export.export_learner`:
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -187,8 +188,11 @@ def prediction_references(
         else:
             references[name] = alone
             sources[name] = {
-                "train": 0, "valid": len(valid_values), "training_psi": round(training_psi, 4), "noise": round(level, 4)
-            }  # fmt: skip
+                "train": 0,
+                "valid": len(valid_values),
+                "training_psi": round(training_psi, 4),
+                "noise": round(level, 4),
+            }
     return references, sources
 
 
@@ -317,3 +321,53 @@ def _plain(value: Any) -> Any:
     if pd.isna(value):  # pandas NA, NaT
         return None
     return str(value)
+
+
+def default_ood_score(learn: Learner) -> OodScore:
+    """The out-of-domain score a bundle uses unless export is told otherwise: the Mahalanobis distance of the
+    penultimate features where the model has them (it flags noise, photographs and inverted images that the
+    logits' energy misses: docs/monitoring.md), else the energy of the logits."""
+    return "mahalanobis" if exports_features(learn) else "energy"
+
+
+def write_reference(
+    learn: Learner,
+    path: Path,
+    train: ModelOutputs,
+    valid: ModelOutputs,
+    space: mon.FeatureSpace | None,
+) -> int:
+    """Write reference.json; returns the size of the reference sample it holds.
+
+    The prediction reference is binned over the training and validation items' predictions together where
+    the training items' are like the validation items', else over the validation items'
+    (``prediction_references``; ``predictions_from`` says how many of each, per feature)."""
+    dls = learn.dls
+    features: dict[str, Any] = {}
+    summaries = None
+    if dls.input_kind == "image":
+        # the summaries the service measures on live images (bundle.monitoring.pixel_summaries)
+        summaries = image_summaries_of(dls, "train")
+        features = image_feature_references(summaries)
+    else:
+        processor = dls.processor
+        features = ref.tabular_reference(dls.train_df_raw, processor.raw_cat_names, processor.raw_cont_names)
+    activation = activation_for(dls.task)
+    predictions, sources = prediction_references(
+        dls.task,
+        dls.vocab,
+        activation(torch.from_numpy(train.raw)).numpy(),
+        activation(torch.from_numpy(valid.raw)).numpy(),
+    )
+    sample = reference_sample(dls, summaries)
+    document: dict[str, Any] = {
+        "schema_version": 1,
+        "features": features,
+        "predictions": predictions,
+        "predictions_from": sources,
+        "sample": sample,
+    }
+    if space is not None:
+        document["feature_space"] = space.to_dict()
+    path.write_text(json.dumps(document, indent=1))
+    return len(sample)

@@ -11,9 +11,9 @@ Each trains in well under two minutes on two CPU cores.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -147,15 +147,34 @@ def carseats_frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
     education = rng.integers(10, 19, n)
     urban = rng.random(n) < 0.705
     sales = (
-        5.66 + 0.0928 * comp_price + 0.0158 * income + 0.123 * advertising + 0.0002 * population
-        - 0.0954 * price + np.select([shelve == "Good", shelve == "Medium"], [4.85, 1.96], 0.0)
-        - 0.046 * age - 0.021 * education + 0.12 * urban - 0.18 * us + rng.normal(0, 1.02, n)
-    )  # fmt: skip
-    return pd.DataFrame({
-        "Sales": sales.clip(0, None).round(2), "CompPrice": comp_price.astype(int), "Income": income,
-        "Advertising": advertising, "Population": population, "Price": price.astype(int), "ShelveLoc": shelve,
-        "Age": age, "Education": education, "Urban": np.where(urban, "Yes", "No"), "US": np.where(us, "Yes", "No"),
-    })  # fmt: skip
+        5.66
+        + 0.0928 * comp_price
+        + 0.0158 * income
+        + 0.123 * advertising
+        + 0.0002 * population
+        - 0.0954 * price
+        + np.select([shelve == "Good", shelve == "Medium"], [4.85, 1.96], 0.0)
+        - 0.046 * age
+        - 0.021 * education
+        + 0.12 * urban
+        - 0.18 * us
+        + rng.normal(0, 1.02, n)
+    )
+    return pd.DataFrame(
+        {
+            "Sales": sales.clip(0, None).round(2),
+            "CompPrice": comp_price.astype(int),
+            "Income": income,
+            "Advertising": advertising,
+            "Population": population,
+            "Price": price.astype(int),
+            "ShelveLoc": shelve,
+            "Age": age,
+            "Education": education,
+            "Urban": np.where(urban, "Yes", "No"),
+            "US": np.where(us, "Yes", "No"),
+        }
+    )
 
 
 def diamonds_frame() -> pd.DataFrame:
