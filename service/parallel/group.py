@@ -29,6 +29,9 @@ class ProcessGroup:
     def stopped(self, member: str) -> None:
         self._marker(member).unlink(missing_ok=True)
 
+    def has_started(self, member: str) -> bool:
+        return self._marker(member).exists()
+
     def problems(self) -> list[str]:
         """What keeps the group from being ready: members not started (yet, or again after a restart)."""
         waiting = [m for m in [CONTROL, *(worker_name(i) for i in range(self.workers))] if not self._marker(m).exists()]

@@ -66,6 +66,8 @@ class Supervisor:
         self.processes: dict[str, BaseProcess] = {}
         self.started_at: dict[str, float] = {}
         self.stopping = False
+        self.started_once: set[str] = set()
+        self.exit_code = 0
 
     def run(self) -> int:
         config = uvicorn.Config("service.app:create_app", host=self.settings.host, port=self.settings.port)
@@ -87,7 +89,7 @@ class Supervisor:
             folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)
-        return 0
+        return self.exit_code
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
@@ -107,8 +109,17 @@ class Supervisor:
 
     def _restart_dead(self) -> None:
         for member, process in list(self.processes.items()):
-            if process.is_alive() or self.stopping:
+            if process.is_alive():
+                if member not in self.started_once and self.group.has_started(member):
+                    self.started_once.add(member)
                 continue
+            if self.stopping:
+                continue
+            if member not in self.started_once:  # a configuration it cannot start with: as one process would, stop
+                log.error("%s exited with %s before it started; stopping", member, process.exitcode)
+                self.exit_code = 1
+                self.stopping = True
+                return
             if time.monotonic() - self.started_at[member] < RESTART_BACKOFF_S:
                 continue
             log.error("%s (pid %s) exited with %s; restarting it", member, process.pid, process.exitcode)

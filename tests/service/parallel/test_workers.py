@@ -133,3 +133,13 @@ def test_hot_reload_reaches_every_worker(make_repo, service_group, bundle_librar
     wait_until(lambda: pinned_v2() == {200}, what="version 2 in every worker")
     shutil.rmtree(repo / "digits" / "2")
     wait_until(lambda: pinned_v2() == {404}, what="version 2 gone from every worker")
+
+
+def test_a_configuration_no_process_can_start_with_stops_the_group_with_an_error(make_repo, tmp_path):
+    broken = tmp_path / "rollout.yaml"
+    broken.write_text("models: [this is not a policy\n")
+    group = ServiceGroup(make_repo(("digits", 1)), tmp_path / "service.log", 2, rollout=broken)
+    try:
+        assert group.process.wait(90) == 1  # as one process exits, rather than restarting forever
+    finally:
+        group.stop()
