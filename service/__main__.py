@@ -11,11 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import uvicorn
 from pydantic import ValidationError
 
-from service.app import create_app
-from service.http.connections import server_config
 from service.settings import ServiceSettings
 
 
@@ -58,6 +55,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    from service.models.runtime import cpu_quota
+
+    quota = cpu_quota()
+    workers = settings.workers or quota
+    if workers > 1:  # a supervisor, its workers and a control process (service.parallel)
+        from service.parallel.group import use_multiprocess_metrics
+
+        use_multiprocess_metrics()  # before prometheus-client is imported, here and in every child
+        from service.parallel.supervisor import Supervisor
+
+        return Supervisor(settings, workers, quota).run()
+    import uvicorn
+
+    from service.app import create_app
+    from service.http.connections import server_config
+
     # The connection limits (header size, header/body/keep-alive timeouts, connection and request caps) live
     # in service.http.connections, with the protocol that enforces them.
     uvicorn.Server(server_config(create_app(settings), settings)).run()

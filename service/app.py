@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from multiprocessing.sharedctypes import Synchronized
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -46,6 +47,10 @@ from service.monitoring import Monitor
 from service.monitoring.batch import BatchColumns
 from service.monitoring.log import PredictionLog
 from service.monitoring.metrics import MonitorMetrics
+from service.monitoring.monitor import MonitorSink
+from service.parallel.channel import ChannelSender
+from service.parallel.roles import ControlRole, ProcessRole, WorkerRole
+from service.parallel.rollout import ControlRolloutManager, WorkerRolloutManager
 from service.rollout.manager import RolloutManager
 from service.rollout.metrics import RolloutMetrics
 from service.rollout.views import describe_model
@@ -71,15 +76,19 @@ class Components:
     pipeline: PredictPipeline
     catalogue: ModelCatalogue
     decode_pool: ThreadPoolExecutor
+    role: ProcessRole | None = None  # one process of several (service.parallel); None: the only one
 
 
-def build_monitor(settings: ServiceSettings, metrics: ServingMetrics) -> Monitor | None:
-    """Monitoring, with its prediction log: in the shared PostgreSQL when there is one, else a SQLite file."""
+def build_monitor(
+    settings: ServiceSettings, metrics: ServingMetrics, role: ProcessRole | None = None, sink: MonitorSink | None = None
+) -> Monitor | None:
+    """Monitoring, with its prediction log: in the shared PostgreSQL when there is one, else a SQLite file.
+    A worker of several sends its observations to ``sink`` (the control process keeps the windows and the log)."""
     if not settings.monitoring:
         return None
     monitor_metrics = MonitorMetrics(metrics.registry)
     prediction_log = None
-    if settings.prediction_log:
+    if settings.prediction_log and sink is None:
         shared = settings.state_url.startswith(("postgresql://", "postgres://"))
         store = open_store(settings.state_url if shared else "", settings.prediction_log_path, settings.store_timeout_s)
         prediction_log = PredictionLog(
@@ -90,7 +99,8 @@ def build_monitor(settings: ServiceSettings, metrics: ServingMetrics) -> Monitor
             max_bytes=settings.prediction_log_max_bytes,
             max_rows=settings.prediction_log_max_rows,
         )
-    return Monitor(settings, monitor_metrics, prediction_log)
+    upstream_idle = role.receiver.wait_idle if isinstance(role, ControlRole) else None
+    return Monitor(settings, monitor_metrics, prediction_log, sink, upstream_idle)
 
 
 def build_rollout(
@@ -99,17 +109,44 @@ def build_rollout(
     registry: ModelRegistry,
     monitor: Monitor | None,
     clock: Clock | None,
+    channel: ChannelSender | None = None,
+    generation: Synchronized[int] | None = None,
 ) -> RolloutManager | None:
     """Rollouts run when a policy file or a state store is configured, or new versions are held or shadowed (the
-    serving version is remembered in the store); the monitor's readings feed the guardrails."""
+    serving version is remembered in the store); the monitor's readings feed the guardrails. A worker of several
+    routes but leaves the guardrails to the control process."""
     configured = settings.rollout is not None or settings.state_url or settings.state_path is not None
     if not configured and settings.new_versions == "latest":
         return None
     store = open_store(settings.state_url, settings.sqlite_state_path(), settings.store_timeout_s)
+    rollout_metrics = RolloutMetrics(metrics.registry)
+    if channel is not None:
+        return WorkerRolloutManager(
+            settings,
+            rollout_metrics,
+            store,
+            registry.loaded_numbers,
+            {},
+            clock or time.time,
+            served_models=registry.model_names,
+            channel=channel,
+            generation=generation,
+        )
     readings = monitor.guardrail_readings() if monitor is not None else {}
+    if generation is not None:  # the control process of several: its decisions reach every worker at once
+        return ControlRolloutManager(
+            settings,
+            rollout_metrics,
+            store,
+            registry.loaded_numbers,
+            readings,
+            clock or time.time,
+            served_models=registry.model_names,
+            generation=generation,
+        )
     return RolloutManager(
         settings,
-        RolloutMetrics(metrics.registry),
+        rollout_metrics,
         store,
         registry.loaded_numbers,
         readings,
@@ -118,12 +155,14 @@ def build_rollout(
     )
 
 
-def build(settings: ServiceSettings, clock: Clock | None = None) -> Components:
-    """Every component, each given what it needs."""
+def build(settings: ServiceSettings, clock: Clock | None = None, role: ProcessRole | None = None) -> Components:
+    """Every component, each given what it needs; ``role`` when this is one process of several."""
     metrics = ServingMetrics()
-    monitor = build_monitor(settings, metrics)
+    sink = role.sender(metrics.registry) if isinstance(role, WorkerRole) else None
+    monitor = build_monitor(settings, metrics, role, sink)
     registry = ModelRegistry(settings, metrics, BatchColumns if monitor is not None else None)
-    rollout = build_rollout(settings, metrics, registry, monitor, clock)
+    generation = role.rollout_generation if role is not None else None
+    rollout = build_rollout(settings, metrics, registry, monitor, clock, sink, generation)
     router = VersionRouter(registry, rollout)
     threads = settings.preprocess_threads or cpu_quota()
     decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
@@ -131,13 +170,17 @@ def build(settings: ServiceSettings, clock: Clock | None = None) -> Components:
     shadow = ShadowRunner(settings, registry, rollout, decode_pool, monitor) if rollout is not None else None
     pipeline = PredictPipeline(settings, router, metrics, decode_queue, decode_pool, monitor, rollout, shadow)
     catalogue = ModelCatalogue(registry, router, partial(describe_model, rollout) if rollout is not None else None)
-    return Components(settings, metrics, registry, router, monitor, rollout, shadow, pipeline, catalogue, decode_pool)
+    return Components(
+        settings, metrics, registry, router, monitor, rollout, shadow, pipeline, catalogue, decode_pool, role
+    )
 
 
 def routes(c: Components) -> list[BaseRoute]:
     """Every route but the native predict paths (``ServingApp`` sends those to the predict endpoint first)."""
     return [
-        *OperationRoutes(c.registry, c.metrics, c.rollout, c.monitor, c.settings.admin_token).routes(),
+        *OperationRoutes(
+            c.registry, c.metrics, c.rollout, c.monitor, c.settings.admin_token, c.role.group if c.role else None
+        ).routes(),
         *ModelRoutes(c.settings, c.catalogue).routes(),
         *RolloutAPI(c.settings, c.rollout).routes(),
         *OpenInferenceAPI(c.settings, c.registry, c.router, c.pipeline).routes(),
@@ -162,15 +205,21 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
     problems = c.registry.problems()
     if problems:
         log.warning("not ready: %s", "; ".join(problems))
+    if c.role is not None:
+        c.role.started(c)
     try:
         yield
     finally:
         log.info("shutting down: draining every batcher")
+        if c.role is not None:
+            c.role.stopping(c)
         if c.shadow is not None:
             await c.shadow.drain()
         if c.rollout is not None:
             await c.rollout.stop()
         await c.registry.stop()
+        if c.role is not None:
+            await asyncio.to_thread(c.role.stopped, c)
         if c.monitor is not None:
             await asyncio.to_thread(c.monitor.stop)
         c.decode_pool.shutdown(wait=True)
@@ -199,6 +248,9 @@ class ServingApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: ServiceSettings | None = None, clock: Clock | None = None) -> ServingApp:
-    """A ready-to-run ASGI app serving ``settings.models``; ``clock`` (epoch seconds) drives the rollout plan."""
-    return ServingApp(build(settings or ServiceSettings(), clock))
+def create_app(
+    settings: ServiceSettings | None = None, clock: Clock | None = None, role: ProcessRole | None = None
+) -> ServingApp:
+    """A ready-to-run ASGI app serving ``settings.models``; ``clock`` (epoch seconds) drives the rollout plan;
+    ``role`` makes it a worker or the control process of several (``service.parallel``)."""
+    return ServingApp(build(settings or ServiceSettings(), clock, role))

@@ -1,5 +1,8 @@
 """Prometheus metrics of one app, in its own CollectorRegistry (never the global one).
 
+With several worker processes every value lives in prometheus-client's multiprocess files and ``/metrics``
+reads them all; each gauge names how its processes' values combine (``multiprocess_mode``).
+
 Label values are bounded: model and version come from loaded bundles only
 (requests for unknown models count under ``model="unknown"``), region is a
 configured region or ``other``, outcome is one of five words.
@@ -7,12 +10,16 @@ configured region or ``other``, outcome is one of five words.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 UNKNOWN_MODEL = "unknown"
 OUTCOMES = ("ok", "client_error", "server_error", "rejected", "timeout")
 LOAD_FAILURE_REASONS = ("manifest", "checksum", "onnx", "warmup")
 
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # prometheus-client reads it at import too
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -55,12 +62,17 @@ class ServingMetrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "serving_queue_depth", "Items waiting in the batcher queue.", ["model", "version"], registry=r
+            "serving_queue_depth",
+            "Items waiting in the batcher queue.",
+            ["model", "version"],
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.model_info = Gauge(
             "serving_model_info",
             "1 for every loaded model version.",
             ["model", "version", "task", "provider", "sha256"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.load_failures = Counter(
@@ -81,6 +93,12 @@ class ServingMetrics:
         self.load_failures.labels(model, reason).inc()
 
     def render(self) -> tuple[bytes, str]:
+        """This app's metrics; with several worker processes (prometheus-client's multiprocess mode, see
+        ``service.parallel``) those of every process of the group, each gauge aggregated by its mode."""
+        if MULTIPROCESS:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
@@ -97,9 +115,11 @@ class VersionMetrics:
         self._inference = metrics.inference_duration.labels(model, version)
         self._batch_size = metrics.batch_size.labels(model, version)
         # The batcher reports its depth on every submit and take; storing an int is all that costs,
-        # the gauge reads it when scraped.
+        # the gauge reads it when scraped. With several processes a scrape reads the shared files: set it there.
         self._depth = 0
-        metrics.queue_depth.labels(model, version).set_function(self._current_depth)
+        self._shared_depth = metrics.queue_depth.labels(model, version) if MULTIPROCESS else None
+        if self._shared_depth is None:
+            metrics.queue_depth.labels(model, version).set_function(self._current_depth)
         self._requests: dict[tuple[str, str], Counter] = {}
 
     def _current_depth(self) -> int:
@@ -115,6 +135,8 @@ class VersionMetrics:
 
     def queue_depth(self, items: int) -> None:
         self._depth = items
+        if self._shared_depth is not None:
+            self._shared_depth.set(items)
 
     def queue_wait(self, seconds: float) -> None:
         self._queue_wait.observe(seconds)

@@ -26,6 +26,12 @@ class ServiceSettings(BaseSettings):
     models: Path = Field(Path("models"), description="Model repository root: <models>/<name>/<version>/.")
     host: str = Field("0.0.0.0", description="Interface to listen on.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on.")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="Worker processes sharing the listening socket, each serving the whole API, plus one control "
+        "process for monitoring and guardrails; default: the container's CPU quota. 1: one process, no supervisor.",
+    )
     rollout: Path | None = Field(None, description="Rollout policy file (YAML); none means highest version serves.")
     model_names: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtests.benchmark import HOST, ROOT, free_port
+from service.models.runtime import cpu_quota
 
 
 @dataclass
@@ -41,8 +42,14 @@ def service(name: str, repo: Path, env: dict[str, str] | None = None) -> ServerS
 
 
 def _uvicorn(app: str) -> list[str]:
-    # The options python -m service gives uvicorn (service.http.connections.server_config): httptools, no access log.
-    return ["-m", "uvicorn", app, "--host", HOST, "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    # The options python -m service gives uvicorn (service.http.connections.server_config): httptools, no access log,
+    # and as many processes as the service runs by default (SERVING_WORKERS: the CPU quota), so that the
+    # comparison is process for process.
+    workers = str(cpu_quota())
+    return [
+        *("-m", "uvicorn", app, "--host", HOST, "--http", "httptools", "--no-access-log", "--log-level", "warning"),
+        *("--workers", workers),
+    ]
 
 
 def bare() -> ServerSpec:

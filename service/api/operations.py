@@ -15,6 +15,7 @@ from service.http.responses import JSONResponse
 from service.metrics import ServingMetrics
 from service.models.registry import ModelRegistry
 from service.monitoring import Monitor
+from service.parallel.group import ProcessGroup
 from service.rollout.manager import RolloutManager
 
 
@@ -26,12 +27,14 @@ class OperationRoutes:
         rollout: RolloutManager | None,
         monitor: Monitor | None = None,
         admin_token: SecretStr | None = None,
+        group: ProcessGroup | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.rollout = rollout
         self.monitor = monitor
         self.admin_token = admin_token
+        self.group = group  # the worker processes this one serves beside (service.parallel), if any
 
     def routes(self) -> list[Route]:
         return [
@@ -44,10 +47,11 @@ class OperationRoutes:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        """Ready once every model is loaded; a failing state store or a refused stored policy is reported, never
+        """Ready once every model is loaded (and, with several workers, every worker and the control process has
+        started); a failing state store or a refused stored policy is reported, never
         a reason to leave the load balancer (predictions do not need the store). Where the store is and its error
         only with the admin token."""
-        problems = self.registry.problems()
+        problems = self.registry.problems() + (self.group.problems() if self.group is not None else [])
         if problems:
             return JSONResponse(error_body("not_ready", "; ".join(problems)), status_code=503)
         loaded = {v.name: v.version for v in self.registry.all_versions()}

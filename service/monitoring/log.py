@@ -81,11 +81,15 @@ class LogMetrics:
             registry=registry,
         )
         self.pending = Gauge(
-            "serving_prediction_log_pending", "Records waiting in the prediction log buffer.", registry=registry
+            "serving_prediction_log_pending",
+            "Records waiting in the prediction log buffer.",
+            multiprocess_mode="livesum",
+            registry=registry,
         )
         self.up = Gauge(
             "serving_prediction_log_up",
             "1 while the prediction log's store answers, 0 while it fails (predictions are still served).",
+            multiprocess_mode="livemin",
             registry=registry,
         )
 
@@ -211,6 +215,9 @@ class PredictionLog:
             ok = self._schema_ready() and self.flush()
             if ok:
                 self._housekeeping(time.time())
+            # the gauges read these when scraped; with several processes the scrape reads shared files instead
+            self.metrics.pending.set(len(self._buffer))
+            self.metrics.up.set(1.0 if self.store.healthy else 0.0)
             if self._stopping:
                 return
             backoff = self.flush_interval_s if ok else min(max(backoff * 2, 0.5), 5.0)

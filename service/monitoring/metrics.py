@@ -14,6 +14,7 @@ class MonitorMetrics:
             "serving_drift_score",
             "PSI of a feature over the drift window, all regions.",
             ["model", "version", "feature"],
+            multiprocess_mode="mostrecent",
             registry=r,
         )
         self.ood = Counter(
@@ -26,6 +27,7 @@ class MonitorMetrics:
             "serving_estimated_accuracy",
             "Accuracy estimated from calibrated confidences over the drift window (classification).",
             ["model", "version", "region"],
+            multiprocess_mode="mostrecent",
             registry=r,
         )
         self.feedback = Counter(
@@ -47,12 +49,14 @@ class MonitorMetrics:
             "serving_live_accuracy",
             "Accuracy over the feedback window (classification).",
             ["model", "version", "region"],
+            multiprocess_mode="mostrecent",
             registry=r,
         )
         self.live_error = Gauge(
             "serving_live_error",
             "Mean absolute error over the feedback window (regression).",
             ["model", "version", "region"],
+            multiprocess_mode="mostrecent",
             registry=r,
         )
         self.dropped = Counter(

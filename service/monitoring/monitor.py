@@ -18,7 +18,8 @@ import logging
 import threading
 import time
 import zlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from bundle import monitoring as mon
 from service.http.request_id import new_request_id
@@ -37,15 +38,34 @@ from service.settings import ServiceSettings
 log = logging.getLogger("service.monitoring")
 
 
+class MonitorSink(Protocol):
+    """Where a worker process sends what its monitor would otherwise fold in itself (the control process)."""
+
+    def observation(self, o: Observation) -> None: ...
+
+    def shadow(self, *args: Any) -> None: ...
+
+
 class Monitor:
-    """Drift windows, out-of-domain flags, estimated and live accuracy, the prediction log, feedback."""
+    """Drift windows, out-of-domain flags, estimated and live accuracy, the prediction log, feedback.
+
+    With a ``sink`` (a worker of several, see ``service.parallel``) the request path is the same, but the
+    observations and shadow records go to the sink, whose monitor folds in every worker's traffic."""
 
     def __init__(
-        self, settings: ServiceSettings, metrics: MonitorMetrics, prediction_log: PredictionLog | None
+        self,
+        settings: ServiceSettings,
+        metrics: MonitorMetrics,
+        prediction_log: PredictionLog | None,
+        sink: MonitorSink | None = None,
+        upstream_idle: Callable[[float], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.log = prediction_log
+        self.sink = sink
+        self.upstream_idle = upstream_idle  # the control process: waits for what the workers sent to arrive
+        self.logs = prediction_log is not None or (sink is not None and settings.prediction_log)
         self._states: dict[tuple[str, int], VersionState] = {}
         self._prepare_lock = threading.Lock()
         self.worker = MonitorWorker(
@@ -55,7 +75,7 @@ class Monitor:
             settings.drift_threshold,
             self._log if prediction_log is not None else None,
         )
-        self.feedback = FeedbackBook(prediction_log, metrics, settings.feedback_window, self.worker.wait_idle)
+        self.feedback = FeedbackBook(prediction_log, metrics, settings.feedback_window, self.wait_idle)
         self.readings = MonitorReadings(settings, self._states, self.prepare, self.feedback)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -111,7 +131,7 @@ class Monitor:
                 flags = state.detector.flags(output, summaries, columns, served.logits, scores, rows)
             for prediction, item_flags in zip(predictions, flags):
                 prediction["ood"] = item_flags
-            logged = self.log is not None and self.sampled(served.request_id)
+            logged = self.logs and self.sampled(served.request_id)
             observation = Observation(
                 state,
                 served.region,
@@ -131,7 +151,10 @@ class Monitor:
         except Exception:  # monitoring must never fail a prediction
             log.exception("monitoring %s v%s failed for request %s", version.name, version.version, served.request_id)
             return
-        self.worker.submit(observation)
+        if self.sink is not None:
+            self.sink.observation(observation)
+        else:
+            self.worker.submit(observation)
 
     def sampled(self, request_id: str) -> bool:
         """Whether a request is logged: decided by its id, so a shadow copy follows the request it copies."""
@@ -166,8 +189,12 @@ class Monitor:
     ) -> None:
         """Log the candidate's answer to a copy of a logged request (arm ``shadow``, linked to it by its id), and
         flag the stable items it disagreed on for review. ``stable`` is (model, version, region, arm)."""
-        if self.log is None or not self.sampled(stable_request_id):
+        if not self.logs or not self.sampled(stable_request_id):
             return
+        if self.sink is not None:
+            self.sink.shadow(stable_request_id, stable, candidate_version, predictions, disagreed)
+            return
+        assert self.log is not None
         try:
             record = shadow_record(
                 new_request_id(), time.time(), stable, candidate_version, stable_request_id, disagreed, predictions
@@ -179,6 +206,8 @@ class Monitor:
 
     def wait_idle(self, timeout_s: float = 2.0) -> bool:
         """Wait (blocking) until every queued observation is processed; False on timeout."""
+        if self.upstream_idle is not None and not self.upstream_idle(timeout_s):
+            return False
         return self.worker.wait_idle(timeout_s)
 
     # -- feedback and readings -------------------------------------------------------------

@@ -15,12 +15,17 @@ class RolloutMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
         self.stage = Gauge(
-            "serving_rollout_stage", "1 for the model's current rollout stage.", ["model", "stage"], registry=r
+            "serving_rollout_stage",
+            "1 for the model's current rollout stage.",
+            ["model", "stage"],
+            multiprocess_mode="mostrecent",
+            registry=r,
         )
         self.share = Gauge(
             "serving_rollout_candidate_share",
             "Candidate's share of the region's keys now, 0..1.",
             ["model", "region"],
+            multiprocess_mode="mostrecent",
             registry=r,
         )
         self.rollbacks = Counter(
@@ -39,11 +44,20 @@ class RolloutMetrics:
             "serving_rollout_guardrail_state",
             "1 for the guardrails' current verdict (waiting_for_data, ok, breach, off).",
             ["model", "state"],
+            multiprocess_mode="mostrecent",
             registry=r,
         )
-        self.store_up = Gauge("serving_state_store_up", "1 when the last state store call succeeded.", registry=r)
+        self.store_up = Gauge(
+            "serving_state_store_up",
+            "1 when the last state store call succeeded.",
+            multiprocess_mode="livemin",
+            registry=r,
+        )
         self.store_age = Gauge(
-            "serving_state_store_last_ok_age_seconds", "Seconds since the state store last answered.", registry=r
+            "serving_state_store_last_ok_age_seconds",
+            "Seconds since the state store last answered.",
+            multiprocess_mode="livemax",
+            registry=r,
         )
         self.shadow_requests = Counter(
             "serving_shadow_requests",
@@ -73,12 +87,14 @@ class RolloutMetrics:
             "serving_shadow_disagreement",
             "Disagreement rate over the guardrail window.",
             ["model", "version"],
+            multiprocess_mode="mostrecent",
             registry=r,
         )
         self.shadow_abs_difference = Gauge(
             "serving_shadow_mean_abs_difference",
             "Regression: mean |candidate - stable| over the guardrail window.",
             ["model", "version"],
+            multiprocess_mode="mostrecent",
             registry=r,
         )
 

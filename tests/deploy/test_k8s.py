@@ -130,13 +130,16 @@ def test_every_path_the_service_writes_is_a_volume(overlay):
 
 
 @every_overlay
-def test_onnx_runtime_threads_follow_the_cpu_limit(overlay):
+def test_worker_processes_follow_the_cpu_limit_and_the_service_divides_the_threads(overlay):
     container = serving_container(rendered(overlay))
     env = {e["name"]: e for e in container["env"]}
 
-    for name in ("SERVING_INTRA_OP_THREADS", "SERVING_PREPROCESS_THREADS"):
-        field = env[name]["valueFrom"]["resourceFieldRef"]
+    if overlay == "gpu":  # one process per GPU: one CUDA context, whole batches
+        assert env["SERVING_WORKERS"] == {"name": "SERVING_WORKERS", "value": "1"}
+    else:
+        field = env["SERVING_WORKERS"]["valueFrom"]["resourceFieldRef"]
         assert field == {"containerName": "serving", "resource": "limits.cpu", "divisor": "1"}
+    assert "SERVING_INTRA_OP_THREADS" not in env and "SERVING_PREPROCESS_THREADS" not in env
     assert container["resources"]["requests"]["cpu"] == container["resources"]["limits"]["cpu"]
 
 

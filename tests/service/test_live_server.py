@@ -139,6 +139,7 @@ def test_sigterm_lets_queued_and_in_flight_requests_finish(make_repo):
     port = free_port()
     env = {
         **os.environ,
+        "SERVING_WORKERS": "1",  # one process: its queue holds what the test counts (tests/service/parallel: several)
         "SERVING_INTRA_OP_THREADS": "1",
         "SERVING_MAX_BATCH_SIZE": "1",
         "SERVING_WATCH_INTERVAL_S": "0",

@@ -219,7 +219,8 @@ def test_two_processes_on_one_postgres_obey_each_other_and_survive_the_store_goi
     # a rollback on one replica is obeyed by the other within the poll interval
     assert admin(a, "rollback") == 200
     assert version_for(a, "user-1") == "1"
-    took = wait_until(lambda: version_for(b, "user-1") == "1", timeout_s=POLL_S + 2.0)
+    # fresh connections, so that every worker process of b is asked (SERVING_WORKERS)
+    took = wait_until(lambda: all(version_for(b, "user-1") == "1" for _ in range(6)), timeout_s=POLL_S + 2.0)
     assert took <= POLL_S + 1.0, f"the other replica took {took:.2f} s"
 
     # the store goes away: predictions keep succeeding on the last known state, and it is reported
@@ -227,6 +228,8 @@ def test_two_processes_on_one_postgres_obey_each_other_and_survive_the_store_goi
     for service in (a, b):
         assert all(version_for(service, f"user-{i}") == "1" for i in range(20))
     wait_until(lambda: b"serving_state_store_up 0.0" in request(b.url + "/metrics")[2], timeout_s=10)
+    # each worker process of b reports what its own last poll found: within one poll interval
+    wait_until(lambda: b'"healthy":false' in request(b.url + "/readyz")[2], timeout_s=POLL_S + 2.0)
     status, _, body = request(b.url + "/readyz")
     assert status == 200 and b'"healthy":false' in body and b"last known rollout state" in body
     assert admin(a, "promote") == 503  # a change that could not reach the fleet is refused, not half-made
