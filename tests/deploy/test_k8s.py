@@ -225,7 +225,11 @@ def test_rollout_file_in_the_configmap_follows_the_documented_format(overlay):
     plan = rollout_file(docs)
     regions = set(env_values(serving_container(docs)).get("SERVING_REGIONS", "").split(",")) - {""}
 
-    assert set(plan) == {"models"}
+    assert set(plan) <= {"models", "templates"}
+    for name, template in plan.get("templates", {}).items():
+        for step in template["steps"]:
+            # no SERVING_REGIONS: every region is known (the base names the course's campsites)
+            assert not regions or set(step["regions"]) <= regions | {"*"}, f"template {name}: an unknown region"
     for name, policy in plan["models"].items():
         assert policy["stage"] in STAGES, name
         assert isinstance(policy["stable"], int) and isinstance(policy["candidate"], int)
