@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", default=None, help="digits, diamonds, penguins (default: all)")
     p.add_argument("--out", type=Path, default=Path("models"), help="model repository (default models/)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="where the digits PNGs are written")
+
+    from training.loop.cli import add_commands  # dataset, nightly: the feedback loop
+
+    add_commands(sub)
     return parser
 
 
@@ -168,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from training import commands
     from training.export import ExportError
+    from training.loop import cli as loop_cli
 
     handler = {
         "image": commands.train_image,
@@ -178,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "drift": commands.drift,
         "drift-report": commands.drift_report,
         "examples": commands.examples,
+        **loop_cli.HANDLERS,
     }[args.command]
     started = time.perf_counter()
     try:
