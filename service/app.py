@@ -100,13 +100,21 @@ def build_rollout(
     monitor: Monitor | None,
     clock: Clock | None,
 ) -> RolloutManager | None:
-    """Rollouts run when a policy file or a state store is configured; the monitor's readings feed the guardrails."""
-    if settings.rollout is None and not settings.state_url and settings.state_path is None:
+    """Rollouts run when a policy file or a state store is configured, or new versions are held or shadowed (the
+    serving version is remembered in the store); the monitor's readings feed the guardrails."""
+    configured = settings.rollout is not None or settings.state_url or settings.state_path is not None
+    if not configured and settings.new_versions == "latest":
         return None
     store = open_store(settings.state_url, settings.sqlite_state_path(), settings.store_timeout_s)
     readings = monitor.guardrail_readings() if monitor is not None else {}
     return RolloutManager(
-        settings, RolloutMetrics(metrics.registry), store, registry.loaded_numbers, readings, clock or time.time
+        settings,
+        RolloutMetrics(metrics.registry),
+        store,
+        registry.loaded_numbers,
+        readings,
+        clock or time.time,
+        served_models=registry.model_names,
     )
 
 

@@ -66,6 +66,12 @@ class ServiceSettings(BaseSettings):
         description="Seconds between rollout checks: rollout file changes (a changed file is read "
         "once it has stayed unchanged for one tick), guardrails, gauges.",
     )
+    new_versions: Literal["hold", "shadow", "latest"] = Field(
+        "hold",
+        description="What a version that appears in the repository gets: hold (loaded and reachable pinned, no "
+        "unpinned traffic until promoted; the serving version is kept in the state store), shadow (as hold, and "
+        "it starts as a shadow candidate), latest (the newest version takes all unpinned traffic).",
+    )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for the rollout admin endpoints (PUT/promote/rollback); unset refuses them."
     )

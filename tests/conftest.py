@@ -6,6 +6,7 @@ import base64
 import io
 import shutil
 import socket
+import tempfile
 import threading
 import time
 import warnings
@@ -113,6 +114,10 @@ def service_settings(models: Path, **overrides: Any) -> Any:
         prediction_log=False,  # tests that want the log turn it on with a path of their own
     )
     values.update(overrides)
+    if not any(values.get(key) for key in ("state_url", "state_path", "rollout")):
+        # the store that remembers each model's serving version (SERVING_NEW_VERSIONS=hold): one per app, never
+        # a state.sqlite in the working directory shared by every test
+        values["state_path"] = Path(tempfile.mkdtemp(prefix="fastprod-state-")) / "state.sqlite"
     return ServiceSettings(**values)
 
 

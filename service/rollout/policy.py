@@ -64,6 +64,14 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def _header_name(value: str) -> str:
+    if not _HEADER_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not an HTTP header name: use letters, digits and !#$%&'*+-.^_`|~ only, e.g. X-User-Id"
+        )
+    return value
+
+
 # -- the policy model ----------------------------------------------------------------------------
 
 
@@ -127,6 +135,11 @@ class ModelPolicy(_Strict):
     start: datetime | None = None
     end: datetime | None = None
     guardrails: Guardrails = Guardrails()
+    auto_advance: bool = Field(
+        False,
+        description="In stage shadow with a start time: the plan's first step begins at start by itself. Without "
+        "it an admin moves the rollout from shadow to its first step (advance) or promotes it.",
+    )
 
     @field_validator("stage", mode="before")
     @classmethod
@@ -136,11 +149,7 @@ class ModelPolicy(_Strict):
     @field_validator("sticky_key")
     @classmethod
     def _header_name(cls, value: str) -> str:
-        if not _HEADER_NAME.fullmatch(value):
-            raise ValueError(
-                f"{value!r} is not an HTTP header name: use letters, digits and !#$%&'*+-.^_`|~ only, e.g. X-User-Id"
-            )
-        return value
+        return _header_name(value)
 
     @field_validator("start", "end")
     @classmethod
@@ -175,11 +184,78 @@ class ModelPolicy(_Strict):
 
     def fingerprint(self) -> str:
         """A stable digest of the policy (the same file content gives the same digest on every replica)."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        data = self.model_dump(mode="json")
+        if not self.auto_advance:  # added later: a policy without it keeps the digest it always had
+            del data["auto_advance"]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def serving(self) -> int:
+        """The version that answers unpinned traffic as stable: a promoted candidate, else stable."""
+        return self.candidate if self.stage == "promoted" and self.candidate is not None else self.stable
+
+
+class TemplateShadow(_Strict):
+    percent: float = Field(100.0, ge=0, le=100, description="Share of stable's traffic also run on the candidate.")
+    hold: float | None = Field(None, description="How long the shadow stage lasts before the first step (1d...).")
+
+    @field_validator("hold", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+
+class Template(_Strict):
+    """A named plan for a new candidate: a shadow stage first, then the steps, judged by the guardrails."""
+
+    shadow: TemplateShadow = TemplateShadow()
+    steps: list[Step] = Field(default_factory=list)
+    auto_advance: bool = Field(False, description="Move from shadow to the first step after shadow.hold by itself.")
+    sticky_key: str = Field("X-Request-Key", min_length=1, max_length=MAX_HEADER_NAME)
+    guardrails: Guardrails = Guardrails()
+
+    @field_validator("sticky_key")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        return _header_name(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Template:
+        for i, step in enumerate(self.steps[:-1]):
+            if step.hold is None:
+                raise ValueError(f"steps[{i}].hold: every step but the last needs a hold")
+        if self.auto_advance and (self.shadow.hold is None or not self.steps):
+            raise ValueError("auto_advance needs shadow.hold (how long the shadow stage lasts) and at least one step")
+        return self
+
+    def plan(self, stable: int, candidate: int, now: float) -> ModelPolicy:
+        """The policy that starts ``candidate`` in shadow beside ``stable`` at ``now`` under this template.
+
+        With ``auto_advance`` the plan's first step begins when the shadow hold is over (``start``); without it
+        there is no start until an admin advances the rollout."""
+        start = None
+        if self.auto_advance and self.shadow.hold is not None:
+            start = datetime.fromtimestamp(now + self.shadow.hold, UTC)
+        return ModelPolicy(
+            stable=stable,
+            candidate=candidate,
+            stage="shadow",
+            sticky_key=self.sticky_key,
+            shadow=Shadow(percent=self.shadow.percent),
+            steps=list(self.steps),
+            start=start,
+            guardrails=self.guardrails,
+            auto_advance=self.auto_advance,
+        )
+
+
+SHADOW_ONLY = Template()  # the plan without a template: shadow on every request until promoted or rolled back
+NEW_VERSIONS_TEMPLATE = "new_versions"  # the template SERVING_NEW_VERSIONS=shadow uses when the file has one
 
 
 class RolloutFile(_Strict):
     models: dict[str, ModelPolicy] = Field(default_factory=dict)
+    templates: dict[str, Template] = Field(default_factory=dict)
 
 
 def parse_policy_text(text: str, source: str = "rollout file") -> RolloutFile:
