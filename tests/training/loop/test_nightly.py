@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from bundle.manifest import read_manifest
 from tests.training.loop.conftest import ADMIN
