@@ -114,7 +114,8 @@ def service_settings(models: Path, **overrides: Any) -> Any:
         prediction_log=False,  # tests that want the log turn it on with a path of their own
     )
     values.update(overrides)
-    if not any(values.get(key) for key in ("state_url", "state_path", "rollout")):
+    stateless = values.get("new_versions") == "latest"
+    if not stateless and not any(values.get(key) for key in ("state_url", "state_path", "rollout")):
         # the store that remembers each model's serving version (SERVING_NEW_VERSIONS=hold): one per app, never
         # a state.sqlite in the working directory shared by every test
         values["state_path"] = Path(tempfile.mkdtemp(prefix="fastprod-state-")) / "state.sqlite"

@@ -6,6 +6,8 @@
     PUT  /v1/rollouts/{name}             replace the policy (JSON body: one model's policy)
     POST /v1/rollouts/{name}/promote     the candidate takes all traffic
     POST /v1/rollouts/{name}/rollback    the candidate gets none
+    POST /v1/rollouts/{name}/shadow      a loaded version starts as the candidate in shadow (JSON: version, template)
+    POST /v1/rollouts/{name}/advance     a plan held in shadow moves to its first step
 
 Changes need ``Authorization: Bearer <SERVING_ADMIN_TOKEN>``, compared in
 constant time; with no token configured they are refused (403). A change
@@ -68,6 +70,8 @@ class RolloutAPI:
             Route("/v1/rollouts/{name}/history", self.history, methods=["GET"]),
             Route("/v1/rollouts/{name}/promote", self.promote, methods=["POST"]),
             Route("/v1/rollouts/{name}/rollback", self.rollback, methods=["POST"]),
+            Route("/v1/rollouts/{name}/shadow", self.shadow, methods=["POST"]),
+            Route("/v1/rollouts/{name}/advance", self.advance, methods=["POST"]),
         ]
 
     # -- reading -------------------------------------------------------------------------
@@ -113,15 +117,43 @@ class RolloutAPI:
     async def rollback(self, request: Request) -> Response:
         return await self._decide(request, "rollback")
 
+    async def advance(self, request: Request) -> Response:
+        return await self._decide(request, "advance")
+
+    async def shadow(self, request: Request) -> Response:
+        """A loaded version starts as the candidate in shadow, under a template's plan or shadow only."""
+        actor = self._authorize(request)
+        rollout = self._manager()
+        name = request.path_params["name"]
+        if name not in rollout.policies and not rollout.served_versions(name):
+            raise NotFound(f"model {name!r} is not served; a shadow needs a served model")
+        expected = _if_match(request)
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidInput('body: expected a JSON object such as {"version": 2, "template": "course"}')
+        unknown = sorted(set(body) - {"version", "template", "reason"})
+        if unknown:
+            raise InvalidInput(f"body: unknown fields {unknown}; expected version, template, reason")
+        version, template = body.get("version"), body.get("template")
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**63:
+            raise InvalidInput(f"version: expected a positive integer version number, got {version!r}")
+        if template is not None and not isinstance(template, str):
+            raise InvalidInput("template: must be the name of a template in the rollout file")
+        try:
+            await _stored(rollout.shadow(name, version, template, actor, _reason(body.get("reason")), expected))
+        except PolicyError as exc:
+            raise InvalidInput(str(exc)) from None
+        return self._state(name, internals=True)
+
     async def _decide(self, request: Request, decision: str) -> Response:
-        """A manual promote or rollback: authorised, recorded with its actor and reason, stored fleet-wide."""
+        """A manual promote, rollback or advance: authorised, recorded with its actor and reason, stored fleet-wide."""
         actor = self._authorize(request)
         rollout = self._manager()
         name = request.path_params["name"]
         expected = _if_match(request)
         reason = await _reason_of(request)
         self._known(name)
-        change = rollout.promote if decision == "promote" else rollout.rollback
+        change = {"promote": rollout.promote, "rollback": rollout.rollback, "advance": rollout.advance}[decision]
         try:
             await _stored(change(name, actor, reason, expected))
         except PolicyError as exc:

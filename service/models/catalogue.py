@@ -44,7 +44,12 @@ class ModelCatalogue:
             {"version": number, "reason": r.reason, "message": public_message(r.message)}
             for number, r in self.registry.refusals(name).items()
         ]
-        described["rollout"] = self.rollout_view(name) if self.rollout_view is not None else None
+        rollout = self.rollout_view(name) if self.rollout_view is not None else None
+        described["rollout"] = rollout
+        described["stable_version"] = rollout["serving"] if rollout is not None else described["serving_version"]
+        held = rollout["held"] if rollout is not None else []
+        described["held_versions"] = held
+        described["held"] = held_note(name, held)
         return described
 
     def summary(self, name: str) -> dict[str, Any]:
@@ -62,3 +67,16 @@ class ModelCatalogue:
             "state": "serving" if serving is not None else "unavailable",
             "serving_version": serving,
         }
+
+
+def held_note(name: str, held: list[int]) -> str | None:
+    """What a page and ``GET /v1/models/{name}`` say of versions that take no unpinned traffic (held)."""
+    if not held:
+        return None
+    numbers = ", ".join(str(v) for v in held)
+    newest = held[-1]
+    return (
+        f"held: {numbers}, pinned only (POST /v1/models/{name}/versions/{newest}/predict); start one in shadow with "
+        f"`python -m service rollout shadow {name} {newest}`, then promote it with "
+        f"`python -m service rollout promote {name}`"
+    )

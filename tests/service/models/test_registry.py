@@ -172,7 +172,7 @@ def test_cuda_requested_but_not_obtained_fails_readiness_with_the_reason(make_re
 
 def test_new_version_is_loaded_once_its_folder_has_settled(make_repo, make_client, bundle_library):
     repo = make_repo(("digits", 1))
-    client = make_client(repo)
+    client = make_client(repo, new_versions="latest")  # about loading: the new version takes traffic
     install_bundle(bundle_library, repo, "digits", 2)
 
     refresh(client)  # first sight: the folder may still be being written
@@ -184,7 +184,7 @@ def test_new_version_is_loaded_once_its_folder_has_settled(make_repo, make_clien
 
 def test_a_folder_named_with_a_unicode_digit_does_not_stop_hot_reload(make_repo, make_client, bundle_library):
     repo = make_repo(("digits", 1))
-    client = make_client(repo)
+    client = make_client(repo, new_versions="latest")  # about loading: the new version takes traffic
     (repo / "digits" / "²").mkdir()  # isdigit() says yes, int() says no: it used to fail every scan
     install_bundle(bundle_library, repo, "digits", 2)
 
@@ -195,7 +195,7 @@ def test_a_folder_named_with_a_unicode_digit_does_not_stop_hot_reload(make_repo,
 
 def test_half_copied_bundle_is_not_refused_and_loads_when_complete(make_repo, make_client, bundle_library):
     repo = make_repo(("digits", 1))
-    client = make_client(repo)
+    client = make_client(repo, new_versions="latest")  # about loading: the new version takes traffic
     target = repo / "digits" / "2"
     target.mkdir()
     shutil.copy(bundle_library / "digits" / "2" / "manifest.json", target)
