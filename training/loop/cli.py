@@ -117,6 +117,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="auto")
+    p.add_argument("--load-timeout", type=float, default=300.0, help="seconds to wait for the service to load the "
+                   "new version before handing it over (default 300)")  # fmt: skip
 
 
 def dataset(args: argparse.Namespace) -> dict[str, Any]:
@@ -147,6 +149,7 @@ def nightly(args: argparse.Namespace) -> dict[str, Any]:
         max_forgetting=args.max_forgetting, holdout=args.holdout, valid=args.valid, region=args.region,
         sources=args.sources, from_newest=args.from_newest, min_items=args.min_items, lr=args.lr,
         epochs=args.epochs, bs=args.bs, seed=args.seed, device=args.device, workdir=args.workdir, force=args.force,
+        load_timeout_s=args.load_timeout,
     )  # fmt: skip
     result = run_nightly(options)
     if result.get("already_done"):

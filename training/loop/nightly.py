@@ -76,6 +76,7 @@ class NightlyOptions:
     device: str = "auto"
     workdir: Path | None = None
     force: bool = False
+    load_timeout_s: float = 300.0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -96,7 +97,7 @@ def run_nightly(o: NightlyOptions) -> dict[str, Any]:
                                f"{previous.get('message')}); nothing to do (--force runs it again)"}  # fmt: skip
         report: dict[str, Any] = {"model": o.model, "day": day, "outcome": "failed", "warnings": o.warnings}
         try:
-            return _run(o, report, folder, until - o.since_s, until, started)
+            return _run(o, report, folder, until - o.since_s, until)
         except Exception as exc:
             report.setdefault("message", str(exc))
             raise
@@ -105,7 +106,7 @@ def run_nightly(o: NightlyOptions) -> dict[str, Any]:
             write_report(folder, report)
 
 
-def _run(o: NightlyOptions, report: dict[str, Any], folder: Path, since: float, until: float, started: float) -> dict:
+def _run(o: NightlyOptions, report: dict[str, Any], folder: Path, since: float, until: float) -> dict:
     from bundle.rollout_client import RolloutClient, RolloutError
 
     client = RolloutClient(o.service, o.token, actor="nightly")
@@ -252,8 +253,16 @@ def _shares(counts: Counter[str]) -> dict[str, float]:
 
 def _hand_over(o: NightlyOptions, client: Any, version: int, day: str, rollout_error: type[Exception]) -> dict:
     reason = f"nightly {day}: fine-tuned on the day's answers; gates passed"
+    deadline = time.monotonic() + o.load_timeout_s
     try:
-        client.shadow(o.model, str(version), template=o.template, reason=reason)
+        while True:  # the service loads and warms a new version a moment after it appears in the repository
+            try:
+                client.shadow(o.model, str(version), template=o.template, reason=reason)
+                break
+            except rollout_error as exc:
+                if not (exc.status == 422 and "not loaded" in exc.message) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         state = client.status(o.model)
     except rollout_error as exc:
         return {"error": f"v{version} is in the repository but the service did not take it as a shadow candidate: "
