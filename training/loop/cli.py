@@ -67,7 +67,9 @@ def _duration(text: str) -> float:
 
 
 def _window_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log", required=True, help="prediction log: a SQLite file or a postgresql:// URL")
+    state_url = os.environ.get("SERVING_STATE_URL") or None
+    p.add_argument("--log", required=state_url is None, default=state_url, help="prediction log: a SQLite file or "
+                   "a postgresql:// URL (default $SERVING_STATE_URL)")  # fmt: skip
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--since", type=_duration, default=86_400.0, help="answers received this recently: 30m, 12h, 1d "
                    "(default), 2w; before --until")  # fmt: skip
