@@ -2,15 +2,19 @@
 
 The service writes one row per logged request (``service.monitoring.log``)
 and one per ground-truth answer (``service.monitoring.feedback``); the
-training side reads them back (``python -m training drift``) without
-importing the service. The tables live in a :mod:`bundle.store`: a SQLite
+training side reads them back (``python -m training drift``, ``python -m
+training dataset`` through :func:`labelled_items`) without importing the
+service. The tables live in a :mod:`bundle.store`: a SQLite
 file of its own for one replica, or the shared PostgreSQL for many.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +120,17 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX IF NOT EXISTS monitoring_feedback_by_time ON monitoring_feedback (received_at)
         """,
     ),
+    Migration(
+        # Where an answer came from: a person in the review queue ("review") or a system through the feedback
+        # API ("api"); answers stored before this step read as "api".
+        "monitoring-4-feedback-source",
+        """
+        ALTER TABLE monitoring_feedback ADD COLUMN source TEXT NOT NULL DEFAULT 'api';
+        CREATE INDEX IF NOT EXISTS monitoring_feedback_by_model ON monitoring_feedback (model, received_at)
+        """,
+    ),
 ]
+FEEDBACK_SOURCES = ("review", "api")  # the review queue's people, the feedback API's systems
 
 _URL_PREFIXES = ("postgresql://", "postgres://", "sqlite:///")
 
@@ -156,3 +170,115 @@ def logged_inputs(
             if len(items) >= limit:
                 return items
     return items
+
+
+@dataclass(frozen=True)
+class LabelledItem:
+    """One served item with its ground truth: what the model saw and said, and what the answer was."""
+
+    request_id: str
+    item: int  # the item's index in its request
+    model: str
+    version: int
+    served_at: float  # epoch seconds the prediction was made
+    region: str
+    label: str | None  # the ground truth (classification); None for regression
+    value: float | None  # the ground truth (regression)
+    source: str  # "review" (a person in the review queue) or "api" (a system, POST /v1/feedback)
+    answered_at: float
+    predicted: Any  # the served label, value or list of labels
+    confidence: float | None  # the probability of the predicted label (classification)
+    ood: bool  # flagged out of domain when served
+    image: bytes | None  # the image's bytes when the log kept them (review items, a sample, or all)
+    row: dict[str, Any] | None  # the table row (tabular models)
+    chosen_for_review: bool  # the model itself sent it to review (out of domain or low confidence): a feedback loop
+
+
+_LABELLED = f"""
+SELECT f.request_id, f.item, f.label, f.value, f.source, f.received_at,
+       p.created_at, p.model, p.version, p.region, p.inputs, p.outputs, p.ood,
+       r.ood AS review_ood, r.low_confidence AS review_low_confidence
+FROM {FEEDBACK} f
+JOIN {PREDICTIONS} p ON p.request_id = f.request_id
+LEFT JOIN {REVIEW} r ON r.request_id = f.request_id AND r.item = f.item
+WHERE f.model = ?"""
+
+
+def labelled_items(
+    store: Store,
+    model: str,
+    since_s: float | None = None,
+    region: str | None = None,
+    version: int | None = None,
+    sources: tuple[str, ...] = FEEDBACK_SOURCES,
+    limit: int = 100_000,
+    now: float | None = None,
+) -> list[LabelledItem]:
+    """Every served item of ``model`` that has ground truth, oldest first (raises StoreUnavailable).
+
+    ``since_s`` keeps predictions served in the last so many seconds (before ``now``, default the clock);
+    ``region``, ``version`` and ``sources`` (``review``, ``api``) filter. Images come back as bytes only where
+    the log kept them (``SERVING_PREDICTION_LOG_IMAGES``); tabular items carry their row."""
+    sql = _LABELLED
+    params: list[Any] = [model]
+    if since_s is not None:
+        sql += " AND p.created_at >= ?"
+        params.append((time.time() if now is None else now) - since_s)
+    if region is not None:
+        sql += " AND f.region = ?"
+        params.append(region)
+    if version is not None:
+        sql += " AND f.version = ?"
+        params.append(version)
+    if not sources:
+        return []
+    sql += f" AND f.source IN ({', '.join('?' for _ in sources)})"
+    params.extend(sources)
+    sql += " ORDER BY p.created_at, f.request_id, f.item LIMIT ?"
+    params.append(limit)
+    return [_labelled(row) for row in store.query(sql, params)]
+
+
+def _labelled(row: Any) -> LabelledItem:
+    item = int(row["item"])
+    inputs, outputs, oods = (json.loads(row[key]) for key in ("inputs", "outputs", "ood"))
+    given = inputs[item] if item < len(inputs) else {}
+    output = outputs[item] if item < len(outputs) else {}
+    ood = oods[item] if item < len(oods) else None
+    image, table_row = None, None
+    if isinstance(given, dict) and "sha256" in given:
+        image = _image(given.get("b64"))
+    elif isinstance(given, dict):
+        table_row = given
+    predicted = output.get("label", output.get("labels", output.get("value")))
+    probabilities = output.get("probabilities")
+    confidence = None
+    if isinstance(probabilities, dict) and isinstance(predicted, str) and predicted in probabilities:
+        confidence = float(probabilities[predicted])
+    return LabelledItem(
+        request_id=row["request_id"],
+        item=item,
+        model=row["model"],
+        version=int(row["version"]),
+        served_at=float(row["created_at"]),
+        region=row["region"],
+        label=row["label"],
+        value=None if row["value"] is None else float(row["value"]),
+        source=row["source"],
+        answered_at=float(row["received_at"]),
+        predicted=predicted,
+        confidence=confidence,
+        ood=bool(isinstance(ood, dict) and ood.get("flagged")),
+        image=image,
+        row=table_row,
+        chosen_for_review=bool(row["review_ood"] or row["review_low_confidence"]),
+    )
+
+
+def _image(b64: Any) -> bytes | None:
+    if not isinstance(b64, str):
+        return None
+    try:
+        return base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        return None

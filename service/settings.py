@@ -254,9 +254,17 @@ class ServiceSettings(BaseSettings):
     prediction_log_path: Path = Field(Path("predictions.sqlite"), description="The SQLite prediction log file.")
     prediction_log_sample_rate: float = Field(1.0, ge=0, le=1, description="Share of requests logged (0..1).")
     prediction_log_retention_days: float = Field(30.0, gt=0, description="Logged predictions are kept this long.")
-    prediction_log_images: bool = Field(False, description="Also log the image bytes (base64), up to the size cap.")
+    prediction_log_images: Literal["sample", "all", "none"] = Field(
+        "sample",
+        description="Which logged images keep their bytes (base64, up to the size cap), for datasets built from the "
+        "log: sample (the items sent to the review queue and a random share, prediction_log_image_sample), all, or "
+        "none; true and false read as all and none. Within the log's budget (prediction_log_max_bytes).",
+    )
+    prediction_log_image_sample: float = Field(
+        0.05, ge=0, le=1, description="With prediction_log_images=sample: the share of other logged images kept."
+    )
     prediction_log_image_max_bytes: int = Field(
-        262_144, ge=0, description="Largest image whose bytes are logged when prediction_log_images is on."
+        262_144, ge=0, description="Largest image whose bytes are logged (prediction_log_images)."
     )
     prediction_log_buffer: int = Field(
         10_000, ge=1, description="Records waiting for the log writer; beyond it records are dropped and counted."
@@ -294,6 +302,15 @@ class ServiceSettings(BaseSettings):
     graceful_shutdown_s: float = Field(
         30.0, gt=0, description="On SIGTERM, how long to let queued and in-flight requests finish."
     )
+
+    @field_validator("prediction_log_images", mode="before")
+    @classmethod
+    def _images_aliases(cls, value: Any) -> Any:
+        """true/false (the setting was a switch once) read as all/none."""
+        aliases = {"true": "all", "1": "all", "yes": "all", "false": "none", "0": "none", "no": "none"}
+        if isinstance(value, bool):
+            return "all" if value else "none"
+        return aliases.get(value.strip().lower(), value) if isinstance(value, str) else value
 
     @field_validator("model_names", "regions", "image_formats", mode="before")
     @classmethod

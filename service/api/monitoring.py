@@ -14,8 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bundle.prediction_log import FEEDBACK_SOURCES
 from bundle.store import StoreUnavailable
-from service.http.auth import require_feedback, require_reviewer
+from service.http.auth import require_feedback, require_reviewer, reviewer
 from service.http.body import read_json
 from service.http.errors import InvalidInput, NotFound, Unavailable, UnsupportedMediaType
 from service.http.responses import JSONResponse
@@ -133,8 +134,21 @@ class MonitoringRoutes:
             item = int(item)
         if isinstance(item, bool) or not isinstance(item, int):
             raise InvalidInput(f"item: expected the index of the prediction in its request, got {item!r}")
+        source = document.get("source", "api")
+        if source not in FEEDBACK_SOURCES:
+            raise InvalidInput(f"source: expected 'review' (the review queue) or 'api' (a system), got {source!r}")
+        if source == "review" and not reviewer(
+            s.admin_token, s.reviewer_token, request.headers.get("authorization", "")
+        ):
+            raise InvalidInput("source: 'review' answers come from the review queue, with the reviewer or admin token")
         outcome = await asyncio.to_thread(
-            monitor.record_feedback, request_id, item, document.get("label"), document.get("value"), self._classes
+            monitor.record_feedback,
+            request_id,
+            item,
+            document.get("label"),
+            document.get("value"),
+            self._classes,
+            source,
         )
         # what became of the answer, never what was predicted: a feedback-only token reads nothing of the log
         return JSONResponse(

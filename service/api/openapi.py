@@ -124,6 +124,13 @@ _FEEDBACK: dict[str, Any] = {
             "description": "The true class (classification) or classes (multilabel).",
         },
         "value": {"type": "number", "description": "The true value (regression)."},
+        "source": {
+            "type": "string",
+            "enum": ["review", "api"],
+            "default": "api",
+            "description": "Who answered: 'review' (a person in the review queue; reviewer or admin token) or 'api' "
+            "(a system). Stored with the answer, so a dataset built from the log counts answers per source.",
+        },
         "item": {
             "type": "integer",
             "minimum": 0,

@@ -53,6 +53,12 @@ def require_reviewer(admin_token: SecretStr | None, reviewer_token: SecretStr | 
         raise Unauthorized("Authorization: Bearer <reviewer or admin token> is missing or wrong")
 
 
+def reviewer(admin_token: SecretStr | None, reviewer_token: SecretStr | None, authorization: str) -> bool:
+    """Whether the header carries the reviewer or the admin token (a person in the review queue)."""
+    tokens = _configured(admin_token, reviewer_token)
+    return bool(tokens) and matches(authorization, tokens)
+
+
 def require_feedback(
     admin_token: SecretStr | None,
     reviewer_token: SecretStr | None,

@@ -33,10 +33,13 @@ ClassesOf = Callable[[str, int], "list[str] | None"]  # the classes of a loaded 
 
 # a served prediction: shadow records (the candidate's answers to copies) are only compared, never answered
 _PREDICTION = f"SELECT model, version, region, outputs FROM {PREDICTIONS} WHERE request_id = ? AND shadow_of IS NULL"
-_COLUMNS = "request_id, item, model, version, region, label, value, correct, error, received_at"
-_INSERT = f"INSERT INTO {FEEDBACK} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, item) DO NOTHING"
+_COLUMNS = "request_id, item, model, version, region, label, value, correct, error, received_at, source"
+_INSERT = (
+    f"INSERT INTO {FEEDBACK} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (request_id, item) DO NOTHING"
+)
 _REPLACE = (
-    f"UPDATE {FEEDBACK} SET label = ?, value = ?, correct = ?, error = ?, received_at = ? "
+    f"UPDATE {FEEDBACK} SET label = ?, value = ?, correct = ?, error = ?, received_at = ?, source = ? "
     "WHERE request_id = ? AND item = ?"
 )
 
@@ -72,8 +75,11 @@ class FeedbackBook:
         self._windows: dict[tuple[str, int, str], FeedbackWindow] = {}
         self._lock = threading.Lock()
 
-    def record(self, request_id: str, item: int, label: Any, value: Any, classes_of: ClassesOf) -> FeedbackOutcome:
-        """Attach ground truth to a logged prediction (blocking: run it in a thread)."""
+    def record(
+        self, request_id: str, item: int, label: Any, value: Any, classes_of: ClassesOf, source: str = "api"
+    ) -> FeedbackOutcome:
+        """Attach ground truth to a logged prediction (blocking: run it in a thread); ``source`` says who
+        answered: ``review`` (a person in the review queue) or ``api`` (a system)."""
         if self.log is None:
             raise Unavailable("feedback needs the prediction log, and it is off (prediction_log=false)")
         store = self.log.store
@@ -94,7 +100,7 @@ class FeedbackBook:
         model, version, region = row["model"], int(row["version"]), row["region"]
         judgement = judge(predictions[item], classes_of(model, version), label, value)
         correct = None if judgement.correct is None else int(judgement.correct)
-        answer = (judgement.label, judgement.value, correct, judgement.error, time.time())
+        answer = (judgement.label, judgement.value, correct, judgement.error, time.time(), source)
         try:
             counted = store.execute(_INSERT, (request_id, item, model, version, region, *answer)) > 0
             if not counted:

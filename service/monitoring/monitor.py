@@ -143,7 +143,9 @@ class Monitor:
         assert self.log is not None
         s = self.settings
         try:
-            record = log_record(observation, s.prediction_log_images, s.prediction_log_image_max_bytes)
+            record = log_record(
+                observation, s.prediction_log_images, s.prediction_log_image_max_bytes, s.prediction_log_image_sample
+            )
         except Unencodable as exc:
             log.warning("request %s cannot be logged (%s); dropped", observation.request_id, exc)
             self.log.drop("unencodable")
@@ -182,10 +184,10 @@ class Monitor:
     # -- feedback and readings -------------------------------------------------------------
 
     def record_feedback(
-        self, request_id: str, item: int, label: Any, value: Any, classes_of: ClassesOf
+        self, request_id: str, item: int, label: Any, value: Any, classes_of: ClassesOf, source: str = "api"
     ) -> FeedbackOutcome:
         """Attach ground truth to a logged prediction (blocking: run it in a thread)."""
-        return self.feedback.record(request_id, item, label, value, classes_of)
+        return self.feedback.record(request_id, item, label, value, classes_of, source)
 
     def guardrail_readings(self) -> dict[str, ReadingSource]:
         return self.readings.guardrail_readings()

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,27 +43,16 @@ class LogRecord:
     repaired: bool = False
 
 
-def log_record(o: Observation, keep_images: bool, image_max_bytes: int) -> LogRecord:
-    """The log record of one observation; images are logged by digest, size and summaries (their bytes when
-    ``keep_images`` and no larger than ``image_max_bytes``)."""
-    if o.rows is not None:
-        inputs: Any = o.rows
-    elif o.columns is not None:
-        inputs = table_records(o.columns)
-    else:
-        inputs = []
-        for i, data in enumerate(o.images or []):
-            item: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-            if o.summaries is not None:
-                item.update(zip(mon.SUMMARY_KEYS, o.summaries[i]))
-            if keep_images and len(data) <= image_max_bytes:
-                item["b64"] = base64.b64encode(data).decode("ascii")
-            inputs.append(item)
+def log_record(
+    o: Observation, images: str, image_max_bytes: int, sample: float = 0.0, draw: Callable[[], float] = random.random
+) -> LogRecord:
+    """The log record of one observation; images are logged by digest, size and summaries, and with their bytes
+    (no larger than ``image_max_bytes``) as ``images`` says: ``all``, ``none``, or ``sample``: the items flagged
+    for review and a ``sample`` share of the others (``draw`` in [0, 1) below it)."""
     outputs = [p.copy() for p in o.predictions]  # copy and pop: C calls, not a Python loop over keys
     for p in outputs:
         p.pop("ood", None)
     ood = [p.get("ood") for p in o.predictions]
-    (inputs_text, outputs_text, ood_text), repaired = encoded((inputs, outputs, ood))
     name, version = o.state.name, o.state.version
     flags = []
     for index, (output, item_ood) in enumerate(zip(outputs, ood)):
@@ -72,9 +62,33 @@ def log_record(o: Observation, keep_images: bool, image_max_bytes: int) -> LogRe
                 (o.request_id, index, o.created_at, name, version, o.region, o.arm)
                 + (int("ood" in reasons), int("low_confidence" in reasons), 0)
             )
+    if o.rows is not None:
+        inputs: Any = o.rows
+    elif o.columns is not None:
+        inputs = table_records(o.columns)
+    else:
+        flagged = {flag[1] for flag in flags}
+        inputs = []
+        for i, data in enumerate(o.images or []):
+            item: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            if o.summaries is not None:
+                item.update(zip(mon.SUMMARY_KEYS, o.summaries[i]))
+            if len(data) <= image_max_bytes and _keeps(images, i in flagged, sample, draw):
+                item["b64"] = base64.b64encode(data).decode("ascii")
+            inputs.append(item)
+    (inputs_text, outputs_text, ood_text), repaired = encoded((inputs, outputs, ood))
     row: Row = (o.request_id, o.created_at, name, version, o.region, o.arm, inputs_text, outputs_text, ood_text)
     row += (o.latency_ms, o.client_request_id, None, len(outputs))
     return LogRecord(row, flags, [], repaired)
+
+
+def _keeps(images: str, flagged: bool, sample: float, draw: Callable[[], float]) -> bool:
+    """Whether an image's bytes are logged: every one (``all``), none, or the flagged ones and a sample."""
+    if images == "all":
+        return True
+    if images == "none":
+        return False
+    return flagged or (sample > 0 and draw() < sample)
 
 
 def shadow_record(

@@ -84,7 +84,7 @@
     }
 
     async function review(li, item, answer) {
-      const body = Object.assign({request_id: item.id}, item.item ? {item: item.item} : {}, answer);
+      const body = Object.assign({request_id: item.id, source: "review"}, item.item ? {item: item.item} : {}, answer);
       const result = await api("POST", "/v1/feedback", {auth: true, headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
       const error = li.querySelector(".item-error");
       if (!result.ok) {

@@ -467,7 +467,7 @@ def test_logged_images_keep_summaries_and_a_sha256_and_bytes_only_under_the_cap(
     settings = dict(
         prediction_log=True,
         prediction_log_path=log,
-        prediction_log_images=True,
+        prediction_log_images="all",
         prediction_log_image_max_bytes=len(small),
     )
     with serve(monitoring_repo, **settings) as client:
