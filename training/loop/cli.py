@@ -19,7 +19,8 @@ from training.loop.labelled import HUMAN_SOURCES, SOURCES, read_labelled
 
 
 def _sources(text: str) -> tuple[str, ...]:
-    chosen = tuple(s.strip() for s in text.split(",") if s.strip())
+    aliases = {"api": "feedback"}  # the log's name for answers sent to the feedback API
+    chosen = tuple(aliases.get(s.strip(), s.strip()) for s in text.split(",") if s.strip())
     unknown = [s for s in chosen if s not in SOURCES]
     if unknown or not chosen:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(SOURCES)}, got {text!r}")

@@ -112,9 +112,9 @@ def _answered(row: dict[str, Any]) -> LabelledItem | None:
         return None
     reasons = [name for name, key in (("ood", "r_ood"), ("low_confidence", "r_low"), ("disagreement", "r_disagree"))
                if row.get(key)]  # fmt: skip
-    source = row.get("source") or ("review" if row.get("r_id") else "feedback")
-    if source not in SOURCES:
-        source = "review" if "review" in str(source) else "feedback"
+    # the log records who answered (review: the review queue; api: a system); logs from before it, by the queue
+    source = row.get("source") or ("review" if row.get("r_id") else "api")
+    source = "review" if source == "review" else "feedback"
     label: Any = row["label"]
     if row.get("value") is not None and label is None:
         label = float(row["value"])
