@@ -23,6 +23,7 @@ import pandas as pd
 
 from bundle.manifest import Manifest
 from training.loop.labelled import HUMAN_SOURCES, LabelledItem
+from training.progress import progress_bar
 
 ITEMS_FILE = "items.csv"
 SUMMARY_FILE = "summary.json"
@@ -139,7 +140,7 @@ def _agreement(items: list[LabelledItem]) -> float | None:
 
 def _write_images(items: list[LabelledItem], out: Path) -> list[str]:
     files = []
-    for item in items:
+    for item in progress_bar(items, len(items), "writing the day's images"):
         assert item.image is not None
         name = f"{item.label}/{item.request_id}-{item.item}{_extension(item.image)}"
         path = out / name
