@@ -49,6 +49,8 @@ _IF_MATCH = {
 }
 
 _CHANGE_ERRORS = {
+    "400": _response("A broken request: a bad Content-Length, or a body cut short.", error=True),
+    "413": _response("A body over 64 KiB.", error=True),
     "401": _response("A missing or wrong admin token.", error=True),
     "403": _response("Admin endpoints are off: no SERVING_ADMIN_TOKEN is configured.", error=True),
     "404": _response("No such model, or no rollout policy for it.", error=True),

@@ -73,7 +73,7 @@ def log_record(
             item: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
             if o.summaries is not None:
                 item.update(zip(mon.SUMMARY_KEYS, o.summaries[i]))
-            if len(data) <= image_max_bytes and _keeps(images, i in flagged, sample, draw):
+            if len(data) <= image_max_bytes and keeps_image(images, i in flagged, sample, draw):
                 item["b64"] = base64.b64encode(data).decode("ascii")
             inputs.append(item)
     (inputs_text, outputs_text, ood_text), repaired = encoded((inputs, outputs, ood))
@@ -82,7 +82,7 @@ def log_record(
     return LogRecord(row, flags, [], repaired)
 
 
-def _keeps(images: str, flagged: bool, sample: float, draw: Callable[[], float]) -> bool:
+def keeps_image(images: str, flagged: bool, sample: float, draw: Callable[[], float]) -> bool:
     """Whether an image's bytes are logged: every one (``all``), none, or the flagged ones and a sample."""
     if images == "all":
         return True

@@ -1,11 +1,13 @@
 """``python -m service rollout check|plan|at FILE``: validate a policy, print its timeline, route one request.
 
-    python -m service rollout check deploy/rollout.yaml
+    python -m service rollout check deploy/rollout.yaml        (its models and its templates)
     python -m service rollout plan  deploy/rollout.yaml [--model digits]
     python -m service rollout at    deploy/rollout.yaml --time 2026-12-02T09:00:00Z --region campsite-1 --key u42
 
 These read the file alone (no store): what they print is the plan as written,
-before any rollback, promotion or admin edit recorded since.
+before any rollback, promotion or admin edit recorded since. The verbs that
+steer a running service (status, shadow, advance, promote, rollback) are
+:mod:`service.rollout.steer`'s.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from service.rollout.policy import PolicyError, RolloutFile, iso, load_policy_file, parse_time
+from service.rollout import steer
+from service.rollout.policy import (
+    PolicyError,
+    RolloutFile,
+    Template,
+    format_duration,
+    iso,
+    load_policy_file,
+    parse_time,
+)
 from service.rollout.routing import BUCKETS, bucket, candidate_share, choose_version, step_at, timeline
 
 
@@ -32,11 +43,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     at.add_argument("--region", default=None, help="the X-Region value")
     at.add_argument("--key", required=True, help="the sticky key (X-Request-Key value)")
     at.add_argument("--model", help="only this model")
+    steer.add_commands(commands)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
+    if args.command in steer.VERBS:
+        return steer.run(args)
     try:
         policies = load_policy_file(args.file)
     except PolicyError as exc:
@@ -50,7 +64,9 @@ def main(argv: Sequence[str]) -> int:
         for name in names:
             p = policies.models[name]
             print(f"ok: {name}: stable v{p.stable}, candidate {_v(p.candidate)}, stage {p.stage}, {len(p.steps)} steps")
-        if not names:
+        for name, template in sorted(policies.templates.items()):
+            print(f"ok: template {name}: {_describe_template(template)}")
+        if not names and not policies.templates:
             print(f"ok: {args.file} has no models")
         return 0
     if args.command == "plan":
@@ -107,3 +123,14 @@ def _print_plan(name: str, policies: RolloutFile) -> None:
 
 def _v(version: int | None) -> str:
     return f"v{version}" if version is not None else "none"
+
+
+def _describe_template(t: Template) -> str:
+    shadow = f"shadow {t.shadow.percent:g}%" + (f" for {format_duration(t.shadow.hold)}" if t.shadow.hold else "")
+    steps = ", then ".join(
+        ", ".join(f"{region} {share:g}%" for region, share in step.regions.items())
+        + (f" for {format_duration(step.hold)}" if step.hold else "")
+        for step in t.steps
+    )
+    advance = "advances by itself after the shadow hold" if t.auto_advance else "an admin advances it from shadow"
+    return f"{shadow}, then {steps or 'promote'}; {advance}"

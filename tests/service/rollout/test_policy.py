@@ -254,3 +254,36 @@ def test_cli_plan_and_at(tmp_path: Path) -> None:
     bad.write_text(EXAMPLE.read_text().replace("hold: 7d", "hold: soon"))
     checked = run_cli("check", str(bad))
     assert checked.returncode == 1 and "models.bears.steps[1].hold" in checked.stderr
+
+
+def test_cli_check_validates_templates_naming_the_field(tmp_path: Path) -> None:
+    checked = run_cli("check", str(EXAMPLE))
+    assert checked.returncode == 0, checked.stderr
+    assert "ok: template course: shadow 100% for 1d, then campsite-1 100% for 1d" in checked.stdout
+    assert "an admin advances it from shadow" in checked.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        EXAMPLE.read_text()
+        .replace("auto_advance: false", "auto_advance: true")
+        .replace("shadow: {percent: 100, hold: 1d}", "shadow: {percent: 100}")
+    )
+    refused = run_cli("check", str(bad))
+    assert refused.returncode == 1 and "templates.course" in refused.stderr and "auto_advance" in refused.stderr
+
+
+def test_a_template_plans_shadow_first_and_starts_its_steps_only_with_auto_advance() -> None:
+    file = parse_policy_text(EXAMPLE.read_text())
+    held = file.templates["course"].plan(stable=3, candidate=5, now=START)
+    assert (held.stage, held.start, len(held.steps), held.shadow.percent) == ("shadow", None, 3, 100)
+    assert candidate_share(held, "campsite-1", START + 30 * DAY) == 0  # nothing moves until an admin advances
+    auto = file.templates["course"].model_copy(update={"auto_advance": True}).plan(stable=3, candidate=5, now=START)
+    assert auto.start is not None and auto.start.timestamp() == START + DAY
+
+
+def test_a_policy_without_auto_advance_keeps_the_fingerprint_it_had() -> None:
+    assert policy().fingerprint() == policy(auto_advance=False).fingerprint() != policy(auto_advance=True).fingerprint()
+
+
+def test_the_steering_cli_reports_an_unreachable_service_with_exit_status_2() -> None:
+    unreachable = run_cli("status", "digits", "--url", "http://127.0.0.1:9", "--timeout", "2")
+    assert unreachable.returncode == 2 and "cannot reach the service" in unreachable.stderr
