@@ -95,3 +95,14 @@ def test_the_jobs_command_is_one_the_training_cli_accepts(monkeypatch):
     assert (parsed.model, parsed.repo, parsed.since) == ("bears", Path("/models"), 86_400.0)
     assert parsed.log == "secret-SERVING_STATE_URL" and parsed.token == "secret-SERVING_ADMIN_TOKEN"
     assert parsed.service == "http://fastprod-serving" and parsed.template == "course"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_template_the_job_hands_its_candidate_over_with_is_in_the_overlays_rollout_file(overlay):
+    from service.rollout.policy import parse_policy_text
+
+    docs = with_nightly(overlay)
+    template = next(a.split("=", 1)[1] for a in job_container(docs)["args"] if a.startswith("--template="))
+    rollout = one(docs, "ConfigMap")["data"]["rollout.yaml"]
+
+    assert template in parse_policy_text(rollout).templates
