@@ -95,7 +95,8 @@ def run_nightly(o: NightlyOptions) -> dict[str, Any]:
                     "new_version": previous.get("new_version"), "report": str(folder / "report.html"),
                     "message": f"nightly for {o.model} already ran for {day} ({previous['outcome']}: "
                                f"{previous.get('message')}); nothing to do (--force runs it again)"}  # fmt: skip
-        report: dict[str, Any] = {"model": o.model, "day": day, "outcome": "failed", "warnings": o.warnings}
+        report: dict[str, Any] = {"model": o.model, "day": day, "outcome": "failed", "new_version": None,
+                                  "warnings": o.warnings}  # fmt: skip
         try:
             return _run(o, report, folder, until - o.since_s, until)
         except Exception as exc:
