@@ -46,6 +46,7 @@ def test_dataset_writes_class_folders_of_the_logged_images_with_a_summary(campsi
 def test_dataset_with_no_answers_in_the_window_exits_non_zero_and_says_why(campsites, tmp_path: Path, capsys) -> None:
     world = campsites()
     world.serve_traffic(240, 260)  # predictions, but nobody has answered them
+    world.flush()
 
     code = main(["dataset", "--log", str(world.log), "--model", "digits", "--repo", str(world.repo),
                  "--out", str(tmp_path / "day")])  # fmt: skip

@@ -61,6 +61,7 @@ def test_a_run_started_while_another_holds_the_lock_stops_with_a_clear_message(c
 def test_no_answers_is_nothing_to_learn_from(campsites, capsys) -> None:
     world = campsites()
     world.serve_traffic(240, 260)
+    world.flush()
 
     assert main(nightly_args(world)) == 2
     assert "nothing to learn from" in capsys.readouterr().err
