@@ -72,3 +72,15 @@ def test_dataset_never_uses_the_models_own_predictions_unless_asked(campsites, t
 
     assert people["items"] == 60 and "predictions" not in people["per_source"]
     assert everything["items"] == 100 and everything["per_source"]["predictions"] == 40
+
+
+def test_dataset_reads_the_shared_postgresql_log(campsites, postgres_url: str, tmp_path: Path, capsys) -> None:
+    world = campsites(state_url=postgres_url)
+    world.serve_traffic(240, 300)
+    world.answer()
+
+    assert main(["dataset", "--log", postgres_url, "--model", "digits", "--repo", str(world.repo),
+                 "--out", str(tmp_path / "day")]) == 0  # fmt: skip
+
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["items"] == 60 and len(list((tmp_path / "day").rglob("*.png"))) == 60
