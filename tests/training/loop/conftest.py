@@ -124,7 +124,7 @@ def log_images_setting() -> Any:
     return True if annotation in ("bool", "<class 'bool'>") else "all"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def digits_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits v1: a small CNN trained for one epoch on 240 ordinary digits (through training's own export)."""
     import torch
