@@ -55,7 +55,7 @@ def test_answers_become_a_shadow_candidate_an_admin_advances_and_wrong_answers_a
     assert answered["review"] > 0 and answered["feedback"] > 0
     nightly = ["nightly", "--model", "digits", "--repo", str(world.repo), "--log", str(world.log),
                "--service", world.url, "--token", ADMIN, "--valid", str(world.valid), "--template", "course",
-               "--lr", "1e-2", "--epochs", "6", "--bs", "32"]  # fmt: skip
+               "--lr", "1e-2", "--epochs", "6", "--bs", "32", "--load-timeout", "30"]  # fmt: skip
 
     assert main([*nightly, "--day", "2026-12-06"]) == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out)

@@ -9,7 +9,8 @@ from tests.training.loop.conftest import ADMIN
 from training.cli import main
 from training.loop.lock import exclusive
 
-FAST = ["--lr", "1e-2", "--epochs", "6", "--bs", "32"]  # a fixed rate and length: no learning-rate search in tests
+# a fixed rate and length: no learning-rate search in tests
+FAST = ["--lr", "1e-2", "--epochs", "6", "--bs", "32", "--load-timeout", "30"]
 
 
 def nightly_args(world, *extra: str) -> list[str]:
