@@ -73,7 +73,9 @@ class ServiceSettings(BaseSettings):
         "it starts as a shadow candidate), latest (the newest version takes all unpinned traffic).",
     )
     admin_token: SecretStr | None = Field(
-        None, description="Bearer token for the rollout admin endpoints (PUT/promote/rollback); unset refuses them."
+        None,
+        description="Bearer token for the rollout admin endpoints (PUT, shadow, advance, promote, rollback) and "
+        "python -m service rollout's steering verbs; unset refuses them.",
     )
     reviewer_token: SecretStr | None = Field(
         None, description="Bearer token for the review queue (GET /v1/predictions); the admin token works too."

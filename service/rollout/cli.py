@@ -1,4 +1,5 @@
-"""``python -m service rollout check|plan|at FILE``: validate a policy, print its timeline, route one request.
+"""``python -m service rollout check|plan|at FILE``: validate a policy, print its timeline, route one request;
+``status|shadow|advance|promote|rollback MODEL``: steer a running service.
 
     python -m service rollout check deploy/rollout.yaml        (its models and its templates)
     python -m service rollout plan  deploy/rollout.yaml [--model digits]
@@ -30,7 +31,7 @@ from service.rollout.routing import BUCKETS, bucket, candidate_share, choose_ver
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m service rollout", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m service rollout", description=" ".join(__doc__.splitlines()[:2]))
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="validate a rollout file")
     check.add_argument("file")

@@ -183,3 +183,30 @@ def test_shadow_refuses_what_it_cannot_do_naming_the_field(make_repo, tmp_path):
     assert not_a_number.status_code == 422 and not_a_number.json()["error"]["message"].startswith("version:")
     assert no_token.status_code == 401
     assert nothing_to_advance.status_code == 422 and "only a rollout in shadow" in nothing_to_advance.text
+
+
+def test_replicas_on_one_postgresql_store_agree_on_the_held_version(make_repo, bundle_library, postgres_url):
+    repo = make_repo(("digits", 1))
+    shared = dict(state_url=postgres_url, prediction_log=False)
+    with serve(repo, **shared) as first:
+        wait_for(lambda: stored(first))
+    install_bundle(bundle_library, repo, "digits", 2)  # a replica that starts later sees v2 at once
+
+    with serve(repo, **shared) as second, serve(repo, **shared) as third:
+        assert [predict(c).json()["version"] for c in (second, third)] == [1, 1]
+        assert second.get("/v1/models/digits").json()["held_versions"] == [2]
+        shadowed = third.post("/v1/rollouts/digits/shadow", json={"version": 2}, headers=ADMIN)
+        assert shadowed.status_code == 200, shadowed.text
+        assert third.post("/v1/rollouts/digits/promote", headers=ADMIN).json()["stage"] == "promoted"
+        wait_for(lambda: predict(second).json()["version"] == 2)  # read from the store within a poll
+
+
+def test_shadow_mode_uses_the_new_versions_template_when_the_file_has_one(make_repo, bundle_library, tmp_path):
+    (tmp_path / "rollout.yaml").write_text(TEMPLATES.replace("  quick:", "  new_versions:"))
+    repo = make_repo(("digits", 1))
+    with serve(repo, rollout=tmp_path / "rollout.yaml", watch_interval_s=0.05, new_versions="shadow") as client:
+        install_bundle(bundle_library, repo, "digits", 2)
+
+        wait_for(lambda: client.get("/v1/rollouts/digits").json()["candidate"] == 2)
+        wait_for(lambda: client.get("/v1/rollouts/digits").json()["stage"] == "canary")  # its auto_advance after 1s
+        assert client.get("/v1/rollouts/digits").json()["last_decisions"][0]["action"] == "advance"
