@@ -84,6 +84,8 @@ def run_nightly(o: NightlyOptions) -> dict[str, Any]:
     started = time.perf_counter()
     until = o.until if o.until is not None else time.time()
     day = o.day or datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d")
+    if not (o.repo / o.model).is_dir():
+        raise NightlyError(f"--repo: {o.repo} has no model {o.model!r} (no folder {o.repo / o.model})")
     workdir = o.workdir or o.repo / o.model / "nightly"
     folder = workdir / day
     with exclusive(workdir / ".lock", f"a nightly run for {o.model}"):
