@@ -38,7 +38,7 @@ def test_a_model_taught_wrong_labels_is_refused_and_nothing_is_exported(campsite
 
 def test_a_second_run_for_the_same_day_says_so_and_exits_0(campsites, capsys) -> None:
     world = campsites()
-    world.serve_traffic(240, 340)
+    world.serve_traffic(240, 540)
     world.answer(wrong=True)
     assert main(nightly_args(world, "--day", "2026-12-07")) == 2
     capsys.readouterr()
