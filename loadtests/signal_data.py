@@ -34,9 +34,27 @@ import pandas as pd
 
 SHAPES = ("circle", "square", "triangle")
 PHOTOS = (
-    "astronaut", "camera", "cat", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass", "gravel", "brick",
-    "horse", "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina", "rocket", "text",
-)  # fmt: skip
+    "astronaut",
+    "camera",
+    "cat",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "brick",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+)
 
 
 @dataclass
@@ -234,9 +252,16 @@ def train_diamonds(frame: pd.DataFrame, epochs: int = 6, seed: int = 42) -> Any:
 
     set_seed(seed)
     dls = TabularDataLoaders.from_df(
-        frame, y_names="price", cat_names=list(DIAMOND_CATS), cont_names=list(DIAMOND_CONTS),
-        y_block="regression", log_target=True, valid_pct=0.2, seed=seed, bs=512,
-    )  # fmt: skip
+        frame,
+        y_names="price",
+        cat_names=list(DIAMOND_CATS),
+        cont_names=list(DIAMOND_CONTS),
+        y_block="regression",
+        log_target=True,
+        valid_pct=0.2,
+        seed=seed,
+        bs=512,
+    )
     low, high = math.log(frame["price"].min()), math.log(frame["price"].max())
     learn = tabular_learner(dls, layers=(200, 100), y_range=(low * 0.95, high * 1.05), seed=seed)
     learn.progress = False
@@ -251,9 +276,15 @@ def train_penguins(frame: pd.DataFrame, epochs: int = 8, seed: int = 42) -> Any:
 
     set_seed(seed)
     dls = TabularDataLoaders.from_df(
-        frame, y_names="species", cat_names=list(PENGUIN_CATS), cont_names=list(PENGUIN_CONTS),
-        y_block="category", valid_pct=0.2, seed=seed, bs=32,
-    )  # fmt: skip
+        frame,
+        y_names="species",
+        cat_names=list(PENGUIN_CATS),
+        cont_names=list(PENGUIN_CONTS),
+        y_block="category",
+        valid_pct=0.2,
+        seed=seed,
+        bs=32,
+    )
     learn = tabular_learner(dls, layers=(200, 100), seed=seed)
     learn.progress = False
     learn.fit_one_cycle(epochs, 1e-2)

@@ -148,9 +148,14 @@ def served(repo: Path, clock: Callable[[], float] | None = None, **overrides: An
     from service.settings import ServiceSettings
 
     values: dict[str, Any] = dict(
-        models=repo, intra_op_threads=1, preprocess_threads=2, watch_interval_s=0.0, prediction_log=False,
-        max_items_per_request=1000, max_batch_size=64,
-    )  # fmt: skip
+        models=repo,
+        intra_op_threads=1,
+        preprocess_threads=2,
+        watch_interval_s=0.0,
+        prediction_log=False,
+        max_items_per_request=1000,
+        max_batch_size=64,
+    )
     values.update(overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -215,8 +220,13 @@ def check_drift(subject: Subject, windows: int) -> None:
     print(f"  ({windows} windows in {time.perf_counter() - started:.0f} s)")
     for feature, ok in counts.items():
         share = ok / windows
-        report(subject.name, f"in-domain ok: {feature}", f"{share:.2f} of {windows} windows", ">= 0.99 of >= 50",
-               share >= 0.99 and windows >= 50)  # fmt: skip
+        report(
+            subject.name,
+            f"in-domain ok: {feature}",
+            f"{share:.2f} of {windows} windows",
+            ">= 0.99 of >= 50",
+            share >= 0.99 and windows >= 50,
+        )
 
 
 def shifted_items(subject: Subject, feature: str | None) -> Any:
@@ -244,15 +254,30 @@ def check_shift(subject: Subject) -> None:
             psi = {row["feature"]: row["psi"] for row in found["features"]}
             others = {f: v for f, v in got.items() if f != expected and not f.startswith("prediction.")}
             moved = sorted(f for f, v in others.items() if v != "ok")
-            report(subject.name, f"shift {label}: {expected}", f"{got[expected]} (PSI {psi[expected]:.3f})",
-                   "drift in one window", got[expected] == "drift")  # fmt: skip
+            report(
+                subject.name,
+                f"shift {label}: {expected}",
+                f"{got[expected]} (PSI {psi[expected]:.3f})",
+                "drift in one window",
+                got[expected] == "drift",
+            )
             if subject.kind == "image":  # scaling every pixel scales the grey level's spread by the same 0.7
                 allowed = {"image.contrast"}
-                report(subject.name, f"shift {label}: other inputs", ", ".join(f"{f} {got[f]}" for f in moved) or
-                       "all ok", "only image.contrast also (x0.7 scales it)", not set(moved) - allowed)  # fmt: skip
+                report(
+                    subject.name,
+                    f"shift {label}: other inputs",
+                    ", ".join(f"{f} {got[f]}" for f in moved) or "all ok",
+                    "only image.contrast also (x0.7 scales it)",
+                    not set(moved) - allowed,
+                )
             else:
-                report(subject.name, f"shift {label}: other inputs", ", ".join(f"{f} {got[f]}" for f in moved) or
-                       "all ok", "no drift elsewhere", all(others[f] != "drift" for f in moved))  # fmt: skip
+                report(
+                    subject.name,
+                    f"shift {label}: other inputs",
+                    ", ".join(f"{f} {got[f]}" for f in moved) or "all ok",
+                    "no drift elsewhere",
+                    all(others[f] != "drift" for f in moved),
+                )
             send(client, subject, data.bootstrap_windows(subject.items(), 1000, 1, seed=13)[0], version=1)  # in domain
 
 
@@ -283,15 +308,25 @@ def check_ood(subject: Subject) -> None:
             tag = f"v{version} {score or 'input checks'}"
             share = np.mean([p["ood"]["flagged"] for p in held])
             model_share = np.mean(["model_score" in p["ood"]["reasons"] for p in held])
-            report(subject.name, f"ood {tag}: held-out flagged", f"{share:.4f} (model_score {model_share:.4f}, "
-                   f"{len(held)} items)", f"<= {2 * RATE} (2 x rate)", share <= 2 * RATE)  # fmt: skip
+            report(
+                subject.name,
+                f"ood {tag}: held-out flagged",
+                f"{share:.4f} (model_score {model_share:.4f}, {len(held)} items)",
+                f"<= {2 * RATE} (2 x rate)",
+                share <= 2 * RATE,
+            )
             for label, items in encoded.items():
                 predictions = send(client, subject, [], items, version=version)
                 flagged = np.mean([p["ood"]["flagged"] for p in predictions])
                 by_model = np.mean(["model_score" in p["ood"]["reasons"] for p in predictions])
                 default = version == 1 and subject.kind == "image"
-                report(subject.name, f"ood {tag}: {label}", f"{flagged:.3f} (model_score alone {by_model:.3f})",
-                       ">= 0.9" if default else "(comparison)", flagged >= 0.9 if default else None)  # fmt: skip
+                report(
+                    subject.name,
+                    f"ood {tag}: {label}",
+                    f"{flagged:.3f} (model_score alone {by_model:.3f})",
+                    ">= 0.9" if default else "(comparison)",
+                    flagged >= 0.9 if default else None,
+                )
 
 
 GUARDRAIL_POLICY = """
@@ -339,9 +374,14 @@ def check_guardrail(subject: Subject, windows: int) -> None:
             if now["stage"] != "canary":
                 rolled_back_early = n
                 break
-        report(subject.name, "guardrail: in-domain canary", f"{len(readings)} windows judged, max reading "
-               f"{max(readings, default=float('nan')):.3f}, stage {now['stage']}", "never rolled back over >= 50",
-               rolled_back_early is None and len(readings) >= 50)  # fmt: skip
+        report(
+            subject.name,
+            "guardrail: in-domain canary",
+            f"{len(readings)} windows judged, max reading "
+            f"{max(readings, default=float('nan')):.3f}, stage {now['stage']}",
+            "never rolled back over >= 50",
+            rolled_back_early is None and len(readings) >= 50,
+        )
         shifted = shifted_items(subject, "carat" if subject.kind == "tabular" else None)
         send(client, subject, [], shifted, key="shifted")
         send(client, subject, [], shifted, key="shifted-again")
@@ -351,8 +391,13 @@ def check_guardrail(subject: Subject, windows: int) -> None:
             time.sleep(0.05)
         reason = (now.get("last_decisions") or [{}])[0].get("reason", "")
     print(f"  (guardrail run {time.perf_counter() - started:.0f} s)")
-    report(subject.name, "guardrail: shifted canary", f"stage {now['stage']}: {reason[:40]}", "rolled back for drift",
-           now["stage"] == "rolled_back" and reason.startswith("drift"))  # fmt: skip
+    report(
+        subject.name,
+        "guardrail: shifted canary",
+        f"stage {now['stage']}: {reason[:40]}",
+        "rolled back for drift",
+        now["stage"] == "rolled_back" and reason.startswith("drift"),
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -378,9 +423,14 @@ def check_old_bundles() -> None:
                 answers = send(client, Subject(name, work, "tabular", frame), range(len(frame)))
             found_report = drift_report(client, name)
             perf = found_report["performance"]
-            report(name, "old bundle: serves with every signal",
-                   f"{len(answers)} answered; ood {found_report['ood']['score']}; verdict {found_report['verdict']}; "
-                   f"estimate {perf['estimated_accuracy_status']}", "loads and serves", len(answers) > 0)  # fmt: skip
+            report(
+                name,
+                "old bundle: serves with every signal",
+                f"{len(answers)} answered; ood {found_report['ood']['score']}; verdict {found_report['verdict']}; "
+                f"estimate {perf['estimated_accuracy_status']}",
+                "loads and serves",
+                len(answers) > 0,
+            )
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -436,9 +486,14 @@ def check_cost(work: Path, seconds: float, reverse: bool = False) -> None:
             timings[("energy", "with monitoring columns", batch)],
         )
         m_cols = timings[("mahalanobis", "with monitoring columns", batch)]
-        report("digits", f"cost: one ORT run, batch {batch}", f"model {e_model:.0f} us; + energy columns "
-               f"{e_cols - e_model:.0f} us; + Mahalanobis columns {m_cols - e_model:.0f} us", "small next to the run",
-               None)  # fmt: skip
+        report(
+            "digits",
+            f"cost: one ORT run, batch {batch}",
+            f"model {e_model:.0f} us; + energy columns "
+            f"{e_cols - e_model:.0f} us; + Mahalanobis columns {m_cols - e_model:.0f} us",
+            "small next to the run",
+            None,
+        )
     png = data.png(data.digits_split(seed=0)[1].items[0])
     env = {"SERVING_MONITORING": "true", "SERVING_PREDICTION_LOG": "false"}
     with service_server(repo, env) as port:
@@ -453,9 +508,14 @@ def check_cost(work: Path, seconds: float, reverse: bool = False) -> None:
                 one[name].add(load(HOST, port_, request, 1, 1.0, warmup_seconds=0))
     for clients, results in ((32, many), (1, one)):
         energy, maha = results["v1"], results["v2"]
-        report("digits", f"cost: {clients} client(s), energy -> Mahalanobis",
-               f"{energy.rate:.0f} -> {maha.rate:.0f} req/s ({maha.rate / energy.rate:.3f}); p50 {energy.median_ms:.2f}"
-               f" -> {maha.median_ms:.2f} ms", "reported", None)  # fmt: skip
+        report(
+            "digits",
+            f"cost: {clients} client(s), energy -> Mahalanobis",
+            f"{energy.rate:.0f} -> {maha.rate:.0f} req/s ({maha.rate / energy.rate:.3f}); p50 {energy.median_ms:.2f}"
+            f" -> {maha.median_ms:.2f} ms",
+            "reported",
+            None,
+        )
 
 
 def main() -> None:

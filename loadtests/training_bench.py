@@ -68,8 +68,10 @@ class Figure:
     detail: str = ""
 
     def line(self) -> str:
-        return (f"{self.part:<9} {self.case:<34} {self.metric:<11} {self.value:>9.4f}  {self.target:<34} "
-                f"{'yes' if self.met else 'NO':<4} {self.detail}")  # fmt: skip
+        return (
+            f"{self.part:<9} {self.case:<34} {self.metric:<11} {self.value:>9.4f}  {self.target:<34} "
+            f"{'yes' if self.met else 'NO':<4} {self.detail}"
+        )
 
 
 # -- tables --------------------------------------------------------------------------------------
@@ -90,9 +92,17 @@ def sales_frame(n: int = 12000, seed: int = 0) -> pd.DataFrame:
     logit = np.sin(2 * price) + promo * stock + store_effect + 0.8 * (day.dayofweek >= 5) - 0.3
     hit = rng.random(n) < 1 / (1 + np.exp(-2 * logit))
     amount = 100 * np.exp(0.3 * logit + rng.normal(0, 0.1, n))
-    return pd.DataFrame({"price": price, "promo": promo, "stock": stock, "store": store,
-                         "day": day.strftime("%Y-%m-%d"), "amount": amount.round(2),
-                         "goal": np.where(hit, "hit", "missed")})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "price": price,
+            "promo": promo,
+            "stock": stock,
+            "store": store,
+            "day": day.strftime("%Y-%m-%d"),
+            "amount": amount.round(2),
+            "goal": np.where(hit, "hit", "missed"),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -230,7 +240,7 @@ IMAGE_SETS = (
         "hard shapes (600, 64 px, noisy)",
         lambda root: write_hard_shapes_folder(root / "hard", per_class=200, size=64),
         64,
-    ),  # fmt: skip
+    ),
 )
 REFERENCE_LR = 3e-3  # the plain CNN's best of 1e-3, 3e-3, 1e-2 on the hard set (1e-2 stays at chance)
 
@@ -240,8 +250,12 @@ def plain_cnn(n_out: int, widths: tuple[int, ...] = (32, 64, 128, 256)) -> nn.Se
     layers: list[nn.Module] = []
     n_in = 3
     for width in widths:
-        layers += [nn.Conv2d(n_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                   nn.MaxPool2d(2)]  # fmt: skip
+        layers += [
+            nn.Conv2d(n_in, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        ]
         n_in = width
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(n_in, n_out))
 
@@ -363,8 +377,12 @@ def lr_cases(workdir: Path, archs: tuple[str, ...]) -> list[tuple[str, Callable[
     for image_set in IMAGE_SETS:
         folder = image_set.write(workdir)
         for arch in archs:
-            cases.append((f"{arch} on {image_set.name}",
-                          from_cli(lambda f=folder, a=arch, s=image_set.size: image_case(f, a, s, workdir))))  # fmt: skip
+            cases.append(
+                (
+                    f"{arch} on {image_set.name}",
+                    from_cli(lambda f=folder, a=arch, s=image_set.size: image_case(f, a, s, workdir)),
+                )
+            )
 
     def digits() -> tuple[Learner, int]:
         from training.cli.examples import train_digits
@@ -391,8 +409,17 @@ def summarise_rules(table: dict[str, tuple[str, dict[str, float]]]) -> list[Figu
             ((case, results[rule] / max(min(results.values()), 1e-3)) for case, (_, results) in table.items()),
             key=lambda pair: pair[1],
         )
-        figures.append(Figure("lr", f"rule {rule}", "near best", float(sum(near)), f"of {len(table)} cases", True,
-                              f"mean rank {np.mean(ranks):.1f}; worst {worst_ratio:.2f}x best ({worst_case})"))  # fmt: skip
+        figures.append(
+            Figure(
+                "lr",
+                f"rule {rule}",
+                "near best",
+                float(sum(near)),
+                f"of {len(table)} cases",
+                True,
+                f"mean rank {np.mean(ranks):.1f}; worst {worst_ratio:.2f}x best ({worst_case})",
+            )
+        )
     return figures
 
 
@@ -493,13 +520,17 @@ def bench_finetune(args: argparse.Namespace) -> list[Figure]:
                 strategy(learn, dls)
                 _, after = score(learn)
                 results[name] = after
-                print(f"finetune  {case:<38} {name:<46} {metric} {before:.4f} -> {after:.4f} "
-                      f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
+                print(
+                    f"finetune  {case:<38} {name:<46} {metric} {before:.4f} -> {after:.4f} "
+                    f"({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
             best = min(results.values())
             ours = results["FINETUNE_DEFAULTS"]
             old = results["fine_tune(3, base_lr=2e-3) (the old default)"]
-            figures.append(Figure("finetune", case, "after", ours, f"< old default {old:.4f}, best {best:.4f}",
-                                  ours < old, ""))  # fmt: skip
+            figures.append(
+                Figure("finetune", case, "after", ours, f"< old default {old:.4f}, best {best:.4f}", ours < old, "")
+            )
             print(figures[-1].line(), flush=True)
     return figures
 
@@ -511,9 +542,11 @@ def bench_examples(args: argparse.Namespace) -> list[Figure]:
     from bundle.manifest import read_manifest
     from training.cli.examples import EXAMPLES, build_example
 
-    checks = {"digits": ("error_rate", lambda v: v <= 0.03, "<= 0.03"),
-              "diamonds": ("rmse_log", lambda v: v <= 0.15, "<= 0.15"),
-              "penguins": ("accuracy", lambda v: v >= 0.95, ">= 0.95")}  # fmt: skip
+    checks = {
+        "digits": ("error_rate", lambda v: v <= 0.03, "<= 0.03"),
+        "diamonds": ("rmse_log", lambda v: v <= 0.15, "<= 0.15"),
+        "penguins": ("accuracy", lambda v: v >= 0.95, ">= 0.95"),
+    }
     figures = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in EXAMPLES:
@@ -526,20 +559,36 @@ def bench_examples(args: argparse.Namespace) -> list[Figure]:
             print(figures[-1].line(), flush=True)
             # the bundle exists only if ONNX Runtime matched PyTorch as allclose(rtol=1e-4, atol=1e-4)
             parity = read_manifest(result.bundle).parity
-            figures.append(Figure("examples", f"{name} ONNX parity", "max rel", parity.max_rel_diff or 0.0,
-                                  f"allclose rtol {parity.rtol:g} atol {parity.tolerance:g}", True,
-                                  f"max abs {parity.max_abs_diff:.2g}"))  # fmt: skip
+            figures.append(
+                Figure(
+                    "examples",
+                    f"{name} ONNX parity",
+                    "max rel",
+                    parity.max_rel_diff or 0.0,
+                    f"allclose rtol {parity.rtol:g} atol {parity.tolerance:g}",
+                    True,
+                    f"max abs {parity.max_abs_diff:.2g}",
+                )
+            )
             print(figures[-1].line(), flush=True)
     return figures
 
 
-BENCHES = {"tables": bench_tables, "images": bench_images, "lr": bench_lr, "finetune": bench_finetune,
-           "examples": bench_examples}  # fmt: skip
+BENCHES = {
+    "tables": bench_tables,
+    "images": bench_images,
+    "lr": bench_lr,
+    "finetune": bench_finetune,
+    "examples": bench_examples,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.training_bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.training_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("parts", nargs="*", metavar="PART", help=f"any of {', '.join(PARTS)} (default: all)")
     parser.add_argument("--archs", nargs="+", default=["simple_cnn", "small_resnet"], help="from-scratch archs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

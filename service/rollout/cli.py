@@ -17,12 +17,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from bundle.durations import format_duration
 from service.rollout import steer
 from service.rollout.policy import (
     PolicyError,
     RolloutFile,
     Template,
-    format_duration,
     iso,
     load_policy_file,
     parse_time,

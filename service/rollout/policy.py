@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bundle.durations import parse_duration
+
 ALL_REGIONS = "*"
 Stage = Literal["off", "shadow", "canary", "promoted", "rolled_back"]
 STAGES: tuple[str, ...] = ("off", "shadow", "canary", "promoted", "rolled_back")
@@ -28,40 +29,11 @@ STAGES: tuple[str, ...] = ("off", "shadow", "canary", "promoted", "rolled_back")
 # RFC 7230 token characters: what an HTTP header name may be made of (ASCII only, so it encodes as latin-1)
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 MAX_HEADER_NAME = 64
-MAX_DURATION_S = 3650 * 86_400.0  # ten years: a hold beyond it is a typo, and the plan's times must stay printable
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
 class PolicyError(ValueError):
     """A policy file that cannot be used; the message names the field (``models.digits.steps[1].hold: ...``)."""
-
-
-def parse_duration(value: Any) -> float:
-    """``"5m"``, ``"1d"``, ``"7d"``, ``"30d"``, ``"90s"``, ``"2h"``, ``"1w"`` (or plain seconds) -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"a duration such as 5m, 1d or 30d is needed, got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if match is None:
-            raise ValueError(f"a duration such as 30s, 5m, 2h, 1d, 7d or 1w is needed, got {value!r}")
-        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
-    if not seconds > 0:  # NaN as well
-        raise ValueError(f"a duration must be positive, got {value!r}")
-    if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
-        raise ValueError(f"a duration must be at most {format_duration(MAX_DURATION_S)}, got {value!r}")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    for unit in ("d", "h", "m"):
-        size = _UNIT_SECONDS[unit]
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def _header_name(value: str) -> str:

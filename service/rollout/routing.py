@@ -18,7 +18,8 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from service.rollout.policy import ALL_REGIONS, ModelPolicy, Step, format_duration, iso
+from bundle.durations import format_duration
+from service.rollout.policy import ALL_REGIONS, ModelPolicy, Step, iso
 
 BUCKETS = 10_000  # a share of 0.01 % is one bucket
 

@@ -50,8 +50,9 @@ def test_a_verdict_needs_both_the_line_and_the_noise_level() -> None:
 
 
 def test_a_window_under_its_minimum_is_collecting_with_no_verdict_and_no_guardrail_reading() -> None:
-    feature = FeatureBins.from_reference("x", {"kind": "continuous", "edges": [0.0, 1.0], "fractions": [0, 1, 0],
-                                               "missing": 0.0, "count": 1000})  # fmt: skip
+    feature = FeatureBins.from_reference(
+        "x", {"kind": "continuous", "edges": [0.0, 1.0], "fractions": [0, 1, 0], "missing": 0.0, "count": 1000}
+    )
     window = DriftWindow([feature], capacity=1000, min_items=200)
     window.add(np.full((199, 1), 1, np.int16), None)
     table = window.table(0.1, 0.25)

@@ -24,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from training.cli import drift, finetune, interpret, train
     from training.export import ExportError
+    from training.loop import cli as loop_cli
 
     handler = {
         "image": train.train_image,
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "drift": drift.drift,
         "drift-report": drift.drift_report,
         "examples": train.examples,
+        **loop_cli.HANDLERS,
     }[args.command]
     started = time.perf_counter()
     try:

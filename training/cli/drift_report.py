@@ -30,7 +30,6 @@ import base64
 import html
 import io
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +39,12 @@ import numpy as np
 import pandas as pd
 
 from bundle import reference as ref
+from bundle.durations import parse_duration
 from bundle.manifest import read_manifest, read_reference
 from training.defaults import REPORTS_DIR
 
 MAX_LOGGED_ROWS = 5_000  # the most recent logged rows the forest sees
 _IMAGE_FIELDS_SKIPPED = ("sha256", "bytes", "b64")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
 N_FOLDS = 5
@@ -65,14 +63,6 @@ class ClassifierDrift:
     def spread(self) -> float:
         """The standard deviation of the folds' AUCs."""
         return float(np.std(self.fold_aucs)) if self.fold_aucs else 0.0
-
-
-def parse_duration(text: str) -> float:
-    """``30m``, ``12h``, ``1d``, ``2w`` or plain seconds -> seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"--since: expected a duration like 30m, 12h, 1d or 2w, got {text!r}")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
 def read_logged_inputs(

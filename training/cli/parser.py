@@ -211,4 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", default=None, help="digits, diamonds, penguins (default: all)")
     p.add_argument("--out", type=Path, default=Path("models"), help="model repository (default models/)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="where the digits PNGs are written")
+
+    from training.loop.cli import add_commands  # dataset, nightly: the feedback loop
+
+    add_commands(sub)
     return parser

@@ -104,8 +104,9 @@ def observation(state: Any, request_id: str, row: dict[str, Any], copies: int = 
     prediction = {"label": "a", "probabilities": {"a": 0.9, "b": 0.1}, "ood": None}
     columns = {name: np.array([value] * copies, dtype=object) for name, value in row.items()}
     output = np.array([[0.9, 0.1]], dtype=np.float32)
-    return Observation(state, "other", "stable", request_id, time.time(), 1.0, output, [prediction], None, columns,
-                       None, True, [row])  # fmt: skip
+    return Observation(
+        state, "other", "stable", request_id, time.time(), 1.0, output, [prediction], None, columns, None, True, [row]
+    )
 
 
 def test_a_record_that_cannot_be_encoded_is_dropped_alone_and_counted(shapes_repo: Path, tmp_path: Path) -> None:
@@ -234,7 +235,9 @@ def test_an_unwritable_log_is_reported_by_readyz_and_its_gauge_while_predictions
 
 def used_bytes(path: Path) -> int:
     with sqlite3.connect(path) as conn:
-        (pages,), (free,), (size,) = (conn.execute(f"PRAGMA {p}").fetchone() for p in ("page_count", "freelist_count", "page_size"))  # fmt: skip
+        (pages,), (free,), (size,) = (
+            conn.execute(f"PRAGMA {p}").fetchone() for p in ("page_count", "freelist_count", "page_size")
+        )
     return int((pages - free) * size)
 
 

@@ -283,9 +283,13 @@ def test_a_good_candidate_is_never_rolled_back_for_drift_over_a_long_run_and_a_d
     install(signals_library, tmp_path / "models", "shapes", 1, 2)
     (tmp_path / "rollout.yaml").write_text(ROLLOUT)
     settings = service_settings(
-        tmp_path / "models", rollout=tmp_path / "rollout.yaml", rollout_tick_s=0.02, drift_window=200,
-        drift_min_items=100, max_items_per_request=1000,
-    )  # fmt: skip
+        tmp_path / "models",
+        rollout=tmp_path / "rollout.yaml",
+        rollout_tick_s=0.02,
+        drift_window=200,
+        drift_min_items=100,
+        max_items_per_request=1000,
+    )
 
     def send(frame: Any, key: str) -> None:
         rows = frame.drop(columns=["label"]).to_dict(orient="records")

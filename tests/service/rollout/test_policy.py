@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.rollout.policy import ModelPolicy, PolicyError, parse_duration, parse_policy_text
+from bundle.durations import parse_duration
+from service.rollout.policy import ModelPolicy, PolicyError, parse_policy_text
 from service.rollout.routing import CompiledRoute, bucket, candidate_share, choose_version, shadowed, step_at
 
 ROOT = Path(__file__).resolve().parents[3]
