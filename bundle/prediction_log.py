@@ -182,26 +182,45 @@ class LabelledItem:
     version: int
     served_at: float  # epoch seconds the prediction was made
     region: str
-    label: str | None  # the ground truth (classification); None for regression
+    label: str | list[str] | None  # the ground truth: a class, or a multi-label answer's classes; None for regression
     value: float | None  # the ground truth (regression)
-    source: str  # "review" (a person in the review queue) or "api" (a system, POST /v1/feedback)
-    answered_at: float
+    source: str  # "review" (the review queue), "api" (a system, POST /v1/feedback) or "predictions" (see below)
+    answered_at: float | None  # None for a "predictions" item: nobody answered it
     predicted: Any  # the served label, value or list of labels
     confidence: float | None  # the probability of the predicted label (classification)
     ood: bool  # flagged out of domain when served
+    reasons: tuple[str, ...]  # why the model itself chose to show it: ood, low_confidence, disagreement
     image: bytes | None  # the image's bytes when the log kept them (review items, a sample, or all)
     row: dict[str, Any] | None  # the table row (tabular models)
-    chosen_for_review: bool  # the model itself sent it to review (out of domain or low confidence): a feedback loop
+
+    @property
+    def answer(self) -> Any:
+        """The ground truth, whichever the task: a class, a list of classes or a number."""
+        return self.value if self.label is None else self.label
+
+    @property
+    def chosen_by_model(self) -> bool:
+        """The model sent it to review itself: answers to these are a selection the model made (a feedback loop)."""
+        return bool(self.reasons)
+
+    @property
+    def has_input(self) -> bool:
+        """False for an image logged without its bytes: nothing to learn from."""
+        return self.image is not None or self.row is not None
 
 
-_LABELLED = f"""
-SELECT f.request_id, f.item, f.label, f.value, f.source, f.received_at,
-       p.created_at, p.model, p.version, p.region, p.inputs, p.outputs, p.ood,
-       r.ood AS review_ood, r.low_confidence AS review_low_confidence
+# f.* last: a log from before "monitoring-4-feedback-source" has no source column, and the row then has no "source"
+_ANSWERED = f"""
+SELECT p.created_at, p.model, p.inputs, p.outputs, p.ood, r.request_id AS r_id, r.ood AS r_ood,
+       r.low_confidence AS r_low, r.disagreement AS r_disagree, f.*
 FROM {FEEDBACK} f
-JOIN {PREDICTIONS} p ON p.request_id = f.request_id
+JOIN {PREDICTIONS} p ON p.request_id = f.request_id AND p.shadow_of IS NULL
 LEFT JOIN {REVIEW} r ON r.request_id = f.request_id AND r.item = f.item
-WHERE f.model = ?"""
+WHERE f.model = ? AND f.received_at < ?"""
+_UNANSWERED = f"""
+SELECT p.request_id, p.created_at, p.model, p.version, p.region, p.inputs, p.outputs, p.ood
+FROM {PREDICTIONS} p
+WHERE p.model = ? AND p.shadow_of IS NULL AND p.created_at < ?"""
 
 
 def labelled_items(
@@ -211,68 +230,135 @@ def labelled_items(
     region: str | None = None,
     version: int | None = None,
     sources: tuple[str, ...] = FEEDBACK_SOURCES,
-    limit: int = 100_000,
-    now: float | None = None,
+    limit: int | None = 100_000,
+    until: float | None = None,
 ) -> list[LabelledItem]:
-    """Every served item of ``model`` that has ground truth, oldest first (raises StoreUnavailable).
+    """The served items of ``model`` that have ground truth, oldest answer first (raises StoreUnavailable).
 
-    ``since_s`` keeps predictions served in the last so many seconds (before ``now``, default the clock);
-    ``region``, ``version`` and ``sources`` (``review``, ``api``) filter. Images come back as bytes only where
-    the log kept them (``SERVING_PREDICTION_LOG_IMAGES``); tabular items carry their row."""
-    sql = _LABELLED
-    params: list[Any] = [model]
-    if since_s is not None:
-        sql += " AND p.created_at >= ?"
-        params.append((time.time() if now is None else now) - since_s)
-    if region is not None:
-        sql += " AND f.region = ?"
-        params.append(region)
-    if version is not None:
-        sql += " AND f.version = ?"
-        params.append(version)
-    if not sources:
-        return []
-    sql += f" AND f.source IN ({', '.join('?' for _ in sources)})"
-    params.extend(sources)
-    sql += " ORDER BY p.created_at, f.request_id, f.item LIMIT ?"
-    params.append(limit)
-    return [_labelled(row) for row in store.query(sql, params)]
+    The window is when the answer arrived: ``since_s`` seconds before ``until`` (epoch seconds, default the
+    clock; no start without ``since_s``), ``until`` itself left out. ``region``, ``version`` and ``sources``
+    filter; ``limit`` keeps the newest (None: all). ``sources`` are the log's: ``review``, ``api`` and, only when named,
+    ``predictions``: the items served in the window that nobody answered, labelled with the model's own answer
+    (training on them teaches the model what it already says). Images come back as bytes only where the log
+    kept them (``SERVING_PREDICTION_LOG_IMAGES``); tabular items carry their row."""
+    end = time.time() if until is None else until
+    start = None if since_s is None else end - since_s
+
+    def filters(table: str) -> list[tuple[str, Any]]:
+        return [(f"{table}.region =", region), (f"{table}.version =", version)]
+
+    answered = [
+        item
+        for row in store.query(*_where(_ANSWERED, [model, end], [("f.received_at >=", start), *filters("f")]))
+        if (item := _answered(row)) is not None
+    ]
+    items = [i for i in answered if i.source in sources]
+    if "predictions" in sources:
+        keys = {(i.request_id, i.item) for i in answered}
+        for row in store.query(*_where(_UNANSWERED, [model, end], [("p.created_at >=", start), *filters("p")])):
+            items.extend(i for i in _unanswered(row) if (i.request_id, i.item) not in keys)
+    items.sort(key=lambda i: (i.answered_at or i.served_at, i.request_id, i.item))
+    return items if limit is None else items[max(len(items) - limit, 0) :]
 
 
-def _labelled(row: Any) -> LabelledItem:
-    item = int(row["item"])
-    inputs, outputs, oods = (json.loads(row[key]) for key in ("inputs", "outputs", "ood"))
-    given = inputs[item] if item < len(inputs) else {}
-    output = outputs[item] if item < len(outputs) else {}
-    ood = oods[item] if item < len(oods) else None
-    image, table_row = None, None
-    if isinstance(given, dict) and "sha256" in given:
-        image = _image(given.get("b64"))
-    elif isinstance(given, dict):
-        table_row = given
-    predicted = output.get("label", output.get("labels", output.get("value")))
-    probabilities = output.get("probabilities")
-    confidence = None
-    if isinstance(probabilities, dict) and isinstance(predicted, str) and predicted in probabilities:
-        confidence = float(probabilities[predicted])
+def _where(sql: str, params: list[Any], conditions: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """``sql`` and ``params`` with each condition whose value is not None added."""
+    for condition, value in conditions:
+        if value is not None:
+            sql += f" AND {condition} ?"
+            params = [*params, value]
+    return sql, params
+
+
+def _answered(row: dict[str, Any]) -> LabelledItem | None:
+    index = int(row["item"])
+    inputs, outputs, oods = (json.loads(row[key] or "[]") for key in ("inputs", "outputs", "ood"))
+    if index >= len(outputs):
+        return None
+    reasons = tuple(
+        name
+        for name, key in (("ood", "r_ood"), ("low_confidence", "r_low"), ("disagreement", "r_disagree"))
+        if row.get(key)
+    )
+    ood = _flagged(oods, index)
+    label = row["label"]
+    if isinstance(label, str) and label.startswith("["):
+        label = json.loads(label)  # a multi-label answer is stored as its JSON list
+    # a log from before the source column: the review queue's items count as answered there
+    source = row.get("source") or ("review" if row.get("r_id") else "api")
     return LabelledItem(
         request_id=row["request_id"],
-        item=item,
+        item=index,
         model=row["model"],
         version=int(row["version"]),
         served_at=float(row["created_at"]),
         region=row["region"],
-        label=row["label"],
+        label=label,
         value=None if row["value"] is None else float(row["value"]),
-        source=row["source"],
+        source="review" if source == "review" else "api",
         answered_at=float(row["received_at"]),
-        predicted=predicted,
-        confidence=confidence,
-        ood=bool(isinstance(ood, dict) and ood.get("flagged")),
-        image=image,
-        row=table_row,
-        chosen_for_review=bool(row["review_ood"] or row["review_low_confidence"]),
+        predicted=_predicted(outputs[index]),
+        confidence=_confidence(outputs[index]),
+        ood=ood,
+        reasons=reasons or (("ood",) if ood else ()),
+        **_logged_input(inputs[index] if index < len(inputs) else None),
     )
+
+
+def _unanswered(row: dict[str, Any]) -> list[LabelledItem]:
+    inputs, outputs, oods = (json.loads(row[key] or "[]") for key in ("inputs", "outputs", "ood"))
+    items = []
+    for index, output in enumerate(outputs):
+        predicted = _predicted(output)
+        if predicted is None:
+            continue
+        ood = _flagged(oods, index)
+        number = isinstance(predicted, int | float) and not isinstance(predicted, bool)
+        items.append(
+            LabelledItem(
+                request_id=row["request_id"],
+                item=index,
+                model=row["model"],
+                version=int(row["version"]),
+                served_at=float(row["created_at"]),
+                region=row["region"],
+                label=None if number else predicted,
+                value=float(predicted) if number else None,
+                source="predictions",
+                answered_at=None,
+                predicted=predicted,
+                confidence=_confidence(output),
+                ood=ood,
+                reasons=("ood",) if ood else (),
+                **_logged_input(inputs[index] if index < len(inputs) else None),
+            )
+        )
+    return items
+
+
+def _logged_input(logged: Any) -> dict[str, Any]:
+    """The image's bytes (when the log kept them) or the table row."""
+    if not isinstance(logged, dict):
+        return {"image": None, "row": None}
+    if "sha256" in logged and "bytes" in logged:
+        return {"image": _image(logged.get("b64")), "row": None}
+    return {"image": None, "row": logged}
+
+
+def _flagged(oods: list[Any], index: int) -> bool:
+    ood = oods[index] if index < len(oods) else None
+    return bool(isinstance(ood, dict) and ood.get("flagged"))
+
+
+def _predicted(output: dict[str, Any]) -> Any:
+    return next((output[key] for key in ("label", "labels", "value") if key in output), None)
+
+
+def _confidence(output: dict[str, Any]) -> float | None:
+    probabilities, predicted = output.get("probabilities"), output.get("label")
+    if isinstance(probabilities, dict) and isinstance(predicted, str) and predicted in probabilities:
+        return float(probabilities[predicted])
+    return None
 
 
 def _image(b64: Any) -> bytes | None:

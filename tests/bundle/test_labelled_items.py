@@ -45,13 +45,13 @@ def test_each_answer_comes_back_with_its_source_prediction_and_the_image_kept_fo
     ]
     assert Counter(i.source for i in items) == {"review": 6, "api": 6}
     assert all(i.version == 1 and i.item == 0 and i.row is None and 0 < (i.confidence or 0) <= 1 for i in items)
-    assert {(i.request_id, i.item) for i in items if i.chosen_for_review} == flagged
+    assert {(i.request_id, i.item) for i in items if i.chosen_by_model} == flagged
     # the sample share is 0 here: exactly the items sent to review kept their bytes
-    assert [i.image == gradient_image(n) for n, i in enumerate(items) if i.chosen_for_review] == [True] * len(flagged)
-    assert all(i.image is None for i in items if not i.chosen_for_review)
+    assert [i.image == gradient_image(n) for n, i in enumerate(items) if i.chosen_by_model] == [True] * len(flagged)
+    assert all(i.image is None for i in items if not i.chosen_by_model)
     assert labelled_items(store, "digits", sources=("review",))[0].source == "review"
     two_hours_on = time.time() + 7200
-    assert labelled_items(store, "digits", since_s=3600, now=two_hours_on) == []  # nothing served in that hour
+    assert labelled_items(store, "digits", since_s=3600, until=two_hours_on) == []  # nothing answered in that hour
 
 
 def test_images_true_still_means_every_image_and_false_none(make_repo, tmp_path: Path):
@@ -75,3 +75,25 @@ def test_a_review_answer_needs_the_reviewer_credential(make_repo, tmp_path: Path
 
     assert refused.status_code == 422 and refused.json()["error"]["message"].startswith("source:")
     assert unknown.status_code == 422 and "source" in unknown.json()["error"]["message"]
+
+
+def test_until_ends_the_window_limit_keeps_the_newest_predictions_come_only_when_named(make_repo, tmp_path: Path):
+    log = tmp_path / "predictions.sqlite"
+    settings = dict(prediction_log=True, prediction_log_path=log, **TOKENS)
+    with serve(make_repo(("digits", 1)), **settings) as client:
+        answers = served(client, 6)
+        for n, answer in enumerate(answers[:4]):
+            if n == 2:
+                halfway = time.time()
+            client.post("/v1/feedback", json={"request_id": answer["request_id"], "label": "1"}, headers=LABELLER)
+    store = open_log(str(log))
+    ids = [a["request_id"] for a in answers]
+
+    assert [i.request_id for i in labelled_items(store, "digits", until=halfway)] == ids[:2]
+    assert [i.request_id for i in labelled_items(store, "digits", limit=3)] == ids[1:4]
+    mixed = labelled_items(store, "digits", sources=("api", "predictions"))
+    unanswered = [i for i in mixed if i.source == "predictions"]
+    assert [(i.request_id, i.label, i.answered_at) for i in unanswered] == [
+        (a["request_id"], a["label"], None) for a in answers[4:]
+    ]
+    assert [i.source for i in labelled_items(store, "digits")] == ["api"] * 4

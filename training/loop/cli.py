@@ -177,7 +177,7 @@ def dataset(args: argparse.Namespace) -> dict[str, Any]:
     since = until - args.since
     bundle = _bundle(args.repo, args.model, args.version)
     manifest = read_manifest(bundle)
-    items = read_labelled(args.log, args.model, since, until, args.region, args.sources)
+    items = read_labelled(args.log, args.model, args.since, until, args.region, args.sources)
     written = write_dataset(items, manifest, args.out, (since, until), args.sources, args.region)
     summary = written.summary
     print(

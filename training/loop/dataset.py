@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 
 from bundle.manifest import Manifest
-from training.loop.labelled import HUMAN_SOURCES, LabelledItem
+from bundle.prediction_log import LabelledItem
+from training.loop.labelled import HUMAN_SOURCES, source_name
 from training.progress import progress_bar
 
 ITEMS_FILE = "items.csv"
@@ -80,7 +81,7 @@ def write_dataset(
     for item in items:
         if not item.has_input:
             skipped["no_image_bytes" if manifest.input_kind == "image" else "no_row"] += 1
-        elif manifest.task == "classification" and classes is not None and str(item.label) not in classes:
+        elif manifest.task == "classification" and classes is not None and str(item.answer) not in classes:
             skipped["unknown_label"] += 1
         elif manifest.task == "multilabel":
             skipped["multilabel_not_supported"] += 1
@@ -101,8 +102,8 @@ def write_dataset(
                     name,
                     item.request_id,
                     item.item,
-                    item.label,
-                    item.source,
+                    item.answer,
+                    source_name(item),
                     item.region,
                     item.version,
                     iso(item.served_at),
@@ -132,7 +133,7 @@ def summarise(
     reasons: Counter[str] = Counter(r for i in chosen for r in i.reasons)
     served = [i.served_at for i in items]
     answered = [i.answered_at for i in items if i.answered_at is not None]
-    per_class = Counter(str(i.label) for i in items) if manifest.task != "regression" else {}
+    per_class = Counter(str(i.answer) for i in items) if manifest.task != "regression" else {}
     return {
         "model": manifest.name,
         "input_kind": manifest.input_kind,
@@ -142,7 +143,7 @@ def summarise(
         "sources": list(sources),
         "items": len(items),
         "per_class": dict(sorted(per_class.items())),
-        "per_source": dict(Counter(i.source for i in items)),
+        "per_source": dict(Counter(source_name(i) for i in items)),
         "per_region": dict(sorted(Counter(i.region for i in items).items())),
         "served_by_versions": {str(v): n for v, n in sorted(Counter(i.version for i in items).items())},
         "served": {"first": iso(min(served, default=None)), "last": iso(max(served, default=None))},
@@ -169,7 +170,7 @@ def _write_images(items: list[LabelledItem], out: Path) -> list[str]:
     files = []
     for item in progress_bar(items, len(items), "writing the day's images"):
         assert item.image is not None
-        name = f"{item.label}/{item.request_id}-{item.item}{_extension(item.image)}"
+        name = f"{item.answer}/{item.request_id}-{item.item}{_extension(item.image)}"
         path = out / name
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(item.image)
@@ -181,7 +182,7 @@ def _write_table(items: list[LabelledItem], manifest: Manifest, out: Path) -> li
     assert manifest.tabular is not None
     target = (manifest.outputs.target_names or ["target"])[0]
     columns = [c for c in manifest.tabular.raw_columns if c != target]
-    rows = [{**{c: (item.row or {}).get(c) for c in columns}, target: item.label} for item in items]
+    rows = [{**{c: (item.row or {}).get(c) for c in columns}, target: item.answer} for item in items]
     pd.DataFrame(rows, columns=[*columns, target]).to_csv(out / TABLE_FILE, index=False)
     return [f"{TABLE_FILE}:{i}" for i in range(len(items))]
 

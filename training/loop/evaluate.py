@@ -129,7 +129,7 @@ def subset_loader(learn: Learner, dataset: Dataset, keep: list[bool], bs: int = 
     if not any(keep):
         return None
     if learn.dls.input_kind == "image":
-        chosen = [(dataset.folder / f, str(i.label)) for f, i, k in zip(dataset.files, dataset.items, keep) if k]
+        chosen = [(dataset.folder / f, str(i.answer)) for f, i, k in zip(dataset.files, dataset.items, keep) if k]
         return image_loader(learn, [f for f, _ in chosen], [label for _, label in chosen])
     frame = read_csv(dataset.folder / TABLE_FILE)
     return table_loader(learn, frame[np.asarray(keep)])

@@ -139,7 +139,7 @@ def _run(o: NightlyOptions, report: dict[str, Any], folder: Path, since: float, 
 
     message = f"reading answers for {o.model} between {iso(since)} and {iso(until)} from the log"
     print(message, flush=True)
-    items = read_labelled(o.log, o.model, since, until, o.region, o.sources)
+    items = read_labelled(o.log, o.model, o.since_s, until, o.region, o.sources)
     dataset = write_dataset(items, manifest, folder / "data", (since, until), o.sources, o.region)
     report["data"] = dataset.summary
     if len(dataset.items) < o.min_items:
@@ -281,7 +281,7 @@ def _score_slices(stable: Any, new: Any, dataset: Any, holdout: list[bool], vali
 
 
 def _label_distribution(dataset: Any, valid: Path) -> dict[str, Any]:
-    new = Counter(str(i.label) for i in dataset.items)
+    new = Counter(str(i.answer) for i in dataset.items)
     original: Counter[str] = Counter()
     if valid.is_dir():
         original = Counter(p.parent.name for p in valid.rglob("*") if p.is_file() and p.parent != valid)
