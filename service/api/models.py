@@ -1,15 +1,25 @@
-"""``GET /v1/models``, ``GET /v1/models/{name}`` and ``GET /openapi.json``: what is served and how to call it."""
+"""``GET /v1/models``, ``GET /v1/models/{name}``, a version's nightly report and ``GET /openapi.json``: what is
+served and how to call it."""
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from service.api.openapi import ModelContract, openapi_document
+from service.http.errors import NotFound
 from service.http.responses import JSONResponse
 from service.models.catalogue import ModelCatalogue
 from service.settings import ServiceSettings
+
+# A report is a page the nightly run wrote: its own inline style, nothing that runs, nothing fetched.
+REPORT_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class ModelRoutes:
@@ -22,6 +32,7 @@ class ModelRoutes:
             Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/v1/models", self.list_models, methods=["GET"]),
             Route("/v1/models/{name}", self.get_model, methods=["GET"]),
+            Route("/v1/models/{name}/versions/{version}/report", self.get_report, methods=["GET"]),
         ]
 
     async def list_models(self, request: Request) -> Response:
@@ -29,6 +40,14 @@ class ModelRoutes:
 
     async def get_model(self, request: Request) -> Response:
         return JSONResponse(self.catalogue.model_document(request.path_params["name"]))
+
+    async def get_report(self, request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params["version"]
+        if not version.isdigit():
+            raise NotFound(f"no version {version!r} of {name!r}: versions are numbers")
+        path = self.catalogue.nightly_report(name, int(version))
+        html = await asyncio.to_thread(path.read_text, encoding="utf-8", errors="replace")
+        return HTMLResponse(html, headers=REPORT_HEADERS)
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document(request.app.routes, self.contracts()))

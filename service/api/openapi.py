@@ -440,6 +440,21 @@ def _base_document(version: str) -> dict[str, Any]:
                     "responses": {"200": _json("The model."), **_errors(404)},
                 }
             },
+            "/v1/models/{name}/versions/{version}/report": {
+                "get": {
+                    "summary": "The report of the nightly run that made this version (its manifest's "
+                    "training.lineage.report, a file inside the model's folder), read-only.",
+                    "parameters": [
+                        {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {"name": "version", "in": "path", "required": True, "schema": {"type": "integer"}},
+                    ],
+                    "responses": {
+                        "200": {"description": "The report's HTML.", "content": {"text/html": {}}},
+                        "404": _error("Unknown model or version, or no report inside the model's folder."),
+                        "503": _error("The model has no loaded version."),
+                    },
+                }
+            },
             "/v1/models/{name}/predict": _predict_operation("Predict with the version routing chooses.", False),
             "/v1/models/{name}/versions/{version}/predict": _predict_operation("Predict with a pinned version.", True),
             **oip_paths(),

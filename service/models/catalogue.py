@@ -3,8 +3,10 @@ pages say about the served models, from one place."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from service.http.errors import NotFound, ServiceError, public_message
 from service.models.registry import ModelRegistry
@@ -39,7 +41,9 @@ class ModelCatalogue:
             current = next((v for v in versions if v.version == serving), versions[-1])
             described.update(current.encoder.describe())
             described["input"] = current.inputs.schema()
-        described["versions"] = [v.describe() for v in versions]
+        described["versions"] = [
+            {**v.describe(), "nightly_report": self._report_url(name, v.version, v.manifest.training)} for v in versions
+        ]
         described["refused"] = [
             {"version": number, "reason": r.reason, "message": public_message(r.message)}
             for number, r in self.registry.refusals(name).items()
@@ -51,6 +55,19 @@ class ModelCatalogue:
         described["held_versions"] = held
         described["held"] = held_note(name, held)
         return described
+
+    def nightly_report(self, name: str, version: int) -> Path:
+        """The report of the nightly run that made ``version`` (its manifest's ``training.lineage.report``), a file
+        inside the model's folder; NotFound for none, or one named outside the folder."""
+        path = report_path(self.registry.root / name, self.registry.get(name, version).manifest.training)
+        if path is None or not path.is_file():
+            raise NotFound(f"{name} v{version} has no nightly report in its model folder")
+        return path
+
+    def _report_url(self, name: str, version: int, training: Mapping[str, Any]) -> str | None:
+        if report_path(self.registry.root / name, training) is None:
+            return None
+        return f"/v1/models/{quote(name)}/versions/{version}/report"
 
     def summary(self, name: str) -> dict[str, Any]:
         versions = self.registry.versions(name)
@@ -80,3 +97,15 @@ def held_note(name: str, held: list[int]) -> str | None:
         f"`python -m service rollout shadow {name} {newest}`, then promote it with "
         f"`python -m service rollout promote {name}`"
     )
+
+
+def report_path(model_folder: Path, training: Mapping[str, Any]) -> Path | None:
+    """Where ``training.lineage.report`` (relative to the model's folder) points, or None: none named, or a path
+    that leaves the folder (``..``, an absolute path, a link out)."""
+    lineage = training.get("lineage")
+    named = lineage.get("report") if isinstance(lineage, Mapping) else None
+    if not isinstance(named, str) or not named:
+        return None
+    folder = model_folder.resolve()
+    path = (folder / named).resolve()
+    return path if path != folder and path.is_relative_to(folder) else None

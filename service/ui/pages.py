@@ -75,6 +75,13 @@ def form_columns(schema: dict[str, Any] | None) -> list[dict[str, Any]]:
     return fields
 
 
+def nightly_reports(model: dict[str, Any], reports: dict[int, str]) -> list[tuple[str, int, str]]:
+    """(role, version, report URL) of the candidate and the stable version whose nightly run left a report."""
+    rollout = model.get("rollout") or {}
+    roles = (("candidate", rollout.get("candidate")), ("stable", model.get("stable_version")))
+    return [(role, number, reports[number]) for role, number in roles if number in reports]
+
+
 class WebPages:
     """The ``/ui`` routes and ``/`` (a redirect to them), rendering the model catalogue."""
 
@@ -130,9 +137,17 @@ class WebPages:
         model = self._model(request)
         if model is None:
             return self._unknown_model(request)
-        page_data = {"name": model["name"], "versions": [v["version"] for v in model.get("versions", [])]}
+        versions = model.get("versions", [])
+        reports = {v["version"]: v["nightly_report"] for v in versions if v.get("nightly_report")}
+        page_data = {"name": model["name"], "versions": [v["version"] for v in versions], "reports": reports}
         return self.render(
-            request, "rollout.html", "rollout", title=f"Rollout of {model['name']}", model=model, page_data=page_data
+            request,
+            "rollout.html",
+            "rollout",
+            title=f"Rollout of {model['name']}",
+            model=model,
+            nightly_reports=nightly_reports(model, reports),
+            page_data=page_data,
         )
 
     async def monitoring(self, request: Request) -> Response:

@@ -3,7 +3,7 @@
 "use strict";
 
 (function () {
-  const {PAGE_DATA, h, fill, pick, fmt, pct, when, notice, unavailable, isAbsent, badge, showError, stamp, every, api, enc, initTokenForm, ensureToken, bars} = window.fastprod;
+  const {ROOT, PAGE_DATA, h, fill, pick, fmt, pct, when, notice, unavailable, isAbsent, badge, showError, stamp, every, api, enc, initTokenForm, ensureToken, bars} = window.fastprod;
 
   // GET /v1/rollouts -> {enabled, detail, policy_error, models: {name: state}}; a state has stage, stable,
   // candidate, step {index, phase, started_at, next_at, of}, shares {region: 0..1}, problems, guardrails
@@ -55,12 +55,18 @@
     last_step: "on the last step, until someone promotes", step: "walking the plan", final: "over"};
   const FINAL = {rolled_back: "rolled back: the candidate gets no traffic", promoted: "promoted: the candidate takes all traffic"};
 
+  // A version and, when the nightly run that made it left a report, a link to it (GET .../versions/{v}/report).
+  function withReport(version) {
+    const report = (PAGE_DATA.reports || {})[version];
+    return report ? [fmt(version), " · ", h("a", {href: ROOT + report}, "nightly report")] : fmt(version);
+  }
+
   function renderState(state) {
     const stage = pick(state, "stage") || "off";
     const step = stepOf(state);
     const total = pick(step, "of") || stepsOf(state).length;
-    const rows = [["Stage", badge(stage, "stage-" + stage)], ["Stable", fmt(pick(state, "stable"))],
-      ["Candidate", fmt(pick(state, "candidate"))]];
+    const rows = [["Stage", badge(stage, "stage-" + stage)], ["Stable", withReport(pick(state, "stable"))],
+      ["Candidate", withReport(pick(state, "candidate"))]];
     if (Number.isInteger(step.index)) rows.push(["Current step", `${step.index + 1} of ${total || "?"}`]);
     const final = pick(state, "final");
     if (final) {

@@ -245,7 +245,7 @@ def test_the_rollout_page_is_a_shell_the_script_fills_from_the_rollout_api(clien
     assert page.one("button", id="rollback") and page.one("button", id="promote")
     token = page.one("input", id="token")
     assert token["type"] == "password" and page.label_for("token")
-    assert page_data(client, "/ui/rollouts/digits") == {"name": "digits", "versions": [1, 2]}
+    assert page_data(client, "/ui/rollouts/digits") == {"name": "digits", "versions": [1, 2], "reports": {}}
 
 
 def test_the_monitoring_page_filters_by_version_and_region(client):
