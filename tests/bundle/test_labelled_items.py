@@ -97,3 +97,23 @@ def test_until_ends_the_window_limit_keeps_the_newest_predictions_come_only_when
         (a["request_id"], a["label"], None) for a in answers[4:]
     ]
     assert [i.source for i in labelled_items(store, "digits")] == ["api"] * 4
+
+
+def test_a_postgresql_log_reads_the_same(make_repo, postgres_url: str):
+    settings = dict(prediction_log=True, state_url=postgres_url, prediction_log_images="all", **TOKENS)
+    with serve(make_repo(("digits", 1)), **settings) as client:
+        answers = served(client, 4)
+        for answer in answers[:2]:
+            body = {"request_id": answer["request_id"], "label": "1", "source": "review"}
+            client.post("/v1/feedback", json=body, headers=REVIEWER)
+    store = open_log(postgres_url)
+
+    items = labelled_items(store, "digits", since_s=3600, sources=("review", "predictions"), limit=3)
+    # unanswered items sort by when they were served, answers by when they arrived: the limit keeps the newest 3
+    assert [(i.request_id, i.source) for i in items] == [
+        (answers[3]["request_id"], "predictions"),
+        (answers[0]["request_id"], "review"),
+        (answers[1]["request_id"], "review"),
+    ]
+    assert [i.answer for i in items] == [answers[3]["label"], "1", "1"]
+    assert all(i.image is not None for i in items)
