@@ -123,6 +123,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                     f"the request line and headers are over {self.limits.max_header_bytes} bytes",
                 )
 
+    def send_400_response(self, msg: str) -> None:
+        """What the HTTP parser cannot read (a control character in a header, a broken request line) gets the
+        service's JSON error, like every other error, instead of uvicorn's plain text."""
+        self._answer_and_close(
+            400, "bad_request", "the request is not valid HTTP/1.1: a malformed request line or header"
+        )
+
     # -- parser callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:

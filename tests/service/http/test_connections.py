@@ -102,3 +102,17 @@ def test_a_client_stalled_during_shutdown_gets_json_at_once(make_repo, live_serv
     status, _, body = read_response(sock)
     assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down"
     assert time.perf_counter() - started < 10, "the stalled client held the shutdown"
+
+
+def test_a_request_the_http_parser_cannot_read_gets_400_in_json(make_repo, live_server):
+    server = live_server(make_repo(("digits", 1)))
+    sock = raw_connection(server.port)
+    sock.sendall(
+        b"PUT /v1/rollouts/digits HTTP/1.1\r\nHost: x\r\nIf-Match: \x7f\xc2\x9b\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    with WellBehavedClient(server.url, "digits") as client:
+        status, headers, body = read_response(sock)
+    client.assert_served()
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["code"] == "bad_request"
