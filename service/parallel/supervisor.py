@@ -115,11 +115,17 @@ class Supervisor:
                 continue
             if self.stopping:
                 continue
-            if member not in self.started_once:  # a configuration it cannot start with: as one process would, stop
-                log.error("%s exited with %s before it started; stopping", member, process.exitcode)
-                self.exit_code = 1
-                self.stopping = True
-                return
+            if member not in self.started_once:
+                if not self.group.has_started(member):
+                    # it died before it ever started: a configuration it cannot start with; as one process
+                    # would, stop (a death after starting leaves its marker behind, so a worker killed before
+                    # this loop saw it start still counts as started)
+                    log.error("%s exited with %s before it started; stopping", member, process.exitcode)
+                    self.exit_code = 1
+                    self.stopping = True
+                    return
+                self.started_once.add(member)
+            self.group.stopped(member)  # readiness drops at once, not only when the replacement starts
             if time.monotonic() - self.started_at[member] < RESTART_BACKOFF_S:
                 continue
             log.error("%s (pid %s) exited with %s; restarting it", member, process.pid, process.exitcode)

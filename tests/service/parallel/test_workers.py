@@ -6,6 +6,8 @@ import os
 import shutil
 import signal
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -101,18 +103,24 @@ def test_a_killed_worker_is_restarted_counted_and_awaited_by_readiness(make_repo
     victim = group.children()["serving-w1"]
     os.kill(victim, signal.SIGKILL)
     seen: set[int] = set()
+    history: list[int] = []
 
     def readiness() -> int:
         """/readyz's status; 0 when the connection was reset (one the killed worker had accepted as it died)."""
-        try:
-            return httpx.get(f"{group.url}/readyz").status_code
-        except httpx.TransportError:
-            return 0
+        try:  # a fresh connection each time (urllib), as a kubelet's probe makes
+            with urllib.request.urlopen(f"{group.url}/readyz", timeout=2) as reply:
+                status = reply.status
+        except urllib.error.HTTPError as error:
+            status = error.code
+        except OSError:
+            status = 0
+        history.append(status)
+        return status
 
-    wait_until(
-        lambda: seen.add(readiness()) or (503 in seen and 200 in seen),
-        what="readiness to drop while the worker restarts",
-    )
+    try:
+        wait_until(lambda: seen.add(readiness()) or (503 in seen and 200 in seen), what="readiness to drop and return")
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}; /readyz answered, in order: {history[:20]} ... {history[-20:]}") from None
     wait_until(lambda: readiness() == 200, what="readiness to come back")
     assert group.children()["serving-w1"] != victim
     assert metric_value(httpx.get(f"{group.url}/metrics").text, "serving_worker_restarts_total") == 1
