@@ -228,10 +228,14 @@ def test_two_processes_on_one_postgres_obey_each_other_and_survive_the_store_goi
     for service in (a, b):
         assert all(version_for(service, f"user-{i}") == "1" for i in range(20))
     wait_until(lambda: b"serving_state_store_up 0.0" in request(b.url + "/metrics")[2], timeout_s=10)
+
     # each worker process of b reports what its own last poll found: within one poll interval
-    wait_until(lambda: b'"healthy":false' in request(b.url + "/readyz")[2], timeout_s=POLL_S + 2.0)
-    status, _, body = request(b.url + "/readyz")
-    assert status == 200 and b'"healthy":false' in body and b"last known rollout state" in body
+    def degraded() -> bool:  # still ready, on the last known state, and saying so
+        status, _, body = request(b.url + "/readyz")
+        return status == 200 and b'"healthy":false' in body and b"last known rollout state" in body
+
+    # fresh connections: every worker process of b, each after its own next poll
+    wait_until(lambda: all(degraded() for _ in range(6)), timeout_s=POLL_S + 3.0)
     assert admin(a, "promote") == 503  # a change that could not reach the fleet is refused, not half-made
 
     # the store returns: both catch up, and a change made on either reaches the other
