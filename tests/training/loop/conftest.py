@@ -180,3 +180,27 @@ def wait_for(condition: Callable[[], Any], timeout_s: float = 10.0) -> Any:
             return value
         time.sleep(0.1)
     raise AssertionError("timed out waiting")
+
+
+# a fixed rate and length: no learning-rate search in tests
+FAST = ["--lr", "1e-2", "--epochs", "6", "--bs", "32", "--load-timeout", "30"]
+
+
+def nightly_args(world, *extra: str) -> list[str]:
+    return [
+        "nightly",
+        "--model",
+        "digits",
+        "--repo",
+        str(world.repo),
+        "--log",
+        str(world.log),
+        "--service",
+        world.url,
+        "--token",
+        ADMIN,
+        "--valid",
+        str(world.valid),
+        *FAST,
+        *extra,
+    ]

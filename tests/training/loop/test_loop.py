@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from bundle.manifest import read_manifest
-from tests.training.loop.conftest import ADMIN
+from tests.training.loop.conftest import ADMIN, nightly_args
 from training.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -53,31 +53,7 @@ def test_answers_become_a_shadow_candidate_an_admin_advances_and_wrong_answers_a
     world.serve_traffic(240, 540)  # half of it from campsite-2, inverted
     answered = world.answer()
     assert answered["review"] > 0 and answered["feedback"] > 0
-    nightly = [
-        "nightly",
-        "--model",
-        "digits",
-        "--repo",
-        str(world.repo),
-        "--log",
-        str(world.log),
-        "--service",
-        world.url,
-        "--token",
-        ADMIN,
-        "--valid",
-        str(world.valid),
-        "--template",
-        "course",
-        "--lr",
-        "1e-2",
-        "--epochs",
-        "6",
-        "--bs",
-        "32",
-        "--load-timeout",
-        "30",
-    ]
+    nightly = nightly_args(world, "--template", "course")
 
     assert main([*nightly, "--day", "2026-12-06"]) == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out)

@@ -5,32 +5,9 @@ from __future__ import annotations
 import json
 
 from bundle.manifest import read_manifest
-from tests.training.loop.conftest import ADMIN
+from tests.training.loop.conftest import nightly_args
 from training.cli import main
 from training.loop.lock import exclusive
-
-# a fixed rate and length: no learning-rate search in tests
-FAST = ["--lr", "1e-2", "--epochs", "6", "--bs", "32", "--load-timeout", "30"]
-
-
-def nightly_args(world, *extra: str) -> list[str]:
-    return [
-        "nightly",
-        "--model",
-        "digits",
-        "--repo",
-        str(world.repo),
-        "--log",
-        str(world.log),
-        "--service",
-        world.url,
-        "--token",
-        ADMIN,
-        "--valid",
-        str(world.valid),
-        *FAST,
-        *extra,
-    ]
 
 
 def test_a_model_taught_wrong_labels_is_refused_and_nothing_is_exported(campsites, capsys) -> None:
