@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -24,24 +25,36 @@ def labelled_image_files(folder: Path) -> tuple[list[Path], list[str]]:
 
 def encoded_loader(learn: Learner, data: Path, bs: int = 64) -> DataLoader:
     """New labelled data encoded with the exported learner's own preprocessing."""
-    dls = learn.dls
-    if dls.input_kind == "image":
+    if learn.dls.input_kind == "image":
         files, labels = labelled_image_files(data)
-        unknown = sorted(set(labels) - set(dls.vocab))
-        if unknown:
-            raise DataError(f"{data}: labels the model does not know: {', '.join(unknown[:10])}")
-        inputs = dls.encode_items(files)
-        targets = torch.tensor([dls.vocab.index(label) for label in labels])
-        return DataLoader(TensorDataset(*inputs, targets), batch_size=bs)
+        return image_loader(learn, files, labels, bs, where=str(data))
+    return table_loader(learn, read_csv(data), bs, where=str(data))
+
+
+def image_loader(learn: Learner, files: list[Path], labels: list[str], bs: int = 64, where: str = "") -> DataLoader:
+    """Image files with their class names, as the learner encodes them; ``where`` prefixes errors."""
+    dls = learn.dls
+    unknown = sorted(set(labels) - set(dls.vocab))
+    if unknown:
+        raise DataError(f"{where + ': ' if where else ''}labels the model does not know: {', '.join(unknown[:10])}")
+    inputs = dls.encode_items(files)
+    targets = torch.tensor([dls.vocab.index(label) for label in labels])
+    return DataLoader(TensorDataset(*inputs, targets), batch_size=bs)
+
+
+def table_loader(
+    learn: Learner, frame: pd.DataFrame, bs: int = 64, where: str = "", ignore: tuple[str, ...] = ()
+) -> DataLoader:
+    """Rows with the target column, as the learner encodes them (``ignore``: columns left out of the inputs)."""
+    dls = learn.dls
     target = dls.target_names[0]
-    df = read_csv(data)
-    if target not in df.columns:
-        raise DataError(f"{data}: no target column {target!r}")
-    df = df.dropna(subset=[target])
-    inputs = dls.encode_items(df)
+    if target not in frame.columns:
+        raise DataError(f"{where + ': ' if where else ''}no target column {target!r}")
+    frame = frame.dropna(subset=[target])
+    inputs = dls.encode_items(frame.drop(columns=list(ignore), errors="ignore"))
     if dls.task == "classification":
-        targets, _ = class_targets(df[target], target, dls.vocab)  # the loader's own label rule
+        targets, _ = class_targets(frame[target], target, dls.vocab)  # the loader's own label rule
     else:
-        values = df[target].to_numpy(dtype=np.float32)
-        targets = torch.tensor(np.log(values) if dls.log_target else values).reshape(len(df), -1)
+        values = frame[target].to_numpy(dtype=np.float32)
+        targets = torch.tensor(np.log(values) if dls.log_target else values).reshape(len(frame), -1)
     return DataLoader(TensorDataset(*inputs, targets), batch_size=bs)

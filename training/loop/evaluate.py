@@ -13,13 +13,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from training.data.core import DataError, DataLoaders, read_csv
 from training.data.images import IMAGE_EXTENSIONS, ImageDataLoaders
-from training.data.tabular import TabularDataLoaders, class_targets
+from training.data.labelled import image_loader, table_loader
+from training.data.tabular import TabularDataLoaders
 from training.learner import Learner
 from training.loop.dataset import TABLE_FILE, Dataset
 
@@ -96,32 +95,7 @@ def labelled_loader(learn: Learner, data: Path, bs: int = 64) -> DataLoader:
             raise DataError(f"{data}: no image files found")
         return image_loader(learn, files, [p.parent.name for p in files], bs)
     frame = read_csv(data)
-    return table_loader(learn, frame, bs)
-
-
-def image_loader(learn: Learner, files: list[Path], labels: list[str], bs: int = 64) -> DataLoader:
-    dls = learn.dls
-    unknown = sorted(set(labels) - set(dls.vocab))
-    if unknown:
-        raise DataError(f"labels the model does not know: {', '.join(unknown[:10])}")
-    inputs = dls.encode_items(files)
-    targets = torch.tensor([dls.vocab.index(label) for label in labels])
-    return DataLoader(TensorDataset(*inputs, targets), batch_size=bs)
-
-
-def table_loader(learn: Learner, frame: pd.DataFrame, bs: int = 64) -> DataLoader:
-    dls = learn.dls
-    target = dls.target_names[0]
-    if target not in frame.columns:
-        raise DataError(f"no target column {target!r}")
-    frame = frame.dropna(subset=[target])
-    inputs = dls.encode_items(frame.drop(columns=[HOLDOUT_COLUMN], errors="ignore"))
-    if dls.task == "classification":
-        targets, _ = class_targets(frame[target], target, dls.vocab)
-    else:
-        values = frame[target].to_numpy(dtype=np.float32)
-        targets = torch.tensor(np.log(values) if dls.log_target else values).reshape(len(frame), -1)
-    return DataLoader(TensorDataset(*inputs, targets), batch_size=bs)
+    return table_loader(learn, frame, bs, ignore=(HOLDOUT_COLUMN,))
 
 
 def subset_loader(learn: Learner, dataset: Dataset, keep: list[bool], bs: int = 64) -> DataLoader | None:
@@ -132,7 +106,7 @@ def subset_loader(learn: Learner, dataset: Dataset, keep: list[bool], bs: int = 
         chosen = [(dataset.folder / f, str(i.answer)) for f, i, k in zip(dataset.files, dataset.items, keep) if k]
         return image_loader(learn, [f for f, _ in chosen], [label for _, label in chosen])
     frame = read_csv(dataset.folder / TABLE_FILE)
-    return table_loader(learn, frame[np.asarray(keep)])
+    return table_loader(learn, frame[np.asarray(keep)], ignore=(HOLDOUT_COLUMN,))
 
 
 def scores(learn: Learner, dl: DataLoader | None) -> dict[str, float] | None:
